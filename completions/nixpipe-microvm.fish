@@ -1,0 +1,46 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_nixpipe_microvm_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_nixpipe_microvm_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_nixpipe_microvm_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_nixpipe_microvm_using_subcommand
+    set -l cmd (__fish_nixpipe_microvm_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -s V -l version -d 'Print version'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "switch" -d 'Switch a running VM that shares the host\'s store'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "list" -d 'List the VMs on a host and whether they run their current runner'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "remove" -d 'Remove a VM\'s links and GC roots, keeping its state'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l on -d 'The host that runs the VMs' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l vm -d 'The VM itself' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l on -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l on -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "switch" -d 'Switch a running VM that shares the host\'s store'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "list" -d 'List the VMs on a host and whether they run their current runner'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "remove" -d 'Remove a VM\'s links and GC roots, keeping its state'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

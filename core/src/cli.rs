@@ -1,0 +1,103 @@
+//! What every nixpipe command does the same way: its name in messages,
+//! one-line errors on stderr, exit statuses, and "not implemented yet".
+
+use crate::error::{Error, Outcome};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+static PROGRAM: OnceLock<&'static str> = OnceLock::new();
+
+/// The name messages start with: `nixpipe-copy: web1: ...`.
+pub fn program() -> &'static str {
+    PROGRAM.get().copied().unwrap_or("nixpipe")
+}
+
+/// Runs a command's body and turns its result into the exit status of the
+/// pipe contract: 0 all done, 1 some record failed, 2 bad usage or input.
+pub fn main(program: &'static str, body: impl FnOnce() -> Result<Outcome, Error>) -> ExitCode {
+    let _ = PROGRAM.set(program);
+    match body() {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Reports one record's failure; the run goes on with the others.
+pub fn record_failed(who: &str, why: &str) {
+    eprintln!("{}: {who}: {why}", program());
+}
+
+/// Progress and notes for the person at the terminal, on stderr.
+pub fn note(what: &str) {
+    eprintln!("{}: {what}", program());
+}
+
+/// The honest answer for a planned command or flag: exit 2, nothing done.
+pub fn not_implemented(what: &str) -> Error {
+    Error::Usage(format!("{what}: not implemented yet"))
+}
+
+/// Refuses the first planned flag that was given: `(given, "--flag")`.
+pub fn refuse_unbuilt(flags: &[(bool, &str)]) -> Result<(), Error> {
+    match flags.iter().find(|(given, _)| *given) {
+        Some((_, what)) => Err(not_implemented(what)),
+        None => Ok(()),
+    }
+}
+
+/// Flags every command shares, flattened into each command's clap struct.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OutputArgs {
+    /// Write JSON records (one object per line) instead of plain lines
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Pairs every record with its target before anything is done, so a record
+/// without a usable target is bad input and nothing happens.
+pub fn with_targets(
+    records: Vec<crate::Record>,
+    spec: Option<&crate::TargetSpec>,
+    unnamed: Option<crate::Target>,
+) -> Result<Vec<(crate::Record, crate::Target)>, Error> {
+    records
+        .into_iter()
+        .map(|record| match crate::target::for_record(spec, &record, unnamed.clone()) {
+            Ok(target) => Ok((record, target)),
+            Err(e) => Err(Error::Usage(format!("{}: {e}", record.label()))),
+        })
+        .collect()
+}
+
+/// Passes on the records that succeeded and reports the ones that failed.
+pub struct Results {
+    writer: crate::RecordWriter,
+    outcome: Outcome,
+}
+
+impl Results {
+    pub fn new(output: &OutputArgs) -> Results {
+        Results { writer: crate::RecordWriter::new(output.json), outcome: Outcome::default() }
+    }
+
+    pub fn record(&mut self, record: &crate::Record, result: Result<(), String>) -> Result<(), Error> {
+        match result {
+            Ok(()) => self
+                .writer
+                .write(record)
+                .map_err(|e| Error::Failed(format!("cannot write to stdout: {e}"))),
+            Err(why) => {
+                record_failed(record.label(), &why);
+                self.outcome.failed += 1;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self) -> Outcome {
+        self.outcome
+    }
+}

@@ -1,0 +1,22 @@
+//! nixpipe-core: everything the nixpipe commands share.
+//!
+//! Each module holds one concept, named after it: [`store_path`],
+//! [`record`] (the pipe contract), [`target`] (local or ssh), [`process`]
+//! (running programs and reporting their failures), [`nix`] (running Nix),
+//! and one module per step: [`eval`], [`copy`], [`activation`].
+
+pub mod activation;
+pub mod cli;
+pub mod copy;
+pub mod error;
+pub mod eval;
+pub mod nix;
+pub mod process;
+pub mod record;
+pub mod store_path;
+pub mod target;
+
+pub use error::{Error, Outcome};
+pub use record::{Record, RecordWriter};
+pub use store_path::StorePath;
+pub use target::{Target, TargetSpec};

@@ -1,0 +1,30 @@
+//! Running Nix's own programs: whatever Nix the machine has (2.8 and
+//! newer), found on PATH, configured by the user's environment.
+
+use crate::process;
+use crate::store_path::StorePath;
+use std::process::Command;
+
+/// Realises derivations in one call, so Nix shares and parallelises the
+/// work. Nix's build log goes to stderr as it happens.
+pub fn realise(drvs: &[&str]) -> Result<(), String> {
+    let mut cmd = Command::new("nix-store");
+    cmd.arg("--realise").args(drvs);
+    let output = process::capture_stdout(&mut cmd)?;
+    if !output.status.success() {
+        return Err(format!("nix-store --realise failed ({})", process::describe_status(output.status)));
+    }
+    Ok(())
+}
+
+/// The paths of `paths` that are not valid in the local store.
+pub fn invalid_local_paths<'a>(paths: &[&'a StorePath]) -> Result<Vec<&'a StorePath>, String> {
+    let mut cmd = Command::new("nix-store");
+    cmd.args(["--check-validity", "--print-invalid"]).args(paths);
+    let output = process::capture(&mut cmd)?;
+    if !output.status.success() {
+        return Err(process::failure(&cmd, &output));
+    }
+    let invalid = String::from_utf8_lossy(&output.stdout);
+    Ok(paths.iter().copied().filter(|p| invalid.lines().any(|l| l == p.as_str())).collect())
+}

@@ -1,0 +1,284 @@
+//! Where a command acts: `local`, or a host reached with the system ssh.
+//!
+//! Forms: `local`, `[user@]host[:port]`, `ssh://[user@]host[:port]`, with
+//! `[v6addr]` for IPv6. A target may hold `{name}`, replaced by the record's
+//! NAME, so `--to 'root@{name}'` fans records out to their machines.
+
+use crate::process;
+use crate::record::Record;
+use std::fmt;
+use std::process::{Command, Output, Stdio};
+
+const NAME_PLACEHOLDER: &str = "{name}";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Local,
+    Ssh(SshHost),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshHost {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// A target as the user wrote it, `{name}` not yet filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetSpec(String);
+
+impl std::str::FromStr for TargetSpec {
+    type Err = String;
+
+    /// Checks the form up front, with a stand-in name, so that a typo is
+    /// bad usage before any record is touched.
+    fn from_str(s: &str) -> Result<TargetSpec, String> {
+        let spec = TargetSpec(s.to_owned());
+        spec.resolve(Some("name"))?;
+        Ok(spec)
+    }
+}
+
+impl TargetSpec {
+    /// The target for one record: `{name}` replaced by its NAME.
+    pub fn resolve(&self, name: Option<&str>) -> Result<Target, String> {
+        let text = if self.0.contains(NAME_PLACEHOLDER) {
+            let name = name.ok_or_else(|| format!("the record has no name to fill {NAME_PLACEHOLDER} in '{}'", self.0))?;
+            self.0.replace(NAME_PLACEHOLDER, name)
+        } else {
+            self.0.clone()
+        };
+        Target::parse(&text)
+    }
+}
+
+/// The target of each record: `spec` when given; otherwise the record's
+/// NAME as an ssh host, or `unnamed` for a record without one.
+pub fn for_record(spec: Option<&TargetSpec>, record: &Record, unnamed: Option<Target>) -> Result<Target, String> {
+    match (spec, &record.name) {
+        (Some(spec), name) => spec.resolve(name.as_deref()),
+        (None, Some(name)) => Target::parse(name),
+        (None, None) => unnamed.ok_or_else(|| "the record has no name and no target was given".to_owned()),
+    }
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if s == "local" {
+            return Ok(Target::Local);
+        }
+        let rest = s.strip_prefix("ssh://").unwrap_or(s);
+        let (user, hostport) = match rest.split_once('@') {
+            Some((user, hostport)) => (Some(user), hostport),
+            None => (None, rest),
+        };
+        let (host, port) = split_port(hostport).map_err(|e| format!("bad target '{s}': {e}"))?;
+        if let Some(user) = user {
+            check_user(user).map_err(|e| format!("bad target '{s}': {e}"))?;
+        }
+        check_host(host).map_err(|e| format!("bad target '{s}': {e}"))?;
+        Ok(Target::Ssh(SshHost { user: user.map(str::to_owned), host: host.to_owned(), port }))
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Target::Local)
+    }
+
+    /// A command that runs `argv` on the target: directly when local,
+    /// through ssh otherwise. stdin is closed: it belongs to the pipe.
+    pub fn command(&self, argv: &[&str]) -> Result<Command, String> {
+        let mut cmd = match self {
+            Target::Local => {
+                let mut cmd = Command::new(argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            Target::Ssh(host) => {
+                let mut cmd = host.ssh_command()?;
+                // ssh hands the remote shell one string: quote every word.
+                let remote = shlex::try_join(argv.iter().copied()).map_err(|e| format!("cannot quote remote command: {e}"))?;
+                cmd.arg(remote);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Runs `argv` on the target and returns what it printed on stdout.
+    pub fn run(&self, argv: &[&str]) -> Result<String, String> {
+        let mut cmd = self.command(argv)?;
+        let output = process::capture(&mut cmd)?;
+        if !output.status.success() {
+            return Err(self.failure(argv[0], &output));
+        }
+        String::from_utf8(output.stdout).map_err(|_| format!("{} on {self} printed something that is not UTF-8", argv[0]))
+    }
+
+    /// One line for a failed remote program, telling an ssh failure (exit
+    /// 255: no route, refused, wrong host key) from the program's own.
+    pub fn failure(&self, program: &str, output: &Output) -> String {
+        let summary = process::summarize(&output.stderr);
+        if !self.is_local() && output.status.code() == Some(255) {
+            return format!("cannot reach {self}: {summary}");
+        }
+        let status = process::describe_status(output.status);
+        format!("{program} failed on {self} ({status}): {summary}")
+    }
+}
+
+fn split_port(hostport: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed '['")?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').ok_or("junk after ']'")?)),
+        }
+    } else {
+        match hostport.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        }
+    };
+    let port = port
+        .map(|p| p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("port '{p}' is not a number from 1 to 65535")))
+        .transpose()?;
+    Ok((host, port))
+}
+
+/// ssh takes a leading '-' as an option: never let a host or user be one.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if host.starts_with('-') {
+        return Err("a host cannot start with '-'".into());
+    }
+    if let Some(c) = host.chars().find(|&c| !(c.is_ascii_alphanumeric() || ".-_:%".contains(c))) {
+        return Err(format!("{c:?} is not allowed in a host name"));
+    }
+    Ok(())
+}
+
+fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.starts_with('-') {
+        return Err("bad user name".into());
+    }
+    if let Some(c) = user.chars().find(|&c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
+        return Err(format!("{c:?} is not allowed in a user name"));
+    }
+    Ok(())
+}
+
+impl SshHost {
+    /// `user@host`, as ssh and nix-copy-closure take it.
+    pub fn destination(&self) -> String {
+        match &self.user {
+            Some(user) => format!("{user}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// The ssh options for this host: NIX_SSHOPTS, then the port.
+    pub fn ssh_options(&self) -> Result<Vec<String>, String> {
+        let mut opts = nix_sshopts()?;
+        if let Some(port) = self.port {
+            opts.extend(["-p".to_owned(), port.to_string()]);
+        }
+        Ok(opts)
+    }
+
+    /// `ssh OPTIONS -- user@host`, ready for the remote command.
+    pub fn ssh_command(&self) -> Result<Command, String> {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.ssh_options()?).arg("--").arg(self.destination());
+        Ok(cmd)
+    }
+}
+
+/// Extra ssh options from NIX_SSHOPTS, split as a shell would.
+pub fn nix_sshopts() -> Result<Vec<String>, String> {
+    match std::env::var("NIX_SSHOPTS") {
+        Err(_) => Ok(Vec::new()),
+        Ok(opts) => shlex::split(&opts).ok_or_else(|| "NIX_SSHOPTS: unbalanced quotes".to_owned()),
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Local => f.write_str("local"),
+            Target::Ssh(h) => {
+                let host = if h.host.contains(':') { format!("[{}]", h.host) } else { h.host.clone() };
+                let user = h.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+                match h.port {
+                    Some(port) => write!(f, "{user}{host}:{port}"),
+                    None => write!(f, "{user}{host}"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssh(user: Option<&str>, host: &str, port: Option<u16>) -> Target {
+        Target::Ssh(SshHost { user: user.map(Into::into), host: host.into(), port })
+    }
+
+    #[test]
+    fn parses_every_documented_form() {
+        assert_eq!(Target::parse("local"), Ok(Target::Local));
+        assert_eq!(Target::parse("web1"), Ok(ssh(None, "web1", None)));
+        assert_eq!(Target::parse("root@web1"), Ok(ssh(Some("root"), "web1", None)));
+        assert_eq!(Target::parse("root@127.0.0.1:2222"), Ok(ssh(Some("root"), "127.0.0.1", Some(2222))));
+        assert_eq!(Target::parse("ssh://deploy@web1.example.org:22"), Ok(ssh(Some("deploy"), "web1.example.org", Some(22))));
+        assert_eq!(Target::parse("root@[::1]:2222"), Ok(ssh(Some("root"), "::1", Some(2222))));
+        assert_eq!(Target::parse("[fe80::1%eth0]"), Ok(ssh(None, "fe80::1%eth0", None)));
+    }
+
+    #[test]
+    fn displays_as_written() {
+        for s in ["local", "web1", "root@127.0.0.1:2222", "root@[::1]:2222"] {
+            assert_eq!(Target::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn refuses_option_injection_and_junk() {
+        for s in ["-oProxyCommand=sh", "root@-x", "-l@web1", "", "@web1", "web1:", "web1:0", "web1:99999", "web1:22x", "a b", "web1;id", "[::1", "[::1]x", "web1/x", "$(id)@h"] {
+            assert!(Target::parse(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn fills_in_the_record_name() {
+        let spec: TargetSpec = "root@{name}:2222".parse().unwrap();
+        assert_eq!(spec.resolve(Some("web1")), Ok(ssh(Some("root"), "web1", Some(2222))));
+        assert!(spec.resolve(None).unwrap_err().contains("has no name"));
+        assert!("root@{name}:x".parse::<TargetSpec>().is_err());
+    }
+
+    #[test]
+    fn defaults_to_the_record_name_then_to_the_fallback() {
+        let p = crate::store_path::StorePath::parse("/nix/store/36m5mhfn262qgji13vrgp907an576qjz-top").unwrap();
+        let named = Record::new(Some("web1".into()), p.clone());
+        let unnamed = Record::new(None, p);
+        assert_eq!(for_record(None, &named, None), Ok(ssh(None, "web1", None)));
+        assert_eq!(for_record(None, &unnamed, Some(Target::Local)), Ok(Target::Local));
+        assert!(for_record(None, &unnamed, None).is_err());
+    }
+
+    #[test]
+    fn remote_commands_are_quoted_for_the_remote_shell() {
+        let t = ssh(Some("root"), "web1", Some(2222));
+        let cmd = t.command(&["sh", "-c", "echo $1; id", "x y"]).unwrap();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap().to_owned()).collect();
+        let tail = &args[args.len() - 4..];
+        assert_eq!(tail[0..3], ["2222", "--", "root@web1"]);
+        assert_eq!(shlex::split(&tail[3]).unwrap(), ["sh", "-c", "echo $1; id", "x y"]);
+    }
+}

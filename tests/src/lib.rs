@@ -1,0 +1,372 @@
+//! The testbed: throwaway NixOS-like hosts on this machine, and a deployer
+//! shell to run nixpipe against them, as a user would.
+//!
+//! A [`Host`] is a set of namespaces (mount, UTS, PID) with its own /nix,
+//! /etc/nix, /etc/nixos, /var/lib, /run, hostname, users (root, and
+//! `deploy` with a password and sudo) and an sshd on a free loopback port.
+//! It dies with its PID namespace when dropped, also on panic; its mounts go
+//! with its mount namespace; its directory is removed.
+//!
+//! A [`Testbed`] is the deployer's side: an ssh client key, known_hosts and
+//! an ssh_config handed to ssh through NIX_SSHOPTS (never ~/.ssh), and a
+//! private Nix configuration (never /etc/nix, never a substituter).
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The password of the `deploy` user on every host.
+pub const DEPLOY_PASSWORD: &str = "correct horse battery staple";
+/// `openssl passwd -6 -salt nixpipetestbed "$DEPLOY_PASSWORD"`
+const DEPLOY_PASSWORD_HASH: &str =
+    "$6$nixpipetestbed$TXNTxD5Yow8WPBOyngKVfrI81kkS6eckOlGxNty1yOC.UhFFt1gbwuhRpuiYtGUkSxvIL.THs0SXJpO2snPDh1";
+const DEPLOY_UID: u32 = 4242;
+/// Where the stand-in switch-to-configuration logs its calls, on a host.
+pub const SWITCH_LOG: &str = "/var/lib/nixpipe-testbed/switch.log";
+
+const NIX_CONF: &str = "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes\n";
+
+/// The repository's tests/fixtures.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The stand-in nixpkgs, with busybox put in place for its builders.
+pub fn nixpkgs() -> PathBuf {
+    let nixpkgs = fixtures().join("nixpkgs");
+    let bb = nixpkgs.join("bb");
+    if !bb.join("busybox").exists() {
+        // Into place by rename, so concurrent tests never see half a file.
+        fs::create_dir_all(&bb).unwrap();
+        let tmp = bb.join(format!(".busybox.{}", std::process::id()));
+        fs::copy(busybox(), &tmp).expect("copy busybox into the stand-in nixpkgs");
+        fs::rename(&tmp, bb.join("busybox")).unwrap();
+    }
+    nixpkgs
+}
+
+fn busybox() -> &'static str {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is not installed (make test installs it)")
+}
+
+/// Where cargo put the nixpipe binaries: next to this test's own.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+    assert!(
+        dir.join("nixpipe-copy").exists(),
+        "no nixpipe binaries in {}: run `cargo build --workspace` first (make test does)",
+        dir.display()
+    );
+    dir.to_owned()
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// What a deployer's shell command did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success; stderr:\n{}", self.stderr);
+        self
+    }
+
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+pub struct Testbed {
+    dir: TempDir,
+}
+
+impl Default for Testbed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Testbed {
+    pub fn new() -> Testbed {
+        let dir = tempfile::Builder::new().prefix("nixpipe-deployer.").tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("nix-conf")).unwrap();
+        fs::write(root.join("nix-conf/nix.conf"), NIX_CONF).unwrap();
+        run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "nixpipe-testbed", "-f"]).arg(root.join("id_ed25519")));
+        fs::write(root.join("known_hosts"), "").unwrap();
+        let config = format!(
+            "Host *\n  IdentityFile {r}/id_ed25519\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile {r}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
+            r = root.display()
+        );
+        fs::write(root.join("ssh_config"), config).unwrap();
+        Testbed { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The ssh options every nixpipe command gets, as a user would set them.
+    pub fn nix_sshopts(&self) -> String {
+        format!("-F {}", self.path().join("ssh_config").display())
+    }
+
+    /// Starts a host named `hostname`.
+    pub fn host(&self, hostname: &str) -> Host {
+        Host::start(self, hostname)
+    }
+
+    /// Runs a bash command line as the deployer: nixpipe on PATH,
+    /// NIX_SSHOPTS and a private Nix configuration set, stdin empty.
+    pub fn sh(&self, script: &str) -> Run {
+        let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        let out = Command::new("bash")
+            .args(["-o", "pipefail", "-c", script])
+            .env("PATH", path)
+            .env("NIX_SSHOPTS", self.nix_sshopts())
+            .env("NIX_CONF_DIR", self.path().join("nix-conf"))
+            .env("NIXPKGS", nixpkgs())
+            .env("FIXTURES", fixtures())
+            .env_remove("NIX_PATH")
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!("$ {script}\n{}[exit {}]", run.stderr, run.code);
+        run
+    }
+
+    /// Builds a fixture expression with real nix-build; its store path.
+    pub fn build(&self, nix_args: &str) -> String {
+        let run = self.sh(&format!("nix-build --no-out-link -I nixpkgs=\"$NIXPKGS\" {nix_args}")).ok();
+        run.stdout.trim().to_owned()
+    }
+
+    /// Builds tests/fixtures/NAME/configuration.nix; its toplevel.
+    pub fn system(&self, name: &str) -> String {
+        self.build(&format!("'<nixpkgs/nixos>' -A system --arg configuration \"$FIXTURES/{name}/configuration.nix\""))
+    }
+}
+
+/// One throwaway host. Dropping it kills everything in it.
+pub struct Host {
+    pub hostname: String,
+    pub port: u16,
+    dir: TempDir,
+    namespace: Child,
+}
+
+impl Host {
+    fn start(testbed: &Testbed, hostname: &str) -> Host {
+        let dir = tempfile::Builder::new().prefix(&format!("nixpipe-host-{hostname}.")).tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["nix", "etc-nix", "etc-nixos", "var-lib", "run/sshd", "home/deploy", "ssh"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        fs::write(root.join("etc-nix/nix.conf"), NIX_CONF).unwrap();
+        run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", hostname, "-f"]).arg(root.join("ssh/host_key")));
+        fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).unwrap();
+        write_user_database(root, hostname);
+
+        for _attempt in 0..5 {
+            let port = free_port();
+            fs::write(root.join("ssh/sshd_config"), sshd_config(root, port)).unwrap();
+            let mut namespace = spawn_namespace(root, hostname);
+            if wait_for_sshd(&mut namespace, root, port) {
+                let host_key = fs::read_to_string(root.join("ssh/host_key.pub")).unwrap();
+                let mut known = fs::OpenOptions::new().append(true).open(testbed.path().join("known_hosts")).unwrap();
+                writeln!(known, "[127.0.0.1]:{port} {}", host_key.trim()).unwrap();
+                return Host { hostname: hostname.to_owned(), port, dir, namespace };
+            }
+            // Lost a race for the port to another test: try another.
+            let _ = namespace.kill();
+            let _ = namespace.wait();
+        }
+        panic!("sshd for {hostname} did not start: {}", fs::read_to_string(root.join("sshd.log")).unwrap_or_default());
+    }
+
+    /// `root@127.0.0.1:PORT`
+    pub fn target(&self) -> String {
+        self.target_as("root")
+    }
+
+    pub fn target_as(&self, user: &str) -> String {
+        format!("{user}@127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a shell command inside the host, as root, without ssh: what
+    /// tests use to look at the host itself.
+    pub fn exec(&self, script: &str) -> Output {
+        let pid = self.init_pid().expect("the host is running").to_string();
+        Command::new("nsenter")
+            .args(["--target", &pid, "--mount", "--uts", "--pid", "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// [`Host::exec`] that must succeed; its stdout.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.exec(script);
+        assert!(out.status.success(), "on {}: `{script}` failed: {}", self.hostname, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The lines switch-to-configuration logged on this host.
+    pub fn switch_log(&self) -> Vec<String> {
+        self.sh(&format!("cat {SWITCH_LOG} 2>/dev/null || true")).lines().map(str::to_owned).collect()
+    }
+
+    /// Where /nix/var/nix/profiles/system points, resolved to the store path.
+    pub fn system_profile(&self) -> Option<String> {
+        let out = self.exec("readlink -e /nix/var/nix/profiles/system");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
+    }
+
+    /// The host's own directory (its /nix is `nix/` in it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The pid, in our namespace, of the host's PID 1 (its sshd).
+    fn init_pid(&self) -> Option<i32> {
+        let unshare = self.namespace.id();
+        let children = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Killing the host's PID 1 makes the kernel kill everything else in
+        // its PID namespace before PID 1 is reaped; unshare reaps it and
+        // exits, so once it is waited for, the host is gone, and its mounts
+        // with its mount namespace. Then the TempDir goes.
+        match self.init_pid() {
+            Some(pid) => unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            },
+            None => {
+                let _ = self.namespace.kill();
+            }
+        }
+        let _ = self.namespace.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn sshd_config(root: &Path, port: u16) -> String {
+    format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {r}/ssh/host_key\nAuthorizedKeysFile {r}/ssh/authorized_keys\n\
+         PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         StrictModes no\nUsePAM no\nPidFile none\nPrintMotd no\n",
+        r = root.display()
+    )
+}
+
+/// Private copies of the user database, with a `deploy` user who has a
+/// password and sudo; bound over /etc inside the host only.
+fn write_user_database(root: &Path, hostname: &str) {
+    let home = root.join("home/deploy");
+    let etc = root.join("etc");
+    fs::create_dir_all(&etc).unwrap();
+    let add = |file: &str, line: String| {
+        let mut text = fs::read_to_string(format!("/etc/{file}")).unwrap_or_default();
+        text.push_str(&line);
+        fs::write(etc.join(file), text).unwrap();
+    };
+    add("passwd", format!("deploy:x:{DEPLOY_UID}:{DEPLOY_UID}:nixpipe testbed:{}:/bin/sh\n", home.display()));
+    add("group", format!("deploy:x:{DEPLOY_UID}:\n"));
+    add("shadow", format!("deploy:{DEPLOY_PASSWORD_HASH}:19000:0:99999:7:::\n"));
+    fs::write(etc.join("hosts"), format!("127.0.0.1 localhost {hostname}\n")).unwrap();
+    fs::write(etc.join("sudoers"), "Defaults !lecture\nroot ALL=(ALL:ALL) ALL\ndeploy ALL=(ALL:ALL) ALL\n").unwrap();
+    fs::set_permissions(etc.join("sudoers"), fs::Permissions::from_mode(0o440)).unwrap();
+    fs::set_permissions(etc.join("shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&home, Some(DEPLOY_UID), Some(DEPLOY_UID)).unwrap();
+}
+
+fn spawn_namespace(root: &Path, hostname: &str) -> Child {
+    let r = root.display();
+    let binds: Vec<String> = [
+        ("nix", "/nix"),
+        ("etc-nix", "/etc/nix"),
+        ("etc-nixos", "/etc/nixos"),
+        ("var-lib", "/var/lib"),
+        ("run", "/run"),
+        ("etc/passwd", "/etc/passwd"),
+        ("etc/group", "/etc/group"),
+        ("etc/shadow", "/etc/shadow"),
+        ("etc/hosts", "/etc/hosts"),
+        ("etc/sudoers", "/etc/sudoers"),
+    ]
+    .iter()
+    .map(|(from, to)| {
+        let mkdir = if root.join(from).is_dir() { format!("mkdir -p {to}; ") } else { String::new() };
+        format!("{mkdir}mount --bind {r}/{from} {to}")
+    })
+    .collect();
+    let script = format!(
+        "set -e\n{}\nhostname {hostname}\nexec /usr/sbin/sshd -D -e -f {r}/ssh/sshd_config 2>>{r}/sshd.log",
+        binds.join("\n")
+    );
+    let log = fs::File::create(root.join("sshd.log")).unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // If the test process dies without unwinding, the host dies too.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("cannot run unshare (util-linux)")
+}
+
+/// Ready when our own sshd says it listens: a connect alone could reach
+/// another test's host that took the port first.
+fn wait_for_sshd(namespace: &mut Child, root: &Path, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listening = format!("Server listening on 127.0.0.1 port {port}");
+    while Instant::now() < deadline {
+        if namespace.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let log = fs::read_to_string(root.join("sshd.log")).unwrap_or_default();
+        if log.contains(&listening) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

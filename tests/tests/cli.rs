@@ -1,0 +1,70 @@
+//! What every command promises before it does anything: help with an
+//! example pipeline, a version, exit 2 for bad usage and unbuilt features.
+
+use nixpipe_tests::Testbed;
+
+const COMMANDS: [&str; 5] = ["nixpipe-eval", "nixpipe-copy", "nixpipe-activate", "nixpipe-bundle", "nixpipe-microvm"];
+
+#[test]
+fn every_command_has_help_with_an_example_pipeline_and_a_version() {
+    let tb = Testbed::new();
+    for cmd in COMMANDS {
+        let help = tb.sh(&format!("{cmd} --help")).ok();
+        assert!(help.stdout.contains("Example"), "{cmd}: {}", help.stdout);
+        assert!(help.stdout.contains(" | nixpipe-"), "{cmd} --help shows no pipeline");
+        let version = tb.sh(&format!("{cmd} --version")).ok();
+        assert_eq!(version.stdout.trim(), format!("{cmd} {}", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn unbuilt_commands_and_flags_exit_2_and_say_so() {
+    let tb = Testbed::new();
+    for line in [
+        "nixpipe-bundle --config .",
+        "nixpipe-microvm list --on local",
+        "nixpipe-copy --to local --from web1 /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x",
+        "nixpipe-activate --rollback switch /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x",
+        "nixpipe-eval .#web1",
+    ] {
+        let run = tb.sh(line);
+        assert_eq!(run.code, 2, "{line}");
+        assert!(run.stderr.trim_end().ends_with("not implemented yet"), "{line}: {}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_bad_target_is_bad_usage() {
+    let tb = Testbed::new();
+    let run = tb.sh("nixpipe-copy --to='-oProxyCommand=touch /tmp/pwned' /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("a host cannot start with '-'"), "{}", run.stderr);
+}
+
+#[test]
+fn no_records_at_all_is_an_error_not_a_silent_success() {
+    let tb = Testbed::new();
+    let run = tb.sh("true | nixpipe-copy --to local");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("no records on stdin"), "{}", run.stderr);
+}
+
+#[test]
+fn a_missing_configuration_file_is_bad_usage() {
+    let tb = Testbed::new();
+    let run = tb.sh("nixpipe-eval -f does-not-exist.nix");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.starts_with("nixpipe-eval: does-not-exist.nix: No such file"), "{}", run.stderr);
+}
+
+#[test]
+fn an_evaluation_error_exits_1_after_nix_says_why() {
+    let tb = Testbed::new();
+    std::fs::write(tb.path().join("broken.nix"), "{ ... }: { networking.hostName = 42 + \"x\"; }").unwrap();
+    let run = tb.sh(r#"nixpipe-eval -f broken.nix --nixpkgs "$NIXPKGS""#);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("error:"), "Nix's own message is shown: {}", run.stderr);
+    assert!(run.stderr.trim_end().ends_with("evaluation failed (Nix's message is above)"), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+}

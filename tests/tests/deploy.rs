@@ -1,0 +1,169 @@
+//! End to end: nixpipe-eval | nixpipe-copy | nixpipe-activate against
+//! testbed hosts, and what each step does with bad input.
+
+use nixpipe_tests::Testbed;
+
+const EVAL_WEB1: &str = r#"nixpipe-eval -f "$FIXTURES/web1/configuration.nix" --nixpkgs "$NIXPKGS""#;
+
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("nixpipe-")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    lines[0]
+}
+
+#[test]
+fn eval_copy_activate_deploys_a_configuration_to_a_fresh_host() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let t = web1.target();
+
+    let run = tb.sh(&format!("{EVAL_WEB1} | nixpipe-copy --to {t} | nixpipe-activate --on {t} switch")).ok();
+
+    let [line] = run.stdout_lines()[..] else { panic!("one record expected: {:?}", run.stdout) };
+    let (name, toplevel) = line.split_once('\t').unwrap();
+    assert_eq!(name, "web1");
+    assert_eq!(web1.system_profile().as_deref(), Some(toplevel));
+    assert_eq!(web1.sh("readlink /nix/var/nix/profiles/system").trim(), "system-1-link");
+    assert_eq!(web1.switch_log(), [format!("action=switch toplevel={toplevel} uid=0 tty=no")]);
+    assert_eq!(web1.sh("readlink /run/current-system").trim(), toplevel);
+    web1.sh(&format!("nix-store --verify-path $(nix-store --query --requisites {toplevel})"));
+}
+
+#[test]
+fn a_second_deployment_adds_a_generation() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let first = tb.system("web1");
+    let second = tb.build(r#"'<nixpkgs/nixos>' -A system --arg configuration '{ imports = [ "${builtins.getEnv "FIXTURES"}/web1/configuration.nix" ]; system.nixos.version = "2"; }'"#);
+    assert_ne!(first, second);
+    let t = web1.target();
+
+    tb.sh(&format!("nixpipe-copy --to {t} {first} {second}")).ok();
+    tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{first}'")).ok();
+    tb.sh(&format!("printf 'web1\\t%s\\n' {second} | nixpipe-activate --on {t} boot")).ok();
+
+    assert_eq!(web1.system_profile().as_deref(), Some(&*second));
+    assert_eq!(web1.sh("readlink /nix/var/nix/profiles/system-1-link").trim(), first);
+    let log = web1.switch_log();
+    assert_eq!(log.len(), 2);
+    assert!(log[1].starts_with("action=boot "), "{log:?}");
+}
+
+#[test]
+fn garbage_on_stdin_exits_2_naming_the_line_and_copies_nothing() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let good = tb.system("web1");
+
+    let run = tb.sh(&format!("printf 'web1\\t%s\\n/etc/passwd\\n' {good} | nixpipe-copy --to {}", web1.target()));
+
+    assert_eq!(run.code, 2);
+    let error = one_line(&run.stderr);
+    assert!(error.starts_with("nixpipe-copy: line 2: not a store path"), "{error}");
+    assert!(run.stdout.is_empty());
+    assert_eq!(web1.sh("ls /nix/store 2>/dev/null | wc -l").trim(), "0", "nothing may reach the host");
+}
+
+#[test]
+fn activate_refuses_a_host_with_another_name_and_changes_nothing() {
+    let tb = Testbed::new();
+    let db1 = tb.host("db1");
+    let t = db1.target();
+    let web1 = tb.system("web1");
+    tb.sh(&format!("nixpipe-copy --to {t} {web1}")).ok();
+
+    let run = tb.sh(&format!("printf 'web1\\t%s\\n' {web1} | nixpipe-activate --on {t} switch"));
+
+    assert_eq!(run.code, 1);
+    let error = one_line(&run.stderr);
+    assert!(error.contains("is host 'db1', not 'web1'; nothing changed"), "{error}");
+    assert_eq!(db1.system_profile(), None);
+    assert!(db1.switch_log().is_empty());
+}
+
+#[test]
+fn activate_refuses_a_system_that_was_not_copied() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+
+    let run = tb.sh(&format!("nixpipe-activate --on {} switch {system}", web1.target()));
+
+    assert_eq!(run.code, 1);
+    assert!(one_line(&run.stderr).ends_with("; run nixpipe-copy first"), "{}", run.stderr);
+    assert_eq!(web1.system_profile(), None);
+}
+
+#[test]
+fn activate_refuses_a_store_path_that_is_not_a_nixos_system() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let hello = tb.build("'<nixpkgs>' -A hello");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {hello}")).ok();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} switch {hello}"));
+
+    assert_eq!(run.code, 1);
+    assert!(one_line(&run.stderr).contains("is not a NixOS system"), "{}", run.stderr);
+    assert_eq!(web1.system_profile(), None);
+}
+
+#[test]
+fn dry_run_checks_the_target_and_changes_nothing() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let t = web1.target();
+    let system = tb.system("web1");
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} --dry-run switch $'web1\\t{system}'")).ok();
+
+    assert!(run.stderr.contains(&format!("would switch {t} to {system}")), "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), format!("web1\t{system}"));
+    assert_eq!(web1.system_profile(), None);
+    assert!(web1.switch_log().is_empty());
+}
+
+#[test]
+fn an_unreachable_host_fails_the_record_in_one_line() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+
+    let run = tb.sh(&format!("nixpipe-activate --on root@127.0.0.1:{closed} switch {system}"));
+
+    assert_eq!(run.code, 1);
+    assert!(one_line(&run.stderr).contains(&format!("cannot reach root@127.0.0.1:{closed}")), "{}", run.stderr);
+}
+
+#[test]
+fn a_host_whose_key_is_not_known_is_refused() {
+    let tb = Testbed::new();
+    let stranger = Testbed::new(); // its known_hosts has never seen web1
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+
+    let run = stranger.sh(&format!("nixpipe-copy --to {} {system}", web1.target()));
+
+    assert_eq!(run.code, 1);
+    let error = one_line(&run.stderr);
+    assert!(error.contains(&format!("cannot reach {}: Host key verification failed", web1.target())), "{error}");
+    assert_eq!(web1.sh("ls /nix/store 2>/dev/null | wc -l").trim(), "0");
+}
+
+#[test]
+fn records_fan_out_to_the_hosts_they_name() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    // The ssh config gives the record's NAME a Host entry, as users do.
+    let alias = format!("Host web1\n  HostName 127.0.0.1\n  Port {}\n  User root\n", web1.port);
+    let config = std::fs::read_to_string(tb.path().join("ssh_config")).unwrap();
+    std::fs::write(tb.path().join("ssh_config"), format!("{alias}{config}")).unwrap();
+    std::fs::write(tb.path().join("known_hosts"), std::fs::read_to_string(tb.path().join("known_hosts")).unwrap().replace(&format!("[127.0.0.1]:{}", web1.port), &format!("[127.0.0.1]:{} web1", web1.port).replace(" web1", ",web1"))).unwrap();
+
+    tb.sh(&format!("printf 'web1\\t%s\\n' {system} | nixpipe-copy | nixpipe-activate switch")).ok();
+
+    assert_eq!(web1.system_profile().as_deref(), Some(&*system));
+}
