@@ -118,18 +118,19 @@ fn check(target: &Target, record: &Record, probe: &Probe, opts: &Options) -> Res
     Ok(())
 }
 
-/// The host must be the one the record is for: its NAME, or the hostname
-/// the system is configured with. Records with neither are not checked.
+/// The host must be the one the record is for: its NAME, or for a record
+/// without one, the hostname the system is configured with (etc/hostname).
+/// A record with neither is not checked.
 fn check_hostname(target: &Target, record: &Record, probe: &Probe) -> Result<(), String> {
-    let mut expected: Vec<&str> = record.name.iter().chain(&probe.configured).map(String::as_str).collect();
-    expected.dedup();
-    if expected.is_empty() || expected.contains(&probe.hostname.as_str()) {
+    let Some(expected) = record.name.as_ref().or(probe.configured.as_ref()) else {
+        return Ok(());
+    };
+    if *expected == probe.hostname {
         return Ok(());
     }
     Err(format!(
-        "{target} is host '{}', not '{}'; nothing changed (--no-hostname-check to deploy anyway)",
-        probe.hostname,
-        expected.join("' or '")
+        "{target} is host '{}', not '{expected}'; nothing changed (--no-hostname-check to deploy anyway)",
+        probe.hostname
     ))
 }
 
@@ -143,7 +144,11 @@ fn switch_to_configuration(target: &Target, path: &str, action: Action) -> Resul
     if !target.is_local() && status.code() == Some(255) {
         return Err(format!("lost the connection to {target} during switch-to-configuration {}", action.as_str()));
     }
-    Err(format!("switch-to-configuration {} failed on {target} ({})", action.as_str(), process::describe_status(status)))
+    Err(format!(
+        "switch-to-configuration {} failed on {target} ({})",
+        action.as_str(),
+        process::describe_status(status)
+    ))
 }
 
 #[cfg(test)]
@@ -165,7 +170,16 @@ mod tests {
     #[test]
     fn parses_the_probe() {
         let p = Probe::parse("hostname=web1\nuid=0\nvalid=1\nnixos=0\nconfigured=web1\n");
-        assert_eq!(p, Probe { hostname: "web1".into(), uid: "0".into(), valid: true, nixos: false, configured: Some("web1".into()) });
+        assert_eq!(
+            p,
+            Probe {
+                hostname: "web1".into(),
+                uid: "0".into(),
+                valid: true,
+                nixos: false,
+                configured: Some("web1".into())
+            }
+        );
     }
 
     #[test]
@@ -177,20 +191,29 @@ mod tests {
     }
 
     #[test]
-    fn accepts_the_configured_hostname_for_any_record() {
-        let probe = Probe { configured: Some("web1".into()), ..ready("web1") };
-        assert!(check(&Target::Local, &record(Some("web1-prod")), &probe, &OPTS).is_ok());
-        assert!(check(&Target::Local, &record(None), &probe, &OPTS).is_ok());
-        assert!(check(&Target::Local, &record(None), &ready("db1"), &OPTS).is_ok());
-        let wrong = Probe { configured: Some("web1".into()), ..ready("db1") };
-        assert!(check(&Target::Local, &record(None), &wrong, &OPTS).is_err());
+    fn the_record_name_decides_over_the_configured_hostname() {
+        let web1_system_on_web1 = Probe { configured: Some("web1".into()), ..ready("web1") };
+        assert!(check(&Target::Local, &record(Some("db1")), &web1_system_on_web1, &OPTS).is_err());
+        assert!(check(&Target::Local, &record(Some("web1")), &web1_system_on_web1, &OPTS).is_ok());
+    }
+
+    #[test]
+    fn unnamed_records_are_checked_against_the_configured_hostname() {
+        let on = |host: &str| Probe { configured: Some("web1".into()), ..ready(host) };
+        assert!(check(&Target::Local, &record(None), &on("web1"), &OPTS).is_ok());
+        assert!(check(&Target::Local, &record(None), &on("db1"), &OPTS).is_err());
+        assert!(check(&Target::Local, &record(None), &ready("db1"), &OPTS).is_ok(), "nothing to check against");
     }
 
     #[test]
     fn refuses_missing_and_non_nixos_paths() {
         let missing = Probe { valid: false, ..ready("web1") };
-        assert!(check(&Target::Local, &record(Some("web1")), &missing, &OPTS).unwrap_err().contains("run nixpipe-copy first"));
+        assert!(check(&Target::Local, &record(Some("web1")), &missing, &OPTS)
+            .unwrap_err()
+            .contains("run nixpipe-copy first"));
         let not_nixos = Probe { nixos: false, ..ready("web1") };
-        assert!(check(&Target::Local, &record(Some("web1")), &not_nixos, &OPTS).unwrap_err().contains("not a NixOS system"));
+        assert!(check(&Target::Local, &record(Some("web1")), &not_nixos, &OPTS)
+            .unwrap_err()
+            .contains("not a NixOS system"));
     }
 }

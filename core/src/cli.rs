@@ -85,10 +85,7 @@ impl Results {
 
     pub fn record(&mut self, record: &crate::Record, result: Result<(), String>) -> Result<(), Error> {
         match result {
-            Ok(()) => self
-                .writer
-                .write(record)
-                .map_err(|e| Error::Failed(format!("cannot write to stdout: {e}"))),
+            Ok(()) => self.writer.write(record).map_err(|e| Error::Failed(format!("cannot write to stdout: {e}"))),
             Err(why) => {
                 record_failed(record.label(), &why);
                 self.outcome.failed += 1;

@@ -1,7 +1,7 @@
 //! Evaluating NixOS configurations to their toplevel store paths.
 //!
 //! Evaluation and building are two steps: one `nix-instantiate` call
-//! evaluates every machine, one `nix-store --realise` builds them all.
+//! evaluates every machine, one `nix-build` builds them all.
 
 use crate::error::Error;
 use crate::process;
@@ -34,8 +34,7 @@ pub struct Machine {
 impl Classic {
     /// `--nixpkgs PATH` is `-I nixpkgs=PATH` ahead of any other entry.
     pub fn new(file: &Path, nixpkgs: Option<&Path>, include: &[String]) -> Result<Classic, Error> {
-        let file = std::fs::canonicalize(file)
-            .map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
+        let file = std::fs::canonicalize(file).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
         if !file.is_file() {
             return Err(Error::Usage(format!("{}: not a file", file.display())));
         }

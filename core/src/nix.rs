@@ -6,13 +6,14 @@ use crate::store_path::StorePath;
 use std::process::Command;
 
 /// Realises derivations in one call, so Nix shares and parallelises the
-/// work. Nix's build log goes to stderr as it happens.
+/// work. Nix's build log goes to stderr as it happens. (nix-build rather
+/// than nix-store --realise, which warns about GC roots on every call.)
 pub fn realise(drvs: &[&str]) -> Result<(), String> {
-    let mut cmd = Command::new("nix-store");
-    cmd.arg("--realise").args(drvs);
+    let mut cmd = Command::new("nix-build");
+    cmd.arg("--no-out-link").args(drvs);
     let output = process::capture_stdout(&mut cmd)?;
     if !output.status.success() {
-        return Err(format!("nix-store --realise failed ({})", process::describe_status(output.status)));
+        return Err(format!("nix-build failed ({}); Nix's message is above", process::describe_status(output.status)));
     }
     Ok(())
 }

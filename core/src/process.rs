@@ -11,12 +11,7 @@ pub fn summarize(stderr: &[u8]) -> String {
     const MAX: usize = 400;
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let line = lines
-        .iter()
-        .find(|l| l.starts_with("error:"))
-        .or(lines.last())
-        .copied()
-        .unwrap_or("");
+    let line = lines.iter().find(|l| l.starts_with("error:")).or(lines.last()).copied().unwrap_or("");
     let clean: String = line.chars().filter(|c| !c.is_control()).take(MAX).collect();
     clean
 }
@@ -86,7 +81,10 @@ mod tests {
 
     #[test]
     fn otherwise_takes_the_last_line_cleaned() {
-        assert_eq!(summarize(b"a\nssh: connect to host 127.0.0.1 port 1: Connection refused\r\n\n"), "ssh: connect to host 127.0.0.1 port 1: Connection refused");
+        assert_eq!(
+            summarize(b"a\nssh: connect to host 127.0.0.1 port 1: Connection refused\r\n\n"),
+            "ssh: connect to host 127.0.0.1 port 1: Connection refused"
+        );
         assert_eq!(summarize(b"\x1b[31mred\x07\n"), "[31mred");
         assert_eq!(summarize(b""), "");
     }

@@ -96,8 +96,7 @@ impl Record {
 }
 
 fn parse_json(line: &str) -> Result<Record, String> {
-    let mut obj: Map<String, Value> =
-        serde_json::from_str(line).map_err(|e| format!("not a JSON record: {e}"))?;
+    let mut obj: Map<String, Value> = serde_json::from_str(line).map_err(|e| format!("not a JSON record: {e}"))?;
     let name = match obj.remove("name") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(check_name(&s)?),
@@ -123,10 +122,7 @@ fn check_name(name: &str) -> Result<String, String> {
     } else if name.len() > NAME_MAX {
         Err(format!("name is longer than {NAME_MAX} characters"))
     } else if !ok_first || !ok_rest {
-        Err(format!(
-            "bad name {}: names are letters, digits and . _ + - (not first: . + -)",
-            excerpt(name)
-        ))
+        Err(format!("bad name {}: names are letters, digits and . _ + - (not first: . + -)", excerpt(name)))
     } else {
         Ok(name.to_owned())
     }
@@ -205,9 +201,7 @@ fn no_records(why: &str) -> crate::Error {
 fn from_args(args: &[String]) -> Result<Vec<Record>, RecordError> {
     args.iter()
         .enumerate()
-        .map(|(i, arg)| {
-            Record::parse(arg).map_err(|problem| RecordError { origin: Origin::Argument(i + 1), problem })
-        })
+        .map(|(i, arg)| Record::parse(arg).map_err(|problem| RecordError { origin: Origin::Argument(i + 1), problem }))
         .collect()
 }
 
@@ -320,7 +314,18 @@ mod tests {
 
     #[test]
     fn refuses_shell_metacharacters_in_names() {
-        for name in ["web1;rm -rf /", "$(reboot)", "`id`", "a b", "-oProxyCommand=x", "web1|x", "a&b", "../etc", "a'b", "root@web1"] {
+        for name in [
+            "web1;rm -rf /",
+            "$(reboot)",
+            "`id`",
+            "a b",
+            "-oProxyCommand=x",
+            "web1|x",
+            "a&b",
+            "../etc",
+            "a'b",
+            "root@web1",
+        ] {
             let line = format!("{name}\t{P1}");
             assert!(Record::parse(&line).unwrap_err().contains("bad name"), "{name}");
         }
@@ -328,7 +333,9 @@ mod tests {
 
     #[test]
     fn refuses_trailing_junk_and_extra_fields() {
-        for line in [format!("{P1} "), format!("{P1}\tx"), format!(" {P1}"), format!("web1\t{P1}\textra"), format!("{P1};id")] {
+        for line in
+            [format!("{P1} "), format!("{P1}\tx"), format!(" {P1}"), format!("web1\t{P1}\textra"), format!("{P1};id")]
+        {
             assert!(Record::parse(&line).is_err(), "{line:?}");
         }
         assert!(Record::parse(&format!("\t{P1}")).unwrap_err().contains("empty name"));

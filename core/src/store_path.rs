@@ -38,17 +38,12 @@ pub enum StorePathError {
 
 impl StorePath {
     pub fn parse(s: &str) -> Result<StorePath, StorePathError> {
-        let rest = s
-            .strip_prefix(STORE_DIR)
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or(StorePathError::NotInStore)?;
+        let rest = s.strip_prefix(STORE_DIR).and_then(|r| r.strip_prefix('/')).ok_or(StorePathError::NotInStore)?;
         let hash = rest.get(..HASH_LEN).ok_or(StorePathError::BadHash)?;
         if !hash.bytes().all(|b| NIX32_ALPHABET.contains(&b)) {
             return Err(StorePathError::BadHash);
         }
-        let name = rest[HASH_LEN..]
-            .strip_prefix('-')
-            .ok_or(StorePathError::NoDash)?;
+        let name = rest[HASH_LEN..].strip_prefix('-').ok_or(StorePathError::NoDash)?;
         check_name(name)?;
         Ok(StorePath(s.to_owned()))
     }
@@ -75,11 +70,7 @@ fn check_name(name: &str) -> Result<(), StorePathError> {
         return Err(StorePathError::LeadingDot);
     }
     if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
-        return Err(if bad == '/' {
-            StorePathError::Subpath
-        } else {
-            StorePathError::BadNameChar(bad)
-        });
+        return Err(if bad == '/' { StorePathError::Subpath } else { StorePathError::BadNameChar(bad) });
     }
     Ok(())
 }

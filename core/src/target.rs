@@ -44,7 +44,8 @@ impl TargetSpec {
     /// The target for one record: `{name}` replaced by its NAME.
     pub fn resolve(&self, name: Option<&str>) -> Result<Target, String> {
         let text = if self.0.contains(NAME_PLACEHOLDER) {
-            let name = name.ok_or_else(|| format!("the record has no name to fill {NAME_PLACEHOLDER} in '{}'", self.0))?;
+            let name =
+                name.ok_or_else(|| format!("the record has no name to fill {NAME_PLACEHOLDER} in '{}'", self.0))?;
             self.0.replace(NAME_PLACEHOLDER, name)
         } else {
             self.0.clone()
@@ -97,7 +98,8 @@ impl Target {
             Target::Ssh(host) => {
                 let mut cmd = host.ssh_command()?;
                 // ssh hands the remote shell one string: quote every word.
-                let remote = shlex::try_join(argv.iter().copied()).map_err(|e| format!("cannot quote remote command: {e}"))?;
+                let remote =
+                    shlex::try_join(argv.iter().copied()).map_err(|e| format!("cannot quote remote command: {e}"))?;
                 cmd.arg(remote);
                 cmd
             }
@@ -113,7 +115,8 @@ impl Target {
         if !output.status.success() {
             return Err(self.failure(argv[0], &output));
         }
-        String::from_utf8(output.stdout).map_err(|_| format!("{} on {self} printed something that is not UTF-8", argv[0]))
+        String::from_utf8(output.stdout)
+            .map_err(|_| format!("{} on {self} printed something that is not UTF-8", argv[0]))
     }
 
     /// One line for a failed remote program, telling an ssh failure (exit
@@ -142,7 +145,12 @@ fn split_port(hostport: &str) -> Result<(&str, Option<u16>), String> {
         }
     };
     let port = port
-        .map(|p| p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("port '{p}' is not a number from 1 to 65535")))
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("port '{p}' is not a number from 1 to 65535"))
+        })
         .transpose()?;
     Ok((host, port))
 }
@@ -235,7 +243,10 @@ mod tests {
         assert_eq!(Target::parse("web1"), Ok(ssh(None, "web1", None)));
         assert_eq!(Target::parse("root@web1"), Ok(ssh(Some("root"), "web1", None)));
         assert_eq!(Target::parse("root@127.0.0.1:2222"), Ok(ssh(Some("root"), "127.0.0.1", Some(2222))));
-        assert_eq!(Target::parse("ssh://deploy@web1.example.org:22"), Ok(ssh(Some("deploy"), "web1.example.org", Some(22))));
+        assert_eq!(
+            Target::parse("ssh://deploy@web1.example.org:22"),
+            Ok(ssh(Some("deploy"), "web1.example.org", Some(22)))
+        );
         assert_eq!(Target::parse("root@[::1]:2222"), Ok(ssh(Some("root"), "::1", Some(2222))));
         assert_eq!(Target::parse("[fe80::1%eth0]"), Ok(ssh(None, "fe80::1%eth0", None)));
     }
@@ -249,7 +260,23 @@ mod tests {
 
     #[test]
     fn refuses_option_injection_and_junk() {
-        for s in ["-oProxyCommand=sh", "root@-x", "-l@web1", "", "@web1", "web1:", "web1:0", "web1:99999", "web1:22x", "a b", "web1;id", "[::1", "[::1]x", "web1/x", "$(id)@h"] {
+        for s in [
+            "-oProxyCommand=sh",
+            "root@-x",
+            "-l@web1",
+            "",
+            "@web1",
+            "web1:",
+            "web1:0",
+            "web1:99999",
+            "web1:22x",
+            "a b",
+            "web1;id",
+            "[::1",
+            "[::1]x",
+            "web1/x",
+            "$(id)@h",
+        ] {
             assert!(Target::parse(s).is_err(), "{s:?}");
         }
     }

@@ -30,7 +30,8 @@ const DEPLOY_UID: u32 = 4242;
 /// Where the stand-in switch-to-configuration logs its calls, on a host.
 pub const SWITCH_LOG: &str = "/var/lib/nixpipe-testbed/switch.log";
 
-const NIX_CONF: &str = "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes\n";
+const NIX_CONF: &str =
+    "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes\n";
 
 /// The repository's tests/fixtures.
 pub fn fixtures() -> PathBuf {
@@ -112,7 +113,11 @@ impl Testbed {
         let root = dir.path();
         fs::create_dir_all(root.join("nix-conf")).unwrap();
         fs::write(root.join("nix-conf/nix.conf"), NIX_CONF).unwrap();
-        run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "nixpipe-testbed", "-f"]).arg(root.join("id_ed25519")));
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "nixpipe-testbed", "-f"])
+                .arg(root.join("id_ed25519")),
+        );
         fs::write(root.join("known_hosts"), "").unwrap();
         let config = format!(
             "Host *\n  IdentityFile {r}/id_ed25519\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile {r}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
@@ -136,18 +141,26 @@ impl Testbed {
         Host::start(self, hostname)
     }
 
-    /// Runs a bash command line as the deployer: nixpipe on PATH,
-    /// NIX_SSHOPTS and a private Nix configuration set, stdin empty.
-    pub fn sh(&self, script: &str) -> Run {
+    /// A command in the deployer's environment: nixpipe on PATH,
+    /// NIX_SSHOPTS and a private Nix configuration set, no NIX_PATH, and
+    /// NIXPKGS and FIXTURES pointing at the stand-ins.
+    pub fn command(&self, program: &str) -> Command {
         let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
-        let out = Command::new("bash")
-            .args(["-o", "pipefail", "-c", script])
-            .env("PATH", path)
+        let mut cmd = Command::new(program);
+        cmd.env("PATH", path)
             .env("NIX_SSHOPTS", self.nix_sshopts())
             .env("NIX_CONF_DIR", self.path().join("nix-conf"))
             .env("NIXPKGS", nixpkgs())
             .env("FIXTURES", fixtures())
-            .env_remove("NIX_PATH")
+            .env_remove("NIX_PATH");
+        cmd
+    }
+
+    /// Runs a bash command line as the deployer, stdin empty.
+    pub fn sh(&self, script: &str) -> Run {
+        let out = self
+            .command("bash")
+            .args(["-o", "pipefail", "-c", script])
             .current_dir(self.path())
             .stdin(Stdio::null())
             .output()
@@ -189,7 +202,11 @@ impl Host {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
         fs::write(root.join("etc-nix/nix.conf"), NIX_CONF).unwrap();
-        run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", hostname, "-f"]).arg(root.join("ssh/host_key")));
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", hostname, "-f"])
+                .arg(root.join("ssh/host_key")),
+        );
         fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).unwrap();
         write_user_database(root, hostname);
 
@@ -233,7 +250,12 @@ impl Host {
     /// [`Host::exec`] that must succeed; its stdout.
     pub fn sh(&self, script: &str) -> String {
         let out = self.exec(script);
-        assert!(out.status.success(), "on {}: `{script}` failed: {}", self.hostname, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "on {}: `{script}` failed: {}",
+            self.hostname,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -339,10 +361,22 @@ fn spawn_namespace(root: &Path, hostname: &str) -> Child {
     );
     let log = fs::File::create(root.join("sshd.log")).unwrap();
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    cmd.args([
+        "--mount",
+        "--uts",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log);
     // If the test process dies without unwinding, the host dies too.
     unsafe {
         cmd.pre_exec(|| {

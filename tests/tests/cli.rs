@@ -37,7 +37,8 @@ fn unbuilt_commands_and_flags_exit_2_and_say_so() {
 #[test]
 fn a_bad_target_is_bad_usage() {
     let tb = Testbed::new();
-    let run = tb.sh("nixpipe-copy --to='-oProxyCommand=touch /tmp/pwned' /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x");
+    let run =
+        tb.sh("nixpipe-copy --to='-oProxyCommand=touch /tmp/pwned' /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x");
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("a host cannot start with '-'"), "{}", run.stderr);
 }

@@ -161,7 +161,14 @@ fn records_fan_out_to_the_hosts_they_name() {
     let alias = format!("Host web1\n  HostName 127.0.0.1\n  Port {}\n  User root\n", web1.port);
     let config = std::fs::read_to_string(tb.path().join("ssh_config")).unwrap();
     std::fs::write(tb.path().join("ssh_config"), format!("{alias}{config}")).unwrap();
-    std::fs::write(tb.path().join("known_hosts"), std::fs::read_to_string(tb.path().join("known_hosts")).unwrap().replace(&format!("[127.0.0.1]:{}", web1.port), &format!("[127.0.0.1]:{} web1", web1.port).replace(" web1", ",web1"))).unwrap();
+    std::fs::write(
+        tb.path().join("known_hosts"),
+        std::fs::read_to_string(tb.path().join("known_hosts")).unwrap().replace(
+            &format!("[127.0.0.1]:{}", web1.port),
+            &format!("[127.0.0.1]:{} web1", web1.port).replace(" web1", ",web1"),
+        ),
+    )
+    .unwrap();
 
     tb.sh(&format!("printf 'web1\\t%s\\n' {system} | nixpipe-copy | nixpipe-activate switch")).ok();
 

@@ -9,11 +9,16 @@ fn a_host_has_its_own_hostname_store_and_users() {
     let web1 = tb.host("web1");
     let db1 = tb.host("db1");
 
-    let run = tb.sh(&format!("ssh $NIX_SSHOPTS -p {} root@127.0.0.1 'hostname; ls /nix/store 2>/dev/null | wc -l'", web1.port)).ok();
+    let run = tb
+        .sh(&format!("ssh $NIX_SSHOPTS -p {} root@127.0.0.1 'hostname; ls /nix/store 2>/dev/null | wc -l'", web1.port))
+        .ok();
     assert_eq!(run.stdout, "web1\n0\n");
     assert_eq!(db1.sh("hostname").trim(), "db1");
 
-    let sudo = format!("ssh $NIX_SSHOPTS -p {} deploy@127.0.0.1 'echo \"{DEPLOY_PASSWORD}\" | sudo -S -p \"\" id -u'", web1.port);
+    let sudo = format!(
+        "ssh $NIX_SSHOPTS -p {} deploy@127.0.0.1 'echo \"{DEPLOY_PASSWORD}\" | sudo -S -p \"\" id -u'",
+        web1.port
+    );
     assert_eq!(tb.sh(&sudo).ok().stdout.trim(), "0");
 }
 

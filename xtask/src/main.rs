@@ -84,7 +84,9 @@ fn pipe_contract_page() -> String {
         .control("SH", ["NAME"])
         .text([roman("nixpipe \\- NixOS deployment as small commands joined by pipes of store paths")])
         .control("SH", ["SYNOPSIS"])
-        .text([bold("nixpipe-eval -f configuration.nix | nixpipe-copy --to root@web1 | nixpipe-activate --on root@web1 switch")]);
+        .text([bold(
+            "nixpipe-eval -f configuration.nix | nixpipe-copy --to root@web1 | nixpipe-activate --on root@web1 switch",
+        )]);
     section(&mut page, "RECORDS", &[
         "A record is one line. Plain form: an absolute store path. Named form: NAME, a tab, then the path; NAME names the machine (a configuration name, which is also the default ssh target). A line starting with { is a JSON record, {\"name\":..,\"path\":..}; fields a command does not know are passed on unchanged. --json makes a command write JSON records.",
         "Store paths are checked strictly: /nix/store/, 32 nix-base32 characters, a dash, and a name of the characters Nix allows (letters, digits, + - . _ ? =), not starting with a dot. NAME is letters, digits and . _ + -, not starting with . + or -. Lines may end in LF or CRLF; empty lines are skipped; a line may hold at most 65536 bytes.",
@@ -110,9 +112,16 @@ fn pipe_contract_page() -> String {
         "An error is one line on stderr that names the command and the record, host or input line: nixpipe-copy: web1: ...",
     ]);
     page.control("SH", ["SEE ALSO"]).text([
-        italic("nixpipe-eval"), roman("(1), "), italic("nixpipe-copy"), roman("(1), "),
-        italic("nixpipe-activate"), roman("(1), "), italic("nixpipe-bundle"), roman("(1), "),
-        italic("nixpipe-microvm"), roman("(1)"),
+        italic("nixpipe-eval"),
+        roman("(1), "),
+        italic("nixpipe-copy"),
+        roman("(1), "),
+        italic("nixpipe-activate"),
+        roman("(1), "),
+        italic("nixpipe-bundle"),
+        roman("(1), "),
+        italic("nixpipe-microvm"),
+        roman("(1)"),
     ]);
     page.render()
 }

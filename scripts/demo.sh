@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make demo: deploy the example configuration to a throwaway host named
+# web1 (its own /nix, hostname and sshd on loopback), then show the host.
+# Runs inside `nixpipe-testbed web1 -- ...`, which sets HOST_WEB1.
+set -euo pipefail
+
+config="$FIXTURES/web1/configuration.nix"
+port=${HOST_WEB1##*:}
+on_host() { ssh $NIX_SSHOPTS -p "$port" root@127.0.0.1 "$@"; }
+
+say() { printf '\n\033[1m%s\033[0m\n' "$*" >&2; }
+
+say "\$ nixpipe-eval -f $config --nixpkgs \$NIXPKGS | nixpipe-copy --to $HOST_WEB1 | nixpipe-activate --on $HOST_WEB1 switch"
+nixpipe-eval -f "$config" --nixpkgs "$NIXPKGS" \
+    | nixpipe-copy --to "$HOST_WEB1" \
+    | nixpipe-activate --on "$HOST_WEB1" switch
+
+say "On the host $(on_host hostname): the system profile's generations"
+on_host nix-env --profile /nix/var/nix/profiles/system --list-generations
+say "What switch-to-configuration was asked to do"
+on_host cat /var/lib/nixpipe-testbed/switch.log
+say "Deploying to the wrong host is refused, and changes nothing:"
+toplevel=$(on_host readlink -f /nix/var/nix/profiles/system)
+printf 'db1\t%s\n' "$toplevel" | nixpipe-activate --on "$HOST_WEB1" switch || echo "(exit $?)" >&2
