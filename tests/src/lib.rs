@@ -45,9 +45,10 @@ pub fn nixpkgs() -> PathBuf {
     if !bb.join("busybox").exists() {
         // Into place by rename, so concurrent tests never see half a file.
         fs::create_dir_all(&bb).unwrap();
-        let tmp = bb.join(format!(".busybox.{}", std::process::id()));
-        fs::copy(busybox(), &tmp).expect("copy busybox into the stand-in nixpkgs");
-        fs::rename(&tmp, bb.join("busybox")).unwrap();
+        let tmp = tempfile::NamedTempFile::new_in(&bb).unwrap();
+        fs::copy(busybox(), tmp.path()).expect("copy busybox into the stand-in nixpkgs");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        tmp.persist(bb.join("busybox")).unwrap();
     }
     nixpkgs
 }
