@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use nixpipe_core::activation::{self, Action, Options};
-use nixpipe_core::cli::{self, OutputArgs, Results};
-use nixpipe_core::{record, Error, Outcome, Target, TargetSpec};
+use nixpipe_core::cli::{self, OutputArgs, RecordArgs, Results};
+use nixpipe_core::{Error, Outcome, Target, TargetSpec};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -31,9 +31,8 @@ pub struct Cli {
     #[arg(value_enum)]
     pub action: Action,
 
-    /// Store paths or records; read from stdin when none are given
-    #[arg(value_name = "PATH")]
-    pub paths: Vec<String>,
+    #[command(flatten)]
+    pub records: RecordArgs,
 
     /// Where to activate: [user@]host[:port], ssh://..., 'root@{name}', or local [default: the record's NAME, else local]
     #[arg(long, value_name = "TARGET")]
@@ -75,7 +74,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         (cli.ask_sudo_password, "--ask-sudo-password"),
     ])?;
     let opts = Options { action: cli.action, hostname_check: !cli.no_hostname_check, dry_run: cli.dry_run };
-    let records = record::from_args_or_stdin(&cli.paths)?;
+    let records = cli.records.read()?;
     let planned = cli::with_targets(records, cli.on.as_ref(), Some(Target::Local))?;
     let mut results = Results::new(&cli.output);
     for (record, target) in &planned {

@@ -1,7 +1,7 @@
 //! nixpipe-bundle: one store path carrying a whole deployment (planned).
 
 use clap::Parser;
-use nixpipe_core::cli::{self, OutputArgs};
+use nixpipe_core::cli::{self, OutputArgs, RecordArgs};
 use nixpipe_core::{Error, Outcome};
 use std::path::PathBuf;
 
@@ -13,9 +13,8 @@ Example:
 #[derive(Parser, Debug)]
 #[command(name = "nixpipe-bundle", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Toplevel store paths or records; read from stdin when none are given
-    #[arg(value_name = "PATH")]
-    pub paths: Vec<String>,
+    #[command(flatten)]
+    pub records: RecordArgs,
 
     /// The configuration directory or file to carry in the bundle
     #[arg(long, value_name = "DIR|FILE")]

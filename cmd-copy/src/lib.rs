@@ -1,9 +1,9 @@
 //! nixpipe-copy: copy closures of store paths to other stores.
 
 use clap::Parser;
-use nixpipe_core::cli::{self, OutputArgs, Results};
+use nixpipe_core::cli::{self, OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::copy_closures;
-use nixpipe_core::{record, Error, Outcome, Record, StorePath, Target, TargetSpec};
+use nixpipe_core::{Error, Outcome, Record, StorePath, Target, TargetSpec};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -25,9 +25,8 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(name = "nixpipe-copy", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Store paths or records; read from stdin when none are given
-    #[arg(value_name = "PATH")]
-    pub paths: Vec<String>,
+    #[command(flatten)]
+    pub records: RecordArgs,
 
     /// Where to copy: [user@]host[:port], ssh://..., 'root@{name}', or local [default: the record's NAME]
     #[arg(long, value_name = "TARGET")]
@@ -51,7 +50,7 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     refuse_unbuilt(&cli)?;
-    let records = record::from_args_or_stdin(&cli.paths)?;
+    let records = cli.records.read()?;
     let planned = cli::with_targets(records, cli.to.as_ref(), None)?;
     let mut results = Results::new(&cli.output);
     for (target, records) in by_target(planned) {

@@ -48,6 +48,21 @@ pub fn refuse_unbuilt(flags: &[(bool, &str)]) -> Result<(), Error> {
     }
 }
 
+/// The records a command works on, flattened into its clap struct.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RecordArgs {
+    /// Store paths or records; read from stdin when none are given
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+impl RecordArgs {
+    /// The records, from the arguments or else stdin, checked whole.
+    pub fn read(&self) -> Result<Vec<crate::Record>, Error> {
+        crate::record::from_args_or_stdin(&self.paths)
+    }
+}
+
 /// Flags every command shares, flattened into each command's clap struct.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct OutputArgs {

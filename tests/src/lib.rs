@@ -151,6 +151,8 @@ impl Testbed {
         cmd.env("PATH", path)
             .env("NIX_SSHOPTS", self.nix_sshopts())
             .env("NIX_CONF_DIR", self.path().join("nix-conf"))
+            // Not ~/.config/nix either: only the testbed's configuration.
+            .env("NIX_USER_CONF_FILES", self.path().join("nix-conf/nix.conf"))
             .env("NIXPKGS", nixpkgs())
             .env("FIXTURES", fixtures())
             .env_remove("NIX_PATH");

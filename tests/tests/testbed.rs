@@ -37,3 +37,49 @@ fn a_stopped_host_leaves_nothing_behind() {
     let sshds = std::process::Command::new("pgrep").args(["-f", &dir.display().to_string()]).output().unwrap();
     assert!(sshds.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&sshds.stdout));
 }
+
+#[test]
+fn the_stand_in_nixpkgs_has_the_entry_points_of_real_nixpkgs() {
+    let tb = Testbed::new();
+    let nixos = r#"'<nixpkgs/nixos>' --arg configuration "$FIXTURES/web1/configuration.nix""#;
+
+    let system = tb.build(&format!("{nixos} -A system"));
+    assert_eq!(tb.build(&format!("{nixos} -A config.system.build.toplevel")), system);
+    let vm_system = tb.build(&format!("{nixos} -A config.virtualisation.vmVariant.system.build.toplevel"));
+    assert_ne!(vm_system, system, "the VM variant is another system");
+    let vm = tb.build(&format!("{nixos} -A vm"));
+    assert_eq!(std::fs::read_link(format!("{vm}/system")).unwrap().to_str(), Some(&*vm_system));
+    assert!(std::path::Path::new(&format!("{vm}/bin/run-web1-vm")).exists());
+
+    for file in ["nixos-version", "etc/hostname", "init", "bin/switch-to-configuration", "specialisation"] {
+        assert!(std::path::Path::new(&format!("{system}/{file}")).exists(), "{file}");
+    }
+    // testbed.closure = 3 extra paths, plus busybox, hello, system-path and the toplevel.
+    let closure = tb.sh(&format!("nix-store --query --requisites {system}")).ok().stdout_lines().len();
+    assert_eq!(closure, 7);
+}
+
+#[test]
+fn the_stand_in_nixpkgs_offers_lib_nixos_system_to_flakes() {
+    let tb = Testbed::new();
+    std::fs::create_dir(tb.path().join("flake")).unwrap();
+    std::fs::write(
+        tb.path().join("flake/flake.nix"),
+        r#"{
+          inputs.nixpkgs.url = "path:NIXPKGS";
+          outputs = { self, nixpkgs }: {
+            nixosConfigurations.web1 = nixpkgs.lib.nixosSystem {
+              system = "x86_64-linux";
+              modules = [ { networking.hostName = "web1"; } ];
+            };
+          };
+        }"#
+        .replace("NIXPKGS", &nixpipe_tests::nixpkgs().display().to_string()),
+    )
+    .unwrap();
+
+    let run =
+        tb.sh("cd flake && nix build --no-link --json .#nixosConfigurations.web1.config.system.build.toplevel").ok();
+
+    assert!(run.stdout.contains("-nixos-system-web1-"), "{}", run.stdout);
+}
