@@ -2,8 +2,9 @@
 //! shell to run nixpipe against them, as a user would.
 //!
 //! A [`Host`] is a set of namespaces (mount, UTS, PID) with its own /nix,
-//! /etc/nix, /etc/nixos, /var/lib, /run, hostname, users (root, and
-//! `deploy` with a password and sudo) and an sshd on a free loopback port.
+//! /etc (an overlay: /etc/nix, /etc/nixos, users: root, and `deploy` with a
+//! password and sudo), /var/lib, /run, hostname, and an sshd on a free
+//! loopback port.
 //! It dies with its PID namespace when dropped, also on panic; its mounts go
 //! with its mount namespace; its directory is removed.
 //!
@@ -201,10 +202,10 @@ impl Host {
     fn start(testbed: &Testbed, hostname: &str) -> Host {
         let dir = tempfile::Builder::new().prefix(&format!("nixpipe-host-{hostname}.")).tempdir().unwrap();
         let root = dir.path();
-        for sub in ["nix", "etc-nix", "etc-nixos", "var-lib", "run/sshd", "home/deploy", "ssh"] {
+        for sub in ["nix", "etc/nix", "etc/nixos", "etc-work", "var-lib", "run/sshd", "home/deploy", "ssh"] {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
-        fs::write(root.join("etc-nix/nix.conf"), NIX_CONF).unwrap();
+        fs::write(root.join("etc/nix/nix.conf"), NIX_CONF).unwrap();
         run_ok(
             Command::new("ssh-keygen")
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", hostname, "-f"])
@@ -317,12 +318,11 @@ fn sshd_config(root: &Path, port: u16) -> String {
     )
 }
 
-/// Private copies of the user database, with a `deploy` user who has a
-/// password and sudo; bound over /etc inside the host only.
+/// The host's own user database, with a `deploy` user who has a password
+/// and sudo, in the upper layer of its /etc.
 fn write_user_database(root: &Path, hostname: &str) {
     let home = root.join("home/deploy");
     let etc = root.join("etc");
-    fs::create_dir_all(&etc).unwrap();
     let add = |file: &str, line: String| {
         let mut text = fs::read_to_string(format!("/etc/{file}")).unwrap_or_default();
         text.push_str(&line);
@@ -340,27 +340,17 @@ fn write_user_database(root: &Path, hostname: &str) {
 
 fn spawn_namespace(root: &Path, hostname: &str) -> Child {
     let r = root.display();
-    let binds: Vec<String> = [
-        ("nix", "/nix"),
-        ("etc-nix", "/etc/nix"),
-        ("etc-nixos", "/etc/nixos"),
-        ("var-lib", "/var/lib"),
-        ("run", "/run"),
-        ("etc/passwd", "/etc/passwd"),
-        ("etc/group", "/etc/group"),
-        ("etc/shadow", "/etc/shadow"),
-        ("etc/hosts", "/etc/hosts"),
-        ("etc/sudoers", "/etc/sudoers"),
-    ]
-    .iter()
-    .map(|(from, to)| {
-        let mkdir = if root.join(from).is_dir() { format!("mkdir -p {to}; ") } else { String::new() };
-        format!("{mkdir}mount --bind {r}/{from} {to}")
-    })
-    .collect();
+    // /etc is an overlay whose upper layer is the host's own etc/ (users,
+    // sudoers, nix/nix.conf, nixos/): what the host writes there stays its
+    // own. /nix, /var/lib and /run are empty directories of its own.
     let script = format!(
-        "set -e\n{}\nhostname {hostname}\nexec /usr/sbin/sshd -D -e -f {r}/ssh/sshd_config 2>>{r}/sshd.log",
-        binds.join("\n")
+        "set -e
+mount -t overlay overlay -o lowerdir=/etc,upperdir={r}/etc,workdir={r}/etc-work /etc
+mount --bind {r}/nix /nix
+mount --bind {r}/var-lib /var/lib
+mount --bind {r}/run /run
+hostname {hostname}
+exec /usr/sbin/sshd -D -e -f {r}/ssh/sshd_config 2>>{r}/sshd.log"
     );
     let log = fs::File::create(root.join("sshd.log")).unwrap();
     let mut cmd = Command::new("unshare");

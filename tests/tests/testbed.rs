@@ -28,7 +28,8 @@ fn a_stopped_host_leaves_nothing_behind() {
     let web1 = tb.host("web1");
     let dir = web1.dir().to_owned();
     let port = web1.port;
-    web1.sh("mkdir -p /nix/store/x && echo hi > /var/lib/mark");
+    web1.sh("mkdir -p /nix/store/x && echo hi > /var/lib/mark && echo '{}' > /etc/nixos/nixpipe-testbed-mark.nix");
+    assert!(!std::path::Path::new("/etc/nixos/nixpipe-testbed-mark.nix").exists(), "a host's /etc is its own");
 
     drop(web1);
 
