@@ -115,11 +115,7 @@ impl Testbed {
         let root = dir.path();
         fs::create_dir_all(root.join("nix-conf")).unwrap();
         fs::write(root.join("nix-conf/nix.conf"), NIX_CONF).unwrap();
-        run_ok(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "nixpipe-testbed", "-f"])
-                .arg(root.join("id_ed25519")),
-        );
+        new_key_pair(&root.join("id_ed25519"), "nixpipe-testbed");
         fs::write(root.join("known_hosts"), "").unwrap();
         let config = format!(
             "Host *\n  IdentityFile {r}/id_ed25519\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile {r}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
@@ -206,11 +202,7 @@ impl Host {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
         fs::write(root.join("etc/nix/nix.conf"), NIX_CONF).unwrap();
-        run_ok(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", hostname, "-f"])
-                .arg(root.join("ssh/host_key")),
-        );
+        new_key_pair(&root.join("ssh/host_key"), hostname);
         fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).unwrap();
         write_user_database(root, hostname);
 
@@ -303,6 +295,11 @@ impl Drop for Host {
         }
         let _ = self.namespace.wait();
     }
+}
+
+/// An ed25519 key pair without passphrase: `path` and `path.pub`.
+fn new_key_pair(path: &Path, comment: &str) {
+    run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path));
 }
 
 fn free_port() -> u16 {
