@@ -1,9 +1,11 @@
 //! nixpipe-copy: copy closures of store paths to other stores.
 
 use clap::Parser;
-use nixpipe_core::cli::{self, OutputArgs, RecordArgs, Results};
-use nixpipe_core::copy::copy_closures;
-use nixpipe_core::{Error, Outcome, Record, StorePath, Target, TargetSpec};
+use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
+use nixpipe_core::copy::{self, DestinationSpec, Options};
+use nixpipe_core::signing::SecretKey;
+use nixpipe_core::{Error, Outcome, StorePath, TargetSpec};
+use std::path::PathBuf;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -14,7 +16,31 @@ Examples:
     nixpipe-eval ... | nixpipe-copy --to 'root@{name}'
 
   Copy one path by hand (ssh options from NIX_SSHOPTS, as nix-copy-closure):
-    NIX_SSHOPTS='-i ~/.ssh/deploy' nixpipe-copy --to root@web1:2222 /nix/store/...-nixos-system-web1";
+    NIX_SSHOPTS='-i ~/.ssh/deploy' nixpipe-copy --to root@web1:2222 /nix/store/...-nixos-system-web1
+
+  Fill a signed binary cache, then let a machine pull from it:
+    nixpipe-copy --to file:///srv/cache --sign-key /etc/nix/cache.sec /nix/store/...
+
+  Copy from one host to another (the bytes pass through this machine):
+    nixpipe-copy --from root@build1 --to root@web1 /nix/store/...";
+
+const COPY_NOTES: &str = "\
+How it copies:
+  nixpipe-copy speaks the protocol of `nix-store --serve` itself, over the system ssh, on both
+  ends: the closure and its path infos from the source, the valid subset from the target, then
+  every missing path sent back to back in dependency order. A copy costs a few round trips,
+  whatever the number of paths. Each NAR is checked against the source's narHash as it passes;
+  a mismatch stops the copy, naming the path, before the target has all of it.
+
+  Interrupted at any point, the target holds only complete, valid paths (Nix registers a path
+  once its whole NAR arrived, and every path is sent after its references): run the same
+  command again and it sends only the rest.
+
+  With --from A --to B, the bytes pass through this machine. Where B can reach A itself, the
+  direct way is to run the copy there: ssh B nix-copy-closure --from A PATH.
+
+  Copying to a user that is neither root nor in the target's trusted-users needs signed paths:
+  --sign-key signs them, and the target must list the public key in trusted-public-keys.";
 
 /// Copy the closures of store paths to another store.
 ///
@@ -23,24 +49,28 @@ Examples:
 /// valid on the target. ssh is the system OpenSSH client: ~/.ssh/config, the
 /// agent and NIX_SSHOPTS all apply; host keys are always checked.
 #[derive(Parser, Debug)]
-#[command(name = "nixpipe-copy", version, after_help = EXAMPLES)]
+#[command(name = "nixpipe-copy", version, after_help = EXAMPLES, after_long_help = format!("{COPY_NOTES}\n\n{EXAMPLES}"))]
 pub struct Cli {
     #[command(flatten)]
     pub records: RecordArgs,
 
-    /// Where to copy: [user@]host[:port], ssh://..., 'root@{name}', or local [default: the record's NAME]
+    /// Where to copy: [user@]host[:port], ssh://..., 'root@{name}', local, or a binary cache file:///DIR [default: the record's NAME]
     #[arg(long, value_name = "TARGET")]
-    pub to: Option<TargetSpec>,
+    pub to: Option<DestinationSpec>,
 
-    /// Copy from a remote store instead of the local one (not implemented yet)
+    /// Copy from this store instead of the local one: [user@]host[:port], ssh://..., 'root@{name}'
     #[arg(long, value_name = "TARGET")]
     pub from: Option<TargetSpec>,
 
-    /// Let the target fetch what it can from its own substituters first (not implemented yet)
+    /// Let the target fetch what it can from its own substituters first
     #[arg(short = 's', long)]
     pub substitute_on_destination: bool,
 
-    /// Show what would be copied, copy nothing (not implemented yet)
+    /// Sign every path copied with this secret key (from nix-store --generate-binary-cache-key)
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+
+    /// Say on stderr what would be copied; copy nothing, write no records
     #[arg(long)]
     pub dry_run: bool,
 
@@ -49,37 +79,26 @@ pub struct Cli {
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    refuse_unbuilt(&cli)?;
+    let sign_key = cli.sign_key.as_deref().map(SecretKey::load).transpose().map_err(Error::Usage)?;
+    let options = Options { substitute: cli.substitute_on_destination, sign_key, dry_run: cli.dry_run };
     let records = cli.records.read()?;
-    let planned = cli::with_targets(records, cli.to.as_ref(), None)?;
+    let routes = copy::routes(records, cli.from.as_ref(), cli.to.as_ref())?;
     let mut results = Results::new(&cli.output);
-    for (target, records) in by_target(planned) {
+    for (route, mut records) in routes {
         let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
-        let copied = copy_closures(&target, &paths);
-        for record in &records {
-            results.record(record, copied.clone())?;
+        let copied = copy::copy_closures(&route, &paths, &options);
+        if options.dry_run {
+            if let Err(why) = &copied {
+                results.failed(&route.to.to_string(), why);
+            }
+            continue;
+        }
+        for record in &mut records {
+            if let (Ok(summary), true) = (&copied, cli.output.json) {
+                record.extra.insert("copy".into(), serde_json::to_value(summary).expect("a plain struct"));
+            }
+            results.record(record, copied.as_ref().map(|_| ()).map_err(Clone::clone))?;
         }
     }
     Ok(results.finish())
-}
-
-/// One copy per target, with all its paths: shared dependencies go once.
-fn by_target(planned: Vec<(Record, Target)>) -> Vec<(Target, Vec<Record>)> {
-    let mut groups: Vec<(Target, Vec<Record>)> = Vec::new();
-    for (record, target) in planned {
-        match groups.iter_mut().find(|(t, _)| *t == target) {
-            Some((_, records)) => records.push(record),
-            None => groups.push((target, vec![record])),
-        }
-    }
-    groups
-}
-
-fn refuse_unbuilt(cli: &Cli) -> Result<(), Error> {
-    let unbuilt = [
-        (cli.from.is_some(), "--from"),
-        (cli.substitute_on_destination, "--substitute-on-destination"),
-        (cli.dry_run, "--dry-run"),
-    ];
-    cli::refuse_unbuilt(&unbuilt)
 }

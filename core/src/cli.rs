@@ -102,11 +102,16 @@ impl Results {
         match result {
             Ok(()) => self.writer.write(record).map_err(|e| Error::Failed(format!("cannot write to stdout: {e}"))),
             Err(why) => {
-                record_failed(record.label(), &why);
-                self.outcome.failed += 1;
+                self.failed(record.label(), &why);
                 Ok(())
             }
         }
+    }
+
+    /// Reports a failure that is not one record's.
+    pub fn failed(&mut self, who: &str, why: &str) {
+        record_failed(who, why);
+        self.outcome.failed += 1;
     }
 
     pub fn finish(self) -> Outcome {

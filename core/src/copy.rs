@@ -1,59 +1,472 @@
-//! Copying closures between stores.
+//! Copying closures between stores, with our own client of the serve
+//! protocol on both ends.
 //!
-//! This first version hands ssh copies to `nix-copy-closure`; the native
-//! serve-protocol client replaces it.
+//! A copy is: the closure and its path infos from the source (two round
+//! trips), the valid subset from the target (one), then every missing path
+//! written to the target back to back, in dependency order, while a second
+//! thread reads the target's confirmations as they come. Latency is paid a
+//! few times per copy, not once per path as nix-copy-closure pays it.
+//!
+//! Safety comes from the order and from the target: a path is sent only
+//! after everything it refers to, and Nix registers a path only once its
+//! whole NAR arrived and matched narHash. So at any point the target holds
+//! complete, valid, closed paths, and a rerun sends only the rest. We check
+//! each NAR's hash ourselves too, and hold its last bytes back until it
+//! matches (see [`nar::relay`]).
 
-use crate::nix;
-use crate::process;
+use crate::binary_cache::BinaryCache;
+use crate::cli;
+use crate::nar::{self, NarHash, RelayError};
+use crate::progress::Progress;
+use crate::record::Record;
+use crate::serve::{self, Connection, PathInfo, Replies, Requests, Server};
+use crate::signing::SecretKey;
 use crate::store_path::StorePath;
-use crate::target::Target;
-use std::process::Command;
+use crate::target::{self, Target, TargetSpec};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::{self, Write};
+use std::time::Instant;
 
-/// Makes the closures of `paths` valid on `target`.
-pub fn copy_closures(target: &Target, paths: &[&StorePath]) -> Result<(), String> {
-    match target {
-        // The local store is both ends: there is nothing to move, only to
-        // check that the paths are really there.
-        Target::Local => match nix::invalid_local_paths(paths)?.first() {
-            Some(missing) => Err(format!("{missing} is not valid in the local store")),
-            None => Ok(()),
-        },
-        Target::Ssh(host) => {
-            let sshopts = shlex::try_join(host.ssh_options()?.iter().map(String::as_str))
-                .map_err(|e| format!("cannot quote ssh options: {e}"))?;
-            let mut cmd = Command::new("nix-copy-closure");
-            cmd.env("NIX_SSHOPTS", sshopts).arg("--to").arg(host.destination()).args(paths);
-            let output = process::capture(&mut cmd)?;
-            if output.status.success() {
-                return Ok(());
-            }
-            match ssh_reason(&output.stderr) {
-                Some(reason) => Err(format!("cannot reach {target}: {reason}")),
-                None => Err(target.failure("nix-copy-closure", &output)),
-            }
+/// Where a copy goes, as the user wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestinationSpec {
+    Store(TargetSpec),
+    Cache(BinaryCache),
+}
+
+impl std::str::FromStr for DestinationSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DestinationSpec, String> {
+        if let Some(cache) = BinaryCache::from_url(s) {
+            return cache.map(DestinationSpec::Cache);
+        }
+        if let Some((scheme, _)) = s.split_once("://").filter(|(scheme, _)| *scheme != "ssh") {
+            return Err(format!(
+                "{scheme}:// stores are not supported: copy to file:///DIR, an ssh host or local, or use `nix copy --to {s}`"
+            ));
+        }
+        s.parse().map(DestinationSpec::Store)
+    }
+}
+
+/// Where a copy goes, for one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Store(Target),
+    Cache(BinaryCache),
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Store(target) => target.fmt(f),
+            Destination::Cache(cache) => write!(f, "file://{}", cache.dir().display()),
         }
     }
 }
 
-/// Nix says only "cannot connect to HOST"; the line ssh printed before it
-/// says why (refused, host key, permission denied).
-fn ssh_reason(stderr: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let at = lines.iter().position(|l| l.starts_with("error: cannot connect to"))?;
-    let reason = at.checked_sub(1).map(|i| lines[i]).unwrap_or(lines[at]);
-    Some(process::summarize(reason.as_bytes()))
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Let the target try its own substituters first.
+    pub substitute: bool,
+    /// Sign every path sent with this key.
+    pub sign_key: Option<SecretKey>,
+    /// Say what would be sent, send nothing.
+    pub dry_run: bool,
+}
+
+/// One copy: from which store to which destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub from: Target,
+    pub to: Destination,
+}
+
+/// Groups records by route before anything is copied, so that a record
+/// without a usable target is bad input and nothing moves. One copy per
+/// route: the paths records share go once.
+pub fn routes(
+    records: Vec<Record>,
+    from: Option<&TargetSpec>,
+    to: Option<&DestinationSpec>,
+) -> Result<Vec<(Route, Vec<Record>)>, crate::Error> {
+    let mut groups: Vec<(Route, Vec<Record>)> = Vec::new();
+    for record in records {
+        let route =
+            route_for(&record, from, to).map_err(|e| crate::Error::Usage(format!("{}: {e}", record.label())))?;
+        match groups.iter_mut().find(|(r, _)| *r == route) {
+            Some((_, records)) => records.push(record),
+            None => groups.push((route, vec![record])),
+        }
+    }
+    Ok(groups)
+}
+
+/// The source defaults to the local store; the destination to the machine
+/// the record names.
+fn route_for(record: &Record, from: Option<&TargetSpec>, to: Option<&DestinationSpec>) -> Result<Route, String> {
+    let from = match from {
+        Some(spec) => spec.resolve(record.name.as_deref())?,
+        None => Target::Local,
+    };
+    let to = match to {
+        Some(DestinationSpec::Cache(cache)) => Destination::Cache(cache.clone()),
+        Some(DestinationSpec::Store(spec)) => Destination::Store(target::for_record(Some(spec), record, None)?),
+        None => Destination::Store(target::for_record(None, record, None)?),
+    };
+    Ok(Route { from, to })
+}
+
+/// What one copy did, for `--json`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub from: String,
+    pub to: String,
+    pub closure_paths: usize,
+    pub copied_paths: usize,
+    pub copied_bytes: u64,
+    pub seconds: f64,
+}
+
+/// Makes the closures of `paths` valid at the route's destination.
+pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> Result<Summary, String> {
+    let Route { from, to } = route;
+    let started = Instant::now();
+    let wanted: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    // Both servers start before either is waited for: two ssh handshakes
+    // at once.
+    let mut source = Connection::start(from, false)?;
+    let mut sink = Sink::start(to)?;
+    source.greet()?;
+    let closure = source.query_closure(&wanted)?;
+    let ordered = dependency_order(&closure, source.query_path_infos(&closure)?)?;
+    let present = sink.present(&closure, options.substitute)?;
+    let missing = ordered
+        .into_iter()
+        .filter(|info| !present.contains(&info.path))
+        .map(|info| Transfer::new(info, options.sign_key.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = missing.iter().map(|t| t.info.nar_size).sum();
+    if options.dry_run {
+        for t in &missing {
+            cli::note(&format!("would copy {} ({} bytes) to {to}", t.info.path, t.info.nar_size));
+        }
+    } else if !missing.is_empty() {
+        let progress = Progress::new(&to.to_string(), missing.len() as u64, bytes);
+        let sent = sink.receive(source, &missing, &progress);
+        progress.finish();
+        sent?;
+    } else {
+        source.close()?;
+    }
+    sink.close()?;
+    Ok(Summary {
+        from: from.to_string(),
+        to: to.to_string(),
+        closure_paths: closure.len(),
+        copied_paths: missing.len(),
+        copied_bytes: bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One path to send, its hash checked and its signature added up front,
+/// so a bad path info stops the copy before any byte moves.
+struct Transfer {
+    info: PathInfo,
+    hash: NarHash,
+}
+
+impl Transfer {
+    fn new(mut info: PathInfo, key: Option<&SecretKey>) -> Result<Transfer, String> {
+        let hash = NarHash::parse(&info.nar_hash).map_err(|e| format!("{}: {e}", info.path))?;
+        if let Some(key) = key {
+            let signature = key.sign(&info)?;
+            if !info.sigs.contains(&signature) {
+                info.sigs.push(signature);
+            }
+        }
+        Ok(Transfer { info, hash })
+    }
+}
+
+/// The receiving end of a copy.
+enum Sink {
+    Store(Connection),
+    Cache(BinaryCache),
+}
+
+impl Sink {
+    fn start(to: &Destination) -> Result<Sink, String> {
+        match to {
+            Destination::Store(target) => Ok(Sink::Store(Connection::start(target, true)?)),
+            Destination::Cache(cache) => {
+                cache.create()?;
+                Ok(Sink::Cache(cache.clone()))
+            }
+        }
+    }
+
+    /// The paths of `closure` already there; greets a store first.
+    fn present(&mut self, closure: &[String], substitute: bool) -> Result<BTreeSet<String>, String> {
+        match self {
+            Sink::Store(conn) => {
+                conn.greet()?;
+                conn.query_valid_paths(closure, substitute)
+            }
+            Sink::Cache(cache) if substitute => Err(format!(
+                "--substitute-on-destination is for stores; file://{} is a binary cache",
+                cache.dir().display()
+            )),
+            Sink::Cache(cache) => Ok(cache.present(closure)),
+        }
+    }
+
+    /// Streams the NARs of `missing` from `source` into the sink.
+    fn receive(&mut self, source: Connection, missing: &[Transfer], progress: &Progress) -> Result<(), String> {
+        let Connection { server: mut source_server, requests: mut asks, replies: mut nars } = source;
+        let result = match self {
+            Sink::Store(target) => std::thread::scope(|s| {
+                let asking = s.spawn(|| ask_for_nars(&mut asks, missing));
+                let confirming = s.spawn(|| confirm_added(&mut target.replies, missing.len(), progress));
+                let sent = send_nars(&mut nars, &mut target.requests, missing, progress);
+                let outcome = settle(sent, &mut source_server, Some(&mut target.server));
+                // Both threads end now: on success their work is done, on
+                // failure both servers were stopped under them.
+                let confirmed = confirming.join().expect("confirming thread");
+                let asked = asking.join().expect("asking thread");
+                outcome?;
+                confirmed.map_err(|e| target.server.broken(e))?;
+                asked.map_err(|e| source_server.broken(e))
+            }),
+            Sink::Cache(cache) => std::thread::scope(|s| {
+                let asking = s.spawn(|| ask_for_nars(&mut asks, missing));
+                let written = write_nars(&mut nars, cache, missing, progress);
+                let outcome = settle(written, &mut source_server, None);
+                let asked = asking.join().expect("asking thread");
+                outcome?;
+                asked.map_err(|e| source_server.broken(e))
+            }),
+        };
+        result?;
+        Connection { server: source_server, requests: asks, replies: nars }.close()
+    }
+
+    fn close(self) -> Result<(), String> {
+        match self {
+            Sink::Store(conn) => conn.close(),
+            Sink::Cache(_) => Ok(()),
+        }
+    }
+}
+
+/// Why a stream stopped.
+enum Failure {
+    Source(io::Error),
+    Target(io::Error),
+    /// A NAR did not match its narHash.
+    Corrupt {
+        path: String,
+        expected: NarHash,
+        got: NarHash,
+    },
+    /// Anything else, already said.
+    Other(String),
+}
+
+impl Failure {
+    fn of_relay(error: RelayError, t: &Transfer) -> Failure {
+        match error {
+            RelayError::Read(e) => Failure::Source(e),
+            RelayError::Write(e) => Failure::Target(e),
+            RelayError::Mismatch(got) => Failure::Corrupt { path: t.info.path.clone(), expected: t.hash, got },
+        }
+    }
+}
+
+/// Turns the first failure into its one line, then stops both servers so
+/// that no thread waits on them any more. A target stopped in the middle of
+/// a NAR registers nothing of it.
+fn settle(sent: Result<(), Failure>, source: &mut Server, target: Option<&mut Server>) -> Result<(), String> {
+    let Err(failure) = sent else { return Ok(()) };
+    let message = match failure {
+        Failure::Corrupt { path, expected, got } => {
+            // Stop the target before anything else can reach it.
+            if let Some(target) = target {
+                target.kill();
+            }
+            format!(
+                "{path}: the NAR from {} has hash {got}, not {expected} as its store records: stopped before the target registered it",
+                source.target
+            )
+        }
+        Failure::Source(e) => source.broken(e),
+        Failure::Target(e) => match target {
+            Some(target) => {
+                let said = target.broken(e);
+                explain_refusal(target).unwrap_or(said)
+            }
+            None => e.to_string(),
+        },
+        Failure::Other(message) => message,
+    };
+    source.kill();
+    Err(message)
+}
+
+/// Nix's refusal of unsigned paths, said with the three ways out.
+fn explain_refusal(target: &Server) -> Option<String> {
+    if !target.stderr().contains("lacks a valid signature") {
+        return None;
+    }
+    let user = match &target.target {
+        Target::Ssh(host) => host.user.clone().unwrap_or_else(|| "the ssh user".to_owned()),
+        Target::Local => "this user".to_owned(),
+    };
+    Some(format!(
+        "{} does not trust unsigned paths from {user}: copy as root, add {user} to trusted-users in its nix.conf, \
+         or sign with --sign-key FILE and add the public key to its trusted-public-keys",
+        target.target
+    ))
+}
+
+/// Asks the source for every NAR at once; the replies come in order.
+fn ask_for_nars(asks: &mut Requests, missing: &[Transfer]) -> io::Result<()> {
+    for t in missing {
+        serve::write_dump_store_path(asks, &t.info.path)?;
+    }
+    asks.flush()
+}
+
+/// Reads the target's confirmation of each path as it arrives.
+fn confirm_added(acks: &mut Replies, count: usize, progress: &Progress) -> io::Result<()> {
+    for done in 1..=count {
+        serve::read_added(acks)?;
+        progress.path_done(done as u64);
+    }
+    Ok(())
+}
+
+/// Writes every missing path to the target, back to back.
+fn send_nars(
+    nars: &mut Replies,
+    adds: &mut Requests,
+    missing: &[Transfer],
+    progress: &Progress,
+) -> Result<(), Failure> {
+    for t in missing {
+        serve::write_add_to_store_nar(adds, &t.info).map_err(Failure::Target)?;
+        nar::relay(nars, adds, t.info.nar_size, &t.hash, |n| progress.sent(n)).map_err(|e| Failure::of_relay(e, t))?;
+    }
+    adds.flush().map_err(Failure::Target)
+}
+
+/// Writes every missing path into a binary cache, in dependency order.
+fn write_nars(
+    nars: &mut Replies,
+    cache: &BinaryCache,
+    missing: &[Transfer],
+    progress: &Progress,
+) -> Result<(), Failure> {
+    for (done, t) in missing.iter().enumerate() {
+        cache.add(&t.info, nars, |n| progress.sent(n)).map_err(|e| match Failure::of_relay(e, t) {
+            Failure::Target(e) => Failure::Other(format!("cannot write to {}: {e}", cache.dir().display())),
+            other => other,
+        })?;
+        progress.path_done(done as u64 + 1);
+    }
+    Ok(())
+}
+
+/// The path infos of `closure`, every path after everything it refers to.
+fn dependency_order(closure: &[String], infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, String> {
+    let mut by_path: BTreeMap<String, PathInfo> = infos.into_iter().map(|i| (i.path.clone(), i)).collect();
+    if let Some(unknown) = closure.iter().find(|p| !by_path.contains_key(*p)) {
+        return Err(format!("the source store has no path info for {unknown}"));
+    }
+    let mut order: Vec<String> = Vec::with_capacity(by_path.len());
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    // Depth first without recursion: closures can be long chains.
+    for root in by_path.keys() {
+        if !seen.insert(root) {
+            continue;
+        }
+        let mut stack: Vec<(&str, usize)> = vec![(root, 0)];
+        while let Some((path, next)) = stack.last_mut() {
+            let references = &by_path[*path].references;
+            match references.get(*next) {
+                Some(reference) => {
+                    *next += 1;
+                    // Self-references and (impossible) cycles are skipped.
+                    if by_path.contains_key(reference) && seen.insert(reference) {
+                        stack.push((reference, 0));
+                    }
+                }
+                None => {
+                    order.push(path.to_string());
+                    stack.pop();
+                }
+            }
+        }
+    }
+    Ok(order.iter().map(|p| by_path.remove(p).expect("from by_path")).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn info(path: &str, references: &[&str]) -> PathInfo {
+        PathInfo {
+            path: path.into(),
+            deriver: String::new(),
+            references: references.iter().map(|r| r.to_string()).collect(),
+            nar_size: 8,
+            nar_hash: String::new(),
+            ca: String::new(),
+            sigs: Vec::new(),
+        }
+    }
+
+    fn order(infos: Vec<PathInfo>) -> Vec<String> {
+        let closure: Vec<String> = infos.iter().map(|i| i.path.clone()).collect();
+        dependency_order(&closure, infos).unwrap().into_iter().map(|i| i.path).collect()
+    }
+
     #[test]
-    fn names_the_reason_ssh_gave() {
-        let stderr = b"Host key verification failed.\r\nerror: cannot connect to 'root@127.0.0.1'\n";
-        assert_eq!(ssh_reason(stderr).as_deref(), Some("Host key verification failed."));
-        assert_eq!(ssh_reason(b"error: cannot connect to 'x'\n").as_deref(), Some("error: cannot connect to 'x'"));
-        assert_eq!(ssh_reason(b"error: path is not valid\n"), None);
+    fn references_come_first() {
+        let got = order(vec![info("a", &["b", "c", "a"]), info("b", &["c"]), info("c", &[]), info("d", &["a"])]);
+        assert_eq!(got, ["c", "b", "a", "d"]);
+    }
+
+    #[test]
+    fn long_chains_do_not_recurse() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("p{i:06}")).collect();
+        let infos = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| info(n, &names.get(i + 1).map(|r| vec![r.as_str()]).unwrap_or_default()));
+        let got = order(infos.collect());
+        assert_eq!(got.first().unwrap(), "p099999");
+        assert_eq!(got.last().unwrap(), "p000000");
+    }
+
+    #[test]
+    fn a_path_without_info_is_an_error() {
+        let err = dependency_order(&["a".into(), "b".into()], vec![info("a", &[])]).unwrap_err();
+        assert_eq!(err, "the source store has no path info for b");
+    }
+
+    #[test]
+    fn destinations_are_stores_or_file_caches() {
+        assert!(matches!("root@web1".parse::<DestinationSpec>(), Ok(DestinationSpec::Store(_))));
+        assert!(matches!("ssh://web1".parse::<DestinationSpec>(), Ok(DestinationSpec::Store(_))));
+        assert!(matches!("file:///srv/cache".parse::<DestinationSpec>(), Ok(DestinationSpec::Cache(_))));
+        let err = "s3://bucket".parse::<DestinationSpec>().unwrap_err();
+        assert!(err.contains("nix copy --to s3://bucket"), "{err}");
     }
 }

@@ -6,13 +6,18 @@
 //! and one module per step: [`eval`], [`copy`], [`activation`].
 
 pub mod activation;
+pub mod binary_cache;
 pub mod cli;
 pub mod copy;
 pub mod error;
 pub mod eval;
+pub mod nar;
 pub mod nix;
 pub mod process;
+pub mod progress;
 pub mod record;
+pub mod serve;
+pub mod signing;
 pub mod store_path;
 pub mod target;
 

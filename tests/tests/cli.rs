@@ -23,7 +23,6 @@ fn unbuilt_commands_and_flags_exit_2_and_say_so() {
     for line in [
         "nixpipe-bundle --config .",
         "nixpipe-microvm list --on local",
-        "nixpipe-copy --to local --from web1 /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x",
         "nixpipe-activate --rollback switch /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x",
         "nixpipe-eval .#web1",
     ] {

@@ -1,0 +1,146 @@
+//! A binary cache in a directory (`file:///DIR`), written the way Nix
+//! writes one: `nix-cache-info`, `nar/<filehash>.nar` and one
+//! `<hashpart>.narinfo` per path, which any Nix accepts as a substituter.
+//!
+//! Each NAR goes to a temporary file first and is renamed into place once
+//! its hash checked out; the narinfo comes last, also by rename. A reader
+//! (or an interrupted copy) never sees a narinfo without its whole NAR.
+
+use crate::nar::{self, NarHash, RelayError};
+use crate::serve::PathInfo;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BinaryCache {
+    dir: PathBuf,
+}
+
+impl BinaryCache {
+    /// `file:///DIR`; other URLs are not ours to parse.
+    pub fn from_url(url: &str) -> Option<Result<BinaryCache, String>> {
+        let dir = url.strip_prefix("file://")?;
+        Some(match dir.starts_with('/') {
+            true => Ok(BinaryCache { dir: PathBuf::from(dir) }),
+            false => Err(format!("bad cache URL '{url}': want file:///ABSOLUTE/DIR")),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the directory layout if it is not there yet.
+    pub fn create(&self) -> Result<(), String> {
+        let fail = |e: std::io::Error| format!("cannot create binary cache in {}: {e}", self.dir.display());
+        fs::create_dir_all(self.dir.join("nar")).map_err(fail)?;
+        let info = self.dir.join("nix-cache-info");
+        if !info.exists() {
+            write_atomically(&self.dir, &info, CACHE_INFO.as_bytes()).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// The paths the cache already has a narinfo for.
+    pub fn present(&self, paths: &[String]) -> BTreeSet<String> {
+        paths.iter().filter(|p| self.narinfo_path(p).is_file()).cloned().collect()
+    }
+
+    fn narinfo_path(&self, path: &str) -> PathBuf {
+        self.dir.join(format!("{}.narinfo", hash_part(path)))
+    }
+
+    /// Adds one path, its NAR read from `nar`; `sent` counts the bytes.
+    pub fn add(&self, info: &PathInfo, nar: &mut impl Read, sent: impl FnMut(u64)) -> Result<(), RelayError> {
+        let expected = NarHash::parse(&info.nar_hash).map_err(|e| RelayError::Write(invalid(e)))?;
+        let mut file = tempfile::NamedTempFile::new_in(self.dir.join("nar")).map_err(RelayError::Write)?;
+        nar::relay(nar, &mut file, info.nar_size, &expected, sent)?;
+        file.as_file().sync_all().map_err(RelayError::Write)?;
+        // Uncompressed: the file is the NAR, its hash the NAR's.
+        let url = format!("nar/{}.nar", expected.nix32());
+        file.persist(self.dir.join(&url)).map_err(|e| RelayError::Write(e.error))?;
+        let narinfo = narinfo(info, &url, &expected);
+        write_atomically(&self.dir, &self.narinfo_path(&info.path), narinfo.as_bytes()).map_err(RelayError::Write)
+    }
+}
+
+/// The narinfo of an uncompressed NAR at `url`.
+fn narinfo(info: &PathInfo, url: &str, hash: &NarHash) -> String {
+    let mut text = format!("StorePath: {}\nURL: {url}\nCompression: none\n", info.path);
+    let _ = writeln!(text, "FileHash: {hash}\nFileSize: {}", info.nar_size);
+    let _ = writeln!(text, "NarHash: {hash}\nNarSize: {}", info.nar_size);
+    let references: Vec<&str> = info.references.iter().map(|r| base_name(r)).collect();
+    let _ = writeln!(text, "References: {}", references.join(" "));
+    if !info.deriver.is_empty() {
+        let _ = writeln!(text, "Deriver: {}", base_name(&info.deriver));
+    }
+    for sig in &info.sigs {
+        let _ = writeln!(text, "Sig: {sig}");
+    }
+    if !info.ca.is_empty() {
+        let _ = writeln!(text, "CA: {}", info.ca);
+    }
+    text
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The 32 characters of a store path's base name before the first '-'.
+fn hash_part(path: &str) -> &str {
+    let base = base_name(path);
+    base.split_once('-').map_or(base, |(hash, _)| hash)
+}
+
+fn write_atomically(dir: &Path, to: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    // Readable by the web server or nix that serves the cache.
+    use std::os::unix::fs::PermissionsExt;
+    file.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+    file.persist(to).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_file_urls_are_caches() {
+        assert_eq!(BinaryCache::from_url("file:///srv/cache").unwrap().unwrap().dir(), Path::new("/srv/cache"));
+        assert!(BinaryCache::from_url("file://relative").unwrap().is_err());
+        assert!(BinaryCache::from_url("root@web1").is_none());
+    }
+
+    #[test]
+    fn narinfo_has_what_nix_reads() {
+        let info = PathInfo {
+            path: "/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello".into(),
+            deriver: "/nix/store/3bc1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello.drv".into(),
+            references: vec!["/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello".into()],
+            nar_size: 0,
+            nar_hash: String::new(),
+            ca: String::new(),
+            sigs: vec!["k:c2ln".into()],
+        };
+        let hash = NarHash::of(b"");
+        let text = narinfo(&info, "nar/x.nar", &hash);
+        assert!(text.contains("References: 2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello\n"));
+        assert!(text.contains("Deriver: 3bc1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello.drv\n"));
+        assert!(text.contains("Sig: k:c2ln\n"));
+        assert!(!text.contains("CA:"));
+        assert_eq!(hash_part(&info.path), "2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y");
+    }
+}
