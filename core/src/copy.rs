@@ -151,19 +151,18 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
         .map(|info| Transfer::new(info, options.sign_key.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let bytes = missing.iter().map(|t| t.info.nar_size).sum();
-    if options.dry_run {
-        for t in &missing {
+    if options.dry_run || missing.is_empty() {
+        for t in missing.iter().filter(|_| options.dry_run) {
             cli::note(&format!("would copy {} ({} bytes) to {to}", t.info.path, t.info.nar_size));
         }
-    } else if !missing.is_empty() {
+        source.close()?;
+        sink.close()?;
+    } else {
         let progress = Progress::new(&to.to_string(), missing.len() as u64, bytes);
         let sent = sink.receive(source, &missing, &progress);
         progress.finish();
         sent?;
-    } else {
-        source.close()?;
     }
-    sink.close()?;
     Ok(Summary {
         from: from.to_string(),
         to: to.to_string(),
@@ -226,34 +225,39 @@ impl Sink {
         }
     }
 
-    /// Streams the NARs of `missing` from `source` into the sink.
-    fn receive(&mut self, source: Connection, missing: &[Transfer], progress: &Progress) -> Result<(), String> {
-        let Connection { server: mut source_server, requests: mut asks, replies: mut nars } = source;
-        let result = match self {
-            Sink::Store(target) => std::thread::scope(|s| {
-                let asking = s.spawn(|| ask_for_nars(&mut asks, missing));
-                let confirming = s.spawn(|| confirm_added(&mut target.replies, missing.len(), progress));
-                let sent = send_nars(&mut nars, &mut target.requests, missing, progress);
-                let outcome = settle(sent, &mut source_server, Some(&mut target.server));
-                // Both threads end now: on success their work is done, on
-                // failure both servers were stopped under them.
-                let confirmed = confirming.join().expect("confirming thread");
-                let asked = asking.join().expect("asking thread");
-                outcome?;
-                confirmed.map_err(|e| target.server.broken(e))?;
-                asked.map_err(|e| source_server.broken(e))
-            }),
+    /// Streams the NARs of `missing` from `source` into the sink, then ends
+    /// both sessions.
+    fn receive(self, source: Connection, missing: &[Transfer], progress: &Progress) -> Result<(), String> {
+        let Connection { server: mut source_server, requests: asks, replies: mut nars } = source;
+        match self {
+            Sink::Store(Connection { server: mut target_server, requests: adds, replies: mut acks }) => {
+                std::thread::scope(|s| {
+                    let asking = s.spawn(move || ask_for_nars(asks, missing));
+                    let confirming = s.spawn(|| confirm_added(&mut acks, missing.len(), progress));
+                    let sent = send_nars(&mut nars, adds, missing, progress);
+                    let outcome = settle(sent, &mut source_server, Some(&mut target_server));
+                    // Both threads end now: their work is done, or their
+                    // server stopped under them.
+                    let confirmed = confirming.join().expect("confirming thread");
+                    let asked = asking.join().expect("asking thread");
+                    outcome?;
+                    confirmed.map_err(|e| target_failed(&mut target_server, e))?;
+                    asked.map_err(|e| source_server.broken(e))
+                })?;
+                drop(acks);
+                target_server.finish()?;
+            }
             Sink::Cache(cache) => std::thread::scope(|s| {
-                let asking = s.spawn(|| ask_for_nars(&mut asks, missing));
-                let written = write_nars(&mut nars, cache, missing, progress);
+                let asking = s.spawn(move || ask_for_nars(asks, missing));
+                let written = write_nars(&mut nars, &cache, missing, progress);
                 let outcome = settle(written, &mut source_server, None);
                 let asked = asking.join().expect("asking thread");
                 outcome?;
                 asked.map_err(|e| source_server.broken(e))
-            }),
-        };
-        result?;
-        Connection { server: source_server, requests: asks, replies: nars }.close()
+            })?,
+        }
+        drop(nars);
+        source_server.finish()
     }
 
     fn close(self) -> Result<(), String> {
@@ -288,28 +292,19 @@ impl Failure {
     }
 }
 
-/// Turns the first failure into its one line, then stops both servers so
-/// that no thread waits on them any more. A target stopped in the middle of
-/// a NAR registers nothing of it.
+/// Turns the first failure into its one line, then stops the source so
+/// that no thread waits on it any more. The target's input is closed by
+/// then (see [`send_nars`]), so it ends by itself.
 fn settle(sent: Result<(), Failure>, source: &mut Server, target: Option<&mut Server>) -> Result<(), String> {
     let Err(failure) = sent else { return Ok(()) };
     let message = match failure {
-        Failure::Corrupt { path, expected, got } => {
-            // Stop the target before anything else can reach it.
-            if let Some(target) = target {
-                target.kill();
-            }
-            format!(
-                "{path}: the NAR from {} has hash {got}, not {expected} as its store records: stopped before the target registered it",
-                source.target
-            )
-        }
+        Failure::Corrupt { path, expected, got } => format!(
+            "{path}: the NAR from {} has hash {got}, not {expected} as its store records; stopped before the target registered it",
+            source.target
+        ),
         Failure::Source(e) => source.broken(e),
         Failure::Target(e) => match target {
-            Some(target) => {
-                let said = target.broken(e);
-                explain_refusal(target).unwrap_or(said)
-            }
+            Some(target) => target_failed(target, e),
             None => e.to_string(),
         },
         Failure::Other(message) => message,
@@ -318,26 +313,30 @@ fn settle(sent: Result<(), Failure>, source: &mut Server, target: Option<&mut Se
     Err(message)
 }
 
-/// Nix's refusal of unsigned paths, said with the three ways out.
-fn explain_refusal(target: &Server) -> Option<String> {
+/// What the target said when it hung up; its refusal of unsigned paths
+/// said with the three ways out.
+fn target_failed(target: &mut Server, error: io::Error) -> String {
+    let said = target.broken(error);
     if !target.stderr().contains("lacks a valid signature") {
-        return None;
+        return said;
     }
     let user = match &target.target {
         Target::Ssh(host) => host.user.clone().unwrap_or_else(|| "the ssh user".to_owned()),
         Target::Local => "this user".to_owned(),
     };
-    Some(format!(
+    format!(
         "{} does not trust unsigned paths from {user}: copy as root, add {user} to trusted-users in its nix.conf, \
          or sign with --sign-key FILE and add the public key to its trusted-public-keys",
         target.target
-    ))
+    )
 }
 
-/// Asks the source for every NAR at once; the replies come in order.
-fn ask_for_nars(asks: &mut Requests, missing: &[Transfer]) -> io::Result<()> {
+/// Asks the source for every NAR at once; the replies come in order. Then
+/// ends the session: the source exits after its last NAR, so a NAR shorter
+/// than its narSize ends in EOF rather than a wait for bytes never sent.
+fn ask_for_nars(mut asks: Requests, missing: &[Transfer]) -> io::Result<()> {
     for t in missing {
-        serve::write_dump_store_path(asks, &t.info.path)?;
+        serve::write_dump_store_path(&mut asks, &t.info.path)?;
     }
     asks.flush()
 }
@@ -351,16 +350,15 @@ fn confirm_added(acks: &mut Replies, count: usize, progress: &Progress) -> io::R
     Ok(())
 }
 
-/// Writes every missing path to the target, back to back.
-fn send_nars(
-    nars: &mut Replies,
-    adds: &mut Requests,
-    missing: &[Transfer],
-    progress: &Progress,
-) -> Result<(), Failure> {
+/// Writes every missing path to the target, back to back, and closes the
+/// target's input however that ends. After a failure the target sees its
+/// last NAR cut short: it registers nothing of that one, and everything
+/// before it.
+fn send_nars(nars: &mut Replies, mut adds: Requests, missing: &[Transfer], progress: &Progress) -> Result<(), Failure> {
     for t in missing {
-        serve::write_add_to_store_nar(adds, &t.info).map_err(Failure::Target)?;
-        nar::relay(nars, adds, t.info.nar_size, &t.hash, |n| progress.sent(n)).map_err(|e| Failure::of_relay(e, t))?;
+        serve::write_add_to_store_nar(&mut adds, &t.info).map_err(Failure::Target)?;
+        nar::relay(nars, &mut adds, t.info.nar_size, &t.hash, |n| progress.sent(n))
+            .map_err(|e| Failure::of_relay(e, t))?;
     }
     adds.flush().map_err(Failure::Target)
 }

@@ -201,7 +201,7 @@ impl Server {
 
     /// Waits for a server whose requests were closed to exit, and checks it
     /// exited well.
-    fn finish(mut self) -> Result<(), String> {
+    pub fn finish(mut self) -> Result<(), String> {
         let status = self.child.wait().map_err(|e| format!("cannot wait for nix-store on {}: {e}", self.target))?;
         if let Some(reader) = self.stderr_reader.take() {
             let _ = reader.join();

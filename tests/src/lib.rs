@@ -12,6 +12,8 @@
 //! an ssh_config handed to ssh through NIX_SSHOPTS (never ~/.ssh), and a
 //! private Nix configuration (never /etc/nix, never a substituter).
 
+pub mod proxy;
+
 use std::fs;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -96,6 +98,18 @@ impl Run {
 
     pub fn stdout_lines(&self) -> Vec<&str> {
         self.stdout.lines().collect()
+    }
+
+    /// The one line a nixpipe command printed about what went wrong.
+    pub fn error_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("nixpipe-")).collect();
+        assert_eq!(lines.len(), 1, "expected one error line, got:\n{}", self.stderr);
+        lines[0]
+    }
+
+    /// The stdout as JSON lines.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
     }
 }
 
@@ -198,7 +212,8 @@ impl Host {
     fn start(testbed: &Testbed, hostname: &str) -> Host {
         let dir = tempfile::Builder::new().prefix(&format!("nixpipe-host-{hostname}.")).tempdir().unwrap();
         let root = dir.path();
-        for sub in ["nix", "etc/nix", "etc/nixos", "etc-work", "var-lib", "run/sshd", "home/deploy", "ssh"] {
+        for sub in ["nix", "etc/nix", "etc/nixos", "etc-work", "var-lib", "run/sshd", "home/deploy", "home/root", "ssh"]
+        {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
         fs::write(root.join("etc/nix/nix.conf"), NIX_CONF).unwrap();
@@ -266,6 +281,34 @@ impl Host {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
     }
 
+    /// Whether `path` is valid in the host's store.
+    pub fn has(&self, path: &str) -> bool {
+        self.exec(&format!("nix-store --check-validity {path}")).status.success()
+    }
+
+    /// Starts a nix-daemon, for users other than root: what multi-user
+    /// NixOS has. It reads the host's nix.conf as it is now.
+    pub fn start_nix_daemon(&self) {
+        self.sh("nix-daemon </dev/null >/var/lib/nix-daemon.log 2>&1 &");
+        let socket = self.dir().join("nix/var/nix/daemon-socket/socket");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "nix-daemon did not start on {}", self.hostname);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts that the host's store is sound: every valid path's contents
+    /// match its recorded hash, and every valid path's references are valid.
+    pub fn assert_store_sound(&self) {
+        self.sh("nix-store --verify --check-contents");
+        self.sh("for p in /nix/store/*; do
+               if nix-store --check-validity $p 2>/dev/null; then
+                 nix-store --check-validity $(nix-store --query --references $p) || exit 1
+               fi
+             done");
+    }
+
     /// The host's own directory (its /nix is `nix/` in it).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -322,6 +365,13 @@ fn write_user_database(root: &Path, hostname: &str) {
     let etc = root.join("etc");
     let add = |file: &str, line: String| {
         let mut text = fs::read_to_string(format!("/etc/{file}")).unwrap_or_default();
+        if file == "passwd" {
+            // root gets a home of its own: the machine's /root and its
+            // dotfiles (shell init that takes locks, prints, waits) stay out.
+            let own = format!("root:x:0:0:root:{}:/bin/sh", root.join("home/root").display());
+            text =
+                text.lines().map(|l| if l.starts_with("root:") { own.clone() } else { l.to_owned() } + "\n").collect();
+        }
         text.push_str(&line);
         fs::write(etc.join(file), text).unwrap();
     };

@@ -5,12 +5,6 @@ use nixpipe_tests::Testbed;
 
 const EVAL_WEB1: &str = r#"nixpipe-eval -f "$FIXTURES/web1/configuration.nix" --nixpkgs "$NIXPKGS""#;
 
-fn one_line(stderr: &str) -> &str {
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("nixpipe-")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
-    lines[0]
-}
-
 #[test]
 fn eval_copy_activate_deploys_a_configuration_to_a_fresh_host() {
     let tb = Testbed::new();
@@ -58,7 +52,7 @@ fn garbage_on_stdin_exits_2_naming_the_line_and_copies_nothing() {
     let run = tb.sh(&format!("printf 'web1\\t%s\\n/etc/passwd\\n' {good} | nixpipe-copy --to {}", web1.target()));
 
     assert_eq!(run.code, 2);
-    let error = one_line(&run.stderr);
+    let error = run.error_line();
     assert!(error.starts_with("nixpipe-copy: line 2: not a store path"), "{error}");
     assert!(run.stdout.is_empty());
     assert_eq!(web1.sh("ls /nix/store 2>/dev/null | wc -l").trim(), "0", "nothing may reach the host");
@@ -75,7 +69,7 @@ fn activate_refuses_a_host_with_another_name_and_changes_nothing() {
     let run = tb.sh(&format!("printf 'web1\\t%s\\n' {web1} | nixpipe-activate --on {t} switch"));
 
     assert_eq!(run.code, 1);
-    let error = one_line(&run.stderr);
+    let error = run.error_line();
     assert!(error.contains("is host 'db1', not 'web1'; nothing changed"), "{error}");
     assert_eq!(db1.system_profile(), None);
     assert!(db1.switch_log().is_empty());
@@ -90,7 +84,7 @@ fn activate_refuses_a_system_that_was_not_copied() {
     let run = tb.sh(&format!("nixpipe-activate --on {} switch {system}", web1.target()));
 
     assert_eq!(run.code, 1);
-    assert!(one_line(&run.stderr).ends_with("; run nixpipe-copy first"), "{}", run.stderr);
+    assert!(run.error_line().ends_with("; run nixpipe-copy first"), "{}", run.stderr);
     assert_eq!(web1.system_profile(), None);
 }
 
@@ -105,7 +99,7 @@ fn activate_refuses_a_store_path_that_is_not_a_nixos_system() {
     let run = tb.sh(&format!("nixpipe-activate --on {t} switch {hello}"));
 
     assert_eq!(run.code, 1);
-    assert!(one_line(&run.stderr).contains("is not a NixOS system"), "{}", run.stderr);
+    assert!(run.error_line().contains("is not a NixOS system"), "{}", run.stderr);
     assert_eq!(web1.system_profile(), None);
 }
 
@@ -134,7 +128,7 @@ fn an_unreachable_host_fails_the_record_in_one_line() {
     let run = tb.sh(&format!("nixpipe-activate --on root@127.0.0.1:{closed} switch {system}"));
 
     assert_eq!(run.code, 1);
-    assert!(one_line(&run.stderr).contains(&format!("cannot reach root@127.0.0.1:{closed}")), "{}", run.stderr);
+    assert!(run.error_line().contains(&format!("cannot reach root@127.0.0.1:{closed}")), "{}", run.stderr);
 }
 
 #[test]
@@ -147,7 +141,7 @@ fn a_host_whose_key_is_not_known_is_refused() {
     let run = stranger.sh(&format!("nixpipe-copy --to {} {system}", web1.target()));
 
     assert_eq!(run.code, 1);
-    let error = one_line(&run.stderr);
+    let error = run.error_line();
     assert!(error.contains(&format!("cannot reach {}: Host key verification failed", web1.target())), "{error}");
     assert_eq!(web1.sh("ls /nix/store 2>/dev/null | wc -l").trim(), "0");
 }

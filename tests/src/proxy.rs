@@ -1,0 +1,115 @@
+//! A TCP proxy in front of a host's sshd, to make the network misbehave:
+//! cut the connection after some bytes, or add latency each way.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What the proxy does to the connections through it.
+#[derive(Clone, Copy, Debug)]
+pub enum Link {
+    /// Drops every connection once the client has sent this many bytes.
+    CutAfter(u64),
+    /// Delays every chunk this long, each way.
+    Delay(Duration),
+}
+
+/// Listens on a free loopback port and forwards to `upstream`.
+pub struct Proxy {
+    pub port: u16,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, link: Link) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                forward(client, server, link);
+            }
+        });
+        Proxy { port, stopping }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn forward(client: TcpStream, server: TcpStream, link: Link) {
+    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    match link {
+        Link::CutAfter(limit) => {
+            let (c3, s3) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            thread::spawn(move || {
+                pump(client, server, limit);
+                // The cut: both sides at once, as a dropped link looks.
+                let _ = c3.shutdown(Shutdown::Both);
+                let _ = s3.shutdown(Shutdown::Both);
+            });
+            thread::spawn(move || pump(s2, c2, u64::MAX));
+        }
+        Link::Delay(delay) => {
+            thread::spawn(move || delayed(client, server, delay));
+            thread::spawn(move || delayed(s2, c2, delay));
+        }
+    }
+}
+
+/// Copies `from` to `to` until EOF or `limit` bytes.
+fn pump(mut from: TcpStream, mut to: TcpStream, limit: u64) {
+    let mut buf = vec![0; 64 * 1024];
+    let mut moved = 0u64;
+    while moved < limit {
+        let want = (limit - moved).min(buf.len() as u64) as usize;
+        match from.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                moved += n as u64;
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Copies `from` to `to`, each chunk leaving `delay` after it arrived.
+fn delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer = thread::spawn(move || {
+        for (due, chunk) in rx {
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+    let mut buf = vec![0; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}
