@@ -24,5 +24,8 @@ demo: build
 man:
 	$(CARGO) xtask gen
 
-bench:
-	@echo "make bench: not implemented yet (comes with nixpipe-copy's native client)" >&2; exit 2
+# Benchmarks on testbed hosts, against nix-copy-closure, nix copy and tar;
+# prints markdown tables (see the README's Performance section).
+bench: setup
+	$(CARGO) build --release --workspace --locked
+	target/release/nixpipe-bench

@@ -23,7 +23,7 @@ _nixpipe__copy() {
 
     case "${cmd}" in
         nixpipe__copy)
-            opts="-s -h -V --to --from --substitute-on-destination --sign-key --dry-run --json --help --version"
+            opts="-s -h -V --to --from --substitute-on-destination --sign-key --compress --dry-run --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -39,6 +39,10 @@ _nixpipe__copy() {
                     ;;
                 --sign-key)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compress)
+                    COMPREPLY=($(compgen -W "none zstd" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,6 +1,8 @@
 complete -c nixpipe-copy -l to -d 'Where to copy: [user@]host[:port], ssh://..., \'root@{name}\', local, or a binary cache file:///DIR [default: the record\'s NAME]' -r
 complete -c nixpipe-copy -l from -d 'Copy from this store instead of the local one: [user@]host[:port], ssh://..., \'root@{name}\'' -r
 complete -c nixpipe-copy -l sign-key -d 'Sign every path copied with this secret key (from nix-store --generate-binary-cache-key)' -r -F
+complete -c nixpipe-copy -l compress -d 'How NARs travel to an ssh target: zstd compresses them in nixpipe\'s stream and the target\'s zstd decompresses them (a target without zstd gets ssh\'s own compression instead)' -r -f -a "none\t'As they are; ssh encrypts, nothing else'
+zstd\t'zstd-compressed by nixpipe, decompressed by the target\'s zstd (or ssh\'s own compression where the target has no zstd)'"
 complete -c nixpipe-copy -s s -l substitute-on-destination -d 'Let the target fetch what it can from its own substituters first'
 complete -c nixpipe-copy -l dry-run -d 'Say on stderr what would be copied; copy nothing, write no records'
 complete -c nixpipe-copy -l json -d 'Write JSON records (one object per line) instead of plain lines'

@@ -8,7 +8,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux procps)
+packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux procps zstd time)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
-use nixpipe_core::copy::{self, DestinationSpec, Options};
+use nixpipe_core::copy::{self, Compression, DestinationSpec, Options};
 use nixpipe_core::signing::SecretKey;
 use nixpipe_core::{Error, Outcome, StorePath, TargetSpec};
 use std::path::PathBuf;
@@ -39,6 +39,12 @@ How it copies:
   With --from A --to B, the bytes pass through this machine. Where B can reach A itself, the
   direct way is to run the copy there: ssh B nix-copy-closure --from A PATH.
 
+  --compress zstd compresses the NARs inside nixpipe's stream; the target's own zstd program
+  decompresses them in front of nix-store (a second ssh session, opened only when there is
+  something to send). A target without zstd on its PATH gets ssh's compression (zlib) instead,
+  with a note. The default is none: on fast links compression costs more time than it saves
+  (the README has the measurements); use zstd on slow uplinks.
+
   Copying to a user that is neither root nor in the target's trusted-users needs signed paths:
   --sign-key signs them, and the target must list the public key in trusted-public-keys.";
 
@@ -70,6 +76,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
 
+    /// How NARs travel to an ssh target: zstd compresses them in nixpipe's stream and the target's zstd
+    /// decompresses them (a target without zstd gets ssh's own compression instead)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Compression::None)]
+    pub compress: Compression,
+
     /// Say on stderr what would be copied; copy nothing, write no records
     #[arg(long)]
     pub dry_run: bool,
@@ -80,7 +91,12 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let sign_key = cli.sign_key.as_deref().map(SecretKey::load).transpose().map_err(Error::Usage)?;
-    let options = Options { substitute: cli.substitute_on_destination, sign_key, dry_run: cli.dry_run };
+    let options = Options {
+        compression: cli.compress,
+        substitute: cli.substitute_on_destination,
+        sign_key,
+        dry_run: cli.dry_run,
+    };
     let records = cli.records.read()?;
     let routes = copy::routes(records, cli.from.as_ref(), cli.to.as_ref())?;
     let mut results = Results::new(&cli.output);

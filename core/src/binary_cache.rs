@@ -6,12 +6,12 @@
 //! its hash checked out; the narinfo comes last, also by rename. A reader
 //! (or an interrupted copy) never sees a narinfo without its whole NAR.
 
-use crate::nar::{self, NarHash, RelayError};
+use crate::nar::{NarHash, RelayError};
 use crate::serve::PathInfo;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
@@ -55,16 +55,21 @@ impl BinaryCache {
         self.dir.join(format!("{}.narinfo", hash_part(path)))
     }
 
-    /// Adds one path, its NAR read from `nar`; `sent` counts the bytes.
-    pub fn add(&self, info: &PathInfo, nar: &mut impl Read, sent: impl FnMut(u64)) -> Result<(), RelayError> {
-        let expected = NarHash::parse(&info.nar_hash).map_err(|e| RelayError::Write(invalid(e)))?;
+    /// Adds one path whose NAR `fill` writes, checked against `expected`
+    /// (as [`crate::nar::relay`] does).
+    pub fn add(
+        &self,
+        info: &PathInfo,
+        expected: &NarHash,
+        fill: impl FnOnce(&mut fs::File) -> Result<(), RelayError>,
+    ) -> Result<(), RelayError> {
         let mut file = tempfile::NamedTempFile::new_in(self.dir.join("nar")).map_err(RelayError::Write)?;
-        nar::relay(nar, &mut file, info.nar_size, &expected, sent)?;
+        fill(file.as_file_mut())?;
         file.as_file().sync_all().map_err(RelayError::Write)?;
         // Uncompressed: the file is the NAR, its hash the NAR's.
         let url = format!("nar/{}.nar", expected.nix32());
         file.persist(self.dir.join(&url)).map_err(|e| RelayError::Write(e.error))?;
-        let narinfo = narinfo(info, &url, &expected);
+        let narinfo = narinfo(info, &url, expected);
         write_atomically(&self.dir, &self.narinfo_path(&info.path), narinfo.as_bytes()).map_err(RelayError::Write)
     }
 }
@@ -107,10 +112,6 @@ fn write_atomically(dir: &Path, to: &Path, bytes: &[u8]) -> std::io::Result<()> 
     file.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
     file.persist(to).map_err(|e| e.error)?;
     Ok(())
-}
-
-fn invalid(message: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }
 
 #[cfg(test)]

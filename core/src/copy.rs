@@ -19,7 +19,7 @@ use crate::cli;
 use crate::nar::{self, NarHash, RelayError};
 use crate::progress::Progress;
 use crate::record::Record;
-use crate::serve::{self, Connection, PathInfo, Replies, Requests, Server};
+use crate::serve::{self, Connection, Mode, PathInfo, Replies, Requests, Server};
 use crate::signing::SecretKey;
 use crate::store_path::StorePath;
 use crate::target::{self, Target, TargetSpec};
@@ -27,6 +27,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Write};
+use std::path::Path;
 use std::time::Instant;
 
 /// Where a copy goes, as the user wrote it.
@@ -68,8 +69,21 @@ impl fmt::Display for Destination {
     }
 }
 
+/// How NARs travel to an ssh target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// As they are; ssh encrypts, nothing else.
+    #[default]
+    None,
+    /// zstd-compressed by nixpipe, decompressed by the target's zstd (or
+    /// ssh's own compression where the target has no zstd).
+    Zstd,
+}
+
 #[derive(Debug, Default)]
 pub struct Options {
+    /// How NARs travel to an ssh target.
+    pub compression: Compression,
     /// Let the target try its own substituters first.
     pub substitute: bool,
     /// Sign every path sent with this key.
@@ -139,8 +153,8 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
     let wanted: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     // Both servers start before either is waited for: two ssh handshakes
     // at once.
-    let mut source = Connection::start(from, false)?;
-    let mut sink = Sink::start(to)?;
+    let mut source = Connection::start(from, Mode::Read, &[])?;
+    let mut sink = Sink::start(to, options.compression)?;
     source.greet()?;
     let closure = source.query_closure(&wanted)?;
     let ordered = dependency_order(&closure, source.query_path_infos(&closure)?)?;
@@ -158,6 +172,7 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
         source.close()?;
         sink.close()?;
     } else {
+        let sink = sink.for_stream(options.compression)?;
         let progress = Progress::new(&to.to_string(), missing.len() as u64, bytes);
         let sent = sink.receive(source, &missing, &progress);
         progress.finish();
@@ -195,14 +210,22 @@ impl Transfer {
 
 /// The receiving end of a copy.
 enum Sink {
-    Store(Connection),
+    /// `zstd`: the session's input is a zstd stream, its greeting unread.
+    Store {
+        conn: Connection,
+        zstd: bool,
+    },
     Cache(BinaryCache),
 }
 
 impl Sink {
-    fn start(to: &Destination) -> Result<Sink, String> {
+    fn start(to: &Destination, compression: Compression) -> Result<Sink, String> {
         match to {
-            Destination::Store(target) => Ok(Sink::Store(Connection::start(target, true)?)),
+            Destination::Store(target) => {
+                let probe = compression == Compression::Zstd && !target.is_local();
+                let mode = if probe { Mode::WriteProbingZstd } else { Mode::Write };
+                Ok(Sink::Store { conn: Connection::start(target, mode, &[])?, zstd: false })
+            }
             Destination::Cache(cache) => {
                 cache.create()?;
                 Ok(Sink::Cache(cache.clone()))
@@ -213,7 +236,7 @@ impl Sink {
     /// The paths of `closure` already there; greets a store first.
     fn present(&mut self, closure: &[String], substitute: bool) -> Result<BTreeSet<String>, String> {
         match self {
-            Sink::Store(conn) => {
+            Sink::Store { conn, .. } => {
                 conn.greet()?;
                 conn.query_valid_paths(closure, substitute)
             }
@@ -225,15 +248,45 @@ impl Sink {
         }
     }
 
+    /// The session the NARs go over. Compressed, to an ssh target: a second
+    /// session whose input the target's zstd decompresses; where the target
+    /// has no zstd, one that ssh compresses (zlib, slower).
+    fn for_stream(self, compression: Compression) -> Result<Sink, String> {
+        let Sink::Store { conn, .. } = self else { return Ok(self) };
+        if compression != Compression::Zstd || conn.server.target.is_local() {
+            return Ok(Sink::Store { conn, zstd: false });
+        }
+        let target = conn.server.target.clone();
+        let has_zstd = conn.has_zstd == Some(true);
+        conn.close()?;
+        if has_zstd {
+            return Ok(Sink::Store { conn: Connection::start(&target, Mode::WriteZstd, &[])?, zstd: true });
+        }
+        cli::note(&format!("{target} has no zstd: compressing with ssh's own compression instead"));
+        let mut conn = Connection::start(&target, Mode::Write, &["-o", "Compression=yes"])?;
+        conn.greet()?;
+        Ok(Sink::Store { conn, zstd: false })
+    }
+
     /// Streams the NARs of `missing` from `source` into the sink, then ends
     /// both sessions.
     fn receive(self, source: Connection, missing: &[Transfer], progress: &Progress) -> Result<(), String> {
-        let Connection { server: mut source_server, requests: asks, replies: mut nars } = source;
+        let Connection { server: mut source_server, requests: asks, replies, .. } = source;
+        // The local store is read directly: one process less on the way.
+        let local = source_server.target.is_local();
+        let (asks, mut nars) = match local {
+            true => {
+                drop(asks);
+                (None, Nars::Dump)
+            }
+            false => (Some(asks), Nars::Server(replies)),
+        };
         match self {
-            Sink::Store(Connection { server: mut target_server, requests: adds, replies: mut acks }) => {
+            Sink::Store { conn: Connection { server: mut target_server, requests, replies: mut acks, .. }, zstd } => {
+                let adds = Outgoing::new(requests, zstd).map_err(|e| target_server.broken(e))?;
                 std::thread::scope(|s| {
                     let asking = s.spawn(move || ask_for_nars(asks, missing));
-                    let confirming = s.spawn(|| confirm_added(&mut acks, missing.len(), progress));
+                    let confirming = s.spawn(|| confirm_added(&mut acks, zstd, missing.len(), progress));
                     let sent = send_nars(&mut nars, adds, missing, progress);
                     let outcome = settle(sent, &mut source_server, Some(&mut target_server));
                     // Both threads end now: their work is done, or their
@@ -262,7 +315,7 @@ impl Sink {
 
     fn close(self) -> Result<(), String> {
         match self {
-            Sink::Store(conn) => conn.close(),
+            Sink::Store { conn, .. } => conn.close(),
             Sink::Cache(_) => Ok(()),
         }
     }
@@ -334,15 +387,21 @@ fn target_failed(target: &mut Server, error: io::Error) -> String {
 /// Asks the source for every NAR at once; the replies come in order. Then
 /// ends the session: the source exits after its last NAR, so a NAR shorter
 /// than its narSize ends in EOF rather than a wait for bytes never sent.
-fn ask_for_nars(mut asks: Requests, missing: &[Transfer]) -> io::Result<()> {
+/// Without `asks` (NARs read locally), ends the session at once.
+fn ask_for_nars(asks: Option<Requests>, missing: &[Transfer]) -> io::Result<()> {
+    let Some(mut asks) = asks else { return Ok(()) };
     for t in missing {
         serve::write_dump_store_path(&mut asks, &t.info.path)?;
     }
     asks.flush()
 }
 
-/// Reads the target's confirmation of each path as it arrives.
-fn confirm_added(acks: &mut Replies, count: usize, progress: &Progress) -> io::Result<()> {
+/// Reads the target's confirmation of each path as it arrives, after its
+/// greeting when that is still unread.
+fn confirm_added(acks: &mut Replies, greeting: bool, count: usize, progress: &Progress) -> io::Result<()> {
+    if greeting {
+        serve::read_hello(acks)?;
+    }
     for done in 1..=count {
         serve::read_added(acks)?;
         progress.path_done(done as u64);
@@ -354,30 +413,104 @@ fn confirm_added(acks: &mut Replies, count: usize, progress: &Progress) -> io::R
 /// target's input however that ends. After a failure the target sees its
 /// last NAR cut short: it registers nothing of that one, and everything
 /// before it.
-fn send_nars(nars: &mut Replies, mut adds: Requests, missing: &[Transfer], progress: &Progress) -> Result<(), Failure> {
-    for t in missing {
+fn send_nars(nars: &mut Nars, mut adds: Outgoing, missing: &[Transfer], progress: &Progress) -> Result<(), Failure> {
+    let sent = missing.iter().try_for_each(|t| {
         serve::write_add_to_store_nar(&mut adds, &t.info).map_err(Failure::Target)?;
-        nar::relay(nars, &mut adds, t.info.nar_size, &t.hash, |n| progress.sent(n))
-            .map_err(|e| Failure::of_relay(e, t))?;
+        nars.send(t, &mut adds, progress)
+    });
+    let closed = adds.close().map_err(Failure::Target);
+    sent.and(closed)
+}
+
+/// The target's input: as it is, or zstd-compressed.
+enum Outgoing {
+    Plain(Requests),
+    Zstd(zstd::stream::write::Encoder<'static, Requests>),
+}
+
+impl Outgoing {
+    /// A compressed stream starts with the greeting: nothing can be read
+    /// back from it before its input ends (see [`Mode::WriteZstd`]).
+    fn new(requests: Requests, zstd: bool) -> io::Result<Outgoing> {
+        if !zstd {
+            return Ok(Outgoing::Plain(requests));
+        }
+        let mut out = Outgoing::Zstd(zstd::stream::write::Encoder::new(requests, ZSTD_LEVEL)?);
+        serve::write_hello(&mut out)?;
+        Ok(out)
     }
-    adds.flush().map_err(Failure::Target)
+
+    /// Ends the stream: the rest of a zstd frame, then everything flushed.
+    /// Dropping the writer after this closes the target's input.
+    fn close(self) -> io::Result<()> {
+        match self {
+            Outgoing::Plain(mut w) => w.flush(),
+            Outgoing::Zstd(z) => z.finish()?.flush(),
+        }
+    }
+}
+
+/// zstd's own default: most of the gain for little CPU.
+const ZSTD_LEVEL: i32 = 3;
+
+impl Write for Outgoing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Outgoing::Plain(w) => w.write(buf),
+            Outgoing::Zstd(z) => z.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Outgoing::Plain(w) => w.flush(),
+            Outgoing::Zstd(z) => z.flush(),
+        }
+    }
 }
 
 /// Writes every missing path into a binary cache, in dependency order.
-fn write_nars(
-    nars: &mut Replies,
-    cache: &BinaryCache,
-    missing: &[Transfer],
-    progress: &Progress,
-) -> Result<(), Failure> {
+fn write_nars(nars: &mut Nars, cache: &BinaryCache, missing: &[Transfer], progress: &Progress) -> Result<(), Failure> {
     for (done, t) in missing.iter().enumerate() {
-        cache.add(&t.info, nars, |n| progress.sent(n)).map_err(|e| match Failure::of_relay(e, t) {
-            Failure::Target(e) => Failure::Other(format!("cannot write to {}: {e}", cache.dir().display())),
-            other => other,
-        })?;
-        progress.path_done(done as u64 + 1);
+        let mut failure = None;
+        let added = cache.add(&t.info, &t.hash, |file| {
+            nars.send(t, file, progress).map_err(|f| {
+                failure = Some(f);
+                RelayError::Write(io::ErrorKind::Interrupted.into())
+            })
+        });
+        match (added, failure) {
+            (_, Some(failure)) => return Err(failure),
+            (Err(e), None) => return Err(Failure::Other(format!("cannot write to {}: {e}", cache.dir().display()))),
+            (Ok(()), None) => progress.path_done(done as u64 + 1),
+        }
     }
     Ok(())
+}
+
+/// Where NARs come from: the source server, or the local store read
+/// directly, byte for byte what `nix-store --dump` would send.
+enum Nars {
+    Server(Replies),
+    Dump,
+}
+
+impl Nars {
+    /// Writes the NAR of `t` to `to`, checked against its narHash.
+    fn send(&mut self, t: &Transfer, to: &mut impl Write, progress: &Progress) -> Result<(), Failure> {
+        let size = t.info.nar_size;
+        match self {
+            Nars::Server(replies) => {
+                nar::relay(replies, to, size, &t.hash, |n| progress.sent(n)).map_err(|e| Failure::of_relay(e, t))
+            }
+            Nars::Dump => {
+                nar::send_dump(Path::new(&t.info.path), to, size, &t.hash, |n| progress.sent(n)).map_err(|e| match e {
+                    RelayError::Read(e) => Failure::Other(format!("cannot read {}: {e}", t.info.path)),
+                    other => Failure::of_relay(other, t),
+                })
+            }
+        }
+    }
 }
 
 /// The path infos of `closure`, every path after everything it refers to.

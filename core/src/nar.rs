@@ -5,6 +5,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::path::Path;
 
 /// The sha256 of a NAR, as stores record it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,41 +62,191 @@ pub enum RelayError {
     Mismatch(NarHash),
 }
 
-/// Copies exactly `size` bytes of NAR from `from` to `to`, hashing them on
-/// the way. The last chunk is held back until the hash is known to match:
-/// a target never receives the whole of a NAR that is wrong, so it cannot
-/// register it, whatever checks it does or skips.
+impl fmt::Display for RelayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RelayError::Read(e) | RelayError::Write(e) => e.fmt(f),
+            RelayError::Mismatch(got) => write!(f, "the NAR has hash {got}, not the one recorded"),
+        }
+    }
+}
+
+/// Copies exactly `size` bytes of NAR from `from` to `to`, checking them
+/// on the way (see [`Checked`]).
 pub fn relay(
     from: &mut impl Read,
     to: &mut impl Write,
     size: u64,
     expected: &NarHash,
-    mut sent: impl FnMut(u64),
+    sent: impl FnMut(u64),
 ) -> Result<(), RelayError> {
-    const CHUNK: usize = 256 * 1024;
-    let mut hasher = Sha256::new();
-    let mut held = Vec::with_capacity(CHUNK);
-    let mut next = vec![0; CHUNK];
+    let mut checked = Checked::new(to, size, sent);
+    let mut buf = vec![0; CHUNK];
     let mut left = size;
     while left > 0 {
         let want = left.min(CHUNK as u64) as usize;
-        from.read_exact(&mut next[..want]).map_err(RelayError::Read)?;
-        hasher.update(&next[..want]);
+        from.read_exact(&mut buf[..want]).map_err(RelayError::Read)?;
+        checked.write_all(&buf[..want]).map_err(RelayError::Write)?;
         left -= want as u64;
-        if !held.is_empty() {
-            to.write_all(&held).map_err(RelayError::Write)?;
-            sent(held.len() as u64);
+    }
+    checked.finish(expected)
+}
+
+/// Writes the NAR of `path` (as [`dump`]) to `to`, checking it as
+/// [`Checked`] does: a file changed on disk is caught like a corrupt one.
+pub fn send_dump(
+    path: &Path,
+    to: &mut impl Write,
+    size: u64,
+    expected: &NarHash,
+    sent: impl FnMut(u64),
+) -> Result<(), RelayError> {
+    let mut checked = Checked::new(to, size, sent);
+    match dump(path, &mut checked) {
+        Err(e) if e.kind() == io::ErrorKind::WriteZero => Err(RelayError::Read(e)),
+        Err(e) if checked.failed_writing => Err(RelayError::Write(e)),
+        Err(e) => Err(RelayError::Read(e)),
+        Ok(()) => checked.finish(expected),
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+/// What is held back: any tail will do, since a NAR missing its last bytes
+/// is incomplete; a small one is cheap to move.
+const HOLD: usize = 4096;
+
+/// A writer that hashes what passes and holds the last bytes back until
+/// [`Checked::finish`] knows the NAR is the one expected: a target never
+/// receives the whole of a NAR that is wrong, so it cannot register it,
+/// whatever checks it does or skips. Nor more than `size` bytes of it.
+struct Checked<'a, W: Write, F: FnMut(u64)> {
+    to: &'a mut W,
+    hasher: Sha256,
+    held: Vec<u8>,
+    size: u64,
+    seen: u64,
+    sent: F,
+    failed_writing: bool,
+}
+
+impl<'a, W: Write, F: FnMut(u64)> Checked<'a, W, F> {
+    fn new(to: &'a mut W, size: u64, sent: F) -> Self {
+        Checked {
+            to,
+            hasher: Sha256::new(),
+            held: Vec::with_capacity(CHUNK + HOLD),
+            size,
+            seen: 0,
+            sent,
+            failed_writing: false,
         }
-        held.clear();
-        held.extend_from_slice(&next[..want]);
     }
-    let got = NarHash(hasher.finalize().into());
-    if got != *expected {
-        return Err(RelayError::Mismatch(got));
+
+    fn pass(&mut self, len: usize) -> io::Result<()> {
+        let result = self.to.write_all(&self.held[..len]);
+        self.failed_writing = result.is_err();
+        result?;
+        (self.sent)(len as u64);
+        self.held.drain(..len);
+        Ok(())
     }
-    to.write_all(&held).map_err(RelayError::Write)?;
-    sent(held.len() as u64);
-    Ok(())
+
+    fn finish(mut self, expected: &NarHash) -> Result<(), RelayError> {
+        let got = NarHash(std::mem::take(&mut self.hasher).finalize().into());
+        if self.seen != self.size || got != *expected {
+            return Err(RelayError::Mismatch(got));
+        }
+        self.pass(self.held.len()).map_err(RelayError::Write)
+    }
+}
+
+impl<W: Write, F: FnMut(u64)> Write for Checked<'_, W, F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.seen + buf.len() as u64 > self.size {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "the NAR is larger than its recorded size"));
+        }
+        self.hasher.update(buf);
+        self.seen += buf.len() as u64;
+        self.held.extend_from_slice(buf);
+        if self.held.len() >= CHUNK + HOLD {
+            self.pass(self.held.len() - HOLD)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the NAR serialisation of `path`, byte for byte what
+/// `nix-store --dump` writes: directory entries sorted bytewise, a file
+/// executable when its owner may execute it, symlinks as their target.
+pub fn dump(path: &Path, out: &mut impl Write) -> io::Result<()> {
+    str(out, b"nix-archive-1")?;
+    node(path, out)
+}
+
+fn node(path: &Path, out: &mut impl Write) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    str(out, b"(")?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        strs(out, &[b"type", b"symlink", b"target", std::fs::read_link(path)?.as_os_str().as_bytes()])?;
+    } else if kind.is_file() {
+        strs(out, &[b"type", b"regular"])?;
+        if meta.permissions().mode() & 0o100 != 0 {
+            strs(out, &[b"executable", b""])?;
+        }
+        str(out, b"contents")?;
+        contents(path, meta.len(), out)?;
+    } else if kind.is_dir() {
+        strs(out, &[b"type", b"directory"])?;
+        let mut names: Vec<std::ffi::OsString> =
+            std::fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            strs(out, &[b"entry", b"(", b"name", name.as_bytes(), b"node"])?;
+            node(&path.join(&name), out)?;
+            str(out, b")")?;
+        }
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not a file, directory or symlink", path.display()),
+        ));
+    }
+    str(out, b")")
+}
+
+/// A file's contents as a NAR string: its length, the bytes, padding.
+fn contents(path: &Path, len: u64, out: &mut impl Write) -> io::Result<()> {
+    crate::serve::wire::write_u64(out, len)?;
+    let mut file = std::fs::File::open(path)?.take(len);
+    let mut buf = vec![0; CHUNK.min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: shorter than its size", path.display()),
+            ));
+        }
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.write_all(&[0; 8][..((8 - len % 8) % 8) as usize])
+}
+
+fn str(out: &mut impl Write, s: &[u8]) -> io::Result<()> {
+    crate::serve::wire::write_bytes(out, s)
+}
+
+fn strs(out: &mut impl Write, items: &[&[u8]]) -> io::Result<()> {
+    items.iter().try_for_each(|s| str(out, s))
 }
 
 #[cfg(test)]
@@ -139,6 +290,81 @@ mod tests {
         let err = relay(&mut &data[..], &mut to, 300_000, &NarHash::of(b"other"), |_| {}).unwrap_err();
         assert!(matches!(err, RelayError::Mismatch(got) if got == NarHash::of(&data)));
         assert!(to.len() < data.len());
+    }
+
+    #[test]
+    fn never_passes_more_than_the_recorded_size() {
+        let data = [1u8; 100];
+        let mut to = Vec::new();
+        let err = relay(&mut &data[..], &mut to, 50, &NarHash::of(&data[..50]), |_| {});
+        assert!(err.is_ok());
+        let mut checked = Checked::new(&mut to, 10, |_| {});
+        assert_eq!(checked.write(&data[..11]).unwrap_err().kind(), io::ErrorKind::WriteZero);
+    }
+
+    #[test]
+    fn dump_writes_what_nix_store_dump_writes() {
+        // The NAR of a directory with an executable, a file and a symlink,
+        // as `nix-store --dump` writes it.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("x");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("b"), "hi\n").unwrap();
+        std::fs::write(root.join("a"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("b", root.join("c")).unwrap();
+        let mut ours = Vec::new();
+        dump(&root, &mut ours).unwrap();
+        let mut expected = Vec::new();
+        for s in [
+            "nix-archive-1",
+            "(",
+            "type",
+            "directory",
+            "entry",
+            "(",
+            "name",
+            "a",
+            "node",
+            "(",
+            "type",
+            "regular",
+            "executable",
+            "",
+            "contents",
+            "",
+            ")",
+            ")",
+            "entry",
+            "(",
+            "name",
+            "b",
+            "node",
+            "(",
+            "type",
+            "regular",
+            "contents",
+            "hi\n",
+            ")",
+            ")",
+            "entry",
+            "(",
+            "name",
+            "c",
+            "node",
+            "(",
+            "type",
+            "symlink",
+            "target",
+            "b",
+            ")",
+            ")",
+            ")",
+        ] {
+            crate::serve::wire::write_str(&mut expected, s).unwrap();
+        }
+        assert_eq!(ours, expected);
     }
 
     #[test]

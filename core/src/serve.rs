@@ -151,6 +151,40 @@ pub struct Connection {
     pub server: Server,
     pub requests: Requests,
     pub replies: Replies,
+    mode: Mode,
+    /// What a [`Mode::WriteProbingZstd`] server said before its greeting.
+    pub has_zstd: Option<bool>,
+}
+
+/// Which server to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `nix-store --serve`: queries and NARs out.
+    Read,
+    /// `nix-store --serve --write`: also adds paths.
+    Write,
+    /// Write, after one byte that says whether `zstd` is on the server's
+    /// PATH: `Z` or `N`.
+    WriteProbingZstd,
+    /// Write, with every request zstd-compressed and decompressed on the
+    /// server by its `zstd`. Never wait for a reply on it before closing
+    /// the requests: zstd reads its input in large blocks.
+    WriteZstd,
+}
+
+impl Mode {
+    fn argv(self) -> Vec<&'static str> {
+        match self {
+            Mode::Read => vec!["nix-store", "--serve"],
+            Mode::Write => vec!["nix-store", "--serve", "--write"],
+            Mode::WriteProbingZstd => vec![
+                "sh",
+                "-c",
+                "if command -v zstd >/dev/null 2>&1; then printf Z; else printf N; fi; exec nix-store --serve --write",
+            ],
+            Mode::WriteZstd => vec!["sh", "-c", "zstd -dcq | exec nix-store --serve --write"],
+        }
+    }
 }
 
 /// Reader and writer buffers: large enough that a stream of NARs moves in
@@ -225,49 +259,47 @@ impl Drop for Server {
 }
 
 impl Connection {
-    /// Starts `nix-store --serve` on `target` (`--write` to add paths).
+    /// Starts `nix-store --serve` on `target`, ssh with `ssh_options`.
     /// Nothing is waited for, so that several servers start at once and
     /// their ssh connections are made side by side; greet them after.
-    pub fn start(target: &Target, write: bool) -> Result<Connection, String> {
-        let argv: &[&str] = if write { &["nix-store", "--serve", "--write"] } else { &["nix-store", "--serve"] };
-        let mut cmd: Command = target.command(argv)?;
+    pub fn start(target: &Target, mode: Mode, ssh_options: &[&str]) -> Result<Connection, String> {
+        let mut cmd: Command = target.command_with(&mode.argv(), ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", cmd.get_program().to_string_lossy()))?;
         let stderr = StderrLog::default();
         let stderr_reader = Some(stderr.collect(child.stderr.take().expect("piped")));
-        let requests = BufWriter::with_capacity(BUFFER, child.stdin.take().expect("piped"));
-        let replies = BufReader::with_capacity(BUFFER, child.stdout.take().expect("piped"));
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        widen_pipe(&stdin);
+        widen_pipe(&stdout);
+        let requests = BufWriter::with_capacity(BUFFER, stdin);
+        let replies = BufReader::with_capacity(BUFFER, stdout);
         let server = Server { target: target.clone(), child, stderr, stderr_reader };
-        Ok(Connection { server, requests, replies })
+        Ok(Connection { server, requests, replies, mode, has_zstd: None })
     }
 
     /// The handshake: checks that the other end speaks the protocol.
     pub fn greet(&mut self) -> Result<(), String> {
+        let probing = self.mode == Mode::WriteProbingZstd;
         let greeting = (|| {
-            write_u64(&mut self.requests, CLIENT_MAGIC)?;
-            write_u64(&mut self.requests, PROTOCOL_VERSION)?;
+            write_hello(&mut self.requests)?;
             self.requests.flush()?;
-            let magic = read_u64(&mut self.replies)?;
-            if magic != SERVER_MAGIC {
-                return Err(wire::invalid(format!("greeting {magic:#x}")));
+            if probing {
+                let mut marker = [0];
+                self.replies.read_exact(&mut marker)?;
+                self.has_zstd = Some(marker[0] == b'Z');
             }
-            read_u64(&mut self.replies)
+            read_hello(&mut self.replies)
         })();
-        let version = greeting.map_err(|e| self.server.broken(e))?;
-        if version >> 8 != PROTOCOL_VERSION >> 8 || version < PROTOCOL_VERSION {
-            return Err(format!(
-                "nix-store on {} speaks serve protocol {}.{}; nixpipe needs 2.5 or newer (Nix 2.1 or newer)",
-                self.server.target,
-                version >> 8,
-                version & 0xff
-            ));
-        }
-        Ok(())
+        greeting.map_err(|e| match e.kind() {
+            io::ErrorKind::Unsupported => format!("nix-store on {}: {e}", self.server.target),
+            _ => self.server.broken(e),
+        })
     }
 
     /// Ends the session: the server sees its input end and exits.
     pub fn close(self) -> Result<(), String> {
-        let Connection { server, requests, replies } = self;
+        let Connection { server, requests, replies, .. } = self;
         drop(requests.into_inner().map_err(|e| e.into_error()));
         drop(replies);
         server.finish()
@@ -326,6 +358,40 @@ impl Connection {
             }
         })
     }
+}
+
+/// Asks for a 1 MiB pipe instead of 64 KiB: NARs then cross it in fewer,
+/// larger steps, with fewer switches between us and ssh. Only a hint: the
+/// copy works the same where the kernel says no.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: fcntl on a pipe we own; failure changes nothing.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, BUFFER * 4);
+    }
+}
+
+/// The client's half of the handshake.
+pub fn write_hello(w: &mut impl Write) -> io::Result<()> {
+    write_u64(w, CLIENT_MAGIC)?;
+    write_u64(w, PROTOCOL_VERSION)
+}
+
+/// The server's half of the handshake, checked.
+pub fn read_hello(r: &mut impl Read) -> io::Result<()> {
+    let magic = read_u64(r)?;
+    if magic != SERVER_MAGIC {
+        return Err(wire::invalid(format!("greeting {magic:#x}")));
+    }
+    let version = read_u64(r)?;
+    if version >> 8 != PROTOCOL_VERSION >> 8 || version < PROTOCOL_VERSION {
+        let message = format!(
+            "speaks serve protocol {}.{}; nixpipe needs 2.5 or newer (Nix 2.1 or newer)",
+            version >> 8,
+            version & 0xff
+        );
+        return Err(io::Error::new(io::ErrorKind::Unsupported, message));
+    }
+    Ok(())
 }
 
 fn write_query_valid_paths(w: &mut impl Write, paths: &[String], substitute: bool) -> io::Result<()> {

@@ -89,6 +89,11 @@ impl Target {
     /// A command that runs `argv` on the target: directly when local,
     /// through ssh otherwise. stdin is closed: it belongs to the pipe.
     pub fn command(&self, argv: &[&str]) -> Result<Command, String> {
+        self.command_with(argv, &[])
+    }
+
+    /// [`Target::command`], with more ssh options after NIX_SSHOPTS.
+    pub fn command_with(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Command, String> {
         let mut cmd = match self {
             Target::Local => {
                 let mut cmd = Command::new(argv[0]);
@@ -96,7 +101,7 @@ impl Target {
                 cmd
             }
             Target::Ssh(host) => {
-                let mut cmd = host.ssh_command()?;
+                let mut cmd = host.ssh_command(ssh_options)?;
                 // ssh hands the remote shell one string: quote every word.
                 let remote =
                     shlex::try_join(argv.iter().copied()).map_err(|e| format!("cannot quote remote command: {e}"))?;
@@ -197,10 +202,10 @@ impl SshHost {
         Ok(opts)
     }
 
-    /// `ssh OPTIONS -- user@host`, ready for the remote command.
-    pub fn ssh_command(&self) -> Result<Command, String> {
+    /// `ssh OPTIONS EXTRA -- user@host`, ready for the remote command.
+    pub fn ssh_command(&self, extra: &[&str]) -> Result<Command, String> {
         let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_options()?).arg("--").arg(self.destination());
+        cmd.args(self.ssh_options()?).args(extra).arg("--").arg(self.destination());
         Ok(cmd)
     }
 }

@@ -15,6 +15,9 @@ pub enum Link {
     CutAfter(u64),
     /// Delays every chunk this long, each way.
     Delay(Duration),
+    /// Delays as `Delay`, and lets at most `bytes_per_second` through each
+    /// way: a slow uplink.
+    Shaped { delay: Duration, bytes_per_second: u64 },
 }
 
 /// Listens on a free loopback port and forwards to `upstream`.
@@ -67,8 +70,12 @@ fn forward(client: TcpStream, server: TcpStream, link: Link) {
             thread::spawn(move || pump(s2, c2, u64::MAX));
         }
         Link::Delay(delay) => {
-            thread::spawn(move || delayed(client, server, delay));
-            thread::spawn(move || delayed(s2, c2, delay));
+            thread::spawn(move || delayed(client, server, delay, u64::MAX));
+            thread::spawn(move || delayed(s2, c2, delay, u64::MAX));
+        }
+        Link::Shaped { delay, bytes_per_second } => {
+            thread::spawn(move || delayed(client, server, delay, bytes_per_second));
+            thread::spawn(move || delayed(s2, c2, delay, bytes_per_second));
         }
     }
 }
@@ -92,8 +99,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: u64) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// Copies `from` to `to`, each chunk leaving `delay` after it arrived.
-fn delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+/// Copies `from` to `to`, each chunk leaving `delay` after it arrived, and
+/// no sooner than the rate allows after the chunk before it.
+fn delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration, bytes_per_second: u64) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = thread::spawn(move || {
         for (due, chunk) in rx {
@@ -104,9 +112,12 @@ fn delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         }
         let _ = to.shutdown(Shutdown::Write);
     });
-    let mut buf = vec![0; 64 * 1024];
+    let mut buf = vec![0; 16 * 1024];
+    let mut line_free = Instant::now();
     while let Ok(n @ 1..) = from.read(&mut buf) {
-        if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+        let now = Instant::now();
+        line_free = line_free.max(now) + Duration::from_secs_f64(n as f64 / bytes_per_second as f64);
+        if tx.send((line_free + delay, buf[..n].to_vec())).is_err() {
             break;
         }
     }

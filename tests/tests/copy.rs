@@ -232,6 +232,21 @@ fn unsigned_paths_to_an_untrusted_user_are_refused_with_the_ways_out() {
 }
 
 #[test]
+fn compress_zstd_streams_through_the_targets_zstd() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let odd = oddities(&tb);
+    let chain = filler(&tb, 10, 10_000, "-zstd");
+
+    let run = tb.sh(&format!("nixpipe-copy --compress zstd --json --to {} {odd} {chain}", web1.target())).ok();
+
+    assert_eq!(run.json_lines()[1]["copy"]["copiedPaths"], 11);
+    assert_eq!(host_closure(&web1, &chain), local_closure(&tb, &chain));
+    assert!(web1.has(&odd));
+    web1.assert_store_sound();
+}
+
+#[test]
 fn dry_run_lists_what_would_be_sent_and_sends_nothing() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");

@@ -1,0 +1,175 @@
+//! `make bench`: nixpipe-copy side by side with nix-copy-closure,
+//! `nix copy --to ssh-ng://` and a plain tar over ssh, on the same closures
+//! and fresh testbed hosts, in one run. Prints a table and the ratios the
+//! copy issue sets as goals. A benchmark, not a test: it never fails on a
+//! number, it reports it.
+
+use nixpipe_tests::proxy::{Link, Proxy};
+use nixpipe_tests::{Host, Run, Testbed};
+use std::time::{Duration, Instant};
+
+/// Each way, through the proxy: 40 ms round trips.
+const DELAY: Duration = Duration::from_millis(20);
+
+fn main() {
+    let small_paths: u32 = env_or("BENCH_SMALL_PATHS", 1000);
+    let big_mib: u32 = env_or("BENCH_BIG_MIB", 1024);
+    let tb = Testbed::new();
+    let small = build_filler(&tb, small_paths, 1000, "-bench-small");
+    // Eight paths of an eighth each: one closure of about big_mib MiB.
+    let big = build_filler(&tb, 8, big_mib * 1024 * 128, "-bench-big");
+    let programs = tb.build("-E 'with import <nixpkgs> {}; runCommand \"programs\" {} \"cp -a /usr/bin $out\"'");
+    let programs_mib = tb.sh(&format!("du -sm {programs} | cut -f1")).ok().stdout.trim().to_owned();
+
+    println!("\n## Cold copy, {small_paths} paths of 1 kB, 40 ms round trips (TCP proxy, 20 ms each way)\n");
+    let slow = [
+        ("nixpipe-copy", time_cold(&tb, &small, Some(DELAY), Tool::Nixpipe)),
+        ("nix-copy-closure", time_cold(&tb, &small, Some(DELAY), Tool::NixCopyClosure)),
+        ("nix copy --to ssh-ng://", time_cold(&tb, &small, Some(DELAY), Tool::NixCopySshNg)),
+    ];
+    table(&slow);
+
+    println!("\n## Cold copy, {big_mib} MiB closure of 8 paths, loopback\n");
+    let web1 = tb.host("bench");
+    let (ours, peak_kib) = time_with_peak_memory(&tb, &format!("{} {big}", Tool::Nixpipe.command(&tb, &web1, None)));
+    drop(web1);
+    let fast = [
+        ("nixpipe-copy", ours),
+        ("nix-copy-closure", time_cold(&tb, &big, None, Tool::NixCopyClosure)),
+        ("nix copy --to ssh-ng://", time_cold(&tb, &big, None, Tool::NixCopySshNg)),
+        ("tar piped into ssh (the floor)", time_cold(&tb, &big, None, Tool::Tar)),
+    ];
+    table(&fast);
+
+    println!("\n## Warm copy (everything present), {small_paths}-path closure, loopback\n");
+    let web1 = tb.host("bench");
+    tb.sh(&format!("{} {small}", Tool::Nixpipe.command(&tb, &web1, None))).ok();
+    let warm = [
+        ("nixpipe-copy", time(&tb, &format!("{} {small}", Tool::Nixpipe.command(&tb, &web1, None)))),
+        ("nix-copy-closure", time(&tb, &format!("{} {small}", Tool::NixCopyClosure.command(&tb, &web1, None)))),
+        ("nix copy --to ssh-ng://", time(&tb, &format!("{} {small}", Tool::NixCopySshNg.command(&tb, &web1, None)))),
+        (
+            "ssh HOST true (the connection alone)",
+            time(&tb, &format!("ssh {} -p {} root@127.0.0.1 true", tb.nix_sshopts(), web1.port)),
+        ),
+        (
+            "nixpipe-copy, ssh with KexAlgorithms=curve25519-sha256",
+            time(
+                &tb,
+                &format!(
+                    "{} {small}",
+                    Tool::Nixpipe
+                        .command(&tb, &web1, None)
+                        .replace("' nixpipe-copy", " -o KexAlgorithms=curve25519-sha256' nixpipe-copy")
+                ),
+            ),
+        ),
+    ];
+    table(&warm);
+
+    println!("\n## --compress: none or zstd, on real programs (a copy of /usr/bin, {programs_mib} MiB)\n");
+    let shaped = Link::Shaped { delay: DELAY, bytes_per_second: 100_000_000 / 8 };
+    let compress = [
+        ("none, loopback", time_cold_link(&tb, &programs, None, "none")),
+        ("zstd, loopback", time_cold_link(&tb, &programs, None, "zstd")),
+        ("none, 100 Mbit/s and 40 ms RTT", time_cold_link(&tb, &programs, Some(shaped), "none")),
+        ("zstd, 100 Mbit/s and 40 ms RTT", time_cold_link(&tb, &programs, Some(shaped), "zstd")),
+    ];
+    table(&compress);
+
+    println!("\n## Against the goals\n");
+    println!("- {small_paths} small paths at 40 ms RTT: nix-copy-closure / nixpipe-copy = {:.1}x (goal: at least 20x); nix copy ssh-ng / nixpipe-copy = {:.1}x", slow[1].1 / slow[0].1, slow[2].1 / slow[0].1);
+    println!(
+        "- {big_mib} MiB on loopback: nixpipe-copy / tar floor = {:.2}x (goal: at most 1.3x)",
+        fast[0].1 / fast[3].1
+    );
+    println!(
+        "- warm copy on loopback: {:.3} s, of which {:.3} s is ssh making its connection; {:.3} s with curve25519 key exchange (goal: under 0.2 s)",
+        warm[0].1, warm[3].1, warm[4].1
+    );
+    println!(
+        "- peak memory of nixpipe-copy on the {big_mib} MiB copy: {:.1} MiB (goal: bounded by buffers)",
+        peak_kib as f64 / 1024.0
+    );
+}
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn build_filler(tb: &Testbed, count: u32, bytes: u32, seed: &str) -> String {
+    tb.build(&format!(
+        "-E 'with import <nixpkgs> {{}}; filler {{ count = {count}; bytes = {bytes}; seed = \"{seed}\"; }}'"
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Tool {
+    Nixpipe,
+    NixCopyClosure,
+    NixCopySshNg,
+    Tar,
+}
+
+impl Tool {
+    /// The command line that copies to `host`, through `proxy` if given;
+    /// the closure's root path goes at the end.
+    fn command(self, tb: &Testbed, host: &Host, proxy: Option<&Proxy>) -> String {
+        let port = proxy.map_or(host.port, |p| p.port);
+        // The host's real key, whatever port it is reached on.
+        let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{}", tb.nix_sshopts(), host.port);
+        match self {
+            Tool::Nixpipe => format!("env NIX_SSHOPTS='{sshopts}' nixpipe-copy --to root@127.0.0.1:{port}"),
+            Tool::NixCopyClosure => format!("env NIX_SSHOPTS='{sshopts} -p {port}' nix-copy-closure --to root@127.0.0.1"),
+            Tool::NixCopySshNg => format!("env NIX_SSHOPTS='{sshopts} -p {port}' nix copy --no-check-sigs --to ssh-ng://root@127.0.0.1"),
+            Tool::Tar => format!(
+                "f() {{ tar -C / -cf - $(nix-store --query --requisites \"$1\") \
+                 | ssh {sshopts} -p {port} root@127.0.0.1 'mkdir -p /var/lib/floor && tar -C /var/lib/floor -xf -'; }}; f"
+            ),
+        }
+    }
+}
+
+/// Copies `path` with `tool` to a fresh host, optionally behind a delaying
+/// proxy; the seconds it took.
+fn time_cold(tb: &Testbed, path: &str, delay: Option<Duration>, tool: Tool) -> f64 {
+    let host = tb.host("bench");
+    let proxy = delay.map(|d| Proxy::start(host.port, Link::Delay(d)));
+    time(tb, &format!("{} {path}", tool.command(tb, &host, proxy.as_ref())))
+}
+
+/// nixpipe-copy with `--compress how` to a fresh host, through `link`.
+fn time_cold_link(tb: &Testbed, path: &str, link: Option<Link>, how: &str) -> f64 {
+    let host = tb.host("bench");
+    let proxy = link.map(|l| Proxy::start(host.port, l));
+    time(tb, &format!("{} --compress {how} {path}", Tool::Nixpipe.command(tb, &host, proxy.as_ref())))
+}
+
+fn time(tb: &Testbed, command: &str) -> f64 {
+    let started = Instant::now();
+    let run: Run = tb.sh(command).ok();
+    drop(run);
+    started.elapsed().as_secs_f64()
+}
+
+/// The seconds and the peak resident memory (KiB) of one command.
+fn time_with_peak_memory(tb: &Testbed, command: &str) -> (f64, u64) {
+    let started = Instant::now();
+    let run = tb.sh(&format!("/usr/bin/time -f 'peak-rss-kib %M' {command}")).ok();
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kib "))
+        .and_then(|kib| kib.trim().parse().ok())
+        .expect("GNU time's report");
+    (seconds, peak)
+}
+
+fn table(rows: &[(&str, f64)]) {
+    let base = rows[0].1;
+    println!("| tool | seconds | vs nixpipe-copy |\n|---|---:|---:|");
+    for (name, seconds) in rows {
+        println!("| {name} | {seconds:.2} | {:.2}x |", seconds / base);
+    }
+}
