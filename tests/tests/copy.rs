@@ -24,6 +24,19 @@ fn host_closure(host: &Host, path: &str) -> Vec<String> {
     host.sh(&format!("nix-store --query --requisites {path} | sort")).lines().map(str::to_owned).collect()
 }
 
+/// A signing key pair in the deployer's directory, NAME.sec and NAME.pub;
+/// returns the public key.
+fn new_key(tb: &Testbed, name: &str) -> String {
+    tb.sh(&format!("nix-store --generate-binary-cache-key {name}-1 {name}.sec {name}.pub")).ok();
+    std::fs::read_to_string(tb.path().join(format!("{name}.pub"))).unwrap()
+}
+
+/// Makes the binary cache in `dir` a substituter of `host`, trusting `public`.
+fn substitute_from(host: &Host, dir: &std::path::Path, public: &str) {
+    let conf = format!("substituters = file://{}\ntrusted-public-keys = {public}\n", dir.display());
+    host.sh(&format!("printf '{conf}' >> /etc/nix/nix.conf"));
+}
+
 /// ssh to `host` through a port of our own, checking the host's real key.
 fn through(tb: &Testbed, host: &Host, proxy: &Proxy) -> String {
     format!("NIX_SSHOPTS=\"{} -o HostKeyAlias=[127.0.0.1]:{}\" ", tb.nix_sshopts(), host.port)
@@ -169,17 +182,13 @@ fn a_binary_cache_written_by_copy_is_a_substituter_nix_accepts() {
     let web1 = tb.host("web1");
     let odd = oddities(&tb);
     let chain = filler(&tb, 5, 1000, "-cache");
-    tb.sh("nix-store --generate-binary-cache-key cache.test-1 cache.sec cache.pub").ok();
+    let public = new_key(&tb, "cache");
     let cache = tb.path().join("cache");
 
     let run = tb.sh(&format!("nixpipe-copy --to file://{} --sign-key cache.sec {odd} {chain}", cache.display())).ok();
 
     assert_eq!(run.stdout_lines(), [odd.as_str(), chain.as_str()]);
-    let public = std::fs::read_to_string(tb.path().join("cache.pub")).unwrap();
-    web1.sh(&format!(
-        "printf 'substituters = file://{}\\ntrusted-public-keys = {public}\\n' >> /etc/nix/nix.conf",
-        cache.display()
-    ));
+    substitute_from(&web1, &cache, &public);
     web1.sh(&format!("nix-store --realise {odd} {chain}"));
     assert_eq!(host_closure(&web1, &chain), local_closure(&tb, &chain));
     web1.assert_store_sound();
@@ -190,14 +199,10 @@ fn substitute_on_destination_lets_the_target_fetch_from_its_own_cache() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let chain = filler(&tb, 5, 1000, "-subst");
-    tb.sh("nix-store --generate-binary-cache-key cache.test-1 cache.sec cache.pub").ok();
+    let public = new_key(&tb, "cache");
     let cache = tb.path().join("cache");
     tb.sh(&format!("nixpipe-copy --to file://{} --sign-key cache.sec {chain}", cache.display())).ok();
-    let public = std::fs::read_to_string(tb.path().join("cache.pub")).unwrap();
-    web1.sh(&format!(
-        "printf 'substituters = file://{}\\ntrusted-public-keys = {public}\\n' >> /etc/nix/nix.conf",
-        cache.display()
-    ));
+    substitute_from(&web1, &cache, &public);
 
     let run = tb.sh(&format!("nixpipe-copy -s --json --to {} {chain}", web1.target())).ok();
 
@@ -210,8 +215,7 @@ fn unsigned_paths_to_an_untrusted_user_are_refused_with_the_ways_out() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let chain = filler(&tb, 2, 100, "-untrusted");
-    tb.sh("nix-store --generate-binary-cache-key deploy.test-1 deploy.sec deploy.pub").ok();
-    let public = std::fs::read_to_string(tb.path().join("deploy.pub")).unwrap();
+    let public = new_key(&tb, "deploy");
     web1.sh(&format!("printf 'trusted-public-keys = {public}\\n' >> /etc/nix/nix.conf"));
     web1.start_nix_daemon();
     let t = web1.target_as("deploy");
