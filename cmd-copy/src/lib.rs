@@ -97,6 +97,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         sign_key,
         dry_run: cli.dry_run,
     };
+    options.check(cli.to.as_ref()).map_err(Error::Usage)?;
     let records = cli.records.read()?;
     let routes = copy::routes(records, cli.from.as_ref(), cli.to.as_ref())?;
     let mut results = Results::new(&cli.output);

@@ -6,12 +6,12 @@
 //! its hash checked out; the narinfo comes last, also by rename. A reader
 //! (or an interrupted copy) never sees a narinfo without its whole NAR.
 
-use crate::nar::{NarHash, RelayError};
+use crate::nar::NarHash;
 use crate::serve::PathInfo;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
@@ -55,22 +55,23 @@ impl BinaryCache {
         self.dir.join(format!("{}.narinfo", hash_part(path)))
     }
 
-    /// Adds one path whose NAR `fill` writes, checked against `expected`
-    /// (as [`crate::nar::relay`] does).
-    pub fn add(
+    /// Adds one path whose NAR `fill` writes, and has checked against
+    /// `expected` (as [`crate::nar::relay`] does). The cache's own I/O
+    /// errors become `E` too.
+    pub fn add<E: From<io::Error>>(
         &self,
         info: &PathInfo,
         expected: &NarHash,
-        fill: impl FnOnce(&mut fs::File) -> Result<(), RelayError>,
-    ) -> Result<(), RelayError> {
-        let mut file = tempfile::NamedTempFile::new_in(self.dir.join("nar")).map_err(RelayError::Write)?;
+        fill: impl FnOnce(&mut fs::File) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut file = tempfile::NamedTempFile::new_in(self.dir.join("nar"))?;
         fill(file.as_file_mut())?;
-        file.as_file().sync_all().map_err(RelayError::Write)?;
+        file.as_file().sync_all()?;
         // Uncompressed: the file is the NAR, its hash the NAR's.
         let url = format!("nar/{}.nar", expected.nix32());
-        file.persist(self.dir.join(&url)).map_err(|e| RelayError::Write(e.error))?;
+        file.persist(self.dir.join(&url)).map_err(|e| e.error)?;
         let narinfo = narinfo(info, &url, expected);
-        write_atomically(&self.dir, &self.narinfo_path(&info.path), narinfo.as_bytes()).map_err(RelayError::Write)
+        Ok(write_atomically(&self.dir, &self.narinfo_path(&info.path), narinfo.as_bytes())?)
     }
 }
 

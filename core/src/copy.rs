@@ -92,6 +92,19 @@ pub struct Options {
     pub dry_run: bool,
 }
 
+impl Options {
+    /// Refuses options that cannot work with `to`, before anything is read.
+    pub fn check(&self, to: Option<&DestinationSpec>) -> Result<(), String> {
+        match to {
+            Some(DestinationSpec::Cache(cache)) if self.substitute => Err(format!(
+                "--substitute-on-destination is for stores; file://{} is a binary cache",
+                cache.dir().display()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One copy: from which store to which destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -240,10 +253,7 @@ impl Sink {
                 conn.greet()?;
                 conn.query_valid_paths(closure, substitute)
             }
-            Sink::Cache(cache) if substitute => Err(format!(
-                "--substitute-on-destination is for stores; file://{} is a binary cache",
-                cache.dir().display()
-            )),
+            // Options::check refused substitution into a cache.
             Sink::Cache(cache) => Ok(cache.present(closure)),
         }
     }
@@ -333,6 +343,13 @@ enum Failure {
     },
     /// Anything else, already said.
     Other(String),
+}
+
+/// An I/O error of the destination: writing to the target or the cache.
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Target(e)
+    }
 }
 
 impl Failure {
@@ -472,18 +489,11 @@ impl Write for Outgoing {
 /// Writes every missing path into a binary cache, in dependency order.
 fn write_nars(nars: &mut Nars, cache: &BinaryCache, missing: &[Transfer], progress: &Progress) -> Result<(), Failure> {
     for (done, t) in missing.iter().enumerate() {
-        let mut failure = None;
-        let added = cache.add(&t.info, &t.hash, |file| {
-            nars.send(t, file, progress).map_err(|f| {
-                failure = Some(f);
-                RelayError::Write(io::ErrorKind::Interrupted.into())
-            })
-        });
-        match (added, failure) {
-            (_, Some(failure)) => return Err(failure),
-            (Err(e), None) => return Err(Failure::Other(format!("cannot write to {}: {e}", cache.dir().display()))),
-            (Ok(()), None) => progress.path_done(done as u64 + 1),
-        }
+        cache.add(&t.info, &t.hash, |file| nars.send(t, file, progress)).map_err(|failure| match failure {
+            Failure::Target(e) => Failure::Other(format!("cannot write to {}: {e}", cache.dir().display())),
+            other => other,
+        })?;
+        progress.path_done(done as u64 + 1);
     }
     Ok(())
 }

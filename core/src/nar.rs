@@ -62,15 +62,6 @@ pub enum RelayError {
     Mismatch(NarHash),
 }
 
-impl fmt::Display for RelayError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RelayError::Read(e) | RelayError::Write(e) => e.fmt(f),
-            RelayError::Mismatch(got) => write!(f, "the NAR has hash {got}, not the one recorded"),
-        }
-    }
-}
-
 /// Copies exactly `size` bytes of NAR from `from` to `to`, checking them
 /// on the way (see [`Checked`]).
 pub fn relay(
@@ -103,7 +94,6 @@ pub fn send_dump(
 ) -> Result<(), RelayError> {
     let mut checked = Checked::new(to, size, sent);
     match dump(path, &mut checked) {
-        Err(e) if e.kind() == io::ErrorKind::WriteZero => Err(RelayError::Read(e)),
         Err(e) if checked.failed_writing => Err(RelayError::Write(e)),
         Err(e) => Err(RelayError::Read(e)),
         Ok(()) => checked.finish(expected),

@@ -2,7 +2,6 @@
 //! newer), found on PATH, configured by the user's environment.
 
 use crate::process;
-use crate::store_path::StorePath;
 use std::process::Command;
 
 /// Realises derivations in one call, so Nix shares and parallelises the
@@ -16,16 +15,4 @@ pub fn realise(drvs: &[&str]) -> Result<(), String> {
         return Err(format!("nix-build failed ({}); Nix's message is above", process::describe_status(output.status)));
     }
     Ok(())
-}
-
-/// The paths of `paths` that are not valid in the local store.
-pub fn invalid_local_paths<'a>(paths: &[&'a StorePath]) -> Result<Vec<&'a StorePath>, String> {
-    let mut cmd = Command::new("nix-store");
-    cmd.args(["--check-validity", "--print-invalid"]).args(paths);
-    let output = process::capture(&mut cmd)?;
-    if !output.status.success() {
-        return Err(process::failure(&cmd, &output));
-    }
-    let invalid = String::from_utf8_lossy(&output.stdout);
-    Ok(paths.iter().copied().filter(|p| invalid.lines().any(|l| l == p.as_str())).collect())
 }

@@ -195,18 +195,24 @@ impl Server {
     /// The one line for a connection that broke: what the server (or ssh)
     /// said before it went away, else the I/O error itself.
     pub fn broken(&mut self, error: io::Error) -> String {
-        let status = self.wait_briefly();
+        match self.wait_briefly() {
+            Some(status) if !status.success() || !self.all_stderr().is_empty() => self.failure(status),
+            _ => format!("connection to the store on {} broke: {error}", self.target),
+        }
+    }
+
+    /// Everything the server printed on stderr, once it has exited.
+    fn all_stderr(&mut self) -> Vec<u8> {
         if let Some(reader) = self.stderr_reader.take() {
             let _ = reader.join();
         }
-        let stderr = self.stderr.text();
-        match status {
-            Some(status) if !status.success() || !stderr.is_empty() => {
-                let output = std::process::Output { status, stdout: Vec::new(), stderr };
-                self.target.failure("nix-store --serve", &output)
-            }
-            _ => format!("connection to the store on {} broke: {error}", self.target),
-        }
+        self.stderr.text()
+    }
+
+    /// The one line for a server that exited with `status`.
+    fn failure(&mut self, status: std::process::ExitStatus) -> String {
+        let output = std::process::Output { status, stdout: Vec::new(), stderr: self.all_stderr() };
+        self.target.failure("nix-store --serve", &output)
     }
 
     /// What the server printed on stderr so far.
@@ -237,14 +243,10 @@ impl Server {
     /// exited well.
     pub fn finish(mut self) -> Result<(), String> {
         let status = self.child.wait().map_err(|e| format!("cannot wait for nix-store on {}: {e}", self.target))?;
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
+        match status.success() {
+            true => Ok(()),
+            false => Err(self.failure(status)),
         }
-        if status.success() {
-            return Ok(());
-        }
-        let output = std::process::Output { status, stdout: Vec::new(), stderr: self.stderr.text() };
-        Err(self.target.failure("nix-store --serve", &output))
     }
 }
 
@@ -300,8 +302,7 @@ impl Connection {
     /// Ends the session: the server sees its input end and exits.
     pub fn close(self) -> Result<(), String> {
         let Connection { server, requests, replies, .. } = self;
-        drop(requests.into_inner().map_err(|e| e.into_error()));
-        drop(replies);
+        drop((requests, replies));
         server.finish()
     }
 

@@ -68,3 +68,25 @@ fn an_evaluation_error_exits_1_after_nix_says_why() {
     assert!(run.stderr.trim_end().ends_with("evaluation failed (Nix's message is above)"), "{}", run.stderr);
     assert!(run.stdout.is_empty());
 }
+
+#[test]
+fn copy_options_that_cannot_work_are_bad_usage_and_nothing_is_read() {
+    let tb = Testbed::new();
+    std::fs::write(tb.path().join("not-a-key"), "hello\n").unwrap();
+    let path = "/nix/store/36m5mhfn262qgji13vrgp907an576qjz-x";
+    for (line, says) in [
+        (format!("nixpipe-copy --to s3://bucket {path}"), "use `nix copy --to s3://bucket`"),
+        (format!("nixpipe-copy -s --to file:///tmp/cache {path}"), "file:///tmp/cache is a binary cache"),
+        (
+            format!("nixpipe-copy --sign-key not-a-key --to local {path}"),
+            "not a secret key from nix-store --generate-binary-cache-key",
+        ),
+        (format!("nixpipe-copy --sign-key missing.sec --to local {path}"), "cannot read signing key missing.sec"),
+    ] {
+        let run = tb.sh(&line);
+        assert_eq!(run.code, 2, "{line}");
+        // clap says "error: ..." for a bad value, we say "nixpipe-copy: ...": one line either way.
+        assert_eq!(run.stderr.lines().filter(|l| l.contains(says)).count(), 1, "{line}: {}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+}
