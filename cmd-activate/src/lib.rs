@@ -1,31 +1,73 @@
-//! nixpipe-activate: set the system profile and switch, on a target.
+//! nixpipe-activate: set the system profile and switch, on a target, safely.
 
 use clap::Parser;
-use nixpipe_core::activation::{self, Action, Options};
+use nixpipe_core::activation::{self, Action, Activation, Options};
 use nixpipe_core::cli::{self, OutputArgs, RecordArgs, Results};
-use nixpipe_core::{Error, Outcome, Target, TargetSpec};
+use nixpipe_core::privilege::Privilege;
+use nixpipe_core::{Error, Outcome, Record, StorePath, Target, TargetSpec};
 
 const EXAMPLES: &str = "\
 Examples:
   Build, copy and switch:
     nixpipe-eval -f configuration.nix | nixpipe-copy --to root@web1 | nixpipe-activate --on root@web1 switch
 
-  Check what would happen, change nothing:
-    nixpipe-activate --on root@web1 --dry-run switch /nix/store/...-nixos-system-web1
+  As a user with sudo, asked for the password once for all hosts:
+    nixpipe-activate --on 'deploy@{name}' --ask-sudo-password switch < systems
 
-  Activate this machine's own new system (a record without NAME, no --on):
-    nixpipe-activate test /nix/store/...-nixos-system-laptop";
+  Roll back unless a new ssh connection still gets in after the switch:
+    nixpipe-activate --on root@web1 --confirm-timeout 30 switch
 
-/// Activate NixOS systems on their machines, as nixos-rebuild does.
+  Pull: the host fetches the system from its own substituters:
+    curl -s https://deploy.example/web1 | nixpipe-activate --on root@web1 --realise switch
+
+  Go back one generation:
+    nixpipe-activate --on root@web1 --rollback switch";
+
+const SAFETY: &str = "\
+How it keeps the host safe:
+  Nothing changes until the checks pass: the system is on the host (or
+  --realise fetched it), it is a NixOS system, the host's hostname is the
+  record's NAME (else the system's own hostname), and no other nixpipe
+  activation runs there (a lock; the second one fails at once, saying who
+  holds it).
+
+  The switch runs on the host as a job of its own, detached from the ssh
+  connection: a transient systemd unit where systemd runs (as nixos-rebuild
+  does), else a process in its own session. Its log and result are kept in
+  /run/nixpipe/jobs/ID. If the connection drops, nixpipe reconnects (for up
+  to 5 minutes) and reports the real result.
+
+  When switch-to-configuration fails, the profile goes back to the previous
+  generation, the failed generation is deleted, and the system that ran
+  before is activated again; the error says whether that worked, and the
+  exit status is 1. With --confirm-timeout the same happens when nixpipe
+  cannot confirm the switch over a NEW ssh connection (never a shared
+  ControlMaster) in time: the host rolls itself back without help.
+
+Privilege:
+  Logged in as root, nothing more is needed. Otherwise each privileged step
+  runs through `sudo -n` (passwordless sudo), or with --ask-sudo-password
+  through `sudo -S`, fed the password asked once on /dev/tty. The password
+  is never in argv, the environment, a log or a file. --sudo-cmd replaces
+  sudo (doas, run0): it is used as given, and with --ask-sudo-password it
+  gets the password on its stdin.
+
+Output:
+  The records activated, on stdout; program output of the host and --diff,
+  on stderr, each line prefixed with the record's NAME. With --json every
+  record is written, failed ones too, with: target, action, previous (the
+  system that ran before), result (activated, checked, refused, failed),
+  rolled_back, error.";
+
+/// Activate NixOS systems on their machines, safely, as nixos-rebuild does.
 ///
 /// For each record, checks on the target that the path is there, that it is
-/// a NixOS system and that the host is the one the record names (its NAME,
-/// or the hostname the system is configured with); only then adds a
-/// generation to /nix/var/nix/profiles/system (switch, boot) and runs the
-/// system's bin/switch-to-configuration ACTION. Records that were activated
-/// are written to stdout.
+/// a NixOS system and that the host is the one the record names; only then
+/// adds a generation to /nix/var/nix/profiles/system (switch, boot) and runs
+/// the system's bin/switch-to-configuration ACTION, rolling back when that
+/// fails. Records that were activated are written to stdout.
 #[derive(Parser, Debug)]
-#[command(name = "nixpipe-activate", version, after_help = EXAMPLES)]
+#[command(name = "nixpipe-activate", version, after_help = EXAMPLES, after_long_help = format!("{EXAMPLES}\n\n{SAFETY}"))]
 pub struct Cli {
     /// What switch-to-configuration does
     #[arg(value_enum)]
@@ -46,39 +88,117 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Activate specialisation/NAME of the system (not implemented yet)
-    #[arg(long, value_name = "NAME")]
+    /// Activate specialisation/NAME of the system (the profile gets the system itself)
+    #[arg(long, value_name = "NAME", conflicts_with = "rollback")]
     pub specialisation: Option<String>,
 
-    /// Go back to the previous generation (not implemented yet)
-    #[arg(long)]
+    /// Go back one generation of the system profile on --on TARGET and activate it; reads no records
+    #[arg(long, requires = "on")]
     pub rollback: bool,
 
-    /// Roll back unless a new connection confirms within SECONDS (not implemented yet)
-    #[arg(long, value_name = "SECONDS")]
+    /// Roll back unless a new ssh connection confirms the switch within SECONDS
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub confirm_timeout: Option<u64>,
 
-    /// Ask the sudo password once, on the terminal (not implemented yet)
+    /// Ask the sudo password once, on the terminal, for every host of the run
     #[arg(long)]
     pub ask_sudo_password: bool,
+
+    /// Become root with CMD instead of sudo (e.g. doas)
+    #[arg(long, value_name = "CMD")]
+    pub sudo_cmd: Option<String>,
+
+    /// Let the target fetch a missing system from its own substituters first
+    #[arg(long, conflicts_with = "rollback")]
+    pub realise: bool,
+
+    /// Show what changes (packages upgraded, added, removed) before activating, on stderr
+    #[arg(long)]
+    pub diff: bool,
 
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    cli::refuse_unbuilt(&[
-        (cli.specialisation.is_some(), "--specialisation"),
-        (cli.rollback, "--rollback"),
-        (cli.confirm_timeout.is_some(), "--confirm-timeout"),
-        (cli.ask_sudo_password, "--ask-sudo-password"),
-    ])?;
-    let opts = Options { action: cli.action, hostname_check: !cli.no_hostname_check, dry_run: cli.dry_run };
+    check_combinations(&cli)?;
+    let opts = Options {
+        action: cli.action,
+        hostname_check: !cli.no_hostname_check,
+        dry_run: cli.dry_run,
+        specialisation: cli.specialisation.clone(),
+        confirm_timeout: cli.confirm_timeout,
+        realise: cli.realise,
+        diff: cli.diff,
+    };
+    let mut results = Results::new(&cli.output);
+    if cli.rollback {
+        let spec = cli.on.as_ref().expect("clap requires --on");
+        let target = spec.resolve(None).map_err(Error::Usage)?;
+        let privilege = Privilege::new(cli.sudo_cmd.as_deref(), cli.ask_sudo_password)?;
+        let activation = activation::activate(&target, None, &opts, &privilege);
+        report(&mut results, None, &target, &activation, &cli)?;
+        return Ok(results.finish());
+    }
     let records = cli.records.read()?;
     let planned = cli::with_targets(records, cli.on.as_ref(), Some(Target::Local))?;
-    let mut results = Results::new(&cli.output);
+    let privilege = Privilege::new(cli.sudo_cmd.as_deref(), cli.ask_sudo_password)?;
     for (record, target) in &planned {
-        results.record(record, activation::activate(target, record, &opts))?;
+        let activation = activation::activate(target, Some(record), &opts, &privilege);
+        report(&mut results, Some(record), target, &activation, &cli)?;
     }
     Ok(results.finish())
+}
+
+/// What makes no sense together is bad usage, before anything is done.
+fn check_combinations(cli: &Cli) -> Result<(), Error> {
+    let usage = |what: &str| Err(Error::Usage(what.to_owned()));
+    if cli.rollback && !cli.records.paths.is_empty() {
+        return usage("--rollback takes no records: it goes back one generation on --on TARGET");
+    }
+    if cli.specialisation.is_some() && cli.action == Action::Boot {
+        return usage("--specialisation cannot be used with boot, as with nixos-rebuild");
+    }
+    if cli.confirm_timeout.is_some() && !matches!(cli.action, Action::Switch | Action::Test) {
+        return usage("--confirm-timeout needs switch or test: nothing else changes the running system");
+    }
+    Ok(())
+}
+
+/// Writes the record on (the records activated; with --json all of them)
+/// and reports a failure in one line.
+fn report(
+    results: &mut Results,
+    record: Option<&Record>,
+    target: &Target,
+    activation: &Activation,
+    cli: &Cli,
+) -> Result<(), Error> {
+    let record = match record {
+        Some(record) => Some(record.clone()),
+        // --rollback: the record of the system gone back to, named after the host.
+        None => activation
+            .path
+            .as_deref()
+            .and_then(|p| StorePath::parse(p).ok())
+            .map(|path| Record::new(activation.hostname.clone(), path)),
+    };
+    let label = record.as_ref().map_or_else(|| target.to_string(), |r| r.label().to_owned());
+    let record = record.map(|mut r| {
+        if cli.output.json {
+            r.extra.extend(activation.json_fields(target, cli.action));
+        }
+        r
+    });
+    match (activation.error(), record) {
+        (None, Some(record)) => results.write(&record),
+        (None, None) => Ok(()),
+        (Some(why), record) => {
+            results.failed(&label, why);
+            match record.filter(|_| cli.output.json) {
+                Some(record) => results.write(&record),
+                None => Ok(()),
+            }
+        }
+    }
 }

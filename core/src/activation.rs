@@ -1,17 +1,25 @@
-//! Activating a NixOS system on a target: check that it is the right path
-//! on the right host, add a generation to the system profile, and run the
-//! system's own `bin/switch-to-configuration`.
+//! Activating a NixOS system on a target, safely: check that it is the
+//! right system on the right host, then run a detached job there that takes
+//! a lock, adds a generation to the system profile, runs the system's own
+//! `bin/switch-to-configuration` and rolls back when that fails or when no
+//! new connection confirms the switch in time (see `job`).
 
-use crate::process;
+mod job;
+
+use crate::closure_diff::ClosureDiff;
+use crate::privilege::Privilege;
 use crate::record::Record;
 use crate::target::Target;
+use job::{Job, JobResult};
+use serde_json::{json, Map, Value};
 
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 
 /// What switch-to-configuration is asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Action {
     /// Make it the boot default and activate it now
+    #[default]
     Switch,
     /// Make it the boot default, activate it at the next boot
     Boot,
@@ -30,29 +38,214 @@ impl Action {
             Action::DryActivate => "dry-activate",
         }
     }
-
-    /// Only these add a generation to the system profile, as in nixos-rebuild.
-    fn sets_profile(self) -> bool {
-        matches!(self, Action::Switch | Action::Boot)
-    }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     pub action: Action,
     pub hostname_check: bool,
     pub dry_run: bool,
+    /// Activate specialisation/NAME of the system.
+    pub specialisation: Option<String>,
+    /// Roll back unless a new connection confirms within this many seconds.
+    pub confirm_timeout: Option<u64>,
+    /// Fetch a missing system from the target's own substituters first.
+    pub realise: bool,
+    /// Show what changes between the running system and the new one.
+    pub diff: bool,
 }
 
-/// Facts read from the target in one read-only round trip.
-const PROBE_SCRIPT: &str = r#"p=$1
-printf 'hostname=%s\n' "$(cat /proc/sys/kernel/hostname)"
-printf 'uid=%s\n' "$(id -u)"
-if nix-store --check-validity "$p" 2>/dev/null; then echo valid=1; else echo valid=0; fi
-if [ -f "$p/nixos-version" ] && [ -x "$p/bin/switch-to-configuration" ]; then echo nixos=1; else echo nixos=0; fi
-if [ -f "$p/etc/hostname" ]; then printf 'configured=%s\n' "$(cat "$p/etc/hostname")"; fi
-"#;
+/// How one activation went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Activated,
+    /// --dry-run: every check passed, nothing changed.
+    Checked,
+    /// Refused before anything changed: why.
+    Refused(String),
+    /// Failed after changing things: why, and whether the target is back
+    /// on the system it ran before.
+    Failed { why: String, rolled_back: bool },
+}
 
+#[derive(Debug)]
+pub struct Activation {
+    /// The system activated: the record's, or for --rollback the one gone back to.
+    pub path: Option<String>,
+    /// The target's hostname, as the target says.
+    pub hostname: Option<String>,
+    /// The system that ran before.
+    pub previous: Option<String>,
+    pub verdict: Verdict,
+}
+
+impl Activation {
+    /// The one line for a failure; None when all went well.
+    pub fn error(&self) -> Option<&str> {
+        match &self.verdict {
+            Verdict::Activated | Verdict::Checked => None,
+            Verdict::Refused(why) | Verdict::Failed { why, .. } => Some(why),
+        }
+    }
+
+    /// What --json adds to the record.
+    pub fn json_fields(&self, target: &Target, action: Action) -> Map<String, Value> {
+        let (result, rolled_back) = match &self.verdict {
+            Verdict::Activated => ("activated", false),
+            Verdict::Checked => ("checked", false),
+            Verdict::Refused(_) => ("refused", false),
+            Verdict::Failed { rolled_back, .. } => ("failed", *rolled_back),
+        };
+        let mut fields = Map::new();
+        fields.insert("target".into(), json!(target.to_string()));
+        fields.insert("action".into(), json!(action.as_str()));
+        fields.insert("previous".into(), json!(self.previous));
+        fields.insert("result".into(), json!(result));
+        fields.insert("rolled_back".into(), json!(rolled_back));
+        if let Some(error) = self.error() {
+            fields.insert("error".into(), json!(error));
+        }
+        fields
+    }
+}
+
+/// Activates the record's system on `target`, or with no record goes back
+/// one generation (--rollback): every check first, then the job.
+pub fn activate(target: &Target, record: Option<&Record>, opts: &Options, privilege: &Privilege) -> Activation {
+    let label = record.map_or_else(|| target.to_string(), |r| r.label().to_owned());
+    let mut activation =
+        Activation { path: record.map(|r| r.path.to_string()), hostname: None, previous: None, verdict: Verdict::Checked };
+    activation.verdict = match run(target, record, opts, privilege, &label, &mut activation) {
+        Ok(verdict) => verdict,
+        Err(why) => Verdict::Refused(why),
+    };
+    activation
+}
+
+/// Err: refused, nothing changed.
+fn run(
+    target: &Target,
+    record: Option<&Record>,
+    opts: &Options,
+    privilege: &Privilege,
+    label: &str,
+    activation: &mut Activation,
+) -> Result<Verdict, String> {
+    let mut probe = Probe::read(target, activation.path.as_deref(), opts)?;
+    let path = match (&activation.path, &probe.rollback_to) {
+        (Some(path), _) | (None, Some(path)) => path.clone(),
+        (None, None) => return Err(format!("{target} has no generation before the current one to go back to")),
+    };
+    if !probe.valid && opts.realise {
+        realise(target, &path)?;
+        probe = Probe::read(target, Some(&path), opts)?;
+    }
+    activation.path = Some(path.clone());
+    activation.hostname = Some(probe.hostname.clone());
+    activation.previous = probe.current.clone();
+    check(target, record, &probe, opts)?;
+    if opts.diff {
+        show_diff(target, label, probe.current.as_deref(), &path);
+    }
+    if opts.dry_run {
+        crate::cli::note(&format!("{label}: would {} {target} to {path}", opts.action.as_str()));
+        return Ok(Verdict::Checked);
+    }
+    let activate = match &opts.specialisation {
+        Some(name) => format!("{path}/specialisation/{name}"),
+        None => path.clone(),
+    };
+    let args = job::Args {
+        action: opts.action.as_str(),
+        system: &path,
+        activate: &activate,
+        confirm: opts.confirm_timeout.unwrap_or(0),
+        mode: if record.is_some() { "set" } else { "rollback" },
+    };
+    let end = Job::new(target, privilege, &probe.uid, label).run(&args)?;
+    if end.previous.is_some() {
+        activation.previous = end.previous.clone();
+    }
+    Ok(verdict(target, opts, &end))
+}
+
+/// The job's result as the user reads it: what failed, and whether the
+/// target is back on what it ran before.
+fn verdict(target: &Target, opts: &Options, end: &job::JobEnd) -> Verdict {
+    let action = opts.action.as_str();
+    let log = format!("/run/nixpipe/jobs/{}/log", end.id);
+    let failed = |why: String, rolled_back: bool| Verdict::Failed { why, rolled_back };
+    match &end.result {
+        JobResult::Ok => Verdict::Activated,
+        JobResult::Locked(owner) => {
+            Verdict::Refused(format!("another nixpipe activation is running on {target}: {owner}; nothing changed"))
+        }
+        JobResult::Failed(what) if what == "profile" => {
+            failed(format!("could not set the system profile on {target}; nothing activated (see {log})"), false)
+        }
+        JobResult::Failed(what) if what == "nothing-changed" => {
+            failed(format!("switch-to-configuration {action} failed on {target}; nothing changed"), false)
+        }
+        JobResult::Failed(what) => failed(
+            format!("switch-to-configuration {action} failed on {target}; {}", rollback_outcome(what)),
+            rolled_back(what),
+        ),
+        JobResult::Unconfirmed(what) => failed(
+            format!(
+                "no new connection confirmed the switch within {} s; {target} {}",
+                opts.confirm_timeout.unwrap_or(0),
+                rollback_outcome(what)
+            ),
+            rolled_back(what),
+        ),
+        JobResult::Lost(why) => failed(format!("lost track of the activation on {target}: {why} (see {log})"), false),
+    }
+}
+
+fn rolled_back(what: &str) -> bool {
+    matches!(what, "rolled-back" | "nothing-to-reactivate")
+}
+
+fn rollback_outcome(what: &str) -> &'static str {
+    match what {
+        "rolled-back" => "rolled back: the previous generation is active again",
+        "nothing-to-reactivate" => "rolled back the profile (no system ran before to re-activate)",
+        _ => "the rollback FAILED too: the host needs attention",
+    }
+}
+
+/// `nix-store --realise` on the target: it fetches the system from its own
+/// substituters (a pull deployment).
+fn realise(target: &Target, path: &str) -> Result<(), String> {
+    target
+        .run(&["nix-store", "--realise", path])
+        .map(drop)
+        .map_err(|e| format!("cannot fetch {path} from the substituters of {target}: {e}"))
+}
+
+/// Prints, nvd-style, what changes from the running system to `new`.
+fn show_diff(target: &Target, label: &str, current: Option<&str>, new: &str) {
+    let Some(current) = current else {
+        eprintln!("{label} | no system runs on {target} yet: nothing to compare with");
+        return;
+    };
+    let both = r#"nix-store --query --requisites "$1" && echo --- && nix-store --query --requisites "$2""#;
+    match target.run(&["sh", "-c", both, "sh", current, new]) {
+        Ok(out) => {
+            let (before, after) = out.split_once("---\n").unwrap_or((&out, ""));
+            let (before, after): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+            eprintln!("{label} | {current} -> {new}");
+            for line in ClosureDiff::new(&before, &after).to_string().lines() {
+                eprintln!("{label} | {line}");
+            }
+        }
+        Err(e) => crate::cli::note(&format!("{label}: cannot compare the systems: {e}")),
+    }
+}
+
+const PROBE_SCRIPT: &str = include_str!("activation/probe.sh");
+
+/// Facts read from the target in one read-only round trip.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Probe {
     hostname: String,
@@ -61,18 +254,35 @@ struct Probe {
     nixos: bool,
     /// The hostname the system itself is configured with (`etc/hostname`).
     configured: Option<String>,
+    /// The running system.
+    current: Option<String>,
+    /// The generation before the current one (asked for with no path).
+    rollback_to: Option<String>,
+    /// Whether the system has the specialisation asked for.
+    specialisation: Option<bool>,
+    specialisations: String,
 }
 
 impl Probe {
+    fn read(target: &Target, path: Option<&str>, opts: &Options) -> Result<Probe, String> {
+        let spec = opts.specialisation.as_deref().unwrap_or("");
+        Ok(Probe::parse(&target.run(&["sh", "-c", PROBE_SCRIPT, "sh", path.unwrap_or(""), spec])?))
+    }
+
     fn parse(output: &str) -> Probe {
         let mut probe = Probe::default();
+        let some = |v: &str| Some(v.to_owned()).filter(|v| !v.is_empty());
         for (key, value) in output.lines().filter_map(|l| l.split_once('=')) {
             match key {
                 "hostname" => probe.hostname = value.to_owned(),
                 "uid" => probe.uid = value.to_owned(),
                 "valid" => probe.valid = value == "1",
                 "nixos" => probe.nixos = value == "1",
-                "configured" => probe.configured = Some(value.to_owned()),
+                "configured" => probe.configured = some(value),
+                "current" => probe.current = some(value),
+                "rollback_to" => probe.rollback_to = some(value),
+                "specialisation" => probe.specialisation = Some(value == "1"),
+                "specialisations" => probe.specialisations = value.trim().to_owned(),
                 _ => {}
             }
         }
@@ -80,40 +290,23 @@ impl Probe {
     }
 }
 
-/// Activates one record on `target`, or says in one line why not.
-pub fn activate(target: &Target, record: &Record, opts: &Options) -> Result<(), String> {
-    let path = record.path.as_str();
-    let probe = Probe::parse(&target.run(&["sh", "-c", PROBE_SCRIPT, "sh", path])?);
-    check(target, record, &probe, opts)?;
-    if opts.dry_run {
-        crate::cli::note(&format!("{}: would {} {target} to {path}", record.label(), opts.action.as_str()));
-        return Ok(());
-    }
-    if opts.action.sets_profile() {
-        target
-            .run(&["nix-env", "--profile", SYSTEM_PROFILE, "--set", path])
-            .map_err(|e| format!("could not set the system profile: {e}"))?;
-    }
-    switch_to_configuration(target, path, opts.action)
-}
-
 /// Everything that must hold before anything on the target changes.
-fn check(target: &Target, record: &Record, probe: &Probe, opts: &Options) -> Result<(), String> {
-    let path = record.path.as_str();
+fn check(target: &Target, record: Option<&Record>, probe: &Probe, opts: &Options) -> Result<(), String> {
+    let path = probe.rollback_to.as_deref().or(record.map(|r| r.path.as_str())).unwrap_or_default();
     if !probe.valid {
-        return Err(format!("{path} is not on {target}; run nixpipe-copy first"));
+        let hint = if opts.realise { " nor in its substituters" } else { "; run nixpipe-copy first" };
+        return Err(format!("{path} is not on {target}{hint}"));
     }
     if !probe.nixos {
         return Err(format!("{path} is not a NixOS system (no nixos-version or bin/switch-to-configuration)"));
     }
+    if probe.specialisation == Some(false) {
+        let name = opts.specialisation.as_deref().unwrap_or_default();
+        let known = if probe.specialisations.is_empty() { "none" } else { &probe.specialisations };
+        return Err(format!("{path} has no specialisation '{name}' (it has: {known})"));
+    }
     if opts.hostname_check {
         check_hostname(target, record, probe)?;
-    }
-    if probe.uid != "0" {
-        return Err(format!(
-            "logged in to {target} as uid {}, but activation needs root (sudo is not implemented yet); use root@",
-            probe.uid
-        ));
     }
     Ok(())
 }
@@ -121,8 +314,8 @@ fn check(target: &Target, record: &Record, probe: &Probe, opts: &Options) -> Res
 /// The host must be the one the record is for: its NAME, or for a record
 /// without one, the hostname the system is configured with (etc/hostname).
 /// A record with neither is not checked.
-fn check_hostname(target: &Target, record: &Record, probe: &Probe) -> Result<(), String> {
-    let Some(expected) = record.name.as_ref().or(probe.configured.as_ref()) else {
+fn check_hostname(target: &Target, record: Option<&Record>, probe: &Probe) -> Result<(), String> {
+    let Some(expected) = record.and_then(|r| r.name.as_ref()).or(probe.configured.as_ref()) else {
         return Ok(());
     };
     if *expected == probe.hostname {
@@ -131,23 +324,6 @@ fn check_hostname(target: &Target, record: &Record, probe: &Probe) -> Result<(),
     Err(format!(
         "{target} is host '{}', not '{expected}'; nothing changed (--no-hostname-check to deploy anyway)",
         probe.hostname
-    ))
-}
-
-fn switch_to_configuration(target: &Target, path: &str, action: Action) -> Result<(), String> {
-    let program = format!("{path}/bin/switch-to-configuration");
-    let mut cmd = target.command(&[&program, action.as_str()])?;
-    let status = process::run_logging(&mut cmd)?;
-    if status.success() {
-        return Ok(());
-    }
-    if !target.is_local() && status.code() == Some(255) {
-        return Err(format!("lost the connection to {target} during switch-to-configuration {}", action.as_str()));
-    }
-    Err(format!(
-        "switch-to-configuration {} failed on {target} ({})",
-        action.as_str(),
-        process::describe_status(status)
     ))
 }
 
@@ -162,58 +338,86 @@ mod tests {
     }
 
     fn ready(hostname: &str) -> Probe {
-        Probe { hostname: hostname.into(), uid: "0".into(), valid: true, nixos: true, configured: None }
+        Probe { hostname: hostname.into(), uid: "0".into(), valid: true, nixos: true, ..Probe::default() }
     }
 
-    const OPTS: Options = Options { action: Action::Switch, hostname_check: true, dry_run: false };
+    fn opts() -> Options {
+        Options { hostname_check: true, ..Options::default() }
+    }
+
+    fn check_web1(record: &Record, probe: &Probe) -> Result<(), String> {
+        check(&Target::Local, Some(record), probe, &opts())
+    }
 
     #[test]
     fn parses_the_probe() {
-        let p = Probe::parse("hostname=web1\nuid=0\nvalid=1\nnixos=0\nconfigured=web1\n");
-        assert_eq!(
-            p,
-            Probe {
-                hostname: "web1".into(),
-                uid: "0".into(),
-                valid: true,
-                nixos: false,
-                configured: Some("web1".into())
-            }
-        );
+        let p = Probe::parse("hostname=web1\nuid=0\ncurrent=\nvalid=1\nnixos=0\nconfigured=web1\nspecialisation=0\nspecialisations=a b \n");
+        let expected = Probe {
+            nixos: false,
+            configured: Some("web1".into()),
+            specialisation: Some(false),
+            specialisations: "a b".into(),
+            ..ready("web1")
+        };
+        assert_eq!(p, expected);
     }
 
     #[test]
     fn refuses_a_host_with_another_name() {
-        let e = check(&Target::Local, &record(Some("web1")), &ready("db1"), &OPTS).unwrap_err();
+        let e = check_web1(&record(Some("web1")), &ready("db1")).unwrap_err();
         assert!(e.contains("is host 'db1', not 'web1'"), "{e}");
-        let off = Options { hostname_check: false, ..OPTS };
-        assert!(check(&Target::Local, &record(Some("web1")), &ready("db1"), &off).is_ok());
+        let off = Options { hostname_check: false, ..opts() };
+        assert!(check(&Target::Local, Some(&record(Some("web1"))), &ready("db1"), &off).is_ok());
     }
 
     #[test]
     fn the_record_name_decides_over_the_configured_hostname() {
         let web1_system_on_web1 = Probe { configured: Some("web1".into()), ..ready("web1") };
-        assert!(check(&Target::Local, &record(Some("db1")), &web1_system_on_web1, &OPTS).is_err());
-        assert!(check(&Target::Local, &record(Some("web1")), &web1_system_on_web1, &OPTS).is_ok());
+        assert!(check_web1(&record(Some("db1")), &web1_system_on_web1).is_err());
+        assert!(check_web1(&record(Some("web1")), &web1_system_on_web1).is_ok());
     }
 
     #[test]
     fn unnamed_records_are_checked_against_the_configured_hostname() {
         let on = |host: &str| Probe { configured: Some("web1".into()), ..ready(host) };
-        assert!(check(&Target::Local, &record(None), &on("web1"), &OPTS).is_ok());
-        assert!(check(&Target::Local, &record(None), &on("db1"), &OPTS).is_err());
-        assert!(check(&Target::Local, &record(None), &ready("db1"), &OPTS).is_ok(), "nothing to check against");
+        assert!(check_web1(&record(None), &on("web1")).is_ok());
+        assert!(check_web1(&record(None), &on("db1")).is_err());
+        assert!(check_web1(&record(None), &ready("db1")).is_ok(), "nothing to check against");
     }
 
     #[test]
     fn refuses_missing_and_non_nixos_paths() {
         let missing = Probe { valid: false, ..ready("web1") };
-        assert!(check(&Target::Local, &record(Some("web1")), &missing, &OPTS)
-            .unwrap_err()
-            .contains("run nixpipe-copy first"));
+        assert!(check_web1(&record(Some("web1")), &missing).unwrap_err().contains("run nixpipe-copy first"));
         let not_nixos = Probe { nixos: false, ..ready("web1") };
-        assert!(check(&Target::Local, &record(Some("web1")), &not_nixos, &OPTS)
-            .unwrap_err()
-            .contains("not a NixOS system"));
+        assert!(check_web1(&record(Some("web1")), &not_nixos).unwrap_err().contains("not a NixOS system"));
+    }
+
+    #[test]
+    fn refuses_a_specialisation_the_system_does_not_have() {
+        let probe = Probe { specialisation: Some(false), specialisations: "gpu".into(), ..ready("web1") };
+        let opts = Options { specialisation: Some("nogpu".into()), ..opts() };
+        let e = check(&Target::Local, Some(&record(Some("web1"))), &probe, &opts).unwrap_err();
+        assert!(e.ends_with("has no specialisation 'nogpu' (it has: gpu)"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_switch_says_whether_the_rollback_worked() {
+        let end = |what: &str| job::JobEnd {
+            id: "1".into(),
+            previous: None,
+            result: JobResult::Failed(what.into()),
+        };
+        let v = verdict(&Target::Local, &opts(), &end("rolled-back"));
+        assert_eq!(
+            v,
+            Verdict::Failed {
+                why: "switch-to-configuration switch failed on local; rolled back: the previous generation is active again"
+                    .into(),
+                rolled_back: true
+            }
+        );
+        let v = verdict(&Target::Local, &opts(), &end("rollback-failed"));
+        assert!(matches!(v, Verdict::Failed { rolled_back: false, ref why } if why.contains("rollback FAILED")));
     }
 }

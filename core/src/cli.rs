@@ -100,12 +100,17 @@ impl Results {
 
     pub fn record(&mut self, record: &crate::Record, result: Result<(), String>) -> Result<(), Error> {
         match result {
-            Ok(()) => self.writer.write(record).map_err(|e| Error::Failed(format!("cannot write to stdout: {e}"))),
+            Ok(()) => self.write(record),
             Err(why) => {
                 self.failed(record.label(), &why);
                 Ok(())
             }
         }
+    }
+
+    /// Writes a record to stdout, whatever became of it.
+    pub fn write(&mut self, record: &crate::Record) -> Result<(), Error> {
+        self.writer.write(record).map_err(|e| Error::Failed(format!("cannot write to stdout: {e}")))
     }
 
     /// Reports a failure that is not one record's.

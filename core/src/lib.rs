@@ -6,6 +6,7 @@
 //! and one module per step: [`eval`], [`copy`], [`activation`].
 
 pub mod activation;
+pub mod closure_diff;
 pub mod binary_cache;
 pub mod cli;
 pub mod copy;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod nar;
 pub mod nix;
+pub mod privilege;
 pub mod process;
 pub mod progress;
 pub mod record;

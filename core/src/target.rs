@@ -92,7 +92,9 @@ impl Target {
         self.command_with(argv, &[])
     }
 
-    /// [`Target::command`], with more ssh options after NIX_SSHOPTS.
+    /// [`Target::command`], with more ssh options. They come before
+    /// NIX_SSHOPTS, because ssh takes the first value it is given: a
+    /// ControlPath=none of ours must win over the user's ControlPath.
     pub fn command_with(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Command, String> {
         let mut cmd = match self {
             Target::Local => {
@@ -202,10 +204,10 @@ impl SshHost {
         Ok(opts)
     }
 
-    /// `ssh OPTIONS EXTRA -- user@host`, ready for the remote command.
+    /// `ssh EXTRA OPTIONS -- user@host`, ready for the remote command.
     pub fn ssh_command(&self, extra: &[&str]) -> Result<Command, String> {
         let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_options()?).args(extra).arg("--").arg(self.destination());
+        cmd.args(extra).args(self.ssh_options()?).arg("--").arg(self.destination());
         Ok(cmd)
     }
 }

@@ -1,0 +1,286 @@
+//! The activation job on the target, and nixpipe's side of it.
+//!
+//! The job runs detached from the ssh session (remote.sh), as root, with
+//! its log and events in /run/nixpipe/jobs/ID. nixpipe follows the log; when
+//! the connection drops it reconnects and follows on from the last byte it
+//! read, so the user always gets the real result.
+
+use crate::privilege::Privilege;
+use crate::process;
+use crate::target::Target;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const REMOTE: &str = include_str!("remote.sh");
+/// Runs REMOTE, given as $1, so that it can keep a copy of itself.
+const BOOTSTRAP: &str = r#"self=$1; shift; eval "$self""#;
+const EVENT: &str = "nixpipe-job: ";
+/// How long nixpipe keeps trying to get a dropped connection back.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
+/// A connection of its own for every try: never a shared ControlMaster, which
+/// would prove nothing about whether the new system lets anyone in.
+const NEW_CONNECTION: [&str; 4] = ["-o", "ControlMaster=no", "-o", "ControlPath=none"];
+/// A link that died without a word is noticed within 15 s, not hours.
+const KEEPALIVE: [&str; 4] = ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"];
+
+/// What the job is to do; the arguments of remote.sh's `launch`.
+pub struct Args<'a> {
+    pub action: &'a str,
+    /// What goes into the system profile.
+    pub system: &'a str,
+    /// Whose bin/switch-to-configuration runs: the system or a specialisation.
+    pub activate: &'a str,
+    /// Seconds to wait for a confirmation; 0 for none.
+    pub confirm: u64,
+    /// `set` the profile to `system`, or `rollback` one generation.
+    pub mode: &'a str,
+}
+
+/// How the job ended, as it said in its `result` event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JobResult {
+    Ok,
+    /// switch-to-configuration failed; what the rollback did (or `profile`).
+    Failed(String),
+    /// Nobody confirmed in time; what the rollback did.
+    Unconfirmed(String),
+    /// Another activation holds the lock: who.
+    Locked(String),
+    /// The job cannot be followed any more: why.
+    Lost(String),
+}
+
+pub struct JobEnd {
+    pub id: String,
+    /// The system that ran before, as the job saw it.
+    pub previous: Option<String>,
+    pub result: JobResult,
+}
+
+/// One activation job on one target.
+pub struct Job<'a> {
+    target: &'a Target,
+    privilege: &'a Privilege,
+    /// The login's uid on the target: "0" needs no sudo.
+    uid: &'a str,
+    label: &'a str,
+    id: String,
+}
+
+impl<'a> Job<'a> {
+    pub fn new(target: &'a Target, privilege: &'a Privilege, uid: &'a str, label: &'a str) -> Job<'a> {
+        Job { target, privilege, uid, label, id: new_id() }
+    }
+
+    /// Starts the job and follows it to its end, through dropped connections.
+    /// Err: it never started, and nothing changed.
+    pub fn run(self, args: &Args) -> Result<JobEnd, String> {
+        let confirm = args.confirm.to_string();
+        let who = who();
+        let launch = [&*self.id, &who, args.action, args.system, args.activate, &confirm, args.mode];
+        let mut follower = Follower::default();
+        let (status, stderr) = self.follow(&mut follower, "launch", &launch, &KEEPALIVE)?;
+        if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
+            return Err(self.launch_failure(status, &stderr));
+        }
+        let give_up = Instant::now() + RECONNECT_FOR;
+        while follower.result.is_none() {
+            if Instant::now() > give_up {
+                let why = format!("no connection to {} for {} s; the job goes on there", self.target, RECONNECT_FOR.as_secs());
+                follower.result = Some(JobResult::Lost(why));
+                break;
+            }
+            crate::cli::note(&format!("{}: lost the connection to {}; reconnecting", self.label, self.target));
+            thread::sleep(Duration::from_secs(1));
+            let offset = follower.offset.to_string();
+            let options = [&NEW_CONNECTION[..], &KEEPALIVE[..]].concat();
+            let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &offset], &options)?;
+            if follower.result.is_none() && !self.connection_lost(status) {
+                let why = self.privilege.explain_refusal(self.target, &stderr).unwrap_or(process::summarize(stderr.as_bytes()));
+                follower.result = Some(JobResult::Lost(why));
+            }
+        }
+        let result = follower.result.take().expect("the loop ends with a result");
+        Ok(JobEnd { id: self.id, previous: follower.previous, result })
+    }
+
+    /// Runs one remote.sh COMMAND as root and feeds its output to `follower`,
+    /// confirming the switch when the job asks for it.
+    fn follow(
+        &self,
+        follower: &mut Follower,
+        command: &str,
+        args: &[&str],
+        ssh_options: &[&str],
+    ) -> Result<(ExitStatus, String), String> {
+        let mut child = self.remote(command, args, ssh_options)?;
+        let stderr = drain(child.stderr.take().expect("piped"));
+        let mut lines = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            if line.last() != Some(&b'\n') {
+                break; // a line cut short: read again after reconnecting
+            }
+            follower.offset += line.len() as u64;
+            let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+            line.clear();
+            if let Some(seconds) = follower.take(&text, self.label) {
+                self.confirm(seconds);
+            }
+        }
+        let status = child.wait().map_err(|e| format!("cannot wait for ssh: {e}"))?;
+        Ok((status, stderr.join().unwrap_or_default()))
+    }
+
+    /// Confirms the switch over a new connection, trying until the job's
+    /// deadline. A failure is only noted: the job's result tells the rest.
+    fn confirm(&self, seconds: u64) {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut why = String::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            let timeout = format!("ConnectTimeout={}", left.as_secs().max(1));
+            let options = [&NEW_CONNECTION[..], &["-o", &timeout]].concat();
+            let output = self.remote("confirm", &[&self.id], &options).and_then(|c| {
+                c.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))
+            });
+            match output {
+                Ok(out) if out.status.success() => return,
+                Ok(out) => why = process::summarize(&out.stderr),
+                Err(e) => why = e,
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        crate::cli::note(&format!(
+            "{}: could not confirm the switch over a new connection to {}: {why}",
+            self.label, self.target
+        ));
+    }
+
+    fn remote(&self, command: &str, args: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
+        let argv: Vec<&str> = ["sh", "-c", BOOTSTRAP, "nixpipe", REMOTE, command].into_iter().chain(args.iter().copied()).collect();
+        self.privilege.spawn(self.target, self.uid, &argv, ssh_options)
+    }
+
+    /// ssh gave up (255), or was killed: the connection, not the job, ended.
+    fn connection_lost(&self, status: ExitStatus) -> bool {
+        !self.target.is_local() && matches!(status.code(), Some(255) | None)
+    }
+
+    fn launch_failure(&self, status: ExitStatus, stderr: &str) -> String {
+        if let Some(why) = self.privilege.explain_refusal(self.target, stderr) {
+            return format!("{why}; nothing changed");
+        }
+        format!(
+            "could not start the activation on {} ({}): {}; nothing changed",
+            self.target,
+            process::describe_status(status),
+            process::summarize(stderr.as_bytes())
+        )
+    }
+}
+
+/// What nixpipe learnt from the job's log so far.
+#[derive(Default, Debug)]
+struct Follower {
+    /// Bytes of the log read, in whole lines: where to go on from.
+    offset: u64,
+    started: bool,
+    previous: Option<String>,
+    result: Option<JobResult>,
+}
+
+impl Follower {
+    /// Takes one line of the log: an event, or output to show the user.
+    /// Returns the seconds to confirm within when the job asks for it.
+    fn take(&mut self, line: &str, label: &str) -> Option<u64> {
+        let Some(event) = line.strip_prefix(EVENT) else {
+            eprintln!("{label} | {line}");
+            return None;
+        };
+        let (kind, rest) = event.split_once(' ').unwrap_or((event, ""));
+        match kind {
+            "started" => self.started = true,
+            "previous" => self.previous = Some(rest.to_owned()).filter(|p| !p.is_empty()),
+            "switching" => eprintln!("{label} | switch-to-configuration {rest}"),
+            "rolling-back" => eprintln!("{label} | rolling back"),
+            "awaiting-confirmation" => return rest.parse().ok(),
+            "result" => self.result = Some(parse_result(rest)),
+            _ => {}
+        }
+        None
+    }
+}
+
+fn parse_result(text: &str) -> JobResult {
+    let (kind, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let rest = rest.to_owned();
+    match kind {
+        "ok" => JobResult::Ok,
+        "failed" => JobResult::Failed(rest),
+        "unconfirmed" => JobResult::Unconfirmed(rest),
+        "locked" => JobResult::Locked(rest),
+        "gone" => JobResult::Lost("the job is gone from the target (did it reboot?)".into()),
+        "vanished" => JobResult::Lost("the job died without a result".into()),
+        other => JobResult::Lost(format!("the job ended with an unknown result '{other}'")),
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own, so that neither pipe of a
+/// child can fill up and stall it.
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Unique among the jobs of one target: time, our pid, a counter.
+fn new_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{seconds}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Who holds the lock, for the one who finds it taken: user@host and pid.
+fn who() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{} (nixpipe-activate pid {})", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_the_events_of_the_log() {
+        let mut f = Follower::default();
+        assert_eq!(f.take("nixpipe-job: started", "web1"), None);
+        assert_eq!(f.take("nixpipe-job: previous /nix/store/x-old", "web1"), None);
+        assert_eq!(f.take("activating the configuration...", "web1"), None);
+        assert_eq!(f.take("nixpipe-job: awaiting-confirmation 30", "web1"), Some(30));
+        assert_eq!(f.take("nixpipe-job: result unconfirmed rolled-back", "web1"), None);
+        assert!(f.started);
+        assert_eq!(f.previous.as_deref(), Some("/nix/store/x-old"));
+        assert_eq!(f.result, Some(JobResult::Unconfirmed("rolled-back".into())));
+    }
+
+    #[test]
+    fn an_empty_previous_is_none() {
+        let mut f = Follower::default();
+        f.take("nixpipe-job: previous ", "web1");
+        assert_eq!(f.previous, None);
+    }
+
+    #[test]
+    fn parses_every_result() {
+        assert_eq!(parse_result("ok"), JobResult::Ok);
+        assert_eq!(parse_result("failed rollback-failed"), JobResult::Failed("rollback-failed".into()));
+        assert_eq!(parse_result("locked alice@laptop since x"), JobResult::Locked("alice@laptop since x".into()));
+        assert!(matches!(parse_result("gone"), JobResult::Lost(_)));
+    }
+}

@@ -1,0 +1,157 @@
+# The target's side of nixpipe-activate, run as root (directly or through
+# sudo). nixpipe starts it as `sh -c 'self=$1; shift; eval "$self"' nixpipe
+# THIS_SCRIPT COMMAND ARGS...`, so that `launch` can keep a copy of it:
+#   launch ID WHO ACTION SYSTEM ACTIVATE CONFIRM MODE  start the job detached, then follow it
+#   follow ID OFFSET                                    the job's log from byte OFFSET until it ends
+#   confirm ID                                          confirm a switch (--confirm-timeout)
+#   job ID WHO ACTION SYSTEM ACTIVATE CONFIRM MODE      the detached job itself
+# The job's log carries its events as lines `nixpipe-job: EVENT ...`.
+set -u
+state=/run/nixpipe
+jobs=$state/jobs
+profile=/nix/var/nix/profiles/system
+
+launch() {
+    d=$jobs/$1
+    mkdir -p -m 0700 "$state" "$jobs"
+    # Jobs older than a day have long been reported.
+    find "$jobs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
+    mkdir -m 0700 "$d" || exit 1
+    : >"$d/log"
+    printf '%s\n' "$self" >"$d/activate.sh"
+    # Detached from this ssh session, so that a dropped connection cannot stop
+    # a switch half way: a transient unit where systemd runs (as nixos-rebuild
+    # does), else a session of its own whose parent is init.
+    if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+        systemd-run --unit="nixpipe-activate-$1" --description="nixpipe-activate $3 $4" --collect --quiet \
+            --setenv=PATH="$PATH" -- "$(command -v sh)" "$d/activate.sh" job "$@" || exit 1
+    else
+        (setsid sh "$d/activate.sh" job "$@" </dev/null >/dev/null 2>&1 &)
+    fi
+    follow "$1" 0
+}
+
+follow() {
+    d=$jobs/$1 offset=$2 dead=0
+    [ -d "$d" ] || { echo "nixpipe-job: result gone"; exit 0; }
+    while :; do
+        ended=0
+        [ -e "$d/done" ] && ended=1
+        size=$(wc -c <"$d/log")
+        if [ "$size" -gt "$offset" ]; then
+            tail -c +"$((offset + 1))" "$d/log" | head -c "$((size - offset))"
+            offset=$size
+        fi
+        [ "$ended" = 1 ] && exit 0
+        if [ -s "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then
+            dead=0
+        else
+            # Killed without a word (or never started): say so after 10 s.
+            dead=$((dead + 1))
+            [ "$dead" -gt 50 ] && { echo "nixpipe-job: result vanished"; exit 0; }
+        fi
+        sleep 0.2
+    done
+}
+
+confirm() {
+    [ -d "$jobs/$1" ] && : >"$jobs/$1/confirmed"
+}
+
+say() { echo "nixpipe-job: $*"; }
+
+finish() {
+    say result "$@"
+    : >"$d/done"
+    exit 0
+}
+
+switch() {
+    say switching "$2" "$1"
+    # The lock stays with this job, not with what the switch starts.
+    "$1/bin/switch-to-configuration" "$2" 9>&-
+}
+
+generation() {
+    n=${1#system-}
+    echo "${n%-link}"
+}
+
+# Puts the profile back where it was and activates what ran before; sets
+# $rollback to what came of it.
+roll_back() {
+    say rolling-back
+    rollback=rolled-back
+    now=$(readlink "$profile" 2>/dev/null) || now=
+    if [ "$now" != "$previous_link" ]; then
+        if [ -n "$previous_link" ]; then
+            nix-env -p "$profile" --switch-generation "$(generation "$previous_link")" || rollback=rollback-failed
+        else
+            rm -f "$profile" || rollback=rollback-failed
+        fi
+        # A generation that failed leaves the profile, and so the boot menu.
+        if [ "$mode" = set ] && [ -n "$now" ]; then rm -f "${profile%/*}/$now"; fi
+    fi
+    case $action in
+        switch | test) back=$previous ;;
+        boot) back=$(readlink -f "$profile" 2>/dev/null) || back= ;;
+    esac
+    if [ -z "$back" ]; then
+        [ "$rollback" = rolled-back ] && rollback=nothing-to-reactivate
+        return
+    fi
+    switch "$back" "$action" || rollback=rollback-failed
+}
+
+confirmed_within() {
+    ticks=$(($1 * 5))
+    while [ "$ticks" -gt 0 ]; do
+        [ -e "$d/confirmed" ] && return 0
+        sleep 0.2
+        ticks=$((ticks - 1))
+    done
+    [ -e "$d/confirmed" ]
+}
+
+job() {
+    id=$1 who=$2 action=$3 system=$4 activate=$5 confirm=$6 mode=$7
+    d=$jobs/$id
+    exec >>"$d/log" 2>&1 </dev/null
+    echo $$ >"$d/pid"
+    say started
+    exec 9>>"$state/lock"
+    if ! flock -n 9; then
+        finish locked "$(cat "$state/lock.owner" 2>/dev/null)"
+    fi
+    printf '%s since %s\n' "$who" "$(date '+%Y-%m-%d %H:%M:%S')" >"$state/lock.owner"
+    previous_link=$(readlink "$profile" 2>/dev/null) || previous_link=
+    previous=$(readlink -f /run/current-system 2>/dev/null) || previous=
+    say previous "$previous"
+    case $mode in
+        set)
+            case $action in
+                switch | boot) nix-env -p "$profile" --set "$system" || finish failed profile ;;
+            esac
+            ;;
+        rollback)
+            nix-env -p "$profile" --rollback || finish failed profile
+            system=$(readlink -f "$profile")
+            activate=$system
+            ;;
+    esac
+    if ! switch "$activate" "$action"; then
+        [ "$action" = dry-activate ] && finish failed nothing-changed
+        roll_back
+        finish failed "$rollback"
+    fi
+    if [ "$confirm" -gt 0 ]; then
+        say awaiting-confirmation "$confirm"
+        if ! confirmed_within "$confirm"; then
+            roll_back
+            finish unconfirmed "$rollback"
+        fi
+    fi
+    finish ok
+}
+
+"$@"

@@ -1,0 +1,122 @@
+//! Becoming root on a target: directly when logged in as root, otherwise
+//! through sudo (or the program given with --sudo-cmd).
+//!
+//! The password, when there is one, is asked once on /dev/tty and written
+//! to the stdin of every sudo of the run: never argv, the environment, a
+//! log or a file. Without a password sudo runs with `-n`, so it fails at
+//! once instead of waiting for an answer nobody can give.
+
+use crate::target::Target;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use zeroize::Zeroizing;
+
+/// How the privileged steps of a run become root.
+#[derive(Default)]
+pub struct Privilege {
+    /// The program and its arguments from --sudo-cmd; None for sudo.
+    custom: Option<Vec<String>>,
+    password: Option<Zeroizing<String>>,
+}
+
+impl Privilege {
+    /// `sudo_cmd` split as a shell would; `ask` asks the password now.
+    pub fn new(sudo_cmd: Option<&str>, ask: bool) -> Result<Privilege, crate::Error> {
+        let custom = sudo_cmd
+            .map(|cmd| match shlex::split(cmd) {
+                Some(words) if !words.is_empty() => Ok(words),
+                _ => Err(crate::Error::Usage(format!("--sudo-cmd '{cmd}' is not a command"))),
+            })
+            .transpose()?;
+        let password = ask.then(ask_password).transpose()?;
+        Ok(Privilege { custom, password })
+    }
+
+    /// The argv that runs `argv` as root for a login with uid `uid`.
+    fn argv(&self, uid: &str, argv: &[&str]) -> Vec<String> {
+        let prefix: Vec<String> = match (uid, &self.custom, &self.password) {
+            ("0", _, _) => Vec::new(),
+            (_, Some(custom), _) => custom.clone(),
+            // -k: always read the password we send, never a cached ticket
+            // that would leave it unread on the command's stdin.
+            (_, None, Some(_)) => ["sudo", "-S", "-k", "-p", "", "--"].map(String::from).to_vec(),
+            (_, None, None) => ["sudo", "-n", "--"].map(String::from).to_vec(),
+        };
+        prefix.into_iter().chain(argv.iter().map(|s| s.to_string())).collect()
+    }
+
+    /// Starts `argv` as root on `target` (logged in as `uid`), stdout and
+    /// stderr piped, the password (if sudo is used) on its stdin.
+    pub fn spawn(&self, target: &Target, uid: &str, argv: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
+        let argv = self.argv(uid, argv);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd: Command = target.command_with(&argv, ssh_options)?;
+        let password = self.password.as_ref().filter(|_| uid != "0");
+        cmd.stdin(if password.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+        if let (Some(password), Some(mut stdin)) = (password, child.stdin.take()) {
+            let line = Zeroizing::new(format!("{}\n", password.as_str()));
+            // A sudo that died early is reported from its stderr.
+            let _ = stdin.write_all(line.as_bytes());
+        }
+        Ok(child)
+    }
+
+    /// Turns what sudo said about a refusal into one line, or None when it
+    /// was not sudo's doing.
+    pub fn explain_refusal(&self, target: &Target, stderr: &str) -> Option<String> {
+        let sudo = self.custom.as_ref().map_or("sudo", |c| c[0].as_str());
+        if stderr.contains("a password is required") || stderr.contains("a terminal is required") {
+            return Some(format!(
+                "{sudo} on {target} needs a password: pass --ask-sudo-password to be asked once on the terminal"
+            ));
+        }
+        if stderr.contains("incorrect password") || stderr.contains("Sorry, try again") {
+            return Some(format!("{sudo} on {target} refused the password"));
+        }
+        if stderr.contains("is not in the sudoers file") || stderr.contains("not allowed to execute") {
+            return Some(format!("{sudo} on {target} does not let this user become root"));
+        }
+        None
+    }
+}
+
+/// Asks on the terminal, never on stdin (the pipe); no terminal is an error.
+fn ask_password() -> Result<Zeroizing<String>, crate::Error> {
+    rpassword::prompt_password("[nixpipe] sudo password: ").map(Zeroizing::new).map_err(|e| {
+        crate::Error::Usage(format!("--ask-sudo-password needs a terminal to ask on (/dev/tty): {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_password() -> Privilege {
+        Privilege { custom: None, password: Some(Zeroizing::new("secret".into())) }
+    }
+
+    #[test]
+    fn root_needs_no_sudo() {
+        assert_eq!(with_password().argv("0", &["id"]), ["id"]);
+    }
+
+    #[test]
+    fn sudo_reads_the_password_from_stdin_or_never_asks() {
+        assert_eq!(with_password().argv("1000", &["id"]), ["sudo", "-S", "-k", "-p", "", "--", "id"]);
+        assert_eq!(Privilege::default().argv("1000", &["id"]), ["sudo", "-n", "--", "id"]);
+    }
+
+    #[test]
+    fn the_password_is_never_in_argv() {
+        assert!(!with_password().argv("1000", &["id"]).iter().any(|a| a.contains("secret")));
+    }
+
+    #[test]
+    fn a_custom_command_is_used_as_given() {
+        let doas = Privilege::new(Some("doas -n"), false).unwrap();
+        assert_eq!(doas.argv("1000", &["id"]), ["doas", "-n", "id"]);
+        assert!(Privilege::new(Some(""), false).is_err());
+    }
+}
