@@ -23,7 +23,7 @@ _nixpipe__activate() {
 
     case "${cmd}" in
         nixpipe__activate)
-            opts="-h -V --on --no-hostname-check --dry-run --specialisation --rollback --confirm-timeout --ask-sudo-password --json --help --version switch boot test dry-activate"
+            opts="-h -V --on --no-hostname-check --dry-run --specialisation --rollback --confirm-timeout --ask-sudo-password --sudo-cmd --realise --diff --json --help --version switch boot test dry-activate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -38,6 +38,10 @@ _nixpipe__activate() {
                     return 0
                     ;;
                 --confirm-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sudo-cmd)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,10 +1,13 @@
 complete -c nixpipe-activate -l on -d 'Where to activate: [user@]host[:port], ssh://..., \'root@{name}\', or local [default: the record\'s NAME, else local]' -r
-complete -c nixpipe-activate -l specialisation -d 'Activate specialisation/NAME of the system (not implemented yet)' -r
-complete -c nixpipe-activate -l confirm-timeout -d 'Roll back unless a new connection confirms within SECONDS (not implemented yet)' -r
+complete -c nixpipe-activate -l specialisation -d 'Activate specialisation/NAME of the system (the profile gets the system itself)' -r
+complete -c nixpipe-activate -l confirm-timeout -d 'Roll back unless a new ssh connection confirms the switch within SECONDS' -r
+complete -c nixpipe-activate -l sudo-cmd -d 'Become root with CMD instead of sudo (e.g. doas)' -r
 complete -c nixpipe-activate -l no-hostname-check -d 'Activate even when the target\'s hostname is not the record\'s'
 complete -c nixpipe-activate -l dry-run -d 'Check everything on the target, change nothing'
-complete -c nixpipe-activate -l rollback -d 'Go back to the previous generation (not implemented yet)'
-complete -c nixpipe-activate -l ask-sudo-password -d 'Ask the sudo password once, on the terminal (not implemented yet)'
+complete -c nixpipe-activate -l rollback -d 'Go back one generation of the system profile on --on TARGET and activate it; reads no records'
+complete -c nixpipe-activate -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, for every host of the run'
+complete -c nixpipe-activate -l realise -d 'Let the target fetch a missing system from its own substituters first'
+complete -c nixpipe-activate -l diff -d 'Show what changes (packages upgraded, added, removed) before activating, on stderr'
 complete -c nixpipe-activate -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-activate -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-activate -s V -l version -d 'Print version'

@@ -65,7 +65,10 @@ pub enum Verdict {
     Refused(String),
     /// Failed after changing things: why, and whether the target is back
     /// on the system it ran before.
-    Failed { why: String, rolled_back: bool },
+    Failed {
+        why: String,
+        rolled_back: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -113,8 +116,12 @@ impl Activation {
 /// one generation (--rollback): every check first, then the job.
 pub fn activate(target: &Target, record: Option<&Record>, opts: &Options, privilege: &Privilege) -> Activation {
     let label = record.map_or_else(|| target.to_string(), |r| r.label().to_owned());
-    let mut activation =
-        Activation { path: record.map(|r| r.path.to_string()), hostname: None, previous: None, verdict: Verdict::Checked };
+    let mut activation = Activation {
+        path: record.map(|r| r.path.to_string()),
+        hostname: None,
+        previous: None,
+        verdict: Verdict::Checked,
+    };
     activation.verdict = match run(target, record, opts, privilege, &label, &mut activation) {
         Ok(verdict) => verdict,
         Err(why) => Verdict::Refused(why),
@@ -226,7 +233,7 @@ fn realise(target: &Target, path: &str) -> Result<(), String> {
 /// Prints, nvd-style, what changes from the running system to `new`.
 fn show_diff(target: &Target, label: &str, current: Option<&str>, new: &str) {
     let Some(current) = current else {
-        eprintln!("{label} | no system runs on {target} yet: nothing to compare with");
+        job::show(label, &format!("no system runs on {target} yet: nothing to compare with"));
         return;
     };
     let both = r#"nix-store --query --requisites "$1" && echo --- && nix-store --query --requisites "$2""#;
@@ -234,9 +241,9 @@ fn show_diff(target: &Target, label: &str, current: Option<&str>, new: &str) {
         Ok(out) => {
             let (before, after) = out.split_once("---\n").unwrap_or((&out, ""));
             let (before, after): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
-            eprintln!("{label} | {current} -> {new}");
+            job::show(label, &format!("{current} -> {new}"));
             for line in ClosureDiff::new(&before, &after).to_string().lines() {
-                eprintln!("{label} | {line}");
+                job::show(label, line);
             }
         }
         Err(e) => crate::cli::note(&format!("{label}: cannot compare the systems: {e}")),
@@ -403,11 +410,7 @@ mod tests {
 
     #[test]
     fn a_failed_switch_says_whether_the_rollback_worked() {
-        let end = |what: &str| job::JobEnd {
-            id: "1".into(),
-            previous: None,
-            result: JobResult::Failed(what.into()),
-        };
+        let end = |what: &str| job::JobEnd { id: "1".into(), previous: None, result: JobResult::Failed(what.into()) };
         let v = verdict(&Target::Local, &opts(), &end("rolled-back"));
         assert_eq!(
             v,

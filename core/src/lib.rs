@@ -6,9 +6,9 @@
 //! and one module per step: [`eval`], [`copy`], [`activation`].
 
 pub mod activation;
-pub mod closure_diff;
 pub mod binary_cache;
 pub mod cli;
+pub mod closure_diff;
 pub mod copy;
 pub mod error;
 pub mod eval;

@@ -84,9 +84,9 @@ impl Privilege {
 
 /// Asks on the terminal, never on stdin (the pipe); no terminal is an error.
 fn ask_password() -> Result<Zeroizing<String>, crate::Error> {
-    rpassword::prompt_password("[nixpipe] sudo password: ").map(Zeroizing::new).map_err(|e| {
-        crate::Error::Usage(format!("--ask-sudo-password needs a terminal to ask on (/dev/tty): {e}"))
-    })
+    rpassword::prompt_password("[nixpipe] sudo password: ")
+        .map(Zeroizing::new)
+        .map_err(|e| crate::Error::Usage(format!("--ask-sudo-password needs a terminal to ask on (/dev/tty): {e}")))
 }
 
 #[cfg(test)]

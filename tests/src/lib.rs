@@ -12,6 +12,7 @@
 //! an ssh_config handed to ssh through NIX_SSHOPTS (never ~/.ssh), and a
 //! private Nix configuration (never /etc/nix, never a substituter).
 
+pub mod http;
 pub mod proxy;
 
 use std::fs;
@@ -172,13 +173,26 @@ impl Testbed {
 
     /// Runs a bash command line as the deployer, stdin empty.
     pub fn sh(&self, script: &str) -> Run {
-        let out = self
+        self.sh_with_input(script, "")
+    }
+
+    /// Runs a bash command line as the deployer with `input` on its stdin:
+    /// what the user types, never in any argv.
+    pub fn sh_with_input(&self, script: &str, input: &str) -> Run {
+        let mut child = self
             .command("bash")
             .args(["-o", "pipefail", "-c", script])
             .current_dir(self.path())
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        let _ = feeder.join();
         let run = Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -186,6 +200,18 @@ impl Testbed {
         };
         eprintln!("$ {script}\n{}[exit {}]", run.stderr, run.code);
         run
+    }
+
+    /// Gives `host` the ssh alias `alias`, logging in as `user`, in the
+    /// deployer's ssh config, as users name their machines.
+    pub fn alias(&self, alias: &str, host: &Host, user: &str) {
+        let entry = format!(
+            "Host {alias}\n  HostName 127.0.0.1\n  Port {}\n  User {user}\n  HostKeyAlias [127.0.0.1]:{}\n",
+            host.port, host.port
+        );
+        let config = self.path().join("ssh_config");
+        let rest = fs::read_to_string(&config).unwrap();
+        fs::write(config, entry + &rest).unwrap();
     }
 
     /// Builds a fixture expression with real nix-build; its store path.
@@ -197,6 +223,14 @@ impl Testbed {
     /// Builds tests/fixtures/NAME/configuration.nix; its toplevel.
     pub fn system(&self, name: &str) -> String {
         self.build(&format!("'<nixpkgs/nixos>' -A system --arg configuration \"$FIXTURES/{name}/configuration.nix\""))
+    }
+
+    /// Builds tests/fixtures/NAME/configuration.nix with `options` (Nix
+    /// attributes, no single quotes; `lib` and `pkgs` in scope) on top.
+    pub fn system_with(&self, name: &str, options: &str) -> String {
+        self.build(&format!(
+            r#"'<nixpkgs/nixos>' -A system --arg configuration '{{ lib, pkgs, ... }}: {{ imports = [ "${{builtins.getEnv "FIXTURES"}}/{name}/configuration.nix" ]; {options} }}'"#
+        ))
     }
 }
 

@@ -1,5 +1,7 @@
 //! A TCP proxy in front of a host's sshd, to make the network misbehave:
-//! cut the connection after some bytes, or add latency each way.
+//! cut the connection after some bytes, add latency each way, or refuse new
+//! connections while the open ones go on (a host that stopped letting
+//! anyone in).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -24,6 +26,7 @@ pub enum Link {
 pub struct Proxy {
     pub port: u16,
     stopping: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -31,20 +34,29 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stopping = Arc::new(AtomicBool::new(false));
-        let stop = stopping.clone();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (stop, refuse) = (stopping.clone(), refusing.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(client) = client else { continue };
+                if refuse.load(Ordering::SeqCst) {
+                    continue; // dropped: closed before a word
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 forward(client, server, link);
             }
         });
-        Proxy { port, stopping }
+        Proxy { port, stopping, refusing }
+    }
+
+    /// From now on, new connections are closed at once.
+    pub fn refuse_new_connections(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
     }
 }
 

@@ -20,16 +20,28 @@ fn every_command_has_help_with_an_example_pipeline_and_a_version() {
 #[test]
 fn unbuilt_commands_and_flags_exit_2_and_say_so() {
     let tb = Testbed::new();
-    for line in [
-        "nixpipe-bundle --config .",
-        "nixpipe-microvm list --on local",
-        "nixpipe-activate --rollback switch /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x",
-        "nixpipe-eval .#web1",
-    ] {
+    for line in ["nixpipe-bundle --config .", "nixpipe-microvm list --on local", "nixpipe-eval .#web1"] {
         let run = tb.sh(line);
         assert_eq!(run.code, 2, "{line}");
         assert!(run.stderr.trim_end().ends_with("not implemented yet"), "{line}: {}", run.stderr);
         assert!(run.stdout.is_empty());
+    }
+}
+
+#[test]
+fn activate_refuses_flags_that_make_no_sense_together() {
+    let tb = Testbed::new();
+    let path = "/nix/store/36m5mhfn262qgji13vrgp907an576qjz-x";
+    for (line, why) in [
+        (format!("nixpipe-activate --on web1 --rollback switch {path}"), "--rollback takes no records"),
+        ("nixpipe-activate --rollback switch".into(), "--on <TARGET>"),
+        (format!("nixpipe-activate --specialisation gpu boot {path}"), "--specialisation cannot be used with boot"),
+        (format!("nixpipe-activate --confirm-timeout 30 boot {path}"), "--confirm-timeout needs switch or test"),
+        (format!("nixpipe-activate --confirm-timeout 0 switch {path}"), "0 is not in 1.."),
+    ] {
+        let run = tb.sh(&line);
+        assert_eq!(run.code, 2, "{line}");
+        assert!(run.stderr.contains(why), "{line}: {}", run.stderr);
     }
 }
 

@@ -28,7 +28,7 @@ fn a_second_deployment_adds_a_generation() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let first = tb.system("web1");
-    let second = tb.build(r#"'<nixpkgs/nixos>' -A system --arg configuration '{ imports = [ "${builtins.getEnv "FIXTURES"}/web1/configuration.nix" ]; system.nixos.version = "2"; }'"#);
+    let second = tb.system_with("web1", r#"system.nixos.version = "2";"#);
     assert_ne!(first, second);
     let t = web1.target();
 
@@ -152,17 +152,7 @@ fn records_fan_out_to_the_hosts_they_name() {
     let web1 = tb.host("web1");
     let system = tb.system("web1");
     // The ssh config gives the record's NAME a Host entry, as users do.
-    let alias = format!("Host web1\n  HostName 127.0.0.1\n  Port {}\n  User root\n", web1.port);
-    let config = std::fs::read_to_string(tb.path().join("ssh_config")).unwrap();
-    std::fs::write(tb.path().join("ssh_config"), format!("{alias}{config}")).unwrap();
-    std::fs::write(
-        tb.path().join("known_hosts"),
-        std::fs::read_to_string(tb.path().join("known_hosts")).unwrap().replace(
-            &format!("[127.0.0.1]:{}", web1.port),
-            &format!("[127.0.0.1]:{} web1", web1.port).replace(" web1", ",web1"),
-        ),
-    )
-    .unwrap();
+    tb.alias("web1", &web1, "root");
 
     tb.sh(&format!("printf 'web1\\t%s\\n' {system} | nixpipe-copy | nixpipe-activate switch")).ok();
 

@@ -89,17 +89,24 @@ impl<'a> Job<'a> {
         let give_up = Instant::now() + RECONNECT_FOR;
         while follower.result.is_none() {
             if Instant::now() > give_up {
-                let why = format!("no connection to {} for {} s; the job goes on there", self.target, RECONNECT_FOR.as_secs());
+                let why = format!(
+                    "no connection to {} for {} s; the job goes on there",
+                    self.target,
+                    RECONNECT_FOR.as_secs()
+                );
                 follower.result = Some(JobResult::Lost(why));
                 break;
             }
-            crate::cli::note(&format!("{}: lost the connection to {}; reconnecting", self.label, self.target));
+            show(self.label, &format!("lost the connection to {}; reconnecting", self.target));
             thread::sleep(Duration::from_secs(1));
             let offset = follower.offset.to_string();
             let options = [&NEW_CONNECTION[..], &KEEPALIVE[..]].concat();
             let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &offset], &options)?;
             if follower.result.is_none() && !self.connection_lost(status) {
-                let why = self.privilege.explain_refusal(self.target, &stderr).unwrap_or(process::summarize(stderr.as_bytes()));
+                let why = self
+                    .privilege
+                    .explain_refusal(self.target, &stderr)
+                    .unwrap_or(process::summarize(stderr.as_bytes()));
                 follower.result = Some(JobResult::Lost(why));
             }
         }
@@ -143,9 +150,9 @@ impl<'a> Job<'a> {
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
             let timeout = format!("ConnectTimeout={}", left.as_secs().max(1));
             let options = [&NEW_CONNECTION[..], &["-o", &timeout]].concat();
-            let output = self.remote("confirm", &[&self.id], &options).and_then(|c| {
-                c.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))
-            });
+            let output = self
+                .remote("confirm", &[&self.id], &options)
+                .and_then(|c| c.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}")));
             match output {
                 Ok(out) if out.status.success() => return,
                 Ok(out) => why = process::summarize(&out.stderr),
@@ -153,14 +160,12 @@ impl<'a> Job<'a> {
             }
             thread::sleep(Duration::from_millis(500));
         }
-        crate::cli::note(&format!(
-            "{}: could not confirm the switch over a new connection to {}: {why}",
-            self.label, self.target
-        ));
+        show(self.label, &format!("no new connection to {} could confirm the switch: {why}", self.target));
     }
 
     fn remote(&self, command: &str, args: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
-        let argv: Vec<&str> = ["sh", "-c", BOOTSTRAP, "nixpipe", REMOTE, command].into_iter().chain(args.iter().copied()).collect();
+        let argv: Vec<&str> =
+            ["sh", "-c", BOOTSTRAP, "nixpipe", REMOTE, command].into_iter().chain(args.iter().copied()).collect();
         self.privilege.spawn(self.target, self.uid, &argv, ssh_options)
     }
 
@@ -197,21 +202,27 @@ impl Follower {
     /// Returns the seconds to confirm within when the job asks for it.
     fn take(&mut self, line: &str, label: &str) -> Option<u64> {
         let Some(event) = line.strip_prefix(EVENT) else {
-            eprintln!("{label} | {line}");
+            show(label, line);
             return None;
         };
         let (kind, rest) = event.split_once(' ').unwrap_or((event, ""));
         match kind {
             "started" => self.started = true,
             "previous" => self.previous = Some(rest.to_owned()).filter(|p| !p.is_empty()),
-            "switching" => eprintln!("{label} | switch-to-configuration {rest}"),
-            "rolling-back" => eprintln!("{label} | rolling back"),
+            "switching" => show(label, &format!("switch-to-configuration {rest}")),
+            "rolling-back" => show(label, "rolling back"),
             "awaiting-confirmation" => return rest.parse().ok(),
             "result" => self.result = Some(parse_result(rest)),
             _ => {}
         }
         None
     }
+}
+
+/// A line of what happens on the target, for the user on stderr, marked
+/// with the record it is about; not an error line.
+pub fn show(label: &str, line: &str) {
+    eprintln!("{label} | {line}");
 }
 
 fn parse_result(text: &str) -> JobResult {

@@ -1,0 +1,380 @@
+//! nixpipe-activate's safety net, end to end on testbed hosts: rollback,
+//! dropped connections, the lock, magic rollback, sudo with one password,
+//! and the ways to choose what is activated.
+
+use nixpipe_tests::proxy::{Link, Proxy};
+use nixpipe_tests::{Host, Testbed, DEPLOY_PASSWORD};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Copies `system` to `host` and switches to it, as root.
+fn deploy(tb: &Testbed, host: &Host, system: &str) {
+    let t = host.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system} | nixpipe-activate --on {t} --no-hostname-check switch")).ok();
+}
+
+/// Waits until switch-to-configuration has logged `lines` calls on `host`.
+fn wait_for_switches(host: &Host, lines: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.switch_log().len() < lines {
+        assert!(Instant::now() < deadline, "switch-to-configuration did not run on {}", host.hostname);
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// web1 running a good system, with a system whose switch fails copied.
+fn running_good_with_bad_copied(tb: &Testbed) -> (Host, String, String) {
+    let web1 = tb.host("web1");
+    let good = tb.system("web1");
+    let bad = tb.system_with("web1", "testbed.switchFails = true;");
+    deploy(tb, &web1, &good);
+    tb.sh(&format!("nixpipe-copy --to {} {bad}", web1.target())).ok();
+    (web1, good, bad)
+}
+
+#[test]
+fn a_failed_switch_rolls_back_to_the_previous_generation_and_exits_1() {
+    let tb = Testbed::new();
+    let (web1, good, bad) = running_good_with_bad_copied(&tb);
+    let t = web1.target();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{bad}'"));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("switch-to-configuration switch failed"), "{error}");
+    assert!(error.ends_with("rolled back: the previous generation is active again"), "{error}");
+    assert!(run.stdout.is_empty());
+    assert_eq!(web1.system_profile().as_deref(), Some(&*good));
+    let generations = web1.sh("ls /nix/var/nix/profiles | grep ^system-");
+    assert_eq!(generations.trim(), "system-1-link", "the failed generation is deleted");
+    let log = web1.switch_log();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(log[1].starts_with(&format!("action=switch toplevel={bad} ")), "{log:?}");
+    assert!(log[2].starts_with(&format!("action=switch toplevel={good} ")), "re-activated: {log:?}");
+    assert_eq!(web1.sh("readlink /run/current-system").trim(), good);
+}
+
+#[test]
+fn killing_ssh_mid_switch_still_completes_the_switch_and_reports_it() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let slow = tb.system_with("web1", "testbed.switchSleep = 3;");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {slow}")).ok();
+    let port = web1.port;
+    let killer = thread::spawn({
+        let log = web1.dir().join("var-lib/nixpipe-testbed/switch.log");
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !log.exists() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            // The deployer's ssh to this host, as a dropped link kills it.
+            std::process::Command::new("pkill").args(["-KILL", "-f", &format!("^ssh .*-p {port} ")]).status().unwrap()
+        }
+    });
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{slow}'"));
+
+    assert!(killer.join().unwrap().success(), "an ssh was killed mid-switch");
+    let run = run.ok();
+    assert!(run.stderr.contains("lost the connection"), "{}", run.stderr);
+    assert_eq!(run.stdout, format!("web1\t{slow}\n"));
+    assert_eq!(web1.system_profile().as_deref(), Some(&*slow));
+    assert_eq!(web1.switch_log().len(), 1, "switched once, not again");
+    assert_eq!(web1.sh("readlink /run/current-system").trim(), slow);
+}
+
+#[test]
+fn a_second_activation_fails_fast_and_says_who_holds_the_lock() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let slow = tb.system_with("web1", "testbed.switchSleep = 4;");
+    let other = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {slow} {other}")).ok();
+    let first = thread::scope(|s| {
+        let first = s.spawn(|| tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{slow}'")));
+        wait_for_switches(&web1, 1);
+
+        let started = Instant::now();
+        let second = tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{other}'"));
+
+        assert_eq!(second.code, 1);
+        assert!(started.elapsed() < Duration::from_secs(3), "fails fast, without waiting for the lock");
+        let error = second.error_line();
+        assert!(error.contains(&format!("another nixpipe activation is running on {t}: ")), "{error}");
+        assert!(error.contains("(nixpipe-activate pid ") && error.ends_with("; nothing changed"), "{error}");
+        first.join().unwrap()
+    });
+    first.ok();
+    assert_eq!(web1.system_profile().as_deref(), Some(&*slow));
+    assert_eq!(web1.switch_log().len(), 1);
+}
+
+#[test]
+fn the_host_rolls_itself_back_when_no_new_connection_can_confirm() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let good = tb.system("web1");
+    let locks_us_out = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchSleep = 1;"#);
+    deploy(&tb, &web1, &good);
+    tb.sh(&format!("nixpipe-copy --to {} {locks_us_out}", web1.target())).ok();
+    let proxy = Proxy::start(web1.port, Link::Delay(Duration::ZERO));
+    // A shared connection that stays up, as deploy-rs users had (#106): the
+    // confirmation must not ride on it.
+    let sshopts = format!(
+        "{} -o HostKeyAlias=[127.0.0.1]:{} -o ControlMaster=auto -o ControlPath={}/cm-%C -o ControlPersist=60",
+        tb.nix_sshopts(),
+        web1.port,
+        tb.path().display()
+    );
+    let run = thread::scope(|s| {
+        let run = s.spawn(|| {
+            tb.sh(&format!(
+                "NIX_SSHOPTS='{sshopts}' nixpipe-activate --on root@127.0.0.1:{} --confirm-timeout 3 switch $'web1\\t{locks_us_out}'",
+                proxy.port
+            ))
+        });
+        wait_for_switches(&web1, 2);
+        proxy.refuse_new_connections();
+        run.join().unwrap()
+    });
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("no new connection confirmed the switch within 3 s"), "{error}");
+    assert!(error.ends_with("rolled back: the previous generation is active again"), "{error}");
+    assert_eq!(web1.system_profile().as_deref(), Some(&*good));
+    let log = web1.switch_log();
+    assert!(log[2].starts_with(&format!("action=switch toplevel={good} ")), "re-activated: {log:?}");
+}
+
+#[test]
+fn a_switch_confirmed_over_a_new_connection_stays() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} --confirm-timeout 10 --json switch $'web1\\t{system}'")).ok();
+
+    let [record] = &run.json_lines()[..] else { panic!("one record: {}", run.stdout) };
+    assert_eq!(record["result"], "activated");
+    assert_eq!(record["rolled_back"], false);
+    assert_eq!(web1.system_profile().as_deref(), Some(&*system));
+    assert_eq!(web1.switch_log().len(), 1);
+}
+
+#[test]
+fn json_reports_the_previous_system_and_the_rollback_of_a_failed_switch() {
+    let tb = Testbed::new();
+    let (web1, good, bad) = running_good_with_bad_copied(&tb);
+    let t = web1.target();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} --json switch $'web1\\t{bad}'"));
+
+    assert_eq!(run.code, 1);
+    let [record] = &run.json_lines()[..] else { panic!("one record: {}", run.stdout) };
+    assert_eq!(record["name"], "web1");
+    assert_eq!(record["path"], bad);
+    assert_eq!(record["target"], t);
+    assert_eq!(record["action"], "switch");
+    assert_eq!(record["previous"], good);
+    assert_eq!(record["result"], "failed");
+    assert_eq!(record["rolled_back"], true);
+}
+
+#[test]
+fn test_and_dry_activate_leave_the_system_profile_alone() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+
+    tb.sh(&format!("nixpipe-activate --on {t} dry-activate $'web1\\t{system}'")).ok();
+    tb.sh(&format!("nixpipe-activate --on {t} test $'web1\\t{system}'")).ok();
+
+    assert_eq!(web1.system_profile(), None);
+    let log = web1.switch_log();
+    assert!(log[0].starts_with("action=dry-activate ") && log[1].starts_with("action=test "), "{log:?}");
+    assert_eq!(web1.sh("readlink /run/current-system").trim(), system);
+}
+
+#[test]
+fn specialisation_activates_it_and_the_profile_gets_the_system() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system_with("web1", r#"specialisation.gpu.configuration = { system.nixos.version = "gpu"; };"#);
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+    let gpu = web1.sh(&format!("readlink -f {system}/specialisation/gpu")).trim().to_owned();
+
+    tb.sh(&format!("nixpipe-activate --on {t} --specialisation gpu switch $'web1\\t{system}'")).ok();
+    let missing = tb.sh(&format!("nixpipe-activate --on {t} --specialisation nogpu switch $'web1\\t{system}'"));
+
+    assert_eq!(web1.system_profile().as_deref(), Some(&*system));
+    assert_eq!(web1.switch_log(), [format!("action=switch toplevel={gpu} uid=0 tty=no")]);
+    assert_eq!(missing.code, 1);
+    assert!(missing.error_line().ends_with("has no specialisation 'nogpu' (it has: gpu)"), "{}", missing.stderr);
+}
+
+#[test]
+fn rollback_goes_back_one_generation_and_activates_it() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let first = tb.system("web1");
+    let second = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    deploy(&tb, &web1, &first);
+    deploy(&tb, &web1, &second);
+
+    let run = tb.sh(&format!("nixpipe-activate --on {} --rollback switch", web1.target())).ok();
+
+    assert_eq!(run.stdout, format!("web1\t{first}\n"));
+    assert_eq!(web1.system_profile().as_deref(), Some(&*first));
+    assert_eq!(web1.sh("readlink /nix/var/nix/profiles/system").trim(), "system-1-link");
+    assert!(web1.switch_log()[2].starts_with(&format!("action=switch toplevel={first} ")));
+    let again = tb.sh(&format!("nixpipe-activate --on {} --rollback switch", web1.target()));
+    assert_eq!(again.code, 1);
+    assert!(again.error_line().ends_with("has no generation before the current one to go back to"));
+}
+
+#[test]
+fn diff_shows_what_changes_before_switching() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let first = tb.system("web1");
+    let second = tb.system_with(
+        "web1",
+        r#"environment.systemPackages = lib.mkForce [ (pkgs.runCommand "hello-2.13" { } "mkdir -p $out/bin; touch $out/bin/hello") (pkgs.runCommand "cowsay-3.7" { } "mkdir -p $out/bin; touch $out/bin/cowsay") ];"#,
+    );
+    deploy(&tb, &web1, &first);
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {second}")).ok();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} --diff --dry-run switch $'web1\\t{second}'")).ok();
+
+    for line in ["web1 | [U] hello: 2.12.1 -> 2.13", "web1 | [A] cowsay: 3.7", "web1 | closure: "] {
+        assert!(run.stderr.contains(line), "{line:?} in:\n{}", run.stderr);
+    }
+}
+
+#[test]
+fn realise_pulls_the_system_from_a_binary_cache_served_on_loopback() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let cache = tb.path().join("cache");
+    tb.sh(&format!("nix-store --generate-binary-cache-key deploy-1 {0}/key {0}/key.pub", tb.path().display())).ok();
+    tb.sh(&format!("nixpipe-copy --to file://{} --sign-key key {system}", cache.display())).ok();
+    let http = nixpipe_tests::http::serve(&cache);
+    let public = std::fs::read_to_string(tb.path().join("key.pub")).unwrap();
+    web1.sh(&format!(
+        "printf 'substituters = http://127.0.0.1:{}\\ntrusted-public-keys = {}\\n' >> /etc/nix/nix.conf",
+        http.port,
+        public.trim()
+    ));
+
+    let run =
+        tb.sh(&format!("printf 'web1\\t%s\\n' {system} | nixpipe-activate --on {} --realise switch", web1.target()));
+
+    run.ok();
+    assert_eq!(web1.system_profile().as_deref(), Some(&*system));
+    web1.assert_store_sound();
+}
+
+/// Scans every process's argv and environment for `secret` until `done`.
+fn watch_for(secret: &'static str, done: Arc<AtomicBool>) -> thread::JoinHandle<Vec<String>> {
+    thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                for file in ["cmdline", "environ"] {
+                    let path = entry.path().join(file);
+                    let Ok(bytes) = std::fs::read(&path) else { continue };
+                    if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                        seen.push(path.display().to_string());
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    })
+}
+
+#[test]
+fn sudo_asks_once_for_every_host_and_the_password_is_in_no_argv_or_environment() {
+    let tb = Testbed::new();
+    let (web1, web2) = (tb.host("web1"), tb.host("web2"));
+    let system = tb.system_with("web1", "testbed.switchSleep = 1;");
+    for host in [&web1, &web2] {
+        host.start_nix_daemon();
+        tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = watch_for(DEPLOY_PASSWORD, done.clone());
+
+    tb.alias("web1", &web1, "deploy");
+    tb.alias("web2", &web2, "deploy");
+
+    // On a terminal (script gives it one); the password typed once; several
+    // privileged steps on each host (start, follow, confirm).
+    let run = tb.sh_with_input(
+        &format!(
+            "script --quiet --echo never --return --command \
+             \"printf 'web1\\t%s\\nweb2\\t%s\\n' {system} {system} | nixpipe-activate --ask-sudo-password --confirm-timeout 10 switch\" /dev/null"
+        ),
+        &format!("{DEPLOY_PASSWORD}\n"),
+    );
+    done.store(true, Ordering::SeqCst);
+
+    let run = run.ok();
+    assert_eq!(run.stdout.matches("[nixpipe] sudo password:").count(), 1, "{}", run.stdout);
+    assert_eq!(watcher.join().unwrap(), Vec::<String>::new(), "the password leaked");
+    for host in [&web1, &web2] {
+        assert_eq!(host.system_profile().as_deref(), Some(&*system));
+        assert_eq!(host.switch_log(), [format!("action=switch toplevel={system} uid=0 tty=no")]);
+    }
+}
+
+#[test]
+fn a_user_without_passwordless_sudo_gets_a_clear_error_and_nothing_changes() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    web1.start_nix_daemon();
+    tb.sh(&format!("nixpipe-copy --to {} {system}", web1.target())).ok();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {} switch $'web1\\t{system}'", web1.target_as("deploy")));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(
+        error.ends_with("needs a password: pass --ask-sudo-password to be asked once on the terminal; nothing changed"),
+        "{error}"
+    );
+    assert_eq!(web1.system_profile(), None);
+    assert!(web1.switch_log().is_empty());
+}
+
+#[test]
+fn ask_sudo_password_without_a_terminal_is_refused_before_anything() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+
+    // setsid: no controlling terminal, as in cron or CI.
+    let run = tb.sh(&format!(
+        "setsid --wait nixpipe-activate --on {} --ask-sudo-password switch $'web1\\t{system}'",
+        web1.target_as("deploy")
+    ));
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("--ask-sudo-password needs a terminal to ask on (/dev/tty)"), "{}", run.stderr);
+}
