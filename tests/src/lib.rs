@@ -3,8 +3,8 @@
 //!
 //! A [`Host`] is a set of namespaces (mount, UTS, PID) with its own /nix,
 //! /etc (an overlay: /etc/nix, /etc/nixos, users: root, and `deploy` with a
-//! password and sudo), /var/lib, /run, hostname, and an sshd on a free
-//! loopback port.
+//! password and sudo), /var/lib, /run, /usr/local/sbin (for stand-ins of
+//! system programs), hostname, and an sshd on a free loopback port.
 //! It dies with its PID namespace when dropped, also on panic; its mounts go
 //! with its mount namespace; its directory is removed.
 //!
@@ -33,6 +33,8 @@ const DEPLOY_PASSWORD_HASH: &str =
 const DEPLOY_UID: u32 = 4242;
 /// Where the stand-in switch-to-configuration logs its calls, on a host.
 pub const SWITCH_LOG: &str = "/var/lib/nixpipe-testbed/switch.log";
+/// Where the stand-in systemd-run of [`Host::pretend_systemd`] logs its calls.
+pub const SYSTEMD_RUN_LOG: &str = "/var/lib/nixpipe-testbed/systemd-run.log";
 
 const NIX_CONF: &str =
     "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes\n";
@@ -246,8 +248,18 @@ impl Host {
     fn start(testbed: &Testbed, hostname: &str) -> Host {
         let dir = tempfile::Builder::new().prefix(&format!("nixpipe-host-{hostname}.")).tempdir().unwrap();
         let root = dir.path();
-        for sub in ["nix", "etc/nix", "etc/nixos", "etc-work", "var-lib", "run/sshd", "home/deploy", "home/root", "ssh"]
-        {
+        for sub in [
+            "nix",
+            "etc/nix",
+            "etc/nixos",
+            "etc-work",
+            "var-lib",
+            "run/sshd",
+            "home/deploy",
+            "home/root",
+            "ssh",
+            "sbin",
+        ] {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
         fs::write(root.join("etc/nix/nix.conf"), NIX_CONF).unwrap();
@@ -307,6 +319,22 @@ impl Host {
     /// The lines switch-to-configuration logged on this host.
     pub fn switch_log(&self) -> Vec<String> {
         self.sh(&format!("cat {SWITCH_LOG} 2>/dev/null || true")).lines().map(str::to_owned).collect()
+    }
+
+    /// Makes the host look as if systemd ran it: /run/systemd/system, and a
+    /// stand-in systemd-run (first on root's PATH) that logs its arguments
+    /// to SYSTEMD_RUN_LOG and starts the unit's command detached.
+    pub fn pretend_systemd(&self) {
+        self.sh(&format!(
+            "mkdir -p /run/systemd/system && cat > /usr/local/sbin/systemd-run <<'EOF'
+#!/bin/sh
+mkdir -p /var/lib/nixpipe-testbed && echo \"$*\" >> {SYSTEMD_RUN_LOG}
+while [ $# -gt 0 ] && [ \"$1\" != -- ]; do shift; done
+shift
+(setsid \"$@\" </dev/null >/dev/null 2>&1 &)
+EOF
+chmod +x /usr/local/sbin/systemd-run"
+        ));
     }
 
     /// Where /nix/var/nix/profiles/system points, resolved to the store path.
@@ -430,6 +458,7 @@ mount -t overlay overlay -o lowerdir=/etc,upperdir={r}/etc,workdir={r}/etc-work 
 mount --bind {r}/nix /nix
 mount --bind {r}/var-lib /var/lib
 mount --bind {r}/run /run
+mount --bind {r}/sbin /usr/local/sbin
 hostname {hostname}
 exec /usr/sbin/sshd -D -e -f {r}/ssh/sshd_config 2>>{r}/sshd.log"
     );

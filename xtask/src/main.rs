@@ -93,7 +93,7 @@ fn pipe_contract_page() -> String {
     ]);
     section(&mut page, "INPUT AND OUTPUT", &[
         "A command reads records from its arguments, or from stdin when it has none, and reads all of them before it acts: one bad line means nothing is done, and the error names the line. No records at all is an error too, so that a failed step before it in the pipe does not look like success.",
-        "stdout carries records only: those the command handled successfully, so the next command can go on. Logs, progress and errors go to stderr. Nothing reads a password or an answer from stdin, which is the pipe.",
+        "stdout carries records only: those the command handled successfully, so the next command can go on (one exception: nixpipe-activate --json also writes the failed records, marked with their result). Logs, progress and errors go to stderr. Nothing reads a password or an answer from stdin, which is the pipe.",
     ]);
     section(&mut page, "TARGETS", &[
         "local, [user@]host[:port], ssh://[user@]host[:port], with [addr] for IPv6. A target may hold {name}, replaced by each record's NAME. Without a target a record goes to its NAME over ssh. ssh is the system OpenSSH client: ~/.ssh/config, the agent, ProxyJump and ControlMaster keep working, host keys are always checked, and NIX_SSHOPTS adds options as it does for nix-copy-closure.",
