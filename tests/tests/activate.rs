@@ -382,6 +382,25 @@ fn a_user_without_passwordless_sudo_gets_a_clear_error_and_nothing_changes() {
 }
 
 #[test]
+fn sudo_cmd_replaces_sudo_for_every_privileged_step() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    web1.start_nix_daemon();
+    tb.sh(&format!("nixpipe-copy --to {} {system}", web1.target())).ok();
+    // A doas of our own that logs its calls and lets deploy become root.
+    web1.sh("echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' >> /etc/sudoers");
+    web1.sh("printf '#!/bin/sh\necho \"$1\" >> \"$HOME/doas.log\"\nexec sudo -n \"$@\"\n' > /usr/local/sbin/doas");
+    web1.sh("chmod +x /usr/local/sbin/doas");
+
+    let activate = "nixpipe-activate --sudo-cmd /usr/local/sbin/doas --confirm-timeout 10 switch";
+    tb.sh(&format!("{activate} --on {} $'web1\t{system}'", web1.target_as("deploy"))).ok();
+
+    assert_eq!(web1.sh("cat ~deploy/doas.log").lines().collect::<Vec<_>>(), ["sh", "sh"], "start and confirm");
+    assert_eq!(web1.switch_log(), [format!("action=switch toplevel={system} uid=0 tty=no")]);
+}
+
+#[test]
 fn ask_sudo_password_without_a_terminal_is_refused_before_anything() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
