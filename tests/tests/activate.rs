@@ -110,7 +110,7 @@ fn on_a_host_with_systemd_the_switch_runs_as_a_transient_unit() {
 fn a_second_activation_fails_fast_and_says_who_holds_the_lock() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    let slow = tb.system_with("web1", "testbed.switchSleep = 4;");
+    let slow = tb.system_with("web1", "testbed.switchSleep = 6;");
     let other = tb.system_with("web1", r#"system.nixos.version = "2";"#);
     let t = web1.target();
     tb.sh(&format!("nixpipe-copy --to {t} {slow} {other}")).ok();
@@ -118,11 +118,10 @@ fn a_second_activation_fails_fast_and_says_who_holds_the_lock() {
         let first = s.spawn(|| tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{slow}'")));
         wait_for_switches(&web1, 1);
 
-        let started = Instant::now();
         let second = tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{other}'"));
 
         assert_eq!(second.code, 1);
-        assert!(started.elapsed() < Duration::from_secs(3), "fails fast, without waiting for the lock");
+        assert!(!first.is_finished(), "fails at once, without waiting for the lock");
         let error = second.error_line();
         assert!(error.contains(&format!("another nixpipe activation is running on {t}: ")), "{error}");
         assert!(error.contains("(nixpipe-activate pid ") && error.ends_with("; nothing changed"), "{error}");
@@ -138,7 +137,7 @@ fn the_host_rolls_itself_back_when_no_new_connection_can_confirm() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let good = tb.system("web1");
-    let locks_us_out = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchSleep = 1;"#);
+    let locks_us_out = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchSleep = 2;"#);
     deploy(&tb, &web1, &good);
     tb.sh(&format!("nixpipe-copy --to {} {locks_us_out}", web1.target())).ok();
     let proxy = Proxy::start(web1.port, Link::Delay(Duration::ZERO));
