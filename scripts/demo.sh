@@ -22,3 +22,12 @@ on_host cat /var/lib/nixpipe-testbed/switch.log
 say "Deploying to the wrong host is refused, and changes nothing:"
 toplevel=$(on_host readlink -f /nix/var/nix/profiles/system)
 printf 'db1\t%s\n' "$toplevel" | nixpipe-activate --on "$HOST_WEB1" switch || echo "(exit $?)" >&2
+
+say "A system whose switch fails is rolled back, and the exit status says so:"
+bad=$(nix-build --no-out-link -I nixpkgs="$NIXPKGS" '<nixpkgs/nixos>' -A system \
+    --arg configuration "{ imports = [ $config ]; testbed.switchFails = true; }" 2>/dev/null)
+nixpipe-copy --to "$HOST_WEB1" "$bad" >/dev/null
+printf 'web1\t%s\n' "$bad" | nixpipe-activate --on "$HOST_WEB1" switch || echo "(exit $?)" >&2
+say "The profile is back on generation 1, and that system runs again:"
+on_host nix-env --profile /nix/var/nix/profiles/system --list-generations
+on_host readlink /run/current-system
