@@ -2,6 +2,7 @@ complete -c nixpipe-eval -s f -l file -d 'A classic configuration.nix, evaluated
 complete -c nixpipe-eval -l nixpkgs -d 'The nixpkgs to evaluate with; the same as -I nixpkgs=PATH, and it wins' -r -F
 complete -c nixpipe-eval -s I -d 'Add an entry to the Nix search path, as nix-build -I does' -r
 complete -c nixpipe-eval -l network -d 'A network file of machines, as NixOps and morph use (not implemented yet)' -r -F
+complete -c nixpipe-eval -l all -d 'Every nixosConfigurations entry of the flakes given (of . when none is)'
 complete -c nixpipe-eval -l vm -d 'The VM variant\'s toplevel instead of the system\'s (not implemented yet)'
 complete -c nixpipe-eval -l drv -d 'Evaluate only and print .drv paths (not implemented yet)'
 complete -c nixpipe-eval -l json -d 'Write JSON records (one object per line) instead of plain lines'

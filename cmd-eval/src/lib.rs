@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use nixpipe_core::cli::{self, OutputArgs, Results};
-use nixpipe_core::eval::{self, Classic};
+use nixpipe_core::eval::{self, Classic, Flake, Machine};
 use nixpipe_core::{Error, Outcome};
 use std::path::PathBuf;
 
@@ -14,8 +14,14 @@ Examples:
   Pin nixpkgs for the evaluation:
     nixpipe-eval -f configuration.nix --nixpkgs ~/src/nixpkgs
 
-Each record is NAME<TAB>PATH, NAME being networking.hostName (no NAME when it
-is empty). With --json the record also carries \"drv\" and \"system\".";
+  Every machine of the flake here, evaluated in one Nix process, built in one more:
+    nixpipe-eval --all | nixpipe-copy --to 'root@{name}' | nixpipe-activate switch
+
+Each record is NAME<TAB>PATH, NAME being the flake attribute name, or for -f
+networking.hostName (no NAME when it is empty). With --json the record also
+carries \"drv\" and \"system\". A machine that fails to evaluate is reported
+with Nix's message; the others still get their records, and the exit status
+is 1.";
 
 /// Evaluate and build NixOS configurations, printing their toplevel store paths.
 ///
@@ -25,12 +31,16 @@ is empty). With --json the record also carries \"drv\" and \"system\".";
 #[derive(Parser, Debug)]
 #[command(name = "nixpipe-eval", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Flake outputs such as .#web1 (not implemented yet)
-    #[arg(value_name = "FLAKEREF")]
+    /// Machines of flakes: .#web1, path/to/flake#web1, github:me/fleet#web1; .# for all of a flake
+    #[arg(value_name = "FLAKEREF#NAME")]
     pub flakes: Vec<String>,
 
+    /// Every nixosConfigurations entry of the flakes given (of . when none is)
+    #[arg(long)]
+    pub all: bool,
+
     /// A classic configuration.nix, evaluated with <nixpkgs/nixos>
-    #[arg(short = 'f', long, value_name = "FILE")]
+    #[arg(short = 'f', long, value_name = "FILE", conflicts_with_all = ["flakes", "all"])]
     pub file: Option<PathBuf>,
 
     /// The nixpkgs to evaluate with; the same as -I nixpkgs=PATH, and it wins
@@ -59,23 +69,38 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     refuse_unbuilt(&cli)?;
-    let file = cli.file.as_deref().ok_or_else(|| Error::Usage("give a configuration with -f FILE".into()))?;
-    let classic = Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?;
-    let machines = classic.evaluate()?;
-    let records = eval::build(&machines)?;
     let mut results = Results::new(&cli.output);
-    for record in &records {
-        results.record(record, Ok(()))?;
+    let machines = match &cli.file {
+        Some(file) => Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate()?,
+        None => evaluate_flakes(&cli, &mut results)?,
+    };
+    if !machines.is_empty() {
+        for record in &eval::build(&machines)? {
+            results.record(record, Ok(()))?;
+        }
     }
     Ok(results.finish())
 }
 
+/// Each flake once, for all its machines; a machine that fails is reported.
+fn evaluate_flakes(cli: &Cli, results: &mut Results) -> Result<Vec<Machine>, Error> {
+    let flakes = match (cli.flakes.is_empty(), cli.all) {
+        (true, true) => Flake::group(&[".".to_owned()], true)?,
+        (true, false) => return Err(Error::Usage("give machines as FLAKEREF#NAME, --all, or -f FILE".into())),
+        (false, all) => Flake::group(&cli.flakes, all)?,
+    };
+    let mut machines = Vec::new();
+    for flake in flakes {
+        let evaluated = flake.evaluate()?;
+        machines.extend(evaluated.machines);
+        for (name, why) in evaluated.failed {
+            results.failed(&name, &why);
+        }
+    }
+    Ok(machines)
+}
+
 fn refuse_unbuilt(cli: &Cli) -> Result<(), Error> {
-    let unbuilt = [
-        (!cli.flakes.is_empty(), "flake references"),
-        (cli.network.is_some(), "--network"),
-        (cli.vm, "--vm"),
-        (cli.drv, "--drv"),
-    ];
+    let unbuilt = [(cli.network.is_some(), "--network"), (cli.vm, "--vm"), (cli.drv, "--drv")];
     cli::refuse_unbuilt(&unbuilt)
 }

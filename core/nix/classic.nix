@@ -1,17 +1,9 @@
 # Evaluates a classic configuration.nix with <nixpkgs/nixos>, as
-# nixos-rebuild does, to the facts a record needs. Building is separate, so
-# that many machines can be built in one nix call.
+# nixos-rebuild does, to the facts a record needs (machine.nix). Building is
+# separate, so that many machines can be built in one nix call.
+machine:
 { configuration }:
 let
   nixos = import <nixpkgs/nixos> { configuration = /. + configuration; };
-  toplevel = nixos.config.system.build.toplevel;
 in
-[
-  {
-    name = nixos.config.networking.hostName;
-    # Not `outPath`: Nix would print a set holding one as that string.
-    out = toplevel.outPath;
-    inherit (toplevel) drvPath;
-    system = toplevel.system or null;
-  }
-]
+[ (machine nixos.config.networking.hostName nixos.config) ]

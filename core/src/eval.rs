@@ -1,7 +1,10 @@
 //! Evaluating NixOS configurations to their toplevel store paths.
 //!
-//! Evaluation and building are two steps: one `nix-instantiate` call
-//! evaluates every machine, one `nix-build` builds them all.
+//! Evaluation and building are two steps: one Nix process evaluates every
+//! machine of an input (a configuration.nix, or all the machines asked of a
+//! flake), one `nix-build` builds them all. When that evaluation fails, each
+//! machine is evaluated on its own to tell which ones fail, so that the
+//! others still get their records.
 
 use crate::error::Error;
 use crate::process;
@@ -12,6 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const CLASSIC_NIX: &str = include_str!("../nix/classic.nix");
+const MACHINE_NIX: &str = include_str!("../nix/machine.nix");
+
+/// What came of evaluating an input: the machines to build, and the ones
+/// that failed with why.
+#[derive(Debug, Default)]
+pub struct Evaluated {
+    pub machines: Vec<Machine>,
+    pub failed: Vec<(String, String)>,
+}
 
 /// A classic `configuration.nix`, evaluated with `<nixpkgs/nixos>`.
 #[derive(Debug, Clone)]
@@ -22,7 +34,7 @@ pub struct Classic {
 }
 
 /// One evaluated machine, not yet built.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
     pub name: String,
@@ -52,7 +64,8 @@ impl Classic {
     pub fn evaluate(&self) -> Result<Vec<Machine>, Error> {
         let mut cmd = Command::new("nix-instantiate");
         // Read-write so that the .drv files exist for the build step.
-        cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", CLASSIC_NIX]);
+        let expr = format!("({CLASSIC_NIX}) ({MACHINE_NIX})");
+        cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", &expr]);
         for entry in &self.search_path {
             cmd.args(["-I", entry]);
         }
@@ -64,6 +77,114 @@ impl Classic {
         serde_json::from_slice(&output.stdout)
             .map_err(|e| Error::Failed(format!("{}: unexpected output from nix-instantiate: {e}", self.file.display())))
     }
+}
+
+/// A flake and the nixosConfigurations asked of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flake {
+    /// The flake reference; a path made absolute, as Nix resolves it.
+    pub reference: String,
+    /// The attribute names; None for all of them.
+    pub names: Option<Vec<String>>,
+}
+
+impl Flake {
+    /// Groups `ref#name` arguments by flake, so that each flake is evaluated
+    /// once for all its machines. `ref#` (or `--all`) is every machine.
+    pub fn group(args: &[String], all: bool) -> Result<Vec<Flake>, Error> {
+        let mut flakes: Vec<Flake> = Vec::new();
+        for arg in args {
+            let (reference, name) = arg.split_once('#').unwrap_or((arg, ""));
+            let reference = resolve_flake_reference(reference)?;
+            let name = name.strip_prefix("nixosConfigurations.").unwrap_or(name);
+            let names = (!name.is_empty() && !all).then(|| vec![name.to_owned()]);
+            match flakes.iter_mut().find(|f| f.reference == reference) {
+                Some(flake) => match (&mut flake.names, names) {
+                    (Some(known), Some(more)) => known.extend(more),
+                    (known, _) => *known = None,
+                },
+                None => flakes.push(Flake { reference, names }),
+            }
+        }
+        Ok(flakes)
+    }
+
+    /// Evaluates the machines in one `nix eval`; on failure, each on its own.
+    pub fn evaluate(&self) -> Result<Evaluated, Error> {
+        let names = match &self.names {
+            Some(names) => names.clone(),
+            None => self.names_of_all()?,
+        };
+        if let Ok(machines) = self.evaluate_names(&names, false) {
+            return Ok(Evaluated { machines, failed: Vec::new() });
+        }
+        let mut evaluated = Evaluated::default();
+        for name in names {
+            match self.evaluate_names(std::slice::from_ref(&name), true) {
+                Ok(machines) => evaluated.machines.extend(machines),
+                Err(why) => evaluated.failed.push((name, why)),
+            }
+        }
+        Ok(evaluated)
+    }
+
+    fn names_of_all(&self) -> Result<Vec<String>, Error> {
+        let output = self.nix_eval("builtins.attrNames").map_err(Error::Failed)?;
+        if !output.status.success() {
+            eprint!("{}", String::from_utf8_lossy(&output.stderr));
+            return Err(Error::Failed(format!("{}: no nixosConfigurations (Nix's message is above)", self.reference)));
+        }
+        serde_json::from_slice(&output.stdout)
+            .map_err(|e| Error::Failed(format!("{}: unexpected output from nix eval: {e}", self.reference)))
+    }
+
+    /// Err: why, in one line; Nix's own message goes to stderr when `show`.
+    fn evaluate_names(&self, names: &[String], show: bool) -> Result<Vec<Machine>, String> {
+        let names = serde_json::to_string(names).expect("strings serialise");
+        let apply = format!(
+            "configurations: let machine = {MACHINE_NIX}; names = builtins.fromJSON {}; in \
+             map (name: machine name configurations.${{name}}.config) names",
+            nix_string(&names)
+        );
+        let output = self.nix_eval(&apply)?;
+        if !output.status.success() {
+            if show {
+                eprint!("{}", String::from_utf8_lossy(&output.stderr));
+            }
+            return Err("evaluation failed (Nix's message is above)".into());
+        }
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("unexpected output from nix eval: {e}"))
+    }
+
+    fn nix_eval(&self, apply: &str) -> Result<std::process::Output, String> {
+        let installable = format!("{}#nixosConfigurations", self.reference);
+        let mut cmd = Command::new("nix");
+        cmd.args(["--extra-experimental-features", "nix-command flakes", "eval", "--json", &installable]);
+        cmd.args(["--apply", apply]);
+        process::capture(&mut cmd)
+    }
+}
+
+/// A path (`.`, `../x`, `/x`, or empty for `.`) made absolute; any other
+/// flake reference (`github:...`) as it is.
+fn resolve_flake_reference(reference: &str) -> Result<String, Error> {
+    let is_path = reference.is_empty() || reference.starts_with('.') || reference.starts_with('/');
+    if !is_path {
+        return Ok(reference.to_owned());
+    }
+    let dir = if reference.is_empty() { "." } else { reference };
+    let dir = std::fs::canonicalize(dir).map_err(|e| Error::Usage(format!("{dir}: {e}")))?;
+    if !dir.join("flake.nix").is_file() {
+        return Err(Error::Usage(format!("{}: no flake.nix there", dir.display())));
+    }
+    Ok(dir.display().to_string())
+}
+
+/// A Nix string literal holding `text`.
+fn nix_string(text: &str) -> String {
+    let escaped = text.replace('\\', "\\\\").replace('"', "\\\"").replace("${", "\\${");
+    format!("\"{escaped}\"")
 }
 
 /// Builds every machine in one Nix call and returns their records.
@@ -86,5 +207,36 @@ impl Machine {
             record.extra.insert("system".into(), system.clone().into());
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_machines_by_flake() {
+        let args = ["github:me/fleet#web1", "github:me/fleet#nixosConfigurations.web2", "github:me/other#db1"];
+        let args: Vec<String> = args.map(String::from).to_vec();
+        let flakes = Flake::group(&args, false).unwrap();
+        assert_eq!(
+            flakes,
+            [
+                Flake { reference: "github:me/fleet".into(), names: Some(vec!["web1".into(), "web2".into()]) },
+                Flake { reference: "github:me/other".into(), names: Some(vec!["db1".into()]) },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_fragment_or_all_means_every_machine() {
+        let args = vec!["github:me/fleet#web1".to_owned(), "github:me/fleet#".to_owned()];
+        assert_eq!(Flake::group(&args, false).unwrap()[0].names, None);
+        assert_eq!(Flake::group(&args[..1], true).unwrap()[0].names, None);
+    }
+
+    #[test]
+    fn quotes_nix_strings() {
+        assert_eq!(nix_string(r#"["a\"b${x}"]"#), r#""[\"a\\\"b\${x}\"]""#);
     }
 }

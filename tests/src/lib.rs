@@ -160,7 +160,12 @@ impl Testbed {
     /// NIX_SSHOPTS and a private Nix configuration set, no NIX_PATH, and
     /// NIXPKGS and FIXTURES pointing at the stand-ins.
     pub fn command(&self, program: &str) -> Command {
-        let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}:{}",
+            self.path().join("counting-bin").display(),
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let mut cmd = Command::new(program);
         cmd.env("PATH", path)
             .env("NIX_SSHOPTS", self.nix_sshopts())
@@ -225,6 +230,37 @@ impl Testbed {
     /// Builds tests/fixtures/NAME/configuration.nix; its toplevel.
     pub fn system(&self, name: &str) -> String {
         self.build(&format!("'<nixpkgs/nixos>' -A system --arg configuration \"$FIXTURES/{name}/configuration.nix\""))
+    }
+
+    /// Copies the flake tests/fixtures/NAME into the deployer's directory
+    /// (with web1's configuration.nix as web1.nix beside it), its nixpkgs
+    /// input pointing at the stand-in; its path.
+    pub fn flake(&self, name: &str) -> PathBuf {
+        let dir = self.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let flake = fs::read_to_string(fixtures().join(name).join("flake.nix")).unwrap();
+        fs::write(dir.join("flake.nix"), flake.replace("@nixpkgs@", &nixpkgs().display().to_string())).unwrap();
+        fs::copy(fixtures().join("web1/configuration.nix"), dir.join("web1.nix")).unwrap();
+        dir
+    }
+
+    /// Puts a `program` first on PATH that logs each call's arguments to
+    /// `program.calls` in the deployer's directory, then runs the real one.
+    pub fn count_calls(&self, program: &str) -> PathBuf {
+        let bin = self.path().join("counting-bin");
+        fs::create_dir_all(&bin).unwrap();
+        let real = String::from_utf8(run_ok(Command::new("sh").args(["-c", &format!("command -v {program}")])).stdout)
+            .unwrap();
+        let log = self.path().join(format!("{program}.calls"));
+        // One line per call, whatever newlines the arguments hold.
+        let wrapper = format!(
+            "#!/bin/sh\necho \"$*\" | tr '\\n' ' ' >> '{0}'\necho >> '{0}'\nexec {1} \"$@\"\n",
+            log.display(),
+            real.trim()
+        );
+        fs::write(bin.join(program), wrapper).unwrap();
+        fs::set_permissions(bin.join(program), fs::Permissions::from_mode(0o755)).unwrap();
+        log
     }
 
     /// Builds tests/fixtures/NAME/configuration.nix with `options` (Nix

@@ -1,0 +1,48 @@
+//! nixpipe-eval on flakes: machines by name or all of them, evaluated in one
+//! Nix process and built in one more, a broken machine not stopping the rest.
+
+use nixpipe_tests::Testbed;
+
+#[test]
+fn flake_machines_are_evaluated_in_one_nix_process_and_built_in_one_call() {
+    let tb = Testbed::new();
+    let fleet = tb.flake("fleet");
+    let nix_calls = tb.count_calls("nix");
+    let build_calls = tb.count_calls("nix-build");
+
+    let run = tb.sh(&format!("nixpipe-eval {0}#web1 {0}#web2", fleet.display())).ok();
+
+    let lines = run.stdout_lines();
+    let names: Vec<&str> = lines.iter().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(names, ["web1", "web2"]);
+    let web1 = lines[0].split('\t').nth(1).unwrap();
+    assert_eq!(web1, tb.system("web1"), "the same configuration gives the same system as -f does");
+    assert!(std::path::Path::new(web1).exists(), "built");
+    let nix_calls = std::fs::read_to_string(nix_calls).unwrap();
+    assert_eq!(nix_calls.lines().count(), 1, "{nix_calls}");
+    assert_eq!(std::fs::read_to_string(build_calls).unwrap().lines().count(), 2, "tb.system's and ours");
+}
+
+#[test]
+fn all_prints_every_machine_that_evaluates_and_names_the_one_that_does_not() {
+    let tb = Testbed::new();
+    let fleet = tb.flake("fleet");
+
+    let run = tb.sh(&format!("cd {} && nixpipe-eval --all --json", fleet.display()));
+
+    assert_eq!(run.code, 1);
+    let names: Vec<_> = run.json_lines().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["web1", "web2"]);
+    assert_eq!(run.error_line(), "nixpipe-eval: broken: evaluation failed (Nix's message is above)");
+    assert!(run.stderr.contains("no-such-package"), "Nix's message is shown: {}", run.stderr);
+}
+
+#[test]
+fn a_directory_without_a_flake_is_bad_usage() {
+    let tb = Testbed::new();
+
+    let run = tb.sh("nixpipe-eval .#web1");
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().ends_with(": no flake.nix there"), "{}", run.stderr);
+}
