@@ -2,9 +2,11 @@ complete -c nixpipe-eval -s f -l file -d 'A classic configuration.nix, evaluated
 complete -c nixpipe-eval -l nixpkgs -d 'The nixpkgs to evaluate with; the same as -I nixpkgs=PATH, and it wins' -r -F
 complete -c nixpipe-eval -s I -d 'Add an entry to the Nix search path, as nix-build -I does' -r
 complete -c nixpipe-eval -l network -d 'A network file of machines, as NixOps and morph use (not implemented yet)' -r -F
+complete -c nixpipe-eval -l attr -d 'Any other derivation under config, e.g. system.build.vm' -r
 complete -c nixpipe-eval -l all -d 'Every nixosConfigurations entry of the flakes given (of . when none is)'
-complete -c nixpipe-eval -l vm -d 'The VM variant\'s toplevel instead of the system\'s (not implemented yet)'
-complete -c nixpipe-eval -l drv -d 'Evaluate only and print .drv paths (not implemented yet)'
+complete -c nixpipe-eval -l vm -d 'The VM variant\'s toplevel (config.virtualisation.vmVariant.system.build.toplevel), to update a running VM with `nixpipe-activate ... test`'
+complete -c nixpipe-eval -l vm-runner -d 'The runnable VM (config.system.build.vm)'
+complete -c nixpipe-eval -l drv -d 'Evaluate only and print .drv paths, to build elsewhere'
 complete -c nixpipe-eval -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-eval -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-eval -s V -l version -d 'Print version'

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use nixpipe_core::cli::{self, OutputArgs, Results};
-use nixpipe_core::eval::{self, Classic, Flake, Machine};
+use nixpipe_core::eval::{self, Classic, Flake, Machine, Variant};
 use nixpipe_core::{Error, Outcome};
 use std::path::PathBuf;
 
@@ -55,11 +55,19 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub network: Option<PathBuf>,
 
-    /// The VM variant's toplevel instead of the system's (not implemented yet)
-    #[arg(long)]
+    /// The VM variant's toplevel (config.virtualisation.vmVariant.system.build.toplevel), to update a running VM with `nixpipe-activate ... test`
+    #[arg(long, group = "variant")]
     pub vm: bool,
 
-    /// Evaluate only and print .drv paths (not implemented yet)
+    /// The runnable VM (config.system.build.vm)
+    #[arg(long, group = "variant")]
+    pub vm_runner: bool,
+
+    /// Any other derivation under config, e.g. system.build.vm
+    #[arg(long, value_name = "PATH", group = "variant")]
+    pub attr: Option<String>,
+
+    /// Evaluate only and print .drv paths, to build elsewhere
     #[arg(long)]
     pub drv: bool,
 
@@ -70,20 +78,31 @@ pub struct Cli {
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     refuse_unbuilt(&cli)?;
     let mut results = Results::new(&cli.output);
+    let variant = variant(&cli);
     let machines = match &cli.file {
-        Some(file) => Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate()?,
-        None => evaluate_flakes(&cli, &mut results)?,
+        Some(file) => Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate(&variant)?,
+        None => evaluate_flakes(&cli, &variant, &mut results)?,
     };
     if !machines.is_empty() {
-        for record in &eval::build(&machines)? {
+        let records = if cli.drv { eval::derivations(&machines)? } else { eval::build(&machines)? };
+        for record in &records {
             results.record(record, Ok(()))?;
         }
     }
     Ok(results.finish())
 }
 
+fn variant(cli: &Cli) -> Variant {
+    match (&cli.attr, cli.vm, cli.vm_runner) {
+        (Some(path), _, _) => Variant::Attr(path.clone()),
+        (None, true, _) => Variant::Vm,
+        (None, false, true) => Variant::VmRunner,
+        (None, false, false) => Variant::Toplevel,
+    }
+}
+
 /// Each flake once, for all its machines; a machine that fails is reported.
-fn evaluate_flakes(cli: &Cli, results: &mut Results) -> Result<Vec<Machine>, Error> {
+fn evaluate_flakes(cli: &Cli, variant: &Variant, results: &mut Results) -> Result<Vec<Machine>, Error> {
     let flakes = match (cli.flakes.is_empty(), cli.all) {
         (true, true) => Flake::group(&[".".to_owned()], true)?,
         (true, false) => return Err(Error::Usage("give machines as FLAKEREF#NAME, --all, or -f FILE".into())),
@@ -91,7 +110,7 @@ fn evaluate_flakes(cli: &Cli, results: &mut Results) -> Result<Vec<Machine>, Err
     };
     let mut machines = Vec::new();
     for flake in flakes {
-        let evaluated = flake.evaluate()?;
+        let evaluated = flake.evaluate(variant)?;
         machines.extend(evaluated.machines);
         for (name, why) in evaluated.failed {
             results.failed(&name, &why);
@@ -101,6 +120,6 @@ fn evaluate_flakes(cli: &Cli, results: &mut Results) -> Result<Vec<Machine>, Err
 }
 
 fn refuse_unbuilt(cli: &Cli) -> Result<(), Error> {
-    let unbuilt = [(cli.network.is_some(), "--network"), (cli.vm, "--vm"), (cli.drv, "--drv")];
+    let unbuilt = [(cli.network.is_some(), "--network")];
     cli::refuse_unbuilt(&unbuilt)
 }

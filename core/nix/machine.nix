@@ -1,13 +1,14 @@
-# What a record needs from one evaluated machine: its name and its toplevel.
+# What a record needs from one evaluated machine: its name and the
+# derivation at attrPath under its config (system.build.toplevel by default).
 # Shared by every kind of input (classic.nix, and flakes through --apply).
-name: config:
+attrPath: name: config:
 let
-  toplevel = config.system.build.toplevel;
+  drv = builtins.foldl' (value: attr: value.${attr}) config attrPath;
 in
 {
   inherit name;
   # Not `outPath`: Nix would print a set holding one as that string.
-  out = toplevel.outPath;
-  inherit (toplevel) drvPath;
-  system = toplevel.system or null;
+  out = drv.outPath;
+  inherit (drv) drvPath;
+  system = drv.system or null;
 }

@@ -17,6 +17,37 @@ use std::process::Command;
 const CLASSIC_NIX: &str = include_str!("../nix/classic.nix");
 const MACHINE_NIX: &str = include_str!("../nix/machine.nix");
 
+/// Which derivation of each machine a record is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Variant {
+    /// config.system.build.toplevel
+    #[default]
+    Toplevel,
+    /// The VM variant's toplevel: the configuration plus what qemu-vm.nix adds.
+    Vm,
+    /// The runnable VM, config.system.build.vm.
+    VmRunner,
+    /// Any attribute path under config.
+    Attr(String),
+}
+
+impl Variant {
+    fn attr_path(&self) -> Vec<&str> {
+        match self {
+            Variant::Toplevel => vec!["system", "build", "toplevel"],
+            Variant::Vm => vec!["virtualisation", "vmVariant", "system", "build", "toplevel"],
+            Variant::VmRunner => vec!["system", "build", "vm"],
+            Variant::Attr(path) => path.split('.').collect(),
+        }
+    }
+
+    /// machine.nix applied to this variant's attribute path.
+    fn machine_nix(&self) -> String {
+        let path = serde_json::to_string(&self.attr_path()).expect("strings serialise");
+        format!("(({MACHINE_NIX}) (builtins.fromJSON {}))", nix_string(&path))
+    }
+}
+
 /// What came of evaluating an input: the machines to build, and the ones
 /// that failed with why.
 #[derive(Debug, Default)]
@@ -61,10 +92,10 @@ impl Classic {
     }
 
     /// Evaluates the configuration; Nix's own messages go to stderr.
-    pub fn evaluate(&self) -> Result<Vec<Machine>, Error> {
+    pub fn evaluate(&self, variant: &Variant) -> Result<Vec<Machine>, Error> {
         let mut cmd = Command::new("nix-instantiate");
         // Read-write so that the .drv files exist for the build step.
-        let expr = format!("({CLASSIC_NIX}) ({MACHINE_NIX})");
+        let expr = format!("({CLASSIC_NIX}) {}", variant.machine_nix());
         cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", &expr]);
         for entry in &self.search_path {
             cmd.args(["-I", entry]);
@@ -110,17 +141,17 @@ impl Flake {
     }
 
     /// Evaluates the machines in one `nix eval`; on failure, each on its own.
-    pub fn evaluate(&self) -> Result<Evaluated, Error> {
+    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, Error> {
         let names = match &self.names {
             Some(names) => names.clone(),
             None => self.names_of_all()?,
         };
-        if let Ok(machines) = self.evaluate_names(&names, false) {
+        if let Ok(machines) = self.evaluate_names(&names, variant, false) {
             return Ok(Evaluated { machines, failed: Vec::new() });
         }
         let mut evaluated = Evaluated::default();
         for name in names {
-            match self.evaluate_names(std::slice::from_ref(&name), true) {
+            match self.evaluate_names(std::slice::from_ref(&name), variant, true) {
                 Ok(machines) => evaluated.machines.extend(machines),
                 Err(why) => evaluated.failed.push((name, why)),
             }
@@ -139,11 +170,12 @@ impl Flake {
     }
 
     /// Err: why, in one line; Nix's own message goes to stderr when `show`.
-    fn evaluate_names(&self, names: &[String], show: bool) -> Result<Vec<Machine>, String> {
+    fn evaluate_names(&self, names: &[String], variant: &Variant, show: bool) -> Result<Vec<Machine>, String> {
         let names = serde_json::to_string(names).expect("strings serialise");
         let apply = format!(
-            "configurations: let machine = {MACHINE_NIX}; names = builtins.fromJSON {}; in \
+            "configurations: let machine = {}; names = builtins.fromJSON {}; in \
              map (name: machine name configurations.${{name}}.config) names",
+            variant.machine_nix(),
             nix_string(&names)
         );
         let output = self.nix_eval(&apply)?;
@@ -191,15 +223,20 @@ fn nix_string(text: &str) -> String {
 pub fn build(machines: &[Machine]) -> Result<Vec<Record>, Error> {
     let drvs: Vec<&str> = machines.iter().map(|m| m.drv_path.as_str()).collect();
     crate::nix::realise(&drvs).map_err(Error::Failed)?;
-    machines.iter().map(Machine::record).collect()
+    machines.iter().map(|m| m.record(&m.out)).collect()
+}
+
+/// Records of the .drv paths, for a build elsewhere (--drv).
+pub fn derivations(machines: &[Machine]) -> Result<Vec<Record>, Error> {
+    machines.iter().map(|m| m.record(&m.drv_path)).collect()
 }
 
 impl Machine {
     /// `NAME<TAB>PATH`; a configuration with an empty hostName gives a
     /// record without a name. drv and system travel in JSON records.
-    fn record(&self) -> Result<Record, Error> {
-        let path = StorePath::parse(&self.out)
-            .map_err(|e| Error::Failed(format!("{}: evaluation gave {:?}: {e}", self.name, self.out)))?;
+    fn record(&self, path: &str) -> Result<Record, Error> {
+        let path = StorePath::parse(path)
+            .map_err(|e| Error::Failed(format!("{}: evaluation gave {path:?}: {e}", self.name)))?;
         let name = Some(self.name.clone()).filter(|n| !n.is_empty());
         let mut record = Record::new(name, path);
         record.extra.insert("drv".into(), self.drv_path.clone().into());

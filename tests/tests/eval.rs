@@ -46,3 +46,33 @@ fn a_directory_without_a_flake_is_bad_usage() {
     assert_eq!(run.code, 2);
     assert!(run.error_line().ends_with(": no flake.nix there"), "{}", run.stderr);
 }
+
+#[test]
+fn variants_pick_the_vm_the_vm_runner_or_any_attribute() {
+    let tb = Testbed::new();
+    let fleet = tb.flake("fleet").display().to_string();
+    let eval = |flags: &str| tb.sh(&format!("nixpipe-eval {flags} {fleet}#web1")).ok().stdout.trim().to_owned();
+
+    let (system, vm, runner) = (eval(""), eval("--vm"), eval("--vm-runner"));
+
+    assert_eq!(eval("--attr system.build.toplevel"), system);
+    assert_ne!(vm, system, "the VM variant is a system of its own");
+    let runner = runner.split('\t').nth(1).unwrap().to_owned();
+    assert!(std::path::Path::new(&format!("{runner}/bin/run-web1-vm")).exists(), "{runner}");
+    assert_eq!(std::fs::read_link(format!("{runner}/system")).unwrap().to_str(), vm.split('\t').nth(1));
+}
+
+#[test]
+fn drv_prints_derivations_and_builds_nothing() {
+    let tb = Testbed::new();
+    let fleet = tb.flake("fleet");
+    let builds = tb.count_calls("nix-build");
+
+    let run = tb.sh(&format!("nixpipe-eval --drv {}#web2", fleet.display())).ok();
+
+    let [line] = run.stdout_lines()[..] else { panic!("one record: {}", run.stdout) };
+    let (name, drv) = line.split_once('\t').unwrap();
+    assert_eq!(name, "web2");
+    assert!(drv.ends_with(".drv") && std::path::Path::new(drv).exists(), "{drv}");
+    assert!(!builds.exists(), "nix-build was not called");
+}
