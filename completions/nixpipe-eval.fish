@@ -1,7 +1,7 @@
 complete -c nixpipe-eval -s f -l file -d 'A classic configuration.nix, evaluated with <nixpkgs/nixos>' -r -F
 complete -c nixpipe-eval -l nixpkgs -d 'The nixpkgs to evaluate with; the same as -I nixpkgs=PATH, and it wins' -r -F
 complete -c nixpipe-eval -s I -d 'Add an entry to the Nix search path, as nix-build -I does' -r
-complete -c nixpipe-eval -l network -d 'A network file of machines, as NixOps and morph use (not implemented yet)' -r -F
+complete -c nixpipe-eval -l network -d 'A network file of machines, as nixos-build-vms, NixOps and morph use; NAME is the attribute name' -r -F
 complete -c nixpipe-eval -l attr -d 'Any other derivation under config, e.g. system.build.vm' -r
 complete -c nixpipe-eval -l all -d 'Every nixosConfigurations entry of the flakes given (of . when none is)'
 complete -c nixpipe-eval -l vm -d 'The VM variant\'s toplevel (config.virtualisation.vmVariant.system.build.toplevel), to update a running VM with `nixpipe-activate ... test`'

@@ -1,8 +1,8 @@
 //! nixpipe-eval: evaluate NixOS configurations to toplevel store paths.
 
 use clap::Parser;
-use nixpipe_core::cli::{self, OutputArgs, Results};
-use nixpipe_core::eval::{self, Classic, Flake, Machine, Variant};
+use nixpipe_core::cli::{OutputArgs, Results};
+use nixpipe_core::eval::{self, Classic, Evaluated, Flake, Machine, Network, Variant};
 use nixpipe_core::{Error, Outcome};
 use std::path::PathBuf;
 
@@ -51,8 +51,8 @@ pub struct Cli {
     #[arg(short = 'I', value_name = "PATH")]
     pub include: Vec<String>,
 
-    /// A network file of machines, as NixOps and morph use (not implemented yet)
-    #[arg(long, value_name = "FILE")]
+    /// A network file of machines, as nixos-build-vms, NixOps and morph use; NAME is the attribute name
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["flakes", "all", "file"])]
     pub network: Option<PathBuf>,
 
     /// The VM variant's toplevel (config.virtualisation.vmVariant.system.build.toplevel), to update a running VM with `nixpipe-activate ... test`
@@ -76,12 +76,15 @@ pub struct Cli {
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    refuse_unbuilt(&cli)?;
     let mut results = Results::new(&cli.output);
     let variant = variant(&cli);
-    let machines = match &cli.file {
-        Some(file) => Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate(&variant)?,
-        None => evaluate_flakes(&cli, &variant, &mut results)?,
+    let machines = match (&cli.file, &cli.network) {
+        (Some(file), _) => Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate(&variant)?,
+        (None, Some(file)) => {
+            let evaluated = Network::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate(&variant)?;
+            report(evaluated, &mut results)
+        }
+        (None, None) => evaluate_flakes(&cli, &variant, &mut results)?,
     };
     if !machines.is_empty() {
         let records = if cli.drv { eval::derivations(&machines)? } else { eval::build(&machines)? };
@@ -110,16 +113,15 @@ fn evaluate_flakes(cli: &Cli, variant: &Variant, results: &mut Results) -> Resul
     };
     let mut machines = Vec::new();
     for flake in flakes {
-        let evaluated = flake.evaluate(variant)?;
-        machines.extend(evaluated.machines);
-        for (name, why) in evaluated.failed {
-            results.failed(&name, &why);
-        }
+        machines.extend(report(flake.evaluate(variant)?, results));
     }
     Ok(machines)
 }
 
-fn refuse_unbuilt(cli: &Cli) -> Result<(), Error> {
-    let unbuilt = [(cli.network.is_some(), "--network")];
-    cli::refuse_unbuilt(&unbuilt)
+/// Reports the machines that failed to evaluate; the others, to build.
+fn report(evaluated: Evaluated, results: &mut Results) -> Vec<Machine> {
+    for (name, why) in &evaluated.failed {
+        results.failed(name, why);
+    }
+    evaluated.machines
 }

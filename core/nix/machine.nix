@@ -1,5 +1,6 @@
 # What a record needs from one evaluated machine: its name and the
-# derivation at attrPath under its config (system.build.toplevel by default).
+# derivation at attrPath under its config (system.build.toplevel by default),
+# and deployment.targetHost where the machine sets it.
 # Shared by every kind of input (classic.nix, and flakes through --apply).
 attrPath: name: config:
 let
@@ -11,4 +12,5 @@ in
   out = drv.outPath;
   inherit (drv) drvPath;
   system = drv.system or null;
+  targetHost = config.deployment.targetHost or null;
 }

@@ -16,6 +16,7 @@ use std::process::Command;
 
 const CLASSIC_NIX: &str = include_str!("../nix/classic.nix");
 const MACHINE_NIX: &str = include_str!("../nix/machine.nix");
+const NETWORK_NIX: &str = include_str!("../nix/network.nix");
 
 /// Which derivation of each machine a record is for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,6 +73,7 @@ pub struct Machine {
     pub drv_path: String,
     pub out: String,
     pub system: Option<String>,
+    pub target_host: Option<String>,
 }
 
 impl Classic {
@@ -81,32 +83,53 @@ impl Classic {
         if !file.is_file() {
             return Err(Error::Usage(format!("{}: not a file", file.display())));
         }
-        let mut search_path = Vec::new();
-        if let Some(nixpkgs) = nixpkgs {
-            let nixpkgs = std::fs::canonicalize(nixpkgs)
-                .map_err(|e| Error::Usage(format!("--nixpkgs {}: {e}", nixpkgs.display())))?;
-            search_path.push(format!("nixpkgs={}", nixpkgs.display()));
-        }
-        search_path.extend(include.iter().cloned());
-        Ok(Classic { file, search_path })
+        Ok(Classic { file, search_path: search_path(nixpkgs, include)? })
     }
 
     /// Evaluates the configuration; Nix's own messages go to stderr.
     pub fn evaluate(&self, variant: &Variant) -> Result<Vec<Machine>, Error> {
-        let mut cmd = Command::new("nix-instantiate");
-        // Read-write so that the .drv files exist for the build step.
         let expr = format!("({CLASSIC_NIX}) {}", variant.machine_nix());
-        cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", &expr]);
-        for entry in &self.search_path {
-            cmd.args(["-I", entry]);
-        }
-        cmd.arg("--argstr").arg("configuration").arg(&self.file);
-        let output = process::capture_stdout(&mut cmd).map_err(Error::Failed)?;
+        let file = self.file.display().to_string();
+        let output = instantiate(&expr, &self.search_path, &[("configuration", &file)]).map_err(Error::Failed)?;
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
-            return Err(Error::Failed(format!("{}: evaluation failed (Nix's message is above)", self.file.display())));
+            return Err(Error::Failed(format!("{file}: evaluation failed (Nix's message is above)")));
         }
         serde_json::from_slice(&output.stdout)
-            .map_err(|e| Error::Failed(format!("{}: unexpected output from nix-instantiate: {e}", self.file.display())))
+            .map_err(|e| Error::Failed(format!("{file}: unexpected output from nix-instantiate: {e}")))
+    }
+}
+
+/// A network file of machines (--network), evaluated with <nixpkgs>.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub file: PathBuf,
+    pub search_path: Vec<String>,
+}
+
+impl Network {
+    pub fn new(file: &Path, nixpkgs: Option<&Path>, include: &[String]) -> Result<Network, Error> {
+        let file = std::fs::canonicalize(file).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
+        Ok(Network { file, search_path: search_path(nixpkgs, include)? })
+    }
+
+    /// Every machine in one nix-instantiate; on failure, each on its own.
+    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, Error> {
+        let expr = format!("({NETWORK_NIX}) {}", variant.machine_nix());
+        let file = self.file.display().to_string();
+        let names = || -> Result<Vec<String>, Error> {
+            let output = instantiate(&expr, &self.search_path, &[("network", &file), ("namesOnly", "1")])
+                .map_err(Error::Failed)?;
+            if !output.status.success() {
+                eprint!("{}", String::from_utf8_lossy(&output.stderr));
+                return Err(Error::Failed(format!("{file}: not a network of machines (Nix's message is above)")));
+            }
+            serde_json::from_slice(&output.stdout).map_err(|e| Error::Failed(format!("{file}: {e}")))
+        };
+        evaluate_all_or_each(None, names, |only| {
+            let only = serde_json::to_string(&only).expect("strings serialise");
+            instantiate(&expr, &self.search_path, &[("network", &file), ("only", &only)])
+        })
     }
 }
 
@@ -142,51 +165,27 @@ impl Flake {
 
     /// Evaluates the machines in one `nix eval`; on failure, each on its own.
     pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, Error> {
-        let names = match &self.names {
-            Some(names) => names.clone(),
-            None => self.names_of_all()?,
-        };
-        if let Ok(machines) = self.evaluate_names(&names, variant, false) {
-            return Ok(Evaluated { machines, failed: Vec::new() });
-        }
-        let mut evaluated = Evaluated::default();
-        for name in names {
-            match self.evaluate_names(std::slice::from_ref(&name), variant, true) {
-                Ok(machines) => evaluated.machines.extend(machines),
-                Err(why) => evaluated.failed.push((name, why)),
-            }
-        }
-        Ok(evaluated)
-    }
-
-    fn names_of_all(&self) -> Result<Vec<String>, Error> {
-        let output = self.nix_eval("builtins.attrNames").map_err(Error::Failed)?;
-        if !output.status.success() {
-            eprint!("{}", String::from_utf8_lossy(&output.stderr));
-            return Err(Error::Failed(format!("{}: no nixosConfigurations (Nix's message is above)", self.reference)));
-        }
-        serde_json::from_slice(&output.stdout)
-            .map_err(|e| Error::Failed(format!("{}: unexpected output from nix eval: {e}", self.reference)))
-    }
-
-    /// Err: why, in one line; Nix's own message goes to stderr when `show`.
-    fn evaluate_names(&self, names: &[String], variant: &Variant, show: bool) -> Result<Vec<Machine>, String> {
-        let names = serde_json::to_string(names).expect("strings serialise");
-        let apply = format!(
-            "configurations: let machine = {}; names = builtins.fromJSON {}; in \
-             map (name: machine name configurations.${{name}}.config) names",
-            variant.machine_nix(),
-            nix_string(&names)
-        );
-        let output = self.nix_eval(&apply)?;
-        if !output.status.success() {
-            if show {
+        let names = || -> Result<Vec<String>, Error> {
+            let output = self.nix_eval("builtins.attrNames").map_err(Error::Failed)?;
+            if !output.status.success() {
                 eprint!("{}", String::from_utf8_lossy(&output.stderr));
+                let why = format!("{}: no nixosConfigurations (Nix's message is above)", self.reference);
+                return Err(Error::Failed(why));
             }
-            return Err("evaluation failed (Nix's message is above)".into());
-        }
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).map_err(|e| format!("unexpected output from nix eval: {e}"))
+            serde_json::from_slice(&output.stdout)
+                .map_err(|e| Error::Failed(format!("{}: unexpected output from nix eval: {e}", self.reference)))
+        };
+        evaluate_all_or_each(self.names.as_deref(), names, |only| {
+            let only = serde_json::to_string(&only).expect("strings serialise");
+            let apply = format!(
+                "configurations: let machine = {}; only = builtins.fromJSON {}; \
+                 names = if only == null then builtins.attrNames configurations else only; in \
+                 map (name: machine name configurations.${{name}}.config) names",
+                variant.machine_nix(),
+                nix_string(&only)
+            );
+            self.nix_eval(&apply)
+        })
     }
 
     fn nix_eval(&self, apply: &str) -> Result<std::process::Output, String> {
@@ -196,6 +195,68 @@ impl Flake {
         cmd.args(["--apply", apply]);
         process::capture(&mut cmd)
     }
+}
+
+/// One evaluation for all the machines (`only` None: every one); when it
+/// fails, one per machine, so that the failing ones are named with Nix's
+/// message and the others still get their records.
+fn evaluate_all_or_each(
+    only: Option<&[String]>,
+    all_names: impl FnOnce() -> Result<Vec<String>, Error>,
+    evaluate: impl Fn(Option<&[String]>) -> Result<std::process::Output, String>,
+) -> Result<Evaluated, Error> {
+    let parse = |output: std::process::Output| -> Result<Vec<Machine>, String> {
+        if !output.status.success() {
+            return Err("evaluation failed (Nix's message is above)".into());
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("unexpected output from Nix: {e}"))
+    };
+    let output = evaluate(only).map_err(Error::Failed)?;
+    if output.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        let machines = parse(output).map_err(Error::Failed)?;
+        return Ok(Evaluated { machines, failed: Vec::new() });
+    }
+    let names = match only {
+        Some(names) => names.to_vec(),
+        None => all_names()?,
+    };
+    let mut evaluated = Evaluated::default();
+    for name in names {
+        let output = evaluate(Some(std::slice::from_ref(&name))).map_err(Error::Failed)?;
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        match parse(output) {
+            Ok(machines) => evaluated.machines.extend(machines),
+            Err(why) => evaluated.failed.push((name, why)),
+        }
+    }
+    Ok(evaluated)
+}
+
+/// `nix-instantiate --eval` of `expr` with `--argstr` arguments; read-write,
+/// so that the .drv files exist for the build step.
+fn instantiate(expr: &str, search_path: &[String], args: &[(&str, &str)]) -> Result<std::process::Output, String> {
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", expr]);
+    for entry in search_path {
+        cmd.args(["-I", entry]);
+    }
+    for (name, value) in args {
+        cmd.args(["--argstr", name, value]);
+    }
+    process::capture(&mut cmd)
+}
+
+/// `--nixpkgs PATH` is `-I nixpkgs=PATH` ahead of the -I entries.
+fn search_path(nixpkgs: Option<&Path>, include: &[String]) -> Result<Vec<String>, Error> {
+    let mut search_path = Vec::new();
+    if let Some(nixpkgs) = nixpkgs {
+        let nixpkgs = std::fs::canonicalize(nixpkgs)
+            .map_err(|e| Error::Usage(format!("--nixpkgs {}: {e}", nixpkgs.display())))?;
+        search_path.push(format!("nixpkgs={}", nixpkgs.display()));
+    }
+    search_path.extend(include.iter().cloned());
+    Ok(search_path)
 }
 
 /// A path (`.`, `../x`, `/x`, or empty for `.`) made absolute; any other
@@ -242,6 +303,9 @@ impl Machine {
         record.extra.insert("drv".into(), self.drv_path.clone().into());
         if let Some(system) = &self.system {
             record.extra.insert("system".into(), system.clone().into());
+        }
+        if let Some(host) = &self.target_host {
+            record.extra.insert("targetHost".into(), host.clone().into());
         }
         Ok(record)
     }

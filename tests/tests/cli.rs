@@ -20,7 +20,7 @@ fn every_command_has_help_with_an_example_pipeline_and_a_version() {
 #[test]
 fn unbuilt_commands_and_flags_exit_2_and_say_so() {
     let tb = Testbed::new();
-    for line in ["nixpipe-bundle --config .", "nixpipe-microvm list --on local", "nixpipe-eval --all --network n.nix"] {
+    for line in ["nixpipe-bundle --config .", "nixpipe-microvm list --on local"] {
         let run = tb.sh(line);
         assert_eq!(run.code, 2, "{line}");
         assert!(run.stderr.trim_end().ends_with("not implemented yet"), "{line}: {}", run.stderr);

@@ -76,3 +76,20 @@ fn drv_prints_derivations_and_builds_nothing() {
     assert!(drv.ends_with(".drv") && std::path::Path::new(drv).exists(), "{drv}");
     assert!(!builds.exists(), "nix-build was not called");
 }
+
+#[test]
+fn a_network_file_gives_every_machine_with_its_target_host_in_one_evaluation() {
+    let tb = Testbed::new();
+    let instantiations = tb.count_calls("nix-instantiate");
+
+    let run = tb.sh(r#"nixpipe-eval --network "$FIXTURES/network.nix" --nixpkgs "$NIXPKGS" --json"#).ok();
+
+    let records = run.json_lines();
+    let names: Vec<_> = records.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["db1", "web1"]);
+    assert!(records[0]["path"].as_str().unwrap().ends_with("-nixos-system-db1-net"), "{}", records[0]);
+    assert_eq!(records[0]["targetHost"], "10.0.0.5");
+    assert!(records[1]["path"].as_str().unwrap().ends_with("-nixos-system-web1-net"), "{}", records[1]);
+    assert!(records[1].get("targetHost").is_none());
+    assert_eq!(std::fs::read_to_string(instantiations).unwrap().lines().count(), 1);
+}
