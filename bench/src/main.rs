@@ -1,8 +1,10 @@
 //! `make bench`: nixpipe-copy side by side with nix-copy-closure,
 //! `nix copy --to ssh-ng://` and a plain tar over ssh, on the same closures
-//! and fresh testbed hosts, in one run. Prints a table and the ratios the
-//! copy issue sets as goals. A benchmark, not a test: it never fails on a
-//! number, it reports it.
+//! and fresh testbed hosts, in one run; and nixpipe-eval of a network of
+//! machines against one nix-build per machine. Prints tables and the ratios
+//! the issues set as goals. A benchmark, not a test: it never fails on a
+//! number, it reports it. `nixpipe-bench copy` or `nixpipe-bench eval` runs
+//! one part.
 
 use nixpipe_tests::proxy::{Link, Proxy};
 use nixpipe_tests::{Host, Testbed};
@@ -12,6 +14,48 @@ use std::time::{Duration, Instant};
 const DELAY: Duration = Duration::from_millis(20);
 
 fn main() {
+    let part = std::env::args().nth(1).unwrap_or_default();
+    if part != "eval" {
+        copy();
+    }
+    if part != "copy" {
+        eval();
+    }
+}
+
+/// A network of `count` machines evaluated and built by one nixpipe-eval,
+/// against one `nix-build '<nixpkgs/nixos>'` per machine; both warm (built
+/// once before), so that evaluation is what is measured.
+fn eval() {
+    let count = env_or("BENCH_MACHINES", 20);
+    let tb = Testbed::new();
+    let dir = tb.path().join("fleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut network = String::from("{\n");
+    for i in 0..count {
+        let machine = format!("{{ networking.hostName = \"m{i}\"; testbed.closure = 2; }}\n");
+        std::fs::write(dir.join(format!("m{i}.nix")), &machine).unwrap();
+        network.push_str(&format!("  m{i} = import ./m{i}.nix;\n"));
+    }
+    std::fs::write(dir.join("network.nix"), network + "}\n").unwrap();
+    let ours = format!("nixpipe-eval --network {}/network.nix --nixpkgs \"$NIXPKGS\" >/dev/null", dir.display());
+    let theirs = format!(
+        "for i in $(seq 0 {}); do nix-build --no-out-link -I nixpkgs=\"$NIXPKGS\" '<nixpkgs/nixos>' -A system \
+         --arg configuration {}/m$i.nix >/dev/null; done",
+        count - 1,
+        dir.display()
+    );
+    tb.sh(&ours).ok();
+    let rows = [
+        ("nixpipe-eval --network (one evaluation, one build)", time(&tb, &ours)),
+        ("nix-build per machine", time(&tb, &theirs)),
+    ];
+    println!("\n## Evaluating {count} machines (built before, so evaluation is what is measured)\n");
+    table(&rows);
+    println!("\n- nixpipe-eval / {count} nix-build calls = {:.2}x (goal: under 0.3x)", rows[0].1 / rows[1].1);
+}
+
+fn copy() {
     let small_paths: u32 = env_or("BENCH_SMALL_PATHS", 1000);
     let big_mib: u32 = env_or("BENCH_BIG_MIB", 1024);
     let tb = Testbed::new();
@@ -167,7 +211,7 @@ fn time_with_peak_memory(tb: &Testbed, command: &str) -> (f64, u64) {
 
 fn table(rows: &[(&str, f64)]) {
     let base = rows[0].1;
-    println!("| tool | seconds | vs nixpipe-copy |\n|---|---:|---:|");
+    println!("| tool | seconds | vs the first |\n|---|---:|---:|");
     for (name, seconds) in rows {
         println!("| {name} | {seconds:.2} | {:.2}x |", seconds / base);
     }
