@@ -6,6 +6,7 @@ complete -c nixpipe-eval -l attr -d 'Any other derivation under config, e.g. sys
 complete -c nixpipe-eval -l all -d 'Every nixosConfigurations entry of the flakes given (of . when none is)'
 complete -c nixpipe-eval -l vm -d 'The VM variant\'s toplevel (config.virtualisation.vmVariant.system.build.toplevel), to update a running VM with `nixpipe-activate ... test`'
 complete -c nixpipe-eval -l vm-runner -d 'The runnable VM (config.system.build.vm)'
+complete -c nixpipe-eval -l microvm-runner -d 'microvm.nix\'s runner (config.microvm.declaredRunner), for nixpipe-microvm'
 complete -c nixpipe-eval -l drv -d 'Evaluate only and print .drv paths, to build elsewhere'
 complete -c nixpipe-eval -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-eval -s h -l help -d 'Print help (see more with \'--help\')'

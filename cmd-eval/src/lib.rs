@@ -63,6 +63,10 @@ pub struct Cli {
     #[arg(long, group = "variant")]
     pub vm_runner: bool,
 
+    /// microvm.nix's runner (config.microvm.declaredRunner), for nixpipe-microvm
+    #[arg(long, group = "variant")]
+    pub microvm_runner: bool,
+
     /// Any other derivation under config, e.g. system.build.vm
     #[arg(long, value_name = "PATH", group = "variant")]
     pub attr: Option<String>,
@@ -96,11 +100,13 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
 }
 
 fn variant(cli: &Cli) -> Variant {
-    match (&cli.attr, cli.vm, cli.vm_runner) {
-        (Some(path), _, _) => Variant::Attr(path.clone()),
-        (None, true, _) => Variant::Vm,
-        (None, false, true) => Variant::VmRunner,
-        (None, false, false) => Variant::Toplevel,
+    // clap's group lets at most one of them through.
+    match &cli.attr {
+        Some(path) => Variant::Attr(path.clone()),
+        None if cli.vm => Variant::Vm,
+        None if cli.vm_runner => Variant::VmRunner,
+        None if cli.microvm_runner => Variant::MicrovmRunner,
+        None => Variant::Toplevel,
     }
 }
 

@@ -28,6 +28,8 @@ pub enum Variant {
     Vm,
     /// The runnable VM, config.system.build.vm.
     VmRunner,
+    /// microvm.nix's runner of the system, config.microvm.declaredRunner.
+    MicrovmRunner,
     /// Any attribute path under config.
     Attr(String),
 }
@@ -38,6 +40,7 @@ impl Variant {
             Variant::Toplevel => vec!["system", "build", "toplevel"],
             Variant::Vm => vec!["virtualisation", "vmVariant", "system", "build", "toplevel"],
             Variant::VmRunner => vec!["system", "build", "vm"],
+            Variant::MicrovmRunner => vec!["microvm", "declaredRunner"],
             Variant::Attr(path) => path.split('.').collect(),
         }
     }

@@ -63,6 +63,20 @@ fn variants_pick_the_vm_the_vm_runner_or_any_attribute() {
 }
 
 #[test]
+fn microvm_runner_gives_the_runner_microvm_nix_declares() {
+    let tb = Testbed::new();
+
+    let run = tb.sh(r#"nixpipe-eval --microvm-runner -f "$FIXTURES/web1/configuration.nix" --nixpkgs "$NIXPKGS""#).ok();
+
+    let (name, runner) = run.stdout.trim().split_once('\t').unwrap();
+    assert_eq!(name, "web1");
+    assert!(runner.ends_with("-microvm-qemu-web1"), "{runner}");
+    assert!(std::path::Path::new(&format!("{runner}/bin/microvm-run")).exists());
+    let system = std::fs::read_link(format!("{runner}/share/microvm/system")).unwrap();
+    assert_eq!(system.to_str().unwrap(), tb.system("web1"));
+}
+
+#[test]
 fn drv_prints_derivations_and_builds_nothing() {
     let tb = Testbed::new();
     let fleet = tb.flake("fleet");
