@@ -23,7 +23,7 @@ _nixpipe__eval() {
 
     case "${cmd}" in
         nixpipe__eval)
-            opts="-f -I -h -V --all --file --nixpkgs --network --vm --vm-runner --microvm-runner --attr --drv --json --help --version"
+            opts="-f -I -h -V --all --file --nixpkgs --network --vm --vm-runner --microvm-runner --attr --drv --build-on --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -50,6 +50,10 @@ _nixpipe__eval() {
                     return 0
                     ;;
                 --attr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --build-on)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

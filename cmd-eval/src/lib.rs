@@ -3,7 +3,7 @@
 use clap::Parser;
 use nixpipe_core::cli::{OutputArgs, Results};
 use nixpipe_core::eval::{self, Classic, Evaluated, Flake, Machine, Network, Variant};
-use nixpipe_core::{Error, Outcome};
+use nixpipe_core::{Error, Outcome, TargetSpec};
 use std::path::PathBuf;
 
 const EXAMPLES: &str = "\
@@ -72,8 +72,12 @@ pub struct Cli {
     pub attr: Option<String>,
 
     /// Evaluate only and print .drv paths, to build elsewhere
-    #[arg(long)]
+    #[arg(long, conflicts_with = "build_on")]
     pub drv: bool,
+
+    /// Evaluate here, build on TARGET: the .drv closures go there, one nix-store --realise builds them; the outputs stay there
+    #[arg(long, value_name = "TARGET")]
+    pub build_on: Option<TargetSpec>,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -82,6 +86,9 @@ pub struct Cli {
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
     let variant = variant(&cli);
+    // One builder for all: a typo in it is bad usage before any evaluation.
+    let build_on = cli.build_on.as_ref().map(|spec| spec.resolve(None)).transpose();
+    let build_on = build_on.map_err(|e| Error::Usage(format!("--build-on: {e}")))?;
     let machines = match (&cli.file, &cli.network) {
         (Some(file), _) => Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate(&variant)?,
         (None, Some(file)) => {
@@ -91,7 +98,11 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         (None, None) => evaluate_flakes(&cli, &variant, &mut results)?,
     };
     if !machines.is_empty() {
-        let records = if cli.drv { eval::derivations(&machines)? } else { eval::build(&machines)? };
+        let records = match &build_on {
+            _ if cli.drv => eval::derivations(&machines)?,
+            Some(target) => eval::build_on(target, &machines)?,
+            None => eval::build(&machines)?,
+        };
         for record in &records {
             results.record(record, Ok(()))?;
         }

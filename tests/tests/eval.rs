@@ -107,3 +107,27 @@ fn a_network_file_gives_every_machine_with_its_target_host_in_one_evaluation() {
     assert!(records[1].get("targetHost").is_none());
     assert_eq!(std::fs::read_to_string(instantiations).unwrap().lines().count(), 1);
 }
+
+#[test]
+fn build_on_sends_the_derivations_and_builds_on_the_target_only() {
+    let tb = Testbed::new();
+    let builder = tb.host("builder");
+    // A system no other test has built on this machine.
+    let unique = tb.path().file_name().unwrap().to_str().unwrap().replace('.', "-");
+    let config = tb.path().join("configuration.nix");
+    let module = format!(
+        r#"{{ imports = [ {}/web1/configuration.nix ]; system.nixos.version = "{unique}"; }}"#,
+        nixpipe_tests::fixtures().display()
+    );
+    std::fs::write(&config, module).unwrap();
+
+    let run = tb
+        .sh(&format!(r#"nixpipe-eval --build-on {} -f {} --nixpkgs "$NIXPKGS""#, builder.target(), config.display()))
+        .ok();
+
+    let (name, toplevel) = run.stdout.trim().split_once('\t').unwrap();
+    assert_eq!(name, "web1");
+    assert!(builder.has(toplevel), "built on the builder");
+    assert_ne!(tb.sh(&format!("nix-store --check-validity {toplevel}")).code, 0, "not built here");
+    builder.assert_store_sound();
+}
