@@ -23,7 +23,7 @@ _nixpipe__eval() {
 
     case "${cmd}" in
         nixpipe__eval)
-            opts="-f -I -h -V --all --file --nixpkgs --network --vm --vm-runner --microvm-runner --attr --drv --build-on --json --help --version"
+            opts="-f -I -h -V --all --file --nixpkgs --nixpkgs-url --nixpkgs-sha256 --system --network --vm --vm-runner --microvm-runner --attr --drv --build-on --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -38,6 +38,18 @@ _nixpipe__eval() {
                     return 0
                     ;;
                 --nixpkgs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nixpkgs-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nixpkgs-sha256)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --system)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,5 +1,8 @@
 complete -c nixpipe-eval -s f -l file -d 'A classic configuration.nix, evaluated with <nixpkgs/nixos>' -r -F
 complete -c nixpipe-eval -l nixpkgs -d 'The nixpkgs to evaluate with; the same as -I nixpkgs=PATH, and it wins' -r -F
+complete -c nixpipe-eval -l nixpkgs-url -d 'nixpkgs pinned as a tarball (builtins.fetchTarball), e.g. https://github.com/NixOS/nixpkgs/archive/REV.tar.gz' -r
+complete -c nixpipe-eval -l nixpkgs-sha256 -d 'The sha256 of the --nixpkgs-url tarball\'s unpacked contents, as fetchTarball takes it' -r
+complete -c nixpipe-eval -l system -d 'Evaluate for another system, e.g. aarch64-linux (with -f or --network; a flake fixes its machines\' systems)' -r
 complete -c nixpipe-eval -s I -d 'Add an entry to the Nix search path, as nix-build -I does' -r
 complete -c nixpipe-eval -l network -d 'A network file of machines, as nixos-build-vms, NixOps and morph use; NAME is the attribute name' -r -F
 complete -c nixpipe-eval -l attr -d 'Any other derivation under config, e.g. system.build.vm' -r

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use nixpipe_core::cli::{OutputArgs, Results};
-use nixpipe_core::eval::{self, Classic, Evaluated, Flake, Machine, Network, Variant};
+use nixpipe_core::eval::{self, Classic, Evaluated, Flake, Machine, Network, NixArgs, Variant};
 use nixpipe_core::{Error, Outcome, TargetSpec};
 use std::path::PathBuf;
 
@@ -47,6 +47,18 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub nixpkgs: Option<PathBuf>,
 
+    /// nixpkgs pinned as a tarball (builtins.fetchTarball), e.g. https://github.com/NixOS/nixpkgs/archive/REV.tar.gz
+    #[arg(long, value_name = "URL", requires = "nixpkgs_sha256", conflicts_with = "nixpkgs")]
+    pub nixpkgs_url: Option<String>,
+
+    /// The sha256 of the --nixpkgs-url tarball's unpacked contents, as fetchTarball takes it
+    #[arg(long, value_name = "HASH", requires = "nixpkgs_url")]
+    pub nixpkgs_sha256: Option<String>,
+
+    /// Evaluate for another system, e.g. aarch64-linux (with -f or --network; a flake fixes its machines' systems)
+    #[arg(long, value_name = "SYSTEM", conflicts_with_all = ["flakes", "all"])]
+    pub system: Option<String>,
+
     /// Add an entry to the Nix search path, as nix-build -I does
     #[arg(short = 'I', value_name = "PATH")]
     pub include: Vec<String>,
@@ -90,11 +102,8 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let build_on = cli.build_on.as_ref().map(|spec| spec.resolve(None)).transpose();
     let build_on = build_on.map_err(|e| Error::Usage(format!("--build-on: {e}")))?;
     let machines = match (&cli.file, &cli.network) {
-        (Some(file), _) => Classic::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate(&variant)?,
-        (None, Some(file)) => {
-            let evaluated = Network::new(file, cli.nixpkgs.as_deref(), &cli.include)?.evaluate(&variant)?;
-            report(evaluated, &mut results)
-        }
+        (Some(file), _) => Classic::new(file, nix_args(&cli)?)?.evaluate(&variant)?,
+        (None, Some(file)) => report(Network::new(file, nix_args(&cli)?)?.evaluate(&variant)?, &mut results),
         (None, None) => evaluate_flakes(&cli, &variant, &mut results)?,
     };
     if !machines.is_empty() {
@@ -108,6 +117,17 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         }
     }
     Ok(results.finish())
+}
+
+/// The search path and system of -f and --network, nixpkgs fetched first
+/// when it is pinned by URL.
+fn nix_args(cli: &Cli) -> Result<NixArgs, Error> {
+    let fetched = match (&cli.nixpkgs_url, &cli.nixpkgs_sha256) {
+        (Some(url), Some(sha256)) => Some(eval::fetch_nixpkgs(url, sha256)?),
+        _ => None,
+    };
+    let nixpkgs = fetched.as_deref().or(cli.nixpkgs.as_deref());
+    NixArgs::new(nixpkgs, &cli.include, cli.system.clone())
 }
 
 fn variant(cli: &Cli) -> Variant {

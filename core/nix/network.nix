@@ -2,9 +2,10 @@
 # and morph use it (a set, or a function of { } giving one). Each machine is
 # a module (a set, or a function of { config, pkgs, ... }); `defaults` goes
 # into every machine; `network`, `resources` and `meta` are not machines.
-# A machine may set deployment.targetHost and nixpkgs.system.
+# A machine may set deployment.targetHost and nixpkgs.system; `system`
+# (--system) evaluates them all for another architecture.
 machine:
-{ network, only ? "null", namesOnly ? "" }:
+{ network, only ? "null", namesOnly ? "", system ? "" }:
 let
   file = import (/. + network);
   machines = if builtins.isFunction file then file { } else file;
@@ -14,13 +15,13 @@ let
   # NixOps and morph declare deployment.*; so does this, where there are options.
   declarations = { lib, ... }:
     if lib ? mkOption then { options.deployment.targetHost = lib.mkOption { default = null; }; } else { };
-  evaluate = name: (import <nixpkgs/nixos/lib/eval-config.nix> {
+  evaluate = name: (import <nixpkgs/nixos/lib/eval-config.nix> ({
     modules = [
       declarations
       (machines.defaults or { })
       machines.${name}
       ({ lib, ... }: { networking.hostName = lib.mkDefault name; })
     ];
-  }).config;
+  } // (if system == "" then { } else { inherit system; }))).config;
 in
 if namesOnly != "" then names else map (name: machine name (evaluate name)) wanted

@@ -66,8 +66,62 @@ pub struct Evaluated {
 #[derive(Debug, Clone)]
 pub struct Classic {
     pub file: PathBuf,
+    pub nix: NixArgs,
+}
+
+/// How classic inputs (-f, --network) are evaluated.
+#[derive(Debug, Clone, Default)]
+pub struct NixArgs {
     /// Nix search path entries, as for `nix-build -I`, first match wins.
     pub search_path: Vec<String>,
+    /// Evaluate for this system (--system) instead of this machine's.
+    pub system: Option<String>,
+}
+
+impl NixArgs {
+    /// `--nixpkgs PATH` is `-I nixpkgs=PATH` ahead of the -I entries.
+    pub fn new(nixpkgs: Option<&Path>, include: &[String], system: Option<String>) -> Result<NixArgs, Error> {
+        let mut search_path = Vec::new();
+        if let Some(nixpkgs) = nixpkgs {
+            let nixpkgs = std::fs::canonicalize(nixpkgs)
+                .map_err(|e| Error::Usage(format!("--nixpkgs {}: {e}", nixpkgs.display())))?;
+            search_path.push(format!("nixpkgs={}", nixpkgs.display()));
+        }
+        search_path.extend(include.iter().cloned());
+        Ok(NixArgs { search_path, system })
+    }
+
+    /// `nix-instantiate --eval` of `expr` with `--argstr` arguments (and
+    /// `system` when given); read-write, so that the .drv files exist for the
+    /// build step.
+    fn instantiate(&self, expr: &str, args: &[(&str, &str)]) -> Result<std::process::Output, String> {
+        let mut cmd = Command::new("nix-instantiate");
+        cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", expr]);
+        for entry in &self.search_path {
+            cmd.args(["-I", entry]);
+        }
+        let system = self.system.as_deref().map(|s| ("system", s));
+        for (name, value) in args.iter().copied().chain(system) {
+            cmd.args(["--argstr", name, value]);
+        }
+        process::capture(&mut cmd)
+    }
+}
+
+/// nixpkgs pinned as people pin it: a tarball URL and its sha256, fetched
+/// (once, and checked) by Nix's builtins.fetchTarball. Its store path.
+pub fn fetch_nixpkgs(url: &str, sha256: &str) -> Result<PathBuf, Error> {
+    let expr = format!("builtins.fetchTarball {{ url = {}; sha256 = {}; }}", nix_string(url), nix_string(sha256));
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.args(["--eval", "--json", "-E", &expr]);
+    let output = process::capture(&mut cmd).map_err(Error::Failed)?;
+    if !output.status.success() {
+        let why = process::summarize(&output.stderr);
+        return Err(Error::Failed(format!("cannot fetch nixpkgs from {url}: {why}")));
+    }
+    let path: String = serde_json::from_slice(&output.stdout)
+        .map_err(|e| Error::Failed(format!("unexpected output from nix-instantiate: {e}")))?;
+    Ok(PathBuf::from(path))
 }
 
 /// One evaluated machine, not yet built.
@@ -83,19 +137,19 @@ pub struct Machine {
 
 impl Classic {
     /// `--nixpkgs PATH` is `-I nixpkgs=PATH` ahead of any other entry.
-    pub fn new(file: &Path, nixpkgs: Option<&Path>, include: &[String]) -> Result<Classic, Error> {
+    pub fn new(file: &Path, nix: NixArgs) -> Result<Classic, Error> {
         let file = std::fs::canonicalize(file).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
         if !file.is_file() {
             return Err(Error::Usage(format!("{}: not a file", file.display())));
         }
-        Ok(Classic { file, search_path: search_path(nixpkgs, include)? })
+        Ok(Classic { file, nix })
     }
 
     /// Evaluates the configuration; Nix's own messages go to stderr.
     pub fn evaluate(&self, variant: &Variant) -> Result<Vec<Machine>, Error> {
         let expr = format!("({CLASSIC_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
-        let output = instantiate(&expr, &self.search_path, &[("configuration", &file)]).map_err(Error::Failed)?;
+        let output = self.nix.instantiate(&expr, &[("configuration", &file)]).map_err(Error::Failed)?;
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
             return Err(Error::Failed(format!("{file}: evaluation failed (Nix's message is above)")));
@@ -109,13 +163,13 @@ impl Classic {
 #[derive(Debug, Clone)]
 pub struct Network {
     pub file: PathBuf,
-    pub search_path: Vec<String>,
+    pub nix: NixArgs,
 }
 
 impl Network {
-    pub fn new(file: &Path, nixpkgs: Option<&Path>, include: &[String]) -> Result<Network, Error> {
+    pub fn new(file: &Path, nix: NixArgs) -> Result<Network, Error> {
         let file = std::fs::canonicalize(file).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
-        Ok(Network { file, search_path: search_path(nixpkgs, include)? })
+        Ok(Network { file, nix })
     }
 
     /// Every machine in one nix-instantiate; on failure, each on its own.
@@ -123,8 +177,8 @@ impl Network {
         let expr = format!("({NETWORK_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
         let names = || -> Result<Vec<String>, Error> {
-            let output = instantiate(&expr, &self.search_path, &[("network", &file), ("namesOnly", "1")])
-                .map_err(Error::Failed)?;
+            let output =
+                self.nix.instantiate(&expr, &[("network", &file), ("namesOnly", "1")]).map_err(Error::Failed)?;
             if !output.status.success() {
                 eprint!("{}", String::from_utf8_lossy(&output.stderr));
                 return Err(Error::Failed(format!("{file}: not a network of machines (Nix's message is above)")));
@@ -133,7 +187,7 @@ impl Network {
         };
         evaluate_all_or_each(None, names, |only| {
             let only = serde_json::to_string(&only).expect("strings serialise");
-            instantiate(&expr, &self.search_path, &[("network", &file), ("only", &only)])
+            self.nix.instantiate(&expr, &[("network", &file), ("only", &only)])
         })
     }
 }
@@ -236,32 +290,6 @@ fn evaluate_all_or_each(
         }
     }
     Ok(evaluated)
-}
-
-/// `nix-instantiate --eval` of `expr` with `--argstr` arguments; read-write,
-/// so that the .drv files exist for the build step.
-fn instantiate(expr: &str, search_path: &[String], args: &[(&str, &str)]) -> Result<std::process::Output, String> {
-    let mut cmd = Command::new("nix-instantiate");
-    cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", expr]);
-    for entry in search_path {
-        cmd.args(["-I", entry]);
-    }
-    for (name, value) in args {
-        cmd.args(["--argstr", name, value]);
-    }
-    process::capture(&mut cmd)
-}
-
-/// `--nixpkgs PATH` is `-I nixpkgs=PATH` ahead of the -I entries.
-fn search_path(nixpkgs: Option<&Path>, include: &[String]) -> Result<Vec<String>, Error> {
-    let mut search_path = Vec::new();
-    if let Some(nixpkgs) = nixpkgs {
-        let nixpkgs = std::fs::canonicalize(nixpkgs)
-            .map_err(|e| Error::Usage(format!("--nixpkgs {}: {e}", nixpkgs.display())))?;
-        search_path.push(format!("nixpkgs={}", nixpkgs.display()));
-    }
-    search_path.extend(include.iter().cloned());
-    Ok(search_path)
 }
 
 /// A path (`.`, `../x`, `/x`, or empty for `.`) made absolute; any other

@@ -131,3 +131,38 @@ fn build_on_sends_the_derivations_and_builds_on_the_target_only() {
     assert_ne!(tb.sh(&format!("nix-store --check-validity {toplevel}")).code, 0, "not built here");
     builder.assert_store_sound();
 }
+
+#[test]
+fn system_evaluates_for_another_architecture() {
+    let tb = Testbed::new();
+
+    let run = tb.sh(r#"nixpipe-eval --system aarch64-linux --drv --json -f "$FIXTURES/web1/configuration.nix" --nixpkgs "$NIXPKGS""#);
+
+    let [record] = &run.ok().json_lines()[..] else { panic!("one record") };
+    assert_eq!(record["system"], "aarch64-linux");
+    assert!(record["path"].as_str().unwrap().ends_with(".drv"));
+}
+
+#[test]
+fn nixpkgs_pinned_by_url_and_sha256_is_fetched_and_checked() {
+    let tb = Testbed::new();
+    tb.sh(r#"tar -czf nixpkgs.tar.gz -C "$NIXPKGS/.." nixpkgs"#).ok();
+    let url = format!("file://{}/nixpkgs.tar.gz", tb.path().display());
+    let sha256 = tb.sh(&format!("nix-prefetch-url --unpack {url} 2>/dev/null")).ok().stdout.trim().to_owned();
+    let eval = |hash: &str| {
+        tb.sh(&format!(
+            r#"nixpipe-eval -f "$FIXTURES/web1/configuration.nix" --nixpkgs-url {url} --nixpkgs-sha256 {hash}"#
+        ))
+    };
+
+    let pinned = eval(&sha256).ok();
+    let wrong = eval("0000000000000000000000000000000000000000000000000000");
+
+    assert_eq!(pinned.stdout.trim(), format!("web1\t{}", tb.system("web1")));
+    assert_eq!(wrong.code, 1);
+    assert!(
+        wrong.error_line().starts_with(&format!("nixpipe-eval: cannot fetch nixpkgs from {url}: ")),
+        "{}",
+        wrong.stderr
+    );
+}
