@@ -92,20 +92,37 @@ fn drv_prints_derivations_and_builds_nothing() {
 }
 
 #[test]
-fn a_network_file_gives_every_machine_with_its_target_host_in_one_evaluation() {
+fn a_network_file_gives_every_machine_with_its_target_host_and_system_in_one_evaluation() {
     let tb = Testbed::new();
     let instantiations = tb.count_calls("nix-instantiate");
 
-    let run = tb.sh(r#"nixpipe-eval --network "$FIXTURES/network.nix" --nixpkgs "$NIXPKGS" --json"#).ok();
+    // --drv: the pi is an aarch64-linux machine, not built here.
+    let run = tb.sh(r#"nixpipe-eval --network "$FIXTURES/network.nix" --nixpkgs "$NIXPKGS" --drv --json"#).ok();
 
     let records = run.json_lines();
-    let names: Vec<_> = records.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["db1", "web1"]);
-    assert!(records[0]["path"].as_str().unwrap().ends_with("-nixos-system-db1-net"), "{}", records[0]);
-    assert_eq!(records[0]["targetHost"], "10.0.0.5");
-    assert!(records[1]["path"].as_str().unwrap().ends_with("-nixos-system-web1-net"), "{}", records[1]);
-    assert!(records[1].get("targetHost").is_none());
+    let field = |r: &serde_json::Value, f: &str| r[f].as_str().unwrap_or_default().to_owned();
+    let names: Vec<_> = records.iter().map(|r| field(r, "name")).collect();
+    assert_eq!(names, ["db1", "pi", "web1"]);
+    assert!(field(&records[0], "drv").ends_with("-nixos-system-db1-net.drv"), "{}", records[0]);
+    assert_eq!(field(&records[0], "targetHost"), "10.0.0.5");
+    assert_eq!(field(&records[1], "targetHost"), "pi.local");
+    assert_eq!(field(&records[1], "system"), "aarch64-linux");
+    assert_eq!(field(&records[2], "system"), "x86_64-linux");
+    assert!(records[2].get("targetHost").is_none());
     assert_eq!(std::fs::read_to_string(instantiations).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn nixpkgs_comes_from_nix_path_or_i_as_for_nix_build() {
+    let tb = Testbed::new();
+    let config = r#""$FIXTURES/web1/configuration.nix""#;
+
+    let from_nix_path = tb.sh(&format!(r#"NIX_PATH="nixpkgs=$NIXPKGS" nixpipe-eval -f {config}"#)).ok();
+    let from_i = tb.sh(&format!(r#"nixpipe-eval -I "nixpkgs=$NIXPKGS" -f {config}"#)).ok();
+
+    let expected = format!("web1\t{}\n", tb.system("web1"));
+    assert_eq!(from_nix_path.stdout, expected);
+    assert_eq!(from_i.stdout, expected);
 }
 
 #[test]
