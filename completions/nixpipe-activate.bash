@@ -23,7 +23,7 @@ _nixpipe__activate() {
 
     case "${cmd}" in
         nixpipe__activate)
-            opts="-h -V --on --no-hostname-check --dry-run --specialisation --rollback --confirm-timeout --ask-sudo-password --sudo-cmd --realise --diff --json --help --version switch boot test dry-activate"
+            opts="-h -V --on --no-hostname-check --dry-run --specialisation --rollback --restore-bundle --confirm-timeout --ask-sudo-password --sudo-cmd --realise --diff --json --help --version switch boot test dry-activate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

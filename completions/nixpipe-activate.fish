@@ -5,6 +5,7 @@ complete -c nixpipe-activate -l sudo-cmd -d 'Become root with CMD instead of sud
 complete -c nixpipe-activate -l no-hostname-check -d 'Activate even when the target\'s hostname is not the record\'s'
 complete -c nixpipe-activate -l dry-run -d 'Check everything on the target, change nothing'
 complete -c nixpipe-activate -l rollback -d 'Go back one generation of the system profile on --on TARGET and activate it; reads no records'
+complete -c nixpipe-activate -l restore-bundle -d 'Bring back the bundle before the current one (/etc/nixos/previous-configuration) on --on TARGET; reads no records'
 complete -c nixpipe-activate -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, for every host of the run'
 complete -c nixpipe-activate -l realise -d 'Let the target fetch a missing system from its own substituters first'
 complete -c nixpipe-activate -l diff -d 'Show what changes (packages upgraded, added, removed) before activating, on stderr'

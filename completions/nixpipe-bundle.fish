@@ -1,6 +1,5 @@
 complete -c nixpipe-bundle -l config -d 'The configuration directory or file to carry in the bundle' -r -F
-complete -c nixpipe-bundle -l nixpkgs -d 'The nixpkgs source to pin in the bundle' -r -F
-complete -c nixpipe-bundle -l restore -d 'Bring the previous bundle back on this machine'
+complete -c nixpipe-bundle -l nixpkgs -d 'The nixpkgs source to pin in the bundle [default: <nixpkgs> from NIX_PATH]' -r -F
 complete -c nixpipe-bundle -l json -d 'Write JSON records (one object per line) instead of plain lines'
-complete -c nixpipe-bundle -s h -l help -d 'Print help'
+complete -c nixpipe-bundle -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-bundle -s V -l version -d 'Print version'

@@ -21,7 +21,11 @@ Examples:
     curl -s https://deploy.example/web1 | nixpipe-activate --on root@web1 --realise switch
 
   Go back one generation:
-    nixpipe-activate --on root@web1 --rollback switch";
+    nixpipe-activate --on root@web1 --rollback switch
+
+  Deploy a bundle (nixpipe-bundle), later bring the one before back:
+    nixpipe-eval -f configuration.nix | nixpipe-bundle --config . | nixpipe-copy --to root@pi | nixpipe-activate --on root@pi switch
+    nixpipe-activate --on root@pi --restore-bundle switch";
 
 const SAFETY: &str = "\
 How it keeps the host safe:
@@ -61,8 +65,9 @@ Output:
 
 /// Activate NixOS systems on their machines, safely, as nixos-rebuild does.
 ///
-/// For each record, checks on the target that the path is there, that it is
-/// a NixOS system and that the host is the one the record names; only then
+/// For each record (a system, or a bundle from nixpipe-bundle), checks on
+/// the target that the path is there, that it is a NixOS system and that the
+/// host is the one the record names; only then
 /// adds a generation to /nix/var/nix/profiles/system (switch, boot) and runs
 /// the system's bin/switch-to-configuration ACTION, rolling back when that
 /// fails. Records that were activated are written to stdout.
@@ -95,6 +100,10 @@ pub struct Cli {
     /// Go back one generation of the system profile on --on TARGET and activate it; reads no records
     #[arg(long, requires = "on")]
     pub rollback: bool,
+
+    /// Bring back the bundle before the current one (/etc/nixos/previous-configuration) on --on TARGET; reads no records
+    #[arg(long, requires = "on", conflicts_with_all = ["rollback", "specialisation", "realise"])]
+    pub restore_bundle: bool,
 
     /// Roll back unless a new ssh connection confirms the switch within SECONDS
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -130,9 +139,10 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         confirm_timeout: cli.confirm_timeout,
         realise: cli.realise,
         diff: cli.diff,
+        restore_bundle: cli.restore_bundle,
     };
     let mut results = Results::new(&cli.output);
-    if cli.rollback {
+    if cli.rollback || cli.restore_bundle {
         let spec = cli.on.as_ref().expect("clap requires --on");
         let target = spec.resolve(None).map_err(Error::Usage)?;
         let privilege = Privilege::new(cli.sudo_cmd.as_deref(), cli.ask_sudo_password)?;
@@ -153,8 +163,8 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
 /// What makes no sense together is bad usage, before anything is done.
 fn check_combinations(cli: &Cli) -> Result<(), Error> {
     let usage = |what: &str| Err(Error::Usage(what.to_owned()));
-    if cli.rollback && !cli.records.paths.is_empty() {
-        return usage("--rollback takes no records: it goes back one generation on --on TARGET");
+    if (cli.rollback || cli.restore_bundle) && !cli.records.paths.is_empty() {
+        return usage("--rollback and --restore-bundle take no records: they go back on --on TARGET");
     }
     if cli.specialisation.is_some() && cli.action == Action::Boot {
         return usage("--specialisation cannot be used with boot, as with nixos-rebuild");
@@ -176,7 +186,8 @@ fn report(
 ) -> Result<(), Error> {
     let record = match record {
         Some(record) => Some(record.clone()),
-        // --rollback: the record of the system gone back to, named after the host.
+        // --rollback, --restore-bundle: the record of what was gone back to,
+        // named after the host.
         None => activation
             .path
             .as_deref()

@@ -6,6 +6,7 @@
 
 mod job;
 
+use crate::bundle::PREVIOUS;
 use crate::closure_diff::ClosureDiff;
 use crate::privilege::Privilege;
 use crate::record::Record;
@@ -53,6 +54,9 @@ pub struct Options {
     pub realise: bool,
     /// Show what changes between the running system and the new one.
     pub diff: bool,
+    /// With no record: bring back the previous bundle rather than the
+    /// previous generation.
+    pub restore_bundle: bool,
 }
 
 /// How one activation went.
@@ -138,36 +142,50 @@ fn run(
     label: &str,
     activation: &mut Activation,
 ) -> Result<Verdict, String> {
-    let mut probe = Probe::read(target, activation.path.as_deref(), opts)?;
-    let path = match (&activation.path, &probe.rollback_to) {
-        (Some(path), _) | (None, Some(path)) => path.clone(),
-        (None, None) => return Err(format!("{target} has no generation before the current one to go back to")),
+    let which = match record {
+        Some(_) => "given",
+        None if opts.restore_bundle => "previous-bundle",
+        None => "rollback",
+    };
+    let mut probe = Probe::read(target, activation.path.as_deref(), which, opts)?;
+    let path = match (&probe.resolved, which) {
+        (Some(path), _) => path.clone(),
+        (None, "previous-bundle") => return Err(format!("{target} has no previous bundle ({PREVIOUS}) to restore")),
+        (None, _) => return Err(format!("{target} has no generation before the current one to go back to")),
     };
     if !probe.valid && opts.realise {
         realise(target, &path)?;
-        probe = Probe::read(target, Some(&path), opts)?;
+        probe = Probe::read(target, Some(&path), "given", opts)?;
     }
     activation.path = Some(path.clone());
     activation.hostname = Some(probe.hostname.clone());
     activation.previous = probe.current.clone();
     check(target, record, &probe, opts)?;
+    // A bundle carries its system as toplevel and switches with bin/switch.
+    let system = if probe.bundle { format!("{path}/toplevel") } else { path.clone() };
     if opts.diff {
-        show_diff(target, label, probe.current.as_deref(), &path);
+        show_diff(target, label, probe.current.as_deref(), &system);
     }
     if opts.dry_run {
         crate::cli::note(&format!("{label}: would {} {target} to {path}", opts.action.as_str()));
         return Ok(Verdict::Checked);
     }
-    let activate = match &opts.specialisation {
-        Some(name) => format!("{path}/specialisation/{name}"),
-        None => path.clone(),
+    let program = match &opts.specialisation {
+        _ if probe.bundle => format!("{path}/bin/switch"),
+        Some(name) => format!("{system}/specialisation/{name}/bin/switch-to-configuration"),
+        None => format!("{system}/bin/switch-to-configuration"),
+    };
+    let mode = match which {
+        _ if probe.bundle => "bundle",
+        "given" => "set",
+        _ => "rollback",
     };
     let args = job::Args {
         action: opts.action.as_str(),
-        system: &path,
-        activate: &activate,
+        system: &system,
+        program: &program,
         confirm: opts.confirm_timeout.unwrap_or(0),
-        mode: if record.is_some() { "set" } else { "rollback" },
+        mode,
     };
     let end = Job::new(target, privilege, &probe.uid, label).run(&args)?;
     if end.previous.is_some() {
@@ -263,17 +281,21 @@ struct Probe {
     configured: Option<String>,
     /// The running system.
     current: Option<String>,
-    /// The generation before the current one (asked for with no path).
-    rollback_to: Option<String>,
+    /// The path to activate: the one given, the generation before the
+    /// current one, or the previous bundle; None when there is none.
+    resolved: Option<String>,
+    /// Whether it is a bundle (nixpipe-bundle) rather than a system.
+    bundle: bool,
     /// Whether the system has the specialisation asked for.
     specialisation: Option<bool>,
     specialisations: String,
 }
 
 impl Probe {
-    fn read(target: &Target, path: Option<&str>, opts: &Options) -> Result<Probe, String> {
+    /// `which`: what to activate, as probe.sh takes it.
+    fn read(target: &Target, path: Option<&str>, which: &str, opts: &Options) -> Result<Probe, String> {
         let spec = opts.specialisation.as_deref().unwrap_or("");
-        Ok(Probe::parse(&target.run(&["sh", "-c", PROBE_SCRIPT, "sh", path.unwrap_or(""), spec])?))
+        Ok(Probe::parse(&target.run(&["sh", "-c", PROBE_SCRIPT, "sh", path.unwrap_or(""), spec, which])?))
     }
 
     fn parse(output: &str) -> Probe {
@@ -287,7 +309,8 @@ impl Probe {
                 "nixos" => probe.nixos = value == "1",
                 "configured" => probe.configured = some(value),
                 "current" => probe.current = some(value),
-                "rollback_to" => probe.rollback_to = some(value),
+                "resolved" => probe.resolved = some(value),
+                "bundle" => probe.bundle = value == "1",
                 "specialisation" => probe.specialisation = Some(value == "1"),
                 "specialisations" => probe.specialisations = value.trim().to_owned(),
                 _ => {}
@@ -299,13 +322,16 @@ impl Probe {
 
 /// Everything that must hold before anything on the target changes.
 fn check(target: &Target, record: Option<&Record>, probe: &Probe, opts: &Options) -> Result<(), String> {
-    let path = probe.rollback_to.as_deref().or(record.map(|r| r.path.as_str())).unwrap_or_default();
+    let path = probe.resolved.as_deref().or(record.map(|r| r.path.as_str())).unwrap_or_default();
     if !probe.valid {
         let hint = if opts.realise { " nor in its substituters" } else { "; run nixpipe-copy first" };
         return Err(format!("{path} is not on {target}{hint}"));
     }
     if !probe.nixos {
         return Err(format!("{path} is not a NixOS system (no nixos-version or bin/switch-to-configuration)"));
+    }
+    if probe.bundle && opts.specialisation.is_some() {
+        return Err(format!("{path} is a bundle: its bin/switch activates its system, not a specialisation"));
     }
     if probe.specialisation == Some(false) {
         let name = opts.specialisation.as_deref().unwrap_or_default();

@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod binary_cache;
+pub mod bundle;
 pub mod cli;
 pub mod closure_diff;
 pub mod copy;

@@ -31,11 +31,13 @@ pub struct Args<'a> {
     pub action: &'a str,
     /// What goes into the system profile.
     pub system: &'a str,
-    /// Whose bin/switch-to-configuration runs: the system or a specialisation.
-    pub activate: &'a str,
+    /// What switches: bin/switch-to-configuration of the system or of a
+    /// specialisation, or a bundle's bin/switch.
+    pub program: &'a str,
     /// Seconds to wait for a confirmation; 0 for none.
     pub confirm: u64,
-    /// `set` the profile to `system`, or `rollback` one generation.
+    /// `set` the profile to `system`, `rollback` one generation, or leave it
+    /// to the program (`bundle`).
     pub mode: &'a str,
 }
 
@@ -80,7 +82,7 @@ impl<'a> Job<'a> {
     pub fn run(self, args: &Args) -> Result<JobEnd, String> {
         let confirm = args.confirm.to_string();
         let who = who();
-        let launch = [&*self.id, &who, args.action, args.system, args.activate, &confirm, args.mode];
+        let launch = [&*self.id, &who, args.action, args.system, args.program, &confirm, args.mode];
         let mut follower = Follower::default();
         let (status, stderr) = self.follow(&mut follower, "launch", &launch, &KEEPALIVE)?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {

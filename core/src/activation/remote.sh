@@ -1,10 +1,13 @@
 # The target's side of nixpipe-activate, run as root (directly or through
 # sudo). nixpipe starts it as `sh -c 'self=$1; shift; eval "$self"' nixpipe
 # THIS_SCRIPT COMMAND ARGS...`, so that `launch` can keep a copy of it:
-#   launch ID WHO ACTION SYSTEM ACTIVATE CONFIRM MODE  start the job detached, then follow it
+#   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE   start the job detached, then follow it
 #   follow ID OFFSET                                    the job's log from byte OFFSET until it ends
 #   confirm ID                                          confirm a switch (--confirm-timeout)
-#   job ID WHO ACTION SYSTEM ACTIVATE CONFIRM MODE      the detached job itself
+#   job ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE       the detached job itself
+# PROGRAM is what switches: a system's bin/switch-to-configuration, or a
+# bundle's bin/switch. MODE: `set` the profile to SYSTEM, go back one
+# generation (`rollback`), or leave it to the program (`bundle`).
 # The job's log carries its events as lines `nixpipe-job: EVENT ...`.
 set -u
 state=/run/nixpipe
@@ -66,10 +69,11 @@ finish() {
     exit 0
 }
 
+# switch PROGRAM ACTION
 switch() {
-    say switching "$2" "$1"
+    say switching "$2" "${1%/bin/*}"
     # The lock stays with this job, not with what the switch starts.
-    "$1/bin/switch-to-configuration" "$2" 9>&-
+    "$1" "$2" 9>&-
 }
 
 generation() {
@@ -100,7 +104,7 @@ roll_back() {
         [ "$rollback" = rolled-back ] && rollback=nothing-to-reactivate
         return
     fi
-    switch "$back" "$action" || rollback=rollback-failed
+    switch "$back/bin/switch-to-configuration" "$action" || rollback=rollback-failed
 }
 
 confirmed_within() {
@@ -114,7 +118,7 @@ confirmed_within() {
 }
 
 job() {
-    id=$1 who=$2 action=$3 system=$4 activate=$5 confirm=$6 mode=$7
+    id=$1 who=$2 action=$3 system=$4 program=$5 confirm=$6 mode=$7
     d=$jobs/$id
     exec >>"$d/log" 2>&1 </dev/null
     echo $$ >"$d/pid"
@@ -136,10 +140,10 @@ job() {
         rollback)
             nix-env -p "$profile" --rollback || finish failed profile
             system=$(readlink -f "$profile")
-            activate=$system
+            program=$system/bin/switch-to-configuration
             ;;
     esac
-    if ! switch "$activate" "$action"; then
+    if ! switch "$program" "$action"; then
         [ "$action" = dry-activate ] && finish failed nothing-changed
         roll_back
         finish failed "$rollback"

@@ -1,0 +1,84 @@
+//! Bundles: one store path per machine that carries its deployment, the
+//! configuration files as given, the pinned nixpkgs source, the toplevel, a
+//! manifest and `bin/switch`, built by nix-build (core/nix/bundle.nix).
+//! Once activated, the bundle is the GC root /etc/nixos/current-configuration.
+
+use crate::error::Error;
+use crate::process;
+use crate::record::Record;
+use crate::store_path::StorePath;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BUNDLE_NIX: &str = include_str!("../nix/bundle.nix");
+const SWITCH_SH: &str = include_str!("../nix/bundle-switch.sh");
+/// Where the target keeps the bundle it runs, and the one before.
+pub const CURRENT: &str = "/etc/nixos/current-configuration";
+pub const PREVIOUS: &str = "/etc/nixos/previous-configuration";
+
+/// What goes into every bundle of a run.
+pub struct Contents {
+    pub config: PathBuf,
+    pub nixpkgs: PathBuf,
+}
+
+impl Contents {
+    /// `nixpkgs` defaults to `<nixpkgs>` from NIX_PATH, as nix-build finds it.
+    pub fn new(config: &Path, nixpkgs: Option<&Path>) -> Result<Contents, Error> {
+        let config = std::fs::canonicalize(config).map_err(|e| Error::Usage(format!("{}: {e}", config.display())))?;
+        let nixpkgs = match nixpkgs {
+            Some(path) => {
+                std::fs::canonicalize(path).map_err(|e| Error::Usage(format!("--nixpkgs {}: {e}", path.display())))?
+            }
+            None => find_nixpkgs()?,
+        };
+        Ok(Contents { config, nixpkgs })
+    }
+
+    /// Builds one bundle per record in one nix-build; bundle records with
+    /// the same NAME (and the toplevel in JSON records).
+    pub fn build(&self, records: &[Record]) -> Result<Vec<Record>, Error> {
+        let machines: Vec<_> = records
+            .iter()
+            .map(|r| json!({ "name": r.name.clone().unwrap_or_default(), "toplevel": r.path.as_str() }))
+            .collect();
+        let request = json!({
+            "machines": machines,
+            "config": self.config,
+            "configIsDir": self.config.is_dir(),
+            "nixpkgs": self.nixpkgs,
+            "version": env!("CARGO_PKG_VERSION"),
+            "switchScript": SWITCH_SH,
+        });
+        let mut cmd = Command::new("nix-build");
+        cmd.args(["--no-out-link", "-E", BUNDLE_NIX, "--argstr", "request", &request.to_string()]);
+        let output = process::capture_stdout(&mut cmd).map_err(Error::Failed)?;
+        if !output.status.success() {
+            return Err(Error::Failed("building the bundles failed (Nix's message is above)".into()));
+        }
+        let paths = String::from_utf8_lossy(&output.stdout);
+        let paths: Vec<&str> = paths.lines().collect();
+        if paths.len() != records.len() {
+            return Err(Error::Failed(format!("nix-build gave {} paths for {} bundles", paths.len(), records.len())));
+        }
+        records.iter().zip(paths).map(|(record, path)| bundle_record(record, path)).collect()
+    }
+}
+
+fn bundle_record(toplevel: &Record, path: &str) -> Result<Record, Error> {
+    let path = StorePath::parse(path).map_err(|e| Error::Failed(format!("nix-build gave {path:?}: {e}")))?;
+    let mut record = Record::new(toplevel.name.clone(), path);
+    record.extra = toplevel.extra.clone();
+    record.extra.insert("toplevel".into(), toplevel.path.as_str().into());
+    Ok(record)
+}
+
+fn find_nixpkgs() -> Result<PathBuf, Error> {
+    let output =
+        process::capture(Command::new("nix-instantiate").args(["--find-file", "nixpkgs"])).map_err(Error::Failed)?;
+    if !output.status.success() {
+        return Err(Error::Usage("no <nixpkgs> in NIX_PATH: give --nixpkgs PATH".into()));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
