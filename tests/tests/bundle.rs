@@ -78,3 +78,20 @@ fn restoring_without_a_previous_bundle_is_refused() {
     assert_eq!(run.code, 1);
     assert!(run.error_line().ends_with("has no previous bundle (/etc/nixos/previous-configuration) to restore"));
 }
+
+#[test]
+fn a_single_file_configuration_is_carried_as_that_file() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+
+    let run = tb.sh(&format!(
+        r#"printf 'web1\t%s\n' {system} | nixpipe-bundle --config "$FIXTURES/web1/configuration.nix" --nixpkgs "$NIXPKGS" --json"#
+    ));
+
+    let [record] = &run.ok().json_lines()[..] else { panic!("one record") };
+    assert_eq!(record["toplevel"], system);
+    let bundle = record["path"].as_str().unwrap();
+    let given = std::fs::read(nixpipe_tests::fixtures().join("web1/configuration.nix")).unwrap();
+    assert_eq!(std::fs::read(format!("{bundle}/configuration.nix")).unwrap(), given);
+    assert_eq!(std::fs::read_link(format!("{bundle}/toplevel")).unwrap().to_str(), Some(&*system));
+}
