@@ -151,7 +151,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__install)
-            opts="-h --on --help"
+            opts="-h --on --ask-sudo-password --sudo-cmd --restart --build-on-host --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,6 +159,14 @@ _nixpipe__microvm() {
             case "${prev}" in
                 --on)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sudo-cmd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -169,13 +177,17 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__list)
-            opts="-h --on --help"
+            opts="-h --on --ask-sudo-password --sudo-cmd --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --on)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sudo-cmd)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -187,13 +199,17 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__remove)
-            opts="-h --on --help"
+            opts="-h --on --ask-sudo-password --sudo-cmd --purge --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --on)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sudo-cmd)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

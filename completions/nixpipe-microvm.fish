@@ -24,23 +24,36 @@ function __fish_nixpipe_microvm_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -s V -l version -d 'Print version'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "switch" -d 'Switch a running VM that shares the host\'s store'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "list" -d 'List the VMs on a host and whether they run their current runner'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "remove" -d 'Remove a VM\'s links and GC roots, keeping its state'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record (NAME: the VM)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "switch" -d 'Switch a running VM that shares the host\'s store (not implemented yet)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "list" -d 'List the VMs on a host: current, outdated (needs a restart), not booted, or stale (runner gone)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "remove" -d 'Stop a VM and remove its links and GC roots, keeping its state unless --purge'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l on -d 'The host that runs the VMs' -r
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l sudo-cmd -d 'Become root with CMD instead of sudo' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l restart -d 'When to restart microvm@NAME.service' -r -f -a "auto\t'Only when the VM runs and was booted from another runner'
+always\t'Every time'
+never\t'Never: the VM runs its old runner until restarted'"
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l build-on-host -d 'The records are .drv paths: copy them to the host and build there'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l vm -d 'The VM itself' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -s h -l help -d 'Print help'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l on -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l on -d 'The host that runs the VMs' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l sudo-cmd -d 'Become root with CMD instead of sudo' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -s h -l help -d 'Print help'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l on -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l on -d 'The host that runs the VMs' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l sudo-cmd -d 'Become root with CMD instead of sudo' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l purge -d 'Remove its state directory too'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -s h -l help -d 'Print help'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "switch" -d 'Switch a running VM that shares the host\'s store'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "list" -d 'List the VMs on a host and whether they run their current runner'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "remove" -d 'Remove a VM\'s links and GC roots, keeping its state'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record (NAME: the VM)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "switch" -d 'Switch a running VM that shares the host\'s store (not implemented yet)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "list" -d 'List the VMs on a host: current, outdated (needs a restart), not booted, or stale (runner gone)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "remove" -d 'Stop a VM and remove its links and GC roots, keeping its state unless --purge'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -7,7 +7,6 @@
 mod job;
 
 use crate::bundle::PREVIOUS;
-use crate::closure_diff::ClosureDiff;
 use crate::privilege::Privilege;
 use crate::record::Record;
 use crate::target::Target;
@@ -164,7 +163,7 @@ fn run(
     // A bundle carries its system as toplevel and switches with bin/switch.
     let system = if probe.bundle { format!("{path}/toplevel") } else { path.clone() };
     if opts.diff {
-        show_diff(target, label, probe.current.as_deref(), &system);
+        crate::closure_diff::show(target, label, probe.current.as_deref(), &system);
     }
     if opts.dry_run {
         crate::cli::note(&format!("{label}: would {} {target} to {path}", opts.action.as_str()));
@@ -246,26 +245,6 @@ fn realise(target: &Target, path: &str) -> Result<(), String> {
         .run(&["nix-store", "--realise", path])
         .map(drop)
         .map_err(|e| format!("cannot fetch {path} from the substituters of {target}: {e}"))
-}
-
-/// Prints, nvd-style, what changes from the running system to `new`.
-fn show_diff(target: &Target, label: &str, current: Option<&str>, new: &str) {
-    let Some(current) = current else {
-        job::show(label, &format!("no system runs on {target} yet: nothing to compare with"));
-        return;
-    };
-    let both = r#"nix-store --query --requisites "$1" && echo --- && nix-store --query --requisites "$2""#;
-    match target.run(&["sh", "-c", both, "sh", current, new]) {
-        Ok(out) => {
-            let (before, after) = out.split_once("---\n").unwrap_or((&out, ""));
-            let (before, after): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
-            job::show(label, &format!("{current} -> {new}"));
-            for line in ClosureDiff::new(&before, &after).to_string().lines() {
-                job::show(label, line);
-            }
-        }
-        Err(e) => crate::cli::note(&format!("{label}: cannot compare the systems: {e}")),
-    }
 }
 
 const PROBE_SCRIPT: &str = include_str!("activation/probe.sh");

@@ -1,6 +1,7 @@
 //! What changes between two systems, by package name and version, as nvd
 //! shows it: packages upgraded or downgraded, added, removed.
 
+use crate::target::Target;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -59,6 +60,28 @@ impl fmt::Display for ClosureDiff {
             "closure: {} -> {} paths ({} added, {} removed)",
             self.paths_before, self.paths_after, self.paths_added, self.paths_removed
         )
+    }
+}
+
+/// Prints on stderr, marked with `label`, what changes on `target` from
+/// `current` (None: nothing runs yet) to `new`; both must be there.
+pub fn show(target: &Target, label: &str, current: Option<&str>, new: &str) {
+    let show = |line: &str| eprintln!("{label} | {line}");
+    let Some(current) = current else {
+        show(&format!("nothing on {target} yet to compare with"));
+        return;
+    };
+    let both = r#"nix-store --query --requisites "$1" && echo --- && nix-store --query --requisites "$2""#;
+    match target.run(&["sh", "-c", both, "sh", current, new]) {
+        Ok(out) => {
+            let (before, after) = out.split_once("---\n").unwrap_or((&out, ""));
+            let (before, after): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+            show(&format!("{current} -> {new}"));
+            for line in ClosureDiff::new(&before, &after).to_string().lines() {
+                show(line);
+            }
+        }
+        Err(e) => crate::cli::note(&format!("{label}: cannot compare {current} with {new}: {e}")),
     }
 }
 

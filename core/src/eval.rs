@@ -6,7 +6,6 @@
 //! machine is evaluated on its own to tell which ones fail, so that the
 //! others still get their records.
 
-use crate::copy::{self, copy_closures, Destination, Route};
 use crate::error::Error;
 use crate::process;
 use crate::record::Record;
@@ -320,24 +319,14 @@ pub fn build(machines: &[Machine]) -> Result<Vec<Record>, Error> {
     machines.iter().map(|m| m.record(&m.out)).collect()
 }
 
-/// Builds every machine on `target` (evaluate here, build there): the .drv
-/// closures go there as nixpipe-copy sends them, then one `nix-store
-/// --realise` builds them all, its log on stderr. The outputs stay there.
+/// Builds every machine on `target` (evaluate here, build there); the
+/// outputs stay there.
 pub fn build_on(target: &Target, machines: &[Machine]) -> Result<Vec<Record>, Error> {
     let drvs = machines
         .iter()
         .map(|m| StorePath::parse(&m.drv_path).map_err(|e| Error::Failed(format!("{}: {e}", m.name))))
         .collect::<Result<Vec<_>, _>>()?;
-    let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
-    let refs: Vec<&StorePath> = drvs.iter().collect();
-    copy_closures(&route, &refs, &copy::Options::default())
-        .map_err(|e| Error::Failed(format!("cannot send the derivations to {target}: {e}")))?;
-    let argv: Vec<&str> = ["nix-store", "--realise"].into_iter().chain(drvs.iter().map(StorePath::as_str)).collect();
-    let mut cmd = target.command(&argv).map_err(Error::Failed)?;
-    let output = process::capture_stdout(&mut cmd).map_err(Error::Failed)?;
-    if !output.status.success() {
-        return Err(Error::Failed(format!("building on {target} failed (Nix's message is above)")));
-    }
+    crate::nix::realise_on(target, &drvs).map_err(Error::Failed)?;
     machines.iter().map(|m| m.record(&m.out)).collect()
 }
 

@@ -1,7 +1,10 @@
 //! Running Nix's own programs: whatever Nix the machine has (2.8 and
 //! newer), found on PATH, configured by the user's environment.
 
+use crate::copy::{copy_closures, Destination, Options, Route};
 use crate::process;
+use crate::store_path::StorePath;
+use crate::target::Target;
 use std::process::Command;
 
 /// Realises derivations in one call, so Nix shares and parallelises the
@@ -15,4 +18,24 @@ pub fn realise(drvs: &[&str]) -> Result<(), String> {
         return Err(format!("nix-build failed ({}); Nix's message is above", process::describe_status(output.status)));
     }
     Ok(())
+}
+
+/// Builds `drvs` on `target` (evaluate here, build there): their closures
+/// go there as nixpipe-copy sends them, then one `nix-store --realise`
+/// builds them all, its log on stderr. The output paths, in order; they stay
+/// on the target.
+pub fn realise_on(target: &Target, drvs: &[StorePath]) -> Result<Vec<StorePath>, String> {
+    let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
+    let refs: Vec<&StorePath> = drvs.iter().collect();
+    copy_closures(&route, &refs, &Options::default())
+        .map_err(|e| format!("cannot send the derivations to {target}: {e}"))?;
+    let argv: Vec<&str> = ["nix-store", "--realise"].into_iter().chain(drvs.iter().map(StorePath::as_str)).collect();
+    let output = process::capture_stdout(&mut target.command(&argv)?)?;
+    if !output.status.success() {
+        return Err(format!("building on {target} failed (Nix's message is above)"));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| StorePath::parse(line).map_err(|e| format!("nix-store --realise on {target} gave {line:?}: {e}")))
+        .collect()
 }

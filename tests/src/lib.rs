@@ -33,6 +33,10 @@ const DEPLOY_PASSWORD_HASH: &str =
 const DEPLOY_UID: u32 = 4242;
 /// Where the stand-in switch-to-configuration logs its calls, on a host.
 pub const SWITCH_LOG: &str = "/var/lib/nixpipe-testbed/switch.log";
+/// Where the stand-in systemctl of [`Host::pretend_systemctl`] logs its calls,
+/// and the units it says are active.
+pub const SYSTEMCTL_LOG: &str = "/var/lib/nixpipe-testbed/systemctl.log";
+pub const ACTIVE_UNITS: &str = "/var/lib/nixpipe-testbed/active-units";
 /// Where the stand-in systemd-run of [`Host::pretend_systemd`] logs its calls.
 pub const SYSTEMD_RUN_LOG: &str = "/var/lib/nixpipe-testbed/systemd-run.log";
 
@@ -371,6 +375,34 @@ shift
 EOF
 chmod +x /usr/local/sbin/systemd-run"
         ));
+    }
+
+    /// Puts a stand-in systemctl first on root's PATH. It logs each call to
+    /// SYSTEMCTL_LOG; `is-active` answers from ACTIVE_UNITS (one unit a
+    /// line); `restart microvm@NAME.service` marks the unit active and, as
+    /// microvm.nix's units do when a VM starts, points NAME's `booted` at its
+    /// `current`; `stop` marks it inactive and removes `booted`.
+    pub fn pretend_systemctl(&self) {
+        self.sh(&format!(
+            r#"mkdir -p /var/lib/nixpipe-testbed && touch {ACTIVE_UNITS} && cat > /usr/local/sbin/systemctl <<'EOF'
+#!/bin/sh
+echo "$*" >> {SYSTEMCTL_LOG}
+[ "$1" = is-active ] && {{ [ "$2" = --quiet ] && shift; grep -qxF "$2" {ACTIVE_UNITS}; exit; }}
+vm=${{2#microvm@}}; vm=${{vm%.service}}
+case $1 in
+  restart|start) grep -qxF "$2" {ACTIVE_UNITS} || echo "$2" >> {ACTIVE_UNITS}
+                 ln -sfn "$(readlink /var/lib/microvms/$vm/current)" /var/lib/microvms/$vm/booted ;;
+  stop) grep -vxF "$2" {ACTIVE_UNITS} > {ACTIVE_UNITS}.new; mv {ACTIVE_UNITS}.new {ACTIVE_UNITS}
+        rm -f /var/lib/microvms/$vm/booted ;;
+esac
+EOF
+chmod +x /usr/local/sbin/systemctl"#
+        ));
+    }
+
+    /// The calls the stand-in systemctl logged.
+    pub fn systemctl_log(&self) -> Vec<String> {
+        self.sh(&format!("cat {SYSTEMCTL_LOG} 2>/dev/null || true")).lines().map(str::to_owned).collect()
     }
 
     /// Where /nix/var/nix/profiles/system points, resolved to the store path.

@@ -20,7 +20,7 @@ fn every_command_has_help_with_an_example_pipeline_and_a_version() {
 #[test]
 fn an_unbuilt_command_exits_2_and_says_so() {
     let tb = Testbed::new();
-    let run = tb.sh("nixpipe-microvm list --on local");
+    let run = tb.sh("nixpipe-microvm switch --vm local");
     assert_eq!(run.code, 2);
     assert!(run.stderr.trim_end().ends_with("not implemented yet"), "{}", run.stderr);
     assert!(run.stdout.is_empty());

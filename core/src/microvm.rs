@@ -1,0 +1,152 @@
+//! MicroVMs on a host, laid out as microvm.nix lays them out under
+//! /var/lib/microvms (its `current`, `old`, `booted` links and GC roots),
+//! so that microvm.nix's own units and `microvm -l` keep working. The host's
+//! side is microvm/host.sh, run as root.
+
+use crate::privilege::Privilege;
+use crate::target::Target;
+use serde::Serialize;
+use std::io::Read;
+
+const HOST_SH: &str = include_str!("microvm/host.sh");
+
+/// When `nixpipe-microvm install` restarts microvm@NAME.service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Restart {
+    /// Only when the VM runs and was booted from another runner
+    #[default]
+    Auto,
+    /// Every time
+    Always,
+    /// Never: the VM runs its old runner until restarted
+    Never,
+}
+
+impl Restart {
+    fn as_str(self) -> &'static str {
+        match self {
+            Restart::Auto => "auto",
+            Restart::Always => "always",
+            Restart::Never => "never",
+        }
+    }
+}
+
+/// What one install did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// None: the runner was already current, nothing changed.
+    pub previous: Option<Option<String>>,
+    pub restarted: bool,
+}
+
+/// One VM on a host, as `list` reports it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Vm {
+    pub name: String,
+    pub current: String,
+    pub booted: Option<String>,
+    pub running: bool,
+    /// current: runs its current runner; outdated: runs another one (needs
+    /// a restart); not booted: not running; stale: its current runner is
+    /// gone from the store.
+    pub state: &'static str,
+}
+
+/// A host of MicroVMs, reached as root.
+pub struct Host<'a> {
+    target: &'a Target,
+    privilege: &'a Privilege,
+    uid: String,
+}
+
+impl<'a> Host<'a> {
+    /// Reads the login's uid, to know whether sudo is needed.
+    pub fn connect(target: &'a Target, privilege: &'a Privilege) -> Result<Host<'a>, String> {
+        let uid = target.run(&["id", "-u"])?.trim().to_owned();
+        Ok(Host { target, privilege, uid })
+    }
+
+    pub fn target(&self) -> &Target {
+        self.target
+    }
+
+    /// Runs host.sh COMMAND ARGS as root; its stdout, or one line why not.
+    fn run(&self, command: &str, args: &[&str]) -> Result<String, String> {
+        let argv: Vec<&str> =
+            ["sh", "-c", HOST_SH, "nixpipe", command].into_iter().chain(args.iter().copied()).collect();
+        let mut child = self.privilege.spawn(self.target, &self.uid, &argv, &[])?;
+        let mut stdout = String::new();
+        let _ = child.stdout.take().expect("piped").read_to_string(&mut stdout);
+        let output = child.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))?;
+        if output.status.success() {
+            return Ok(stdout);
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(self
+            .privilege
+            .explain_refusal(self.target, &stderr)
+            .unwrap_or_else(|| self.target.failure(command, &output)))
+    }
+
+    /// Points /var/lib/microvms/NAME/current at `runner` (keeping `old`),
+    /// makes the GC roots, and restarts the VM as `restart` says.
+    pub fn install(&self, name: &str, runner: &str, restart: Restart) -> Result<Installed, String> {
+        let out = self.run("install", &[name, runner, restart.as_str()])?;
+        let mut installed = Installed::default();
+        for line in out.lines() {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "previous" => installed.previous = Some(Some(value.to_owned()).filter(|v| !v.is_empty())),
+                "restarted" => installed.restarted = true,
+                _ => {}
+            }
+        }
+        Ok(installed)
+    }
+
+    pub fn list(&self) -> Result<Vec<Vm>, String> {
+        Ok(self.run("list", &[])?.lines().filter_map(parse_vm).collect())
+    }
+
+    /// Stops the VM and removes its links and GC roots; its state too with
+    /// `purge`. Err when there is no such VM.
+    pub fn remove(&self, name: &str, purge: bool) -> Result<(), String> {
+        let out = self.run("remove", &[name, if purge { "1" } else { "0" }])?;
+        if out.trim() == "missing" {
+            return Err(format!("{} has no MicroVM '{name}' (no /var/lib/microvms/{name})", self.target));
+        }
+        Ok(())
+    }
+}
+
+/// `vm NAME CURRENT VALID BOOTED RUNNING`, BOOTED `-` for none.
+fn parse_vm(line: &str) -> Option<Vm> {
+    let [_, name, current, valid, booted, running] = line.split(' ').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let booted = Some(booted.to_owned()).filter(|b| b != "-");
+    let running = running == "1";
+    let state = match (valid == "1", running, &booted) {
+        (false, _, _) => "stale",
+        (true, false, _) | (true, true, None) => "not booted",
+        (true, true, Some(b)) if b == current => "current",
+        (true, true, Some(_)) => "outdated",
+    };
+    Some(Vm { name: name.to_owned(), current: current.to_owned(), booted, running, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_current_outdated_not_booted_and_stale() {
+        let state = |l: &str| parse_vm(l).unwrap().state;
+        assert_eq!(state("vm a /nix/store/r1 1 /nix/store/r1 1"), "current");
+        assert_eq!(state("vm a /nix/store/r2 1 /nix/store/r1 1"), "outdated");
+        assert_eq!(state("vm a /nix/store/r2 1 - 0"), "not booted");
+        assert_eq!(state("vm a /nix/store/r2 0 - 0"), "stale");
+        assert!(parse_vm("garbage").is_none());
+    }
+}

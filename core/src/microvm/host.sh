@@ -1,0 +1,87 @@
+# The host's side of nixpipe-microvm, run as root: microvm.nix's layout of
+# /var/lib/microvms, kept as microvm.nix keeps it. Entry points:
+#   install NAME RUNNER RESTART   point NAME/current at RUNNER (auto|always|never restart)
+#   list                          one line per VM: NAME CURRENT BOOTED RUNNING
+#   remove NAME PURGE             stop NAME, drop its links and GC roots (and its state if PURGE=1)
+# Output lines are `key value`, for nixpipe to read.
+set -eu
+dir=/var/lib/microvms
+roots=/nix/var/nix/gcroots/microvm
+unit() { echo "microvm@$1.service"; }
+
+# microvm.nix's owner and modes, where its user and group exist.
+own() {
+    if id -u microvm >/dev/null 2>&1 && getent group kvm >/dev/null 2>&1; then
+        chown -h microvm:kvm "$@"
+    fi
+}
+
+# link TARGET PATH: PATH -> TARGET, replaced by rename (never removed first),
+# untouched when it already points there.
+link() {
+    [ "$(readlink "$2" 2>/dev/null || true)" = "$1" ] && return 0
+    ln -sfn "$1" "$2.nixpipe-new"
+    mv -T "$2.nixpipe-new" "$2"
+}
+
+running() { systemctl is-active --quiet "$(unit "$1")" 2>/dev/null; }
+
+install() {
+    name=$1 runner=$2 restart=$3 d=$dir/$1
+    mkdir -p "$dir" "$roots"
+    [ -d "$d" ] || { mkdir "$d"; own "$d"; }
+    chmod 0775 "$dir"
+    own "$dir"
+    current=$(readlink "$d/current" 2>/dev/null || true)
+    if [ "$current" = "$runner" ]; then
+        echo "unchanged"
+    else
+        if [ -n "$current" ]; then
+            link "$current" "$d/old"
+            own "$d/old"
+        fi
+        link "$runner" "$d/current"
+        own "$d/current"
+        echo "previous $current"
+    fi
+    link "$d/current" "$roots/$name"
+    link "$d/booted" "$roots/booted-$name"
+    link "$d/old" "$roots/old-$name"
+    booted=$(readlink "$d/booted" 2>/dev/null || true)
+    case $restart in
+        always) go=1 ;;
+        never) go=0 ;;
+        auto) if running "$name" && [ "$booted" != "$runner" ]; then go=1; else go=0; fi ;;
+    esac
+    if [ "$go" = 1 ]; then
+        systemctl restart "$(unit "$name")"
+        echo "restarted"
+    fi
+}
+
+list() {
+    [ -d "$dir" ] || return 0
+    for d in "$dir"/*/; do
+        d=${d%/}
+        [ -e "$d/current" ] || [ -L "$d/current" ] || continue
+        name=${d##*/}
+        current=$(readlink "$d/current" 2>/dev/null || true)
+        valid=0
+        nix-store --check-validity "$current" 2>/dev/null && valid=1
+        booted=$(readlink "$d/booted" 2>/dev/null || true)
+        run=0
+        running "$name" && run=1
+        printf 'vm %s %s %s %s %s\n' "$name" "$current" "$valid" "${booted:--}" "$run"
+    done
+}
+
+remove() {
+    name=$1 purge=$2 d=$dir/$1
+    [ -d "$d" ] || { echo "missing"; return 0; }
+    if running "$name"; then systemctl stop "$(unit "$name")"; fi
+    rm -f "$roots/$name" "$roots/booted-$name" "$roots/old-$name" "$d/current" "$d/old" "$d/booted"
+    if [ "$purge" = 1 ]; then rm -rf "$d"; fi
+    echo "removed"
+}
+
+"$@"

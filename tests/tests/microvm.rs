@@ -1,0 +1,182 @@
+//! nixpipe-microvm against testbed hosts: microvm.nix's layout link by link
+//! after install, update, an unchanged reinstall and remove; the restart
+//! policies; list. systemctl is a recording stand-in.
+
+use nixpipe_tests::{Host, Testbed};
+
+const DIR: &str = "/var/lib/microvms/web1";
+const ROOTS: &str = "/nix/var/nix/gcroots/microvm";
+
+/// web1's runner, as nixpipe-eval --microvm-runner gives it: a record.
+fn runner(tb: &Testbed, version: &str) -> String {
+    let config = tb.path().join(format!("vm-{version}.nix"));
+    let module = format!(
+        "{{ imports = [ {}/web1/configuration.nix ]; system.nixos.version = \"{version}\"; }}\n",
+        nixpipe_tests::fixtures().display()
+    );
+    std::fs::write(&config, module).unwrap();
+    let run = tb.sh(&format!(r#"nixpipe-eval --microvm-runner -f {} --nixpkgs "$NIXPKGS""#, config.display()));
+    run.ok().stdout.trim().to_owned()
+}
+
+fn path(record: &str) -> &str {
+    record.split_once('\t').unwrap().1
+}
+
+fn install(tb: &Testbed, host: &Host, record: &str, flags: &str) -> nixpipe_tests::Run {
+    tb.sh(&format!("nixpipe-microvm install --on {} {flags} $'{}'", host.target(), record.replace('\t', "\\t")))
+}
+
+fn readlink(host: &Host, link: &str) -> String {
+    host.sh(&format!("readlink {link} || true")).trim().to_owned()
+}
+
+/// The links of the VM's directory and its GC roots, and what they point at.
+fn layout(host: &Host) -> Vec<String> {
+    host.sh(&format!("for l in {DIR}/* {ROOTS}/*; do echo \"$l -> $(readlink $l)\"; done"))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn install_lays_a_vm_out_as_microvm_nix_does() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.pretend_systemctl();
+    host.sh("echo 'microvm:x:870:870::/var/lib/microvms:/bin/sh' >> /etc/passwd && echo 'kvm:x:870:' >> /etc/group");
+    let first = runner(&tb, "1");
+
+    let run = install(&tb, &host, &first, "").ok();
+
+    assert_eq!(run.stdout.trim(), first);
+    assert_eq!(
+        layout(&host),
+        [
+            format!("{DIR}/current -> {}", path(&first)),
+            format!("{ROOTS}/booted-web1 -> {DIR}/booted"),
+            format!("{ROOTS}/old-web1 -> {DIR}/old"),
+            format!("{ROOTS}/web1 -> {DIR}/current"),
+        ]
+    );
+    assert!(host.has(path(&first)), "the runner's closure was copied");
+    assert_eq!(host.sh(&format!("stat -c '%U:%G %a' /var/lib/microvms {DIR}")), "microvm:kvm 775\nmicrovm:kvm 755\n");
+    assert_eq!(host.sh(&format!("stat -c '%U:%G' {DIR}/current")).trim(), "microvm:kvm");
+    assert_eq!(host.systemctl_log(), ["is-active --quiet microvm@web1.service"], "not running: no restart");
+}
+
+#[test]
+fn an_update_keeps_the_old_runner_and_shows_the_difference() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.pretend_systemctl();
+    let (first, second) = (runner(&tb, "1"), runner(&tb, "2"));
+    install(&tb, &host, &first, "").ok();
+
+    let run = install(&tb, &host, &second, "").ok();
+
+    assert_eq!(readlink(&host, &format!("{DIR}/current")), path(&second));
+    assert_eq!(readlink(&host, &format!("{DIR}/old")), path(&first));
+    assert!(run.stderr.contains(&format!("web1 | {} -> {}", path(&first), path(&second))), "{}", run.stderr);
+    assert!(run.stderr.contains("web1 | [U] nixos-system-web1: 1 -> 2"), "{}", run.stderr);
+    let roots = host.sh("nix-store --gc --print-roots");
+    assert!(roots.contains(&format!("{DIR}/current -> {}", path(&second))), "{roots}");
+    assert!(roots.contains(&format!("{DIR}/old -> {}", path(&first))), "{roots}");
+}
+
+#[test]
+fn an_unchanged_reinstall_touches_nothing_and_leaves_no_stray_link() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.pretend_systemctl();
+    let first = runner(&tb, "1");
+    install(&tb, &host, &first, "").ok();
+    let before = host.sh(&format!("ls -lid --time-style=full-iso {DIR}/* {ROOTS}/*"));
+
+    let run = install(&tb, &host, &first, "").ok();
+
+    assert_eq!(host.sh(&format!("ls -lid --time-style=full-iso {DIR}/* {ROOTS}/*")), before);
+    assert_eq!(host.sh(&format!("ls -A {DIR}")).trim(), "current");
+    assert!(!run.stderr.contains("->"), "no difference shown: {}", run.stderr);
+}
+
+#[test]
+fn restarts_follow_the_policy() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.pretend_systemctl();
+    let (first, second) = (runner(&tb, "1"), runner(&tb, "2"));
+    install(&tb, &host, &first, "--restart always").ok(); // now running, booted from the first
+    let restarts = || host.systemctl_log().iter().filter(|l| l.starts_with("restart ")).count();
+    assert_eq!(restarts(), 1);
+
+    install(&tb, &host, &second, "--restart never").ok();
+    assert_eq!(restarts(), 1, "never");
+    assert_eq!(readlink(&host, &format!("{DIR}/booted")), path(&first));
+
+    install(&tb, &host, &second, "--restart auto").ok();
+    assert_eq!(restarts(), 2, "auto: running, booted from another runner");
+    assert_eq!(readlink(&host, &format!("{DIR}/booted")), path(&second));
+
+    install(&tb, &host, &second, "--restart auto").ok();
+    assert_eq!(restarts(), 2, "auto: booted from the current runner");
+
+    install(&tb, &host, &second, "--restart always").ok();
+    assert_eq!(restarts(), 3, "always, even unchanged");
+}
+
+#[test]
+fn list_tells_current_outdated_and_not_booted() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.pretend_systemctl();
+    let (first, second) = (runner(&tb, "1"), runner(&tb, "2"));
+    install(&tb, &host, &first, "--restart always").ok();
+    let list = || tb.sh(&format!("nixpipe-microvm list --on {}", host.target())).ok().stdout;
+
+    assert_eq!(list(), format!("web1\tcurrent\t{}\n", path(&first)));
+    install(&tb, &host, &second, "--restart never").ok();
+    assert_eq!(list(), format!("web1\toutdated\t{}\n", path(&second)));
+    host.sh("systemctl stop microvm@web1.service");
+    let json = tb.sh(&format!("nixpipe-microvm list --on {} --json", host.target())).ok();
+    let [vm] = &json.json_lines()[..] else { panic!("one VM") };
+    assert_eq!(vm["state"], "not booted");
+    assert_eq!(vm["running"], false);
+}
+
+#[test]
+fn remove_stops_the_vm_and_drops_its_links_and_roots_but_keeps_its_state() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.pretend_systemctl();
+    let first = runner(&tb, "1");
+    install(&tb, &host, &first, "--restart always").ok();
+    host.sh(&format!("echo disk > {DIR}/state.img"));
+
+    tb.sh(&format!("nixpipe-microvm remove --on {} web1", host.target())).ok();
+
+    assert!(host.systemctl_log().contains(&"stop microvm@web1.service".to_owned()));
+    assert_eq!(host.sh(&format!("ls -A {DIR}")).trim(), "state.img");
+    assert_eq!(host.sh(&format!("ls -A {ROOTS}")).trim(), "");
+    tb.sh(&format!("nixpipe-microvm remove --on {} --purge web1", host.target())).ok();
+    assert_eq!(host.sh("ls -A /var/lib/microvms").trim(), "");
+    let again = tb.sh(&format!("nixpipe-microvm remove --on {} web1", host.target()));
+    assert_eq!(again.code, 1);
+    assert!(again.error_line().contains("has no MicroVM 'web1'"), "{}", again.stderr);
+}
+
+#[test]
+fn build_on_host_builds_the_runner_there() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.pretend_systemctl();
+    let drv =
+        tb.sh(r#"nixpipe-eval --microvm-runner --drv -f "$FIXTURES/web1/configuration.nix" --nixpkgs "$NIXPKGS""#);
+    let drv = drv.ok().stdout.trim().to_owned();
+
+    let run = install(&tb, &host, &drv, "--build-on-host").ok();
+
+    let runner = run.stdout.trim().split_once('\t').unwrap().1.to_owned();
+    assert!(runner.ends_with("-microvm-qemu-web1"), "{runner}");
+    assert_eq!(readlink(&host, &format!("{DIR}/current")), runner);
+}
