@@ -221,13 +221,17 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__switch)
-            opts="-h --vm --help"
+            opts="-h --vm --no-hostname-check --ask-sudo-password --sudo-cmd --json --help switch boot test dry-activate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sudo-cmd)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

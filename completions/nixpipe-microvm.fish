@@ -27,7 +27,7 @@ end
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -s V -l version -d 'Print version'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record (NAME: the VM)'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "switch" -d 'Switch a running VM that shares the host\'s store (not implemented yet)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "switch" -d 'Update a running VM in place when it shares the host\'s /nix/store (microvm.nix\'s sshSwitch)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "list" -d 'List the VMs on a host: current, outdated (needs a restart), not booted, or stale (runner gone)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "remove" -d 'Stop a VM and remove its links and GC roots, keeping its state unless --purge'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -40,8 +40,12 @@ complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install"
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l build-on-host -d 'The records are .drv paths: copy them to the host and build there'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l vm -d 'The VM itself' -r
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -s h -l help -d 'Print help'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l vm -d 'The VM itself: [user@]host[:port], or a template such as \'root@{name}\'' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l sudo-cmd -d 'Become root with CMD instead of sudo' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l no-hostname-check -d 'Switch even when the VM\'s hostname is not the record\'s NAME'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l on -d 'The host that runs the VMs' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l sudo-cmd -d 'Become root with CMD instead of sudo' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal'
@@ -53,7 +57,7 @@ complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" 
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l purge -d 'Remove its state directory too'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -s h -l help -d 'Print help'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record (NAME: the VM)'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "switch" -d 'Switch a running VM that shares the host\'s store (not implemented yet)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "switch" -d 'Update a running VM in place when it shares the host\'s /nix/store (microvm.nix\'s sshSwitch)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "list" -d 'List the VMs on a host: current, outdated (needs a restart), not booted, or stale (runner gone)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "remove" -d 'Stop a VM and remove its links and GC roots, keeping its state unless --purge'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -2,9 +2,10 @@
 //! microvm.nix's layout.
 
 use clap::{Args, Parser, Subcommand};
+use nixpipe_core::activation::{self, Action, Options};
 use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::{self, Destination, Route};
-use nixpipe_core::microvm::{Host, Restart};
+use nixpipe_core::microvm::{self, Host, Restart};
 use nixpipe_core::privilege::Privilege;
 use nixpipe_core::{closure_diff, nix, Error, Outcome, Record, StorePath, Target, TargetSpec};
 
@@ -56,11 +57,37 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Switch a running VM that shares the host's store (not implemented yet)
+    /// Update a running VM in place when it shares the host's /nix/store (microvm.nix's sshSwitch)
+    ///
+    /// For each runner record (NAME: the VM): checks the VM's hostname, registers the guest
+    /// system's closure in the VM's Nix database (nix-store --load-db), then activates it as
+    /// nixpipe-activate does (lock, detached job, rollback), with ACTION passed through.
     Switch {
-        /// The VM itself
+        /// The VM itself: [user@]host[:port], or a template such as 'root@{name}'
         #[arg(long, value_name = "TARGET")]
         vm: TargetSpec,
+
+        /// What switch-to-configuration does
+        #[arg(value_enum)]
+        action: Action,
+
+        /// Switch even when the VM's hostname is not the record's NAME
+        #[arg(long)]
+        no_hostname_check: bool,
+
+        /// Ask the sudo password once, on the terminal
+        #[arg(long)]
+        ask_sudo_password: bool,
+
+        /// Become root with CMD instead of sudo
+        #[arg(long, value_name = "CMD")]
+        sudo_cmd: Option<String>,
+
+        #[command(flatten)]
+        records: RecordArgs,
+
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// List the VMs on a host: current, outdated (needs a restart), not booted, or stale (runner gone)
     List {
@@ -114,7 +141,11 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Command::List { host, output } => list(&host, &output),
         Command::Remove { host, name, purge } => remove(&host, &name, purge),
-        Command::Switch { .. } => Err(nixpipe_core::cli::not_implemented("nixpipe-microvm switch")),
+        Command::Switch { vm, action, no_hostname_check, ask_sudo_password, sudo_cmd, records, output } => {
+            let opts = Options { action, hostname_check: !no_hostname_check, ..Options::default() };
+            let privilege = Privilege::new(sudo_cmd.as_deref(), ask_sudo_password)?;
+            switch(&vm, &opts, &privilege, &records, &output)
+        }
     }
 }
 
@@ -166,6 +197,48 @@ fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Resul
     let refs: Vec<&StorePath> = paths.iter().collect();
     copy::copy_closures(&route, &refs, &copy::Options::default())?;
     Ok(paths)
+}
+
+fn switch(
+    vm: &TargetSpec,
+    opts: &Options,
+    privilege: &Privilege,
+    records: &RecordArgs,
+    output: &OutputArgs,
+) -> Result<Outcome, Error> {
+    let records = records.read()?;
+    let planned = nixpipe_core::cli::with_targets(records, Some(vm), None)?;
+    let mut results = Results::new(output);
+    for (record, target) in &planned {
+        let switched = switch_one(target, record, opts, privilege);
+        match switched {
+            Ok(system) => results.record(&system, Ok(()))?,
+            Err(why) => results.failed(record.label(), &why),
+        }
+    }
+    Ok(results.finish())
+}
+
+/// The hostname first, so that a wrong VM is not even written to; then the
+/// registration; then the activation with all its checks.
+fn switch_one(target: &Target, record: &Record, opts: &Options, privilege: &Privilege) -> Result<Record, String> {
+    let system = microvm::guest_system(&record.path)?;
+    if let (true, Some(name)) = (opts.hostname_check, &record.name) {
+        let hostname = target.run(&["cat", "/proc/sys/kernel/hostname"])?;
+        if hostname.trim() != name {
+            return Err(format!(
+                "{target} is host '{}', not '{name}'; nothing changed (--no-hostname-check to switch anyway)",
+                hostname.trim()
+            ));
+        }
+    }
+    microvm::load_db(target, privilege, &system)?;
+    let system = Record::new(record.name.clone(), system);
+    let activation = activation::activate(target, Some(&system), opts, privilege);
+    match activation.error() {
+        None => Ok(system),
+        Some(why) => Err(why.to_owned()),
+    }
 }
 
 fn list(args: &HostArgs, output: &OutputArgs) -> Result<Outcome, Error> {

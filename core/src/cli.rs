@@ -1,5 +1,5 @@
 //! What every nixpipe command does the same way: its name in messages,
-//! one-line errors on stderr, exit statuses, and "not implemented yet".
+//! one-line errors on stderr, exit statuses, shared flags.
 
 use crate::error::{Error, Outcome};
 use std::process::ExitCode;
@@ -33,19 +33,6 @@ pub fn record_failed(who: &str, why: &str) {
 /// Progress and notes for the person at the terminal, on stderr.
 pub fn note(what: &str) {
     eprintln!("{}: {what}", program());
-}
-
-/// The honest answer for a planned command or flag: exit 2, nothing done.
-pub fn not_implemented(what: &str) -> Error {
-    Error::Usage(format!("{what}: not implemented yet"))
-}
-
-/// Refuses the first planned flag that was given: `(given, "--flag")`.
-pub fn refuse_unbuilt(flags: &[(bool, &str)]) -> Result<(), Error> {
-    match flags.iter().find(|(given, _)| *given) {
-        Some((_, what)) => Err(not_implemented(what)),
-        None => Ok(()),
-    }
 }
 
 /// The records a command works on, flattened into its clap struct.

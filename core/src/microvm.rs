@@ -4,9 +4,12 @@
 //! side is microvm/host.sh, run as root.
 
 use crate::privilege::Privilege;
+use crate::process;
+use crate::store_path::StorePath;
 use crate::target::Target;
 use serde::Serialize;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::process::Command;
 
 const HOST_SH: &str = include_str!("microvm/host.sh");
 
@@ -118,6 +121,43 @@ impl<'a> Host<'a> {
         }
         Ok(())
     }
+}
+
+/// The guest system a runner record carries (share/microvm/system), or the
+/// record's own path when it is a system already.
+pub fn guest_system(path: &StorePath) -> Result<StorePath, String> {
+    let link = std::path::Path::new(path.as_str()).join("share/microvm/system");
+    match std::fs::read_link(&link) {
+        Ok(system) => StorePath::parse(&system.to_string_lossy()).map_err(|e| format!("{}: {e}", link.display())),
+        Err(_) => Ok(path.clone()),
+    }
+}
+
+/// Registers `system`'s closure in the Nix database of a VM that shares
+/// the host's store (the files are there, its database does not know them),
+/// as microvm.nix's sshSwitch does: `nix-store --dump-db` here, `nix-store
+/// --load-db` there, as root.
+pub fn load_db(vm: &Target, privilege: &Privilege, system: &StorePath) -> Result<(), String> {
+    let closure = process::capture(Command::new("nix-store").args(["--query", "--requisites", system.as_str()]))?;
+    if !closure.status.success() {
+        return Err(format!("{system} is not in this machine's store: {}", process::summarize(&closure.stderr)));
+    }
+    let paths = String::from_utf8_lossy(&closure.stdout).into_owned();
+    let dump = process::capture(Command::new("nix-store").arg("--dump-db").args(paths.lines()))?;
+    if !dump.status.success() {
+        return Err(format!("nix-store --dump-db failed: {}", process::summarize(&dump.stderr)));
+    }
+    let uid = vm.run(&["id", "-u"])?.trim().to_owned();
+    let mut child = privilege.spawn_with_stdin(vm, &uid, &["nix-store", "--load-db"], &[])?;
+    let _ = child.stdin.take().expect("piped").write_all(&dump.stdout);
+    let output = child.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(privilege
+            .explain_refusal(vm, &stderr)
+            .unwrap_or_else(|| vm.failure("nix-store --load-db", &output)));
+    }
+    Ok(())
 }
 
 /// `vm NAME CURRENT VALID BOOTED RUNNING`, BOOTED `-` for none.

@@ -48,14 +48,26 @@ impl Privilege {
     /// Starts `argv` as root on `target` (logged in as `uid`), stdout and
     /// stderr piped, the password (if sudo is used) on its stdin.
     pub fn spawn(&self, target: &Target, uid: &str, argv: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
+        let mut child = self.spawn_with_stdin(target, uid, argv, ssh_options)?;
+        drop(child.stdin.take());
+        Ok(child)
+    }
+
+    /// [`Privilege::spawn`], its stdin left open for the command, after the
+    /// password line sudo reads first.
+    pub fn spawn_with_stdin(
+        &self,
+        target: &Target,
+        uid: &str,
+        argv: &[&str],
+        ssh_options: &[&str],
+    ) -> Result<Child, String> {
         let argv = self.argv(uid, argv);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd: Command = target.command_with(&argv, ssh_options)?;
-        let password = self.password.as_ref().filter(|_| uid != "0");
-        cmd.stdin(if password.is_some() { Stdio::piped() } else { Stdio::null() });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
-        if let (Some(password), Some(mut stdin)) = (password, child.stdin.take()) {
+        if let (Some(password), Some(stdin)) = (self.password.as_ref().filter(|_| uid != "0"), child.stdin.as_mut()) {
             let line = Zeroizing::new(format!("{}\n", password.as_str()));
             // A sudo that died early is reported from its stderr.
             let _ = stdin.write_all(line.as_bytes());

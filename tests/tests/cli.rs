@@ -18,15 +18,6 @@ fn every_command_has_help_with_an_example_pipeline_and_a_version() {
 }
 
 #[test]
-fn an_unbuilt_command_exits_2_and_says_so() {
-    let tb = Testbed::new();
-    let run = tb.sh("nixpipe-microvm switch --vm local");
-    assert_eq!(run.code, 2);
-    assert!(run.stderr.trim_end().ends_with("not implemented yet"), "{}", run.stderr);
-    assert!(run.stdout.is_empty());
-}
-
-#[test]
 fn activate_refuses_flags_that_make_no_sense_together() {
     let tb = Testbed::new();
     let path = "/nix/store/36m5mhfn262qgji13vrgp907an576qjz-x";

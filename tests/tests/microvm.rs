@@ -3,6 +3,7 @@
 //! policies; list. systemctl is a recording stand-in.
 
 use nixpipe_tests::{Host, Testbed};
+use std::process::Command;
 
 const DIR: &str = "/var/lib/microvms/web1";
 const ROOTS: &str = "/nix/var/nix/gcroots/microvm";
@@ -179,4 +180,53 @@ fn build_on_host_builds_the_runner_there() {
     let runner = run.stdout.trim().split_once('\t').unwrap().1.to_owned();
     assert!(runner.ends_with("-microvm-qemu-web1"), "{runner}");
     assert_eq!(readlink(&host, &format!("{DIR}/current")), runner);
+}
+
+/// Puts `path`'s closure into `vm`'s store without registering it: what a
+/// VM sees of the host's store shared with it (virtiofs).
+fn share_store(tb: &Testbed, vm: &Host, path: &str) {
+    let store = vm.dir().join("nix/store");
+    std::fs::create_dir_all(&store).unwrap();
+    for p in tb.sh(&format!("nix-store --query --requisites {path}")).ok().stdout.lines() {
+        assert!(Command::new("cp").arg("-a").arg(p).arg(&store).status().unwrap().success());
+    }
+}
+
+#[test]
+fn switch_registers_the_closure_in_the_vm_and_passes_each_action_through() {
+    let tb = Testbed::new();
+    let vm = tb.host("web1");
+    let record = runner(&tb, "1");
+    let system = std::fs::read_link(format!("{}/share/microvm/system", path(&record))).unwrap();
+    let system = system.to_str().unwrap().to_owned();
+    share_store(&tb, &vm, &system);
+    assert!(!vm.has(&system), "in the VM's store, not in its database");
+
+    for action in ["dry-activate", "test", "boot", "switch"] {
+        let run =
+            tb.sh(&format!("nixpipe-microvm switch --vm {} {action} $'{}'", vm.target(), record.replace('\t', "\\t")));
+        assert_eq!(run.ok().stdout, format!("web1\t{system}\n"));
+    }
+
+    assert!(vm.has(&system));
+    vm.assert_store_sound();
+    let actions: Vec<String> = vm.switch_log().iter().map(|l| l.split(' ').next().unwrap().to_owned()).collect();
+    assert_eq!(actions, ["action=dry-activate", "action=test", "action=boot", "action=switch"]);
+    assert_eq!(vm.system_profile().as_deref(), Some(&*system));
+}
+
+#[test]
+fn switch_refuses_a_vm_with_another_name_before_writing_to_it() {
+    let tb = Testbed::new();
+    let vm = tb.host("db1");
+    let record = runner(&tb, "1");
+    let system = std::fs::read_link(format!("{}/share/microvm/system", path(&record))).unwrap();
+    share_store(&tb, &vm, system.to_str().unwrap());
+
+    let run = tb.sh(&format!("nixpipe-microvm switch --vm {} switch $'{}'", vm.target(), record.replace('\t', "\\t")));
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("is host 'db1', not 'web1'; nothing changed"), "{}", run.stderr);
+    assert!(!vm.has(system.to_str().unwrap()), "nothing registered");
+    assert!(vm.switch_log().is_empty());
 }
