@@ -23,7 +23,7 @@ _nixpipe__activate() {
 
     case "${cmd}" in
         nixpipe__activate)
-            opts="-h -V --on --no-hostname-check --dry-run --specialisation --rollback --restore-bundle --confirm-timeout --ask-sudo-password --sudo-cmd --realise --diff --json --help --version switch boot test dry-activate"
+            opts="-j -h -V --on --no-hostname-check --dry-run --specialisation --rollback --restore-bundle --confirm-timeout --ask-sudo-password --sudo-cmd --realise --diff --jobs --fail-fast --batch --check --json --help --version switch boot test dry-activate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -42,6 +42,22 @@ _nixpipe__activate() {
                     return 0
                     ;;
                 --sudo-cmd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -2,6 +2,9 @@ complete -c nixpipe-activate -l on -d 'Where to activate: [user@]host[:port], ss
 complete -c nixpipe-activate -l specialisation -d 'Activate specialisation/NAME of the system (the profile gets the system itself)' -r
 complete -c nixpipe-activate -l confirm-timeout -d 'Roll back unless a new ssh connection confirms the switch within SECONDS' -r
 complete -c nixpipe-activate -l sudo-cmd -d 'Become root with CMD instead of sudo (e.g. doas)' -r
+complete -c nixpipe-activate -s j -l jobs -d 'Work on up to N hosts at once' -r
+complete -c nixpipe-activate -l batch -d 'Roll out N hosts at a time; a failed host (switch or --check) stops the rollout' -r
+complete -c nixpipe-activate -l check -d 'Run COMMAND on each target after switching (e.g. \'curl -fsS localhost/health\'); when it fails, that target rolls back' -r
 complete -c nixpipe-activate -l no-hostname-check -d 'Activate even when the target\'s hostname is not the record\'s'
 complete -c nixpipe-activate -l dry-run -d 'Check everything on the target, change nothing'
 complete -c nixpipe-activate -l rollback -d 'Go back one generation of the system profile on --on TARGET and activate it; reads no records'
@@ -9,6 +12,7 @@ complete -c nixpipe-activate -l restore-bundle -d 'Bring back the bundle before 
 complete -c nixpipe-activate -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, for every host of the run'
 complete -c nixpipe-activate -l realise -d 'Let the target fetch a missing system from its own substituters first'
 complete -c nixpipe-activate -l diff -d 'Show what changes (packages upgraded, added, removed) before activating, on stderr'
+complete -c nixpipe-activate -l fail-fast -d 'Start no more hosts once one has failed'
 complete -c nixpipe-activate -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-activate -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-activate -s V -l version -d 'Print version'

@@ -3,6 +3,7 @@
 use clap::Parser;
 use nixpipe_core::activation::{self, Action, Activation, Options};
 use nixpipe_core::cli::{self, OutputArgs, RecordArgs, Results};
+use nixpipe_core::fleet;
 use nixpipe_core::privilege::Privilege;
 use nixpipe_core::{Error, Outcome, Record, StorePath, Target, TargetSpec};
 
@@ -125,6 +126,22 @@ pub struct Cli {
     #[arg(long)]
     pub diff: bool,
 
+    /// Work on up to N hosts at once
+    #[arg(long, short = 'j', value_name = "N", default_value_t = fleet::DEFAULT_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub jobs: usize,
+
+    /// Start no more hosts once one has failed
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Roll out N hosts at a time; a failed host (switch or --check) stops the rollout
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch: Option<usize>,
+
+    /// Run COMMAND on each target after switching (e.g. 'curl -fsS localhost/health'); when it fails, that target rolls back
+    #[arg(long, value_name = "COMMAND")]
+    pub check: Option<String>,
+
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -140,6 +157,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         realise: cli.realise,
         diff: cli.diff,
         restore_bundle: cli.restore_bundle,
+        check: cli.check.clone(),
     };
     let mut results = Results::new(&cli.output);
     if cli.rollback || cli.restore_bundle {
@@ -153,11 +171,53 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let records = cli.records.read()?;
     let planned = cli::with_targets(records, cli.on.as_ref(), Some(Target::Local))?;
     let privilege = Privilege::new(cli.sudo_cmd.as_deref(), cli.ask_sudo_password)?;
-    for (record, target) in &planned {
-        let activation = activation::activate(target, Some(record), &opts, &privilege);
-        report(&mut results, Some(record), target, &activation, &cli)?;
-    }
+    roll_out(&cli, &planned, &opts, &privilege, &mut results)?;
     Ok(results.finish())
+}
+
+/// Activates the records, `--jobs` hosts at once, or `--batch` hosts at a
+/// time, stopping the rollout at a batch with a failure. Hosts never
+/// reached keep their system and are reported as skipped.
+fn roll_out(
+    cli: &Cli,
+    planned: &[(Record, Target)],
+    opts: &Options,
+    privilege: &Privilege,
+    results: &mut Results,
+) -> Result<(), Error> {
+    let batch = cli.batch.unwrap_or(planned.len().max(1));
+    let jobs = cli.batch.unwrap_or(cli.jobs);
+    let mut stopped_by: Option<String> = None;
+    let mut write_error = None;
+    for chunk in planned.chunks(batch) {
+        let skipped = match &stopped_by {
+            Some(_) => (0..chunk.len()).collect(),
+            None => fleet::each(
+                chunk,
+                jobs,
+                |(record, target)| activation::activate(target, Some(record), opts, privilege),
+                |(record, target), activation| {
+                    if let Err(e) = report(results, Some(record), target, &activation, cli) {
+                        write_error.get_or_insert(e);
+                    }
+                    let failed = activation.error().is_some();
+                    if failed && stopped_by.is_none() && (cli.batch.is_some() || cli.fail_fast) {
+                        stopped_by = Some(record.label().to_owned());
+                    }
+                    !(failed && cli.fail_fast)
+                },
+            ),
+        };
+        for i in skipped {
+            let (record, target) = &chunk[i];
+            let why = format!(
+                "not reached: the rollout stopped after {} failed; nothing changed",
+                stopped_by.as_deref().unwrap_or("a host")
+            );
+            report(results, Some(record), target, &Activation::skipped(why), cli)?;
+        }
+    }
+    write_error.map_or(Ok(()), Err)
 }
 
 /// What makes no sense together is bad usage, before anything is done.
@@ -169,8 +229,8 @@ fn check_combinations(cli: &Cli) -> Result<(), Error> {
     if cli.specialisation.is_some() && cli.action == Action::Boot {
         return usage("--specialisation cannot be used with boot, as with nixos-rebuild");
     }
-    if cli.confirm_timeout.is_some() && !matches!(cli.action, Action::Switch | Action::Test) {
-        return usage("--confirm-timeout needs switch or test: nothing else changes the running system");
+    if (cli.confirm_timeout.is_some() || cli.check.is_some()) && !matches!(cli.action, Action::Switch | Action::Test) {
+        return usage("--confirm-timeout and --check need switch or test: nothing else changes the running system");
     }
     Ok(())
 }

@@ -56,7 +56,13 @@ pub struct Options {
     /// With no record: bring back the previous bundle rather than the
     /// previous generation.
     pub restore_bundle: bool,
+    /// Run on the target after switching; when it fails, the target rolls back.
+    pub check: Option<String>,
 }
+
+/// How long the target waits for a --check to pass when no
+/// --confirm-timeout says otherwise.
+pub const CHECK_WINDOW: u64 = 300;
 
 /// How one activation went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +78,8 @@ pub enum Verdict {
         why: String,
         rolled_back: bool,
     },
+    /// Never tried: a rollout stopped before this target (why).
+    Skipped(String),
 }
 
 #[derive(Debug)]
@@ -86,11 +94,16 @@ pub struct Activation {
 }
 
 impl Activation {
+    /// A target a rollout never reached.
+    pub fn skipped(why: String) -> Activation {
+        Activation { path: None, hostname: None, previous: None, verdict: Verdict::Skipped(why) }
+    }
+
     /// The one line for a failure; None when all went well.
     pub fn error(&self) -> Option<&str> {
         match &self.verdict {
             Verdict::Activated | Verdict::Checked => None,
-            Verdict::Refused(why) | Verdict::Failed { why, .. } => Some(why),
+            Verdict::Refused(why) | Verdict::Failed { why, .. } | Verdict::Skipped(why) => Some(why),
         }
     }
 
@@ -101,6 +114,7 @@ impl Activation {
             Verdict::Checked => ("checked", false),
             Verdict::Refused(_) => ("refused", false),
             Verdict::Failed { rolled_back, .. } => ("failed", *rolled_back),
+            Verdict::Skipped(_) => ("skipped", false),
         };
         let mut fields = Map::new();
         fields.insert("target".into(), json!(target.to_string()));
@@ -183,10 +197,10 @@ fn run(
         action: opts.action.as_str(),
         system: &system,
         program: &program,
-        confirm: opts.confirm_timeout.unwrap_or(0),
+        confirm: opts.confirm_timeout.or(opts.check.as_ref().map(|_| CHECK_WINDOW)).unwrap_or(0),
         mode,
     };
-    let end = Job::new(target, privilege, &probe.uid, label).run(&args)?;
+    let end = Job::new(target, privilege, &probe.uid, label, opts.check.as_deref()).run(&args)?;
     if end.previous.is_some() {
         activation.previous = end.previous.clone();
     }
@@ -222,6 +236,9 @@ fn verdict(target: &Target, opts: &Options, end: &job::JobEnd) -> Verdict {
             ),
             rolled_back(what),
         ),
+        JobResult::Rejected(what) => {
+            failed(format!("the check failed after the switch; {target} {}", rollback_outcome(what)), rolled_back(what))
+        }
         JobResult::Lost(why) => failed(format!("lost track of the activation on {target}: {why} (see {log})"), false),
     }
 }

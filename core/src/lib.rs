@@ -13,6 +13,7 @@ pub mod closure_diff;
 pub mod copy;
 pub mod error;
 pub mod eval;
+pub mod fleet;
 pub mod microvm;
 pub mod nar;
 pub mod nix;

@@ -49,6 +49,8 @@ pub enum JobResult {
     Failed(String),
     /// Nobody confirmed in time; what the rollback did.
     Unconfirmed(String),
+    /// The --check command failed after the switch; what the rollback did.
+    Rejected(String),
     /// Another activation holds the lock: who.
     Locked(String),
     /// The job cannot be followed any more: why.
@@ -69,12 +71,20 @@ pub struct Job<'a> {
     /// The login's uid on the target: "0" needs no sudo.
     uid: &'a str,
     label: &'a str,
+    /// Run on the target after the switch (--check); its failure rolls back.
+    check: Option<&'a str>,
     id: String,
 }
 
 impl<'a> Job<'a> {
-    pub fn new(target: &'a Target, privilege: &'a Privilege, uid: &'a str, label: &'a str) -> Job<'a> {
-        Job { target, privilege, uid, label, id: new_id() }
+    pub fn new(
+        target: &'a Target,
+        privilege: &'a Privilege,
+        uid: &'a str,
+        label: &'a str,
+        check: Option<&'a str>,
+    ) -> Job<'a> {
+        Job { target, privilege, uid, label, check, id: new_id() }
     }
 
     /// Starts the job and follows it to its end, through dropped connections.
@@ -145,8 +155,19 @@ impl<'a> Job<'a> {
     }
 
     /// Confirms the switch over a new connection, trying until the job's
-    /// deadline. A failure is only noted: the job's result tells the rest.
+    /// deadline, once the --check command (if any) passed there; a failed
+    /// check tells the job to roll back now. Failures are only noted: the
+    /// job's result tells the rest.
     fn confirm(&self, seconds: u64) {
+        if let Some(check) = self.check {
+            if let Err(why) = self.run_check(check) {
+                show(self.label, &format!("the check failed: {why}"));
+                let _ = self
+                    .remote("reject", &[&self.id], &NEW_CONNECTION)
+                    .and_then(|c| c.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}")));
+                return;
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut why = String::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
@@ -163,6 +184,19 @@ impl<'a> Job<'a> {
             thread::sleep(Duration::from_millis(500));
         }
         show(self.label, &format!("no new connection to {} could confirm the switch: {why}", self.target));
+    }
+
+    /// Runs the --check command on the target over a new connection, as
+    /// the login user, its output shown.
+    fn run_check(&self, check: &str) -> Result<(), String> {
+        let output = process::capture(&mut self.target.command_with(&["sh", "-c", check], &NEW_CONNECTION)?)?;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            show(self.label, line);
+        }
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(self.target.failure(check, &output))
     }
 
     fn remote(&self, command: &str, args: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
@@ -234,6 +268,7 @@ fn parse_result(text: &str) -> JobResult {
         "ok" => JobResult::Ok,
         "failed" => JobResult::Failed(rest),
         "unconfirmed" => JobResult::Unconfirmed(rest),
+        "rejected" => JobResult::Rejected(rest),
         "locked" => JobResult::Locked(rest),
         "gone" => JobResult::Lost("the job is gone from the target (did it reboot?)".into()),
         "vanished" => JobResult::Lost("the job died without a result".into()),

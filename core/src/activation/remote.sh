@@ -4,6 +4,7 @@
 #   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE   start the job detached, then follow it
 #   follow ID OFFSET                                    the job's log from byte OFFSET until it ends
 #   confirm ID                                          confirm a switch (--confirm-timeout)
+#   reject ID                                           roll a switch back now (a failed --check)
 #   job ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE       the detached job itself
 # PROGRAM is what switches: a system's bin/switch-to-configuration, or a
 # bundle's bin/switch. MODE: `set` the profile to SYSTEM, go back one
@@ -61,6 +62,10 @@ confirm() {
     [ -d "$jobs/$1" ] && : >"$jobs/$1/confirmed"
 }
 
+reject() {
+    [ -d "$jobs/$1" ] && : >"$jobs/$1/rejected"
+}
+
 say() { echo "nixpipe-job: $*"; }
 
 finish() {
@@ -111,6 +116,7 @@ confirmed_within() {
     ticks=$(($1 * 5))
     while [ "$ticks" -gt 0 ]; do
         [ -e "$d/confirmed" ] && return 0
+        [ -e "$d/rejected" ] && return 1
         sleep 0.2
         ticks=$((ticks - 1))
     done
@@ -152,6 +158,7 @@ job() {
         say awaiting-confirmation "$confirm"
         if ! confirmed_within "$confirm"; then
             roll_back
+            [ -e "$d/rejected" ] && finish rejected "$rollback"
             finish unconfirmed "$rollback"
         fi
     fi

@@ -1,0 +1,84 @@
+//! Many hosts in one run: --jobs, --fail-fast, rolling --batch with
+//! --check, one sudo prompt for all (see activate.rs).
+
+use nixpipe_tests::{Host, Testbed};
+
+/// Hosts web1..webN, each with an ssh alias of its name and `system` copied.
+fn fleet(tb: &Testbed, n: usize, system: &str) -> Vec<Host> {
+    (1..=n)
+        .map(|i| {
+            let host = tb.host(&format!("web{i}"));
+            tb.alias(&host.hostname, &host, "root");
+            tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
+            host
+        })
+        .collect()
+}
+
+fn records(hosts: &[Host], system: &str) -> String {
+    hosts.iter().map(|h| format!("{}\\t{system}\\n", h.hostname)).collect()
+}
+
+#[test]
+fn jobs_activates_every_host_and_a_failing_one_does_not_stop_the_others() {
+    let tb = Testbed::new();
+    let system = tb.system_with("web1", "testbed.switchSleep = 1;");
+    let hosts = fleet(&tb, 3, &system);
+    // web2's record names a host that nobody can reach.
+    let input = records(&hosts, &system).replace("web2\\t", "db9\\t");
+
+    let run = tb.sh(&format!("printf '{input}' | nixpipe-activate --jobs 3 switch"));
+
+    assert_eq!(run.code, 1);
+    let mut done = run.stdout_lines();
+    done.sort();
+    assert_eq!(done, [format!("web1\t{system}"), format!("web3\t{system}")]);
+    assert!(run.error_line().starts_with("nixpipe-activate: db9: "), "{}", run.stderr);
+    for (host, switched) in hosts.iter().zip([1, 0, 1]) {
+        assert_eq!(host.switch_log().len(), switched, "{}", host.hostname);
+    }
+}
+
+#[test]
+fn fail_fast_starts_no_more_hosts_after_a_failure() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let hosts = fleet(&tb, 3, &system);
+    let input = records(&hosts, &system).replace("web1\\t", "db9\\t");
+
+    let run = tb.sh(&format!("printf '{input}' | nixpipe-activate --jobs 1 --fail-fast --json switch"));
+
+    assert_eq!(run.code, 1);
+    let results: Vec<String> = run.json_lines().iter().map(|r| format!("{} {}", r["name"], r["result"])).collect();
+    assert_eq!(results, [r#""db9" "refused""#, r#""web2" "skipped""#, r#""web3" "skipped""#]);
+    assert!(hosts.iter().all(|h| h.switch_log().is_empty()));
+}
+
+#[test]
+fn a_rolling_batch_stops_at_a_failed_check_which_rolls_that_host_back() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let hosts = fleet(&tb, 3, &old);
+    for host in &hosts {
+        tb.sh(&format!(
+            "nixpipe-copy --to {0} {new} && nixpipe-activate --on {0} --no-hostname-check switch {old}",
+            host.target()
+        ))
+        .ok();
+    }
+
+    // The health check fails on web2 only.
+    let run = tb.sh(&format!(
+        "printf '{}' | nixpipe-activate --batch 1 --check 'test \"$(hostname)\" != web2' --json switch",
+        records(&hosts, &new)
+    ));
+
+    assert_eq!(run.code, 1);
+    let results: Vec<String> =
+        run.json_lines().iter().map(|r| format!("{} {} {}", r["name"], r["result"], r["rolled_back"])).collect();
+    assert_eq!(results, [r#""web1" "activated" false"#, r#""web2" "failed" true"#, r#""web3" "skipped" false"#]);
+    let running: Vec<String> = hosts.iter().map(|h| h.sh("readlink /run/current-system").trim().to_owned()).collect();
+    assert_eq!(running, [new.clone(), old.clone(), old.clone()], "web2 rolled back, web3 never reached");
+    assert_eq!(hosts[2].switch_log().len(), 1, "web3: only its first deployment");
+}
