@@ -28,7 +28,10 @@ fn activate_refuses_flags_that_make_no_sense_together() {
         ),
         ("nixpipe-activate --rollback switch".into(), "--on <TARGET>"),
         (format!("nixpipe-activate --specialisation gpu boot {path}"), "--specialisation cannot be used with boot"),
-        (format!("nixpipe-activate --confirm-timeout 30 boot {path}"), "--confirm-timeout and --check need switch or test"),
+        (
+            format!("nixpipe-activate --confirm-timeout 30 boot {path}"),
+            "--confirm-timeout and --check need switch or test",
+        ),
         (format!("nixpipe-activate --confirm-timeout 0 switch {path}"), "0 is not in 1.."),
     ] {
         let run = tb.sh(&line);
