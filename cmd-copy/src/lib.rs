@@ -2,9 +2,10 @@
 
 use clap::Parser;
 use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
-use nixpipe_core::copy::{self, Compression, DestinationSpec, Options};
+use nixpipe_core::copy::{self, Compression, DestinationSpec, Options, Route, Summary};
+use nixpipe_core::fleet;
 use nixpipe_core::signing::SecretKey;
-use nixpipe_core::{Error, Outcome, StorePath, TargetSpec};
+use nixpipe_core::{Error, Outcome, Record, StorePath, TargetSpec};
 use std::path::PathBuf;
 
 const EXAMPLES: &str = "\
@@ -85,8 +86,37 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Copy to up to N targets at once
+    #[arg(long, short = 'j', value_name = "N", default_value_t = fleet::DEFAULT_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub jobs: usize,
+
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// Passes on a route's records once its copy is done, or reports why not.
+fn report(
+    results: &mut Results,
+    route: &Route,
+    records: &[Record],
+    copied: &Result<Summary, String>,
+    options: &Options,
+    json: bool,
+) -> Result<(), Error> {
+    if options.dry_run {
+        if let Err(why) = copied {
+            results.failed(&route.to.to_string(), why);
+        }
+        return Ok(());
+    }
+    for record in records {
+        let mut record = record.clone();
+        if let (Ok(summary), true) = (copied, json) {
+            record.extra.insert("copy".into(), serde_json::to_value(summary).expect("a plain struct"));
+        }
+        results.record(&record, copied.as_ref().map(|_| ()).map_err(Clone::clone))?;
+    }
+    Ok(())
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -101,21 +131,23 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let records = cli.records.read()?;
     let routes = copy::routes(records, cli.from.as_ref(), cli.to.as_ref())?;
     let mut results = Results::new(&cli.output);
-    for (route, mut records) in routes {
-        let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
-        let copied = copy::copy_closures(&route, &paths, &options);
-        if options.dry_run {
-            if let Err(why) = &copied {
-                results.failed(&route.to.to_string(), why);
+    let mut write_error = None;
+    fleet::each(
+        &routes,
+        cli.jobs,
+        |(route, records)| {
+            let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
+            copy::copy_closures(route, &paths, &options)
+        },
+        |(route, records), copied| {
+            if let Err(e) = report(&mut results, route, records, &copied, &options, cli.output.json) {
+                write_error.get_or_insert(e);
             }
-            continue;
-        }
-        for record in &mut records {
-            if let (Ok(summary), true) = (&copied, cli.output.json) {
-                record.extra.insert("copy".into(), serde_json::to_value(summary).expect("a plain struct"));
-            }
-            results.record(record, copied.as_ref().map(|_| ()).map_err(Clone::clone))?;
-        }
+            true
+        },
+    );
+    if let Some(e) = write_error {
+        return Err(e);
     }
     Ok(results.finish())
 }

@@ -3,16 +3,24 @@
 
 use nixpipe_tests::{Host, Testbed};
 
-/// Hosts web1..webN, each with an ssh alias of its name and `system` copied.
-fn fleet(tb: &Testbed, n: usize, system: &str) -> Vec<Host> {
+/// Hosts web1..webN, each with an ssh alias of its name.
+fn hosts(tb: &Testbed, n: usize) -> Vec<Host> {
     (1..=n)
         .map(|i| {
             let host = tb.host(&format!("web{i}"));
             tb.alias(&host.hostname, &host, "root");
-            tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
             host
         })
         .collect()
+}
+
+/// [`hosts`], each with `system` copied.
+fn fleet(tb: &Testbed, n: usize, system: &str) -> Vec<Host> {
+    let hosts = hosts(tb, n);
+    for host in &hosts {
+        tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
+    }
+    hosts
 }
 
 fn records(hosts: &[Host], system: &str) -> String {
@@ -81,4 +89,21 @@ fn a_rolling_batch_stops_at_a_failed_check_which_rolls_that_host_back() {
     let running: Vec<String> = hosts.iter().map(|h| h.sh("readlink /run/current-system").trim().to_owned()).collect();
     assert_eq!(running, [new.clone(), old.clone(), old.clone()], "web2 rolled back, web3 never reached");
     assert_eq!(hosts[2].switch_log().len(), 1, "web3: only its first deployment");
+}
+
+#[test]
+fn copy_jobs_copies_to_every_host_and_a_failing_one_does_not_stop_the_others() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let hosts = hosts(&tb, 3);
+    let input = records(&hosts, &system).replace("web2\\t", "db9\\t");
+
+    let run = tb.sh(&format!("printf '{input}' | nixpipe-copy --jobs 3"));
+
+    assert_eq!(run.code, 1);
+    let mut done = run.stdout_lines();
+    done.sort();
+    assert_eq!(done, [format!("web1\t{system}"), format!("web3\t{system}")]);
+    assert!(run.error_line().starts_with("nixpipe-copy: db9: cannot reach db9"), "{}", run.stderr);
+    assert!(hosts[0].has(&system) && hosts[2].has(&system) && !hosts[1].has(&system));
 }
