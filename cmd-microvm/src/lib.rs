@@ -2,7 +2,7 @@
 //! microvm.nix's layout.
 
 use clap::{Args, Parser, Subcommand};
-use nixpipe_core::activation::{self, Action, Options};
+use nixpipe_core::activation::{Action, Options};
 use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::{self, Destination, Route};
 use nixpipe_core::microvm::{self, Host, Restart};
@@ -172,7 +172,7 @@ fn install(
                 closure_diff::show(&target, name, Some(previous), runner.as_str());
             }
             if installed.restarted {
-                eprintln!("{name} | restarted microvm@{name}.service");
+                nixpipe_core::cli::show(name, &format!("restarted microvm@{name}.service"));
             }
         }
         let mut record = Record::new(record.name.clone(), runner);
@@ -210,35 +210,12 @@ fn switch(
     let planned = nixpipe_core::cli::with_targets(records, Some(vm), None)?;
     let mut results = Results::new(output);
     for (record, target) in &planned {
-        let switched = switch_one(target, record, opts, privilege);
-        match switched {
+        match microvm::switch(target, record, opts, privilege) {
             Ok(system) => results.record(&system, Ok(()))?,
             Err(why) => results.failed(record.label(), &why),
         }
     }
     Ok(results.finish())
-}
-
-/// The hostname first, so that a wrong VM is not even written to; then the
-/// registration; then the activation with all its checks.
-fn switch_one(target: &Target, record: &Record, opts: &Options, privilege: &Privilege) -> Result<Record, String> {
-    let system = microvm::guest_system(&record.path)?;
-    if let (true, Some(name)) = (opts.hostname_check, &record.name) {
-        let hostname = target.run(&["cat", "/proc/sys/kernel/hostname"])?;
-        if hostname.trim() != name {
-            return Err(format!(
-                "{target} is host '{}', not '{name}'; nothing changed (--no-hostname-check to switch anyway)",
-                hostname.trim()
-            ));
-        }
-    }
-    microvm::load_db(target, privilege, &system)?;
-    let system = Record::new(record.name.clone(), system);
-    let activation = activation::activate(target, Some(&system), opts, privilege);
-    match activation.error() {
-        None => Ok(system),
-        Some(why) => Err(why.to_owned()),
-    }
 }
 
 fn list(args: &HostArgs, output: &OutputArgs) -> Result<Outcome, Error> {

@@ -350,10 +350,12 @@ fn check_hostname(target: &Target, record: Option<&Record>, probe: &Probe) -> Re
     if *expected == probe.hostname {
         return Ok(());
     }
-    Err(format!(
-        "{target} is host '{}', not '{expected}'; nothing changed (--no-hostname-check to deploy anyway)",
-        probe.hostname
-    ))
+    Err(wrong_host(target, &probe.hostname, expected))
+}
+
+/// The one line for a target that is not the host a record is for.
+pub fn wrong_host(target: &Target, hostname: &str, expected: &str) -> String {
+    format!("{target} is host '{hostname}', not '{expected}'; nothing changed (--no-hostname-check to deploy anyway)")
 }
 
 #[cfg(test)]

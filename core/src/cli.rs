@@ -35,6 +35,12 @@ pub fn note(what: &str) {
     eprintln!("{}: {what}", program());
 }
 
+/// A line of what happens on a host, for the user on stderr, marked with
+/// the record it is about (`web1 | ...`); never an error line.
+pub fn show(label: &str, line: &str) {
+    eprintln!("{label} | {line}");
+}
+
 /// The records a command works on, flattened into its clap struct.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RecordArgs {

@@ -66,7 +66,7 @@ impl fmt::Display for ClosureDiff {
 /// Prints on stderr, marked with `label`, what changes on `target` from
 /// `current` (None: nothing runs yet) to `new`; both must be there.
 pub fn show(target: &Target, label: &str, current: Option<&str>, new: &str) {
-    let show = |line: &str| eprintln!("{label} | {line}");
+    let show = |line: &str| crate::cli::show(label, line);
     let Some(current) = current else {
         show(&format!("nothing on {target} yet to compare with"));
         return;

@@ -13,7 +13,7 @@ use crate::store_path::StorePath;
 use crate::target::Target;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 const CLASSIC_NIX: &str = include_str!("../nix/classic.nix");
 const MACHINE_NIX: &str = include_str!("../nix/machine.nix");
@@ -93,7 +93,7 @@ impl NixArgs {
     /// `nix-instantiate --eval` of `expr` with `--argstr` arguments (and
     /// `system` when given); read-write, so that the .drv files exist for the
     /// build step.
-    fn instantiate(&self, expr: &str, args: &[(&str, &str)]) -> Result<std::process::Output, String> {
+    fn instantiate(&self, expr: &str, args: &[(&str, &str)]) -> Result<Output, String> {
         let mut cmd = Command::new("nix-instantiate");
         cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", expr]);
         for entry in &self.search_path {
@@ -150,11 +150,7 @@ impl Classic {
         let file = self.file.display().to_string();
         let output = self.nix.instantiate(&expr, &[("configuration", &file)]).map_err(Error::Failed)?;
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        if !output.status.success() {
-            return Err(Error::Failed(format!("{file}: evaluation failed (Nix's message is above)")));
-        }
-        serde_json::from_slice(&output.stdout)
-            .map_err(|e| Error::Failed(format!("{file}: unexpected output from nix-instantiate: {e}")))
+        nix_json(&output, EVALUATION_FAILED).map_err(|why| Error::Failed(format!("{file}: {why}")))
     }
 }
 
@@ -175,16 +171,9 @@ impl Network {
     pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, Error> {
         let expr = format!("({NETWORK_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
-        let names = || -> Result<Vec<String>, Error> {
-            let output =
-                self.nix.instantiate(&expr, &[("network", &file), ("namesOnly", "1")]).map_err(Error::Failed)?;
-            if !output.status.success() {
-                eprint!("{}", String::from_utf8_lossy(&output.stderr));
-                return Err(Error::Failed(format!("{file}: not a network of machines (Nix's message is above)")));
-            }
-            serde_json::from_slice(&output.stdout).map_err(|e| Error::Failed(format!("{file}: {e}")))
-        };
-        evaluate_all_or_each(None, names, |only| {
+        let names = || self.nix.instantiate(&expr, &[("network", &file), ("namesOnly", "1")]);
+        let no_names = format!("{file}: not a network of machines (Nix's message is above)");
+        evaluate_all_or_each(None, (names, no_names), |only| {
             let only = serde_json::to_string(&only).expect("strings serialise");
             self.nix.instantiate(&expr, &[("network", &file), ("only", &only)])
         })
@@ -223,17 +212,9 @@ impl Flake {
 
     /// Evaluates the machines in one `nix eval`; on failure, each on its own.
     pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, Error> {
-        let names = || -> Result<Vec<String>, Error> {
-            let output = self.nix_eval("builtins.attrNames").map_err(Error::Failed)?;
-            if !output.status.success() {
-                eprint!("{}", String::from_utf8_lossy(&output.stderr));
-                let why = format!("{}: no nixosConfigurations (Nix's message is above)", self.reference);
-                return Err(Error::Failed(why));
-            }
-            serde_json::from_slice(&output.stdout)
-                .map_err(|e| Error::Failed(format!("{}: unexpected output from nix eval: {e}", self.reference)))
-        };
-        evaluate_all_or_each(self.names.as_deref(), names, |only| {
+        let names = || self.nix_eval("builtins.attrNames");
+        let no_names = format!("{}: no nixosConfigurations (Nix's message is above)", self.reference);
+        evaluate_all_or_each(self.names.as_deref(), (names, no_names), |only| {
             let only = serde_json::to_string(&only).expect("strings serialise");
             let apply = format!(
                 "configurations: let machine = {}; only = builtins.fromJSON {}; \
@@ -246,7 +227,7 @@ impl Flake {
         })
     }
 
-    fn nix_eval(&self, apply: &str) -> Result<std::process::Output, String> {
+    fn nix_eval(&self, apply: &str) -> Result<Output, String> {
         let installable = format!("{}#nixosConfigurations", self.reference);
         let mut cmd = Command::new("nix");
         cmd.args(["--extra-experimental-features", "nix-command flakes", "eval", "--json", &installable]);
@@ -255,35 +236,47 @@ impl Flake {
     }
 }
 
+const EVALUATION_FAILED: &str = "evaluation failed (Nix's message is above)";
+
+/// Nix's JSON answer, or `failed` when Nix did not succeed.
+fn nix_json<T: serde::de::DeserializeOwned>(output: &Output, failed: &str) -> Result<T, String> {
+    if !output.status.success() {
+        return Err(failed.to_owned());
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("unexpected output from Nix: {e}"))
+}
+
 /// One evaluation for all the machines (`only` None: every one); when it
 /// fails, one per machine, so that the failing ones are named with Nix's
-/// message and the others still get their records.
+/// message and the others still get their records. `all_names` lists the
+/// machines (for the fallback), with the error for when it cannot.
 fn evaluate_all_or_each(
     only: Option<&[String]>,
-    all_names: impl FnOnce() -> Result<Vec<String>, Error>,
-    evaluate: impl Fn(Option<&[String]>) -> Result<std::process::Output, String>,
+    all_names: (impl FnOnce() -> Result<Output, String>, String),
+    evaluate: impl Fn(Option<&[String]>) -> Result<Output, String>,
 ) -> Result<Evaluated, Error> {
-    let parse = |output: std::process::Output| -> Result<Vec<Machine>, String> {
-        if !output.status.success() {
-            return Err("evaluation failed (Nix's message is above)".into());
-        }
-        serde_json::from_slice(&output.stdout).map_err(|e| format!("unexpected output from Nix: {e}"))
-    };
     let output = evaluate(only).map_err(Error::Failed)?;
     if output.status.success() {
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        let machines = parse(output).map_err(Error::Failed)?;
+        let machines = nix_json(&output, EVALUATION_FAILED).map_err(Error::Failed)?;
         return Ok(Evaluated { machines, failed: Vec::new() });
     }
     let names = match only {
         Some(names) => names.to_vec(),
-        None => all_names()?,
+        None => {
+            let (list, cannot) = all_names;
+            let output = list().map_err(Error::Failed)?;
+            if !output.status.success() {
+                eprint!("{}", String::from_utf8_lossy(&output.stderr));
+            }
+            nix_json(&output, &cannot).map_err(Error::Failed)?
+        }
     };
     let mut evaluated = Evaluated::default();
     for name in names {
         let output = evaluate(Some(std::slice::from_ref(&name))).map_err(Error::Failed)?;
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        match parse(output) {
+        match nix_json::<Vec<Machine>>(&output, EVALUATION_FAILED) {
             Ok(machines) => evaluated.machines.extend(machines),
             Err(why) => evaluated.failed.push((name, why)),
         }

@@ -3,12 +3,13 @@
 //! so that microvm.nix's own units and `microvm -l` keep working. The host's
 //! side is microvm/host.sh, run as root.
 
+use crate::activation::{self, Options};
 use crate::privilege::Privilege;
 use crate::process;
+use crate::record::Record;
 use crate::store_path::StorePath;
 use crate::target::Target;
 use serde::Serialize;
-use std::io::{Read, Write};
 use std::process::Command;
 
 const HOST_SH: &str = include_str!("microvm/host.sh");
@@ -70,26 +71,15 @@ impl<'a> Host<'a> {
         Ok(Host { target, privilege, uid })
     }
 
-    pub fn target(&self) -> &Target {
-        self.target
-    }
-
     /// Runs host.sh COMMAND ARGS as root; its stdout, or one line why not.
     fn run(&self, command: &str, args: &[&str]) -> Result<String, String> {
         let argv: Vec<&str> =
             ["sh", "-c", HOST_SH, "nixpipe", command].into_iter().chain(args.iter().copied()).collect();
-        let mut child = self.privilege.spawn(self.target, &self.uid, &argv, &[])?;
-        let mut stdout = String::new();
-        let _ = child.stdout.take().expect("piped").read_to_string(&mut stdout);
-        let output = child.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))?;
-        if output.status.success() {
-            return Ok(stdout);
+        let output = self.privilege.output(self.target, &self.uid, &argv, &[], &[])?;
+        if !output.status.success() {
+            return Err(self.privilege.failure(self.target, command, &output));
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(self
-            .privilege
-            .explain_refusal(self.target, &stderr)
-            .unwrap_or_else(|| self.target.failure(command, &output)))
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Points /var/lib/microvms/NAME/current at `runner` (keeping `old`),
@@ -148,16 +138,31 @@ pub fn load_db(vm: &Target, privilege: &Privilege, system: &StorePath) -> Result
         return Err(format!("nix-store --dump-db failed: {}", process::summarize(&dump.stderr)));
     }
     let uid = vm.run(&["id", "-u"])?.trim().to_owned();
-    let mut child = privilege.spawn_with_stdin(vm, &uid, &["nix-store", "--load-db"], &[])?;
-    let _ = child.stdin.take().expect("piped").write_all(&dump.stdout);
-    let output = child.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))?;
+    let output = privilege.output(vm, &uid, &["nix-store", "--load-db"], &[], &dump.stdout)?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(privilege
-            .explain_refusal(vm, &stderr)
-            .unwrap_or_else(|| vm.failure("nix-store --load-db", &output)));
+        return Err(privilege.failure(vm, "nix-store --load-db", &output));
     }
     Ok(())
+}
+
+/// Updates a running VM that shares the host's store in place, from its
+/// runner record (microvm.nix's sshSwitch): the hostname first, so that a
+/// wrong VM is not even written to; then the registration ([`load_db`]);
+/// then the activation with all its checks. The record of the system.
+pub fn switch(vm: &Target, record: &Record, opts: &Options, privilege: &Privilege) -> Result<Record, String> {
+    let system = guest_system(&record.path)?;
+    if let (true, Some(name)) = (opts.hostname_check, &record.name) {
+        let hostname = vm.run(&["cat", "/proc/sys/kernel/hostname"])?;
+        if hostname.trim() != name {
+            return Err(activation::wrong_host(vm, hostname.trim(), name));
+        }
+    }
+    load_db(vm, privilege, &system)?;
+    let system = Record::new(record.name.clone(), system);
+    match activation::activate(vm, Some(&system), opts, privilege).error() {
+        None => Ok(system),
+        Some(why) => Err(why.to_owned()),
+    }
 }
 
 /// `vm NAME CURRENT VALID BOOTED RUNNING`, BOOTED `-` for none.

@@ -8,7 +8,7 @@
 
 use crate::target::Target;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use zeroize::Zeroizing;
 
 /// How the privileged steps of a run become root.
@@ -73,6 +73,31 @@ impl Privilege {
             let _ = stdin.write_all(line.as_bytes());
         }
         Ok(child)
+    }
+
+    /// Runs `argv` as root to its end, `input` on its stdin after the
+    /// password line; what it printed, whatever its status.
+    pub fn output(
+        &self,
+        target: &Target,
+        uid: &str,
+        argv: &[&str],
+        ssh_options: &[&str],
+        input: &[u8],
+    ) -> Result<Output, String> {
+        let mut child = self.spawn_with_stdin(target, uid, argv, ssh_options)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that died early is reported from its stderr.
+            let _ = stdin.write_all(input);
+        }
+        child.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))
+    }
+
+    /// One line for a privileged `program` that failed: sudo's refusal,
+    /// else the program's own failure.
+    pub fn failure(&self, target: &Target, program: &str, output: &Output) -> String {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        self.explain_refusal(target, &stderr).unwrap_or_else(|| target.failure(program, output))
     }
 
     /// Turns what sudo said about a refusal into one line, or None when it

@@ -5,11 +5,12 @@
 //! the connection drops it reconnects and follows on from the last byte it
 //! read, so the user always gets the real result.
 
+use crate::cli::show;
 use crate::privilege::Privilege;
 use crate::process;
 use crate::target::Target;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ const REMOTE: &str = include_str!("remote.sh");
 const BOOTSTRAP: &str = r#"self=$1; shift; eval "$self""#;
 const EVENT: &str = "nixpipe-job: ";
 /// How long nixpipe keeps trying to get a dropped connection back.
-pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
 /// A connection of its own for every try: never a shared ControlMaster, which
 /// would prove nothing about whether the new system lets anyone in.
 const NEW_CONNECTION: [&str; 4] = ["-o", "ControlMaster=no", "-o", "ControlPath=none"];
@@ -162,9 +163,7 @@ impl<'a> Job<'a> {
         if let Some(check) = self.check {
             if let Err(why) = self.run_check(check) {
                 show(self.label, &format!("the check failed: {why}"));
-                let _ = self
-                    .remote("reject", &[&self.id], &NEW_CONNECTION)
-                    .and_then(|c| c.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}")));
+                let _ = self.remote_output("reject", &[&self.id], &NEW_CONNECTION);
                 return;
             }
         }
@@ -173,9 +172,7 @@ impl<'a> Job<'a> {
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
             let timeout = format!("ConnectTimeout={}", left.as_secs().max(1));
             let options = [&NEW_CONNECTION[..], &["-o", &timeout]].concat();
-            let output = self
-                .remote("confirm", &[&self.id], &options)
-                .and_then(|c| c.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}")));
+            let output = self.remote_output("confirm", &[&self.id], &options);
             match output {
                 Ok(out) if out.status.success() => return,
                 Ok(out) => why = process::summarize(&out.stderr),
@@ -199,10 +196,18 @@ impl<'a> Job<'a> {
         Err(self.target.failure(check, &output))
     }
 
+    /// Starts remote.sh COMMAND ARGS as root on the target.
     fn remote(&self, command: &str, args: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
-        let argv: Vec<&str> =
-            ["sh", "-c", BOOTSTRAP, "nixpipe", REMOTE, command].into_iter().chain(args.iter().copied()).collect();
-        self.privilege.spawn(self.target, self.uid, &argv, ssh_options)
+        self.privilege.spawn(self.target, self.uid, &Self::remote_argv(command, args), ssh_options)
+    }
+
+    /// Runs remote.sh COMMAND ARGS as root on the target to its end.
+    fn remote_output(&self, command: &str, args: &[&str], ssh_options: &[&str]) -> Result<Output, String> {
+        self.privilege.output(self.target, self.uid, &Self::remote_argv(command, args), ssh_options, &[])
+    }
+
+    fn remote_argv<'s>(command: &'s str, args: &[&'s str]) -> Vec<&'s str> {
+        ["sh", "-c", BOOTSTRAP, "nixpipe", REMOTE, command].into_iter().chain(args.iter().copied()).collect()
     }
 
     /// ssh gave up (255), or was killed: the connection, not the job, ended.
@@ -253,12 +258,6 @@ impl Follower {
         }
         None
     }
-}
-
-/// A line of what happens on the target, for the user on stderr, marked
-/// with the record it is about; not an error line.
-pub fn show(label: &str, line: &str) {
-    eprintln!("{label} | {line}");
 }
 
 fn parse_result(text: &str) -> JobResult {
