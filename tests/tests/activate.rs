@@ -381,6 +381,28 @@ fn a_user_without_passwordless_sudo_gets_a_clear_error_and_nothing_changes() {
 }
 
 #[test]
+fn a_wrong_sudo_password_is_refused_in_one_line_and_nothing_changes() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    web1.start_nix_daemon();
+    tb.sh(&format!("nixpipe-copy --to {} {system}", web1.target())).ok();
+
+    let run = tb.sh_with_input(
+        &format!(
+            "script --quiet --echo never --command \"nixpipe-activate --on {} --ask-sudo-password switch web1$'\\t'{system}\" /dev/null",
+            web1.target_as("deploy")
+        ),
+        "not the password\n",
+    );
+
+    assert!(run.stdout.contains("sudo on deploy@127.0.0.1:"), "{}", run.stdout);
+    assert!(run.stdout.contains("refused the password; nothing changed"), "{}", run.stdout);
+    assert_eq!(web1.system_profile(), None);
+    assert!(web1.switch_log().is_empty());
+}
+
+#[test]
 fn sudo_cmd_replaces_sudo_for_every_privileged_step() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");

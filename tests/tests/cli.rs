@@ -41,6 +41,16 @@ fn activate_refuses_flags_that_make_no_sense_together() {
 }
 
 #[test]
+fn a_runner_record_without_the_vm_name_is_bad_usage() {
+    let tb = Testbed::new();
+
+    let run = tb.sh("nixpipe-microvm install --on root@127.0.0.1:1 /nix/store/36m5mhfn262qgji13vrgp907an576qjz-runner");
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().ends_with("a runner record needs the VM's NAME"), "{}", run.stderr);
+}
+
+#[test]
 fn a_bad_target_is_bad_usage() {
     let tb = Testbed::new();
     let run =

@@ -48,6 +48,34 @@ fn a_directory_without_a_flake_is_bad_usage() {
 }
 
 #[test]
+fn a_flake_without_nixos_configurations_says_so() {
+    let tb = Testbed::new();
+    std::fs::create_dir_all(tb.path().join("empty")).unwrap();
+    std::fs::write(tb.path().join("empty/flake.nix"), "{ outputs = { self }: { }; }\n").unwrap();
+
+    let run = tb.sh("nixpipe-eval --all ./empty#");
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().ends_with("/empty: no nixosConfigurations (Nix's message is above)"), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
+fn a_network_file_that_is_not_a_set_of_machines_says_so() {
+    let tb = Testbed::new();
+    std::fs::write(tb.path().join("network.nix"), "42\n").unwrap();
+
+    let run = tb.sh(r#"nixpipe-eval --network network.nix --nixpkgs "$NIXPKGS""#);
+
+    assert_eq!(run.code, 1);
+    assert!(
+        run.error_line().ends_with("network.nix: not a network of machines (Nix's message is above)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn variants_pick_the_vm_the_vm_runner_or_any_attribute() {
     let tb = Testbed::new();
     let fleet = tb.flake("fleet").display().to_string();
