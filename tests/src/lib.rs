@@ -178,6 +178,9 @@ impl Testbed {
             .env("NIX_USER_CONF_FILES", self.path().join("nix-conf/nix.conf"))
             .env("NIXPKGS", nixpkgs())
             .env("FIXTURES", fixtures())
+            // CI may run with no SHELL; script(1) then starts /bin/sh, so
+            // make every run start the same one.
+            .env("SHELL", "/bin/sh")
             .env_remove("NIX_PATH");
         cmd
     }

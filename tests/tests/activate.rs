@@ -390,7 +390,8 @@ fn a_wrong_sudo_password_is_refused_in_one_line_and_nothing_changes() {
 
     let run = tb.sh_with_input(
         &format!(
-            "script --quiet --echo never --command \"nixpipe-activate --on {} --ask-sudo-password switch web1$'\\t'{system}\" /dev/null",
+            "script --quiet --echo never --command \
+             \"printf 'web1\\t%s\\n' {system} | nixpipe-activate --on {} --ask-sudo-password switch\" /dev/null",
             web1.target_as("deploy")
         ),
         "not the password\n",
