@@ -23,7 +23,7 @@ _nixpipe__copy() {
 
     case "${cmd}" in
         nixpipe__copy)
-            opts="-s -j -h -V --to --from --substitute-on-destination --sign-key --compress --dry-run --jobs --json --help --version"
+            opts="-s -j -h -V --to --from --substitute-on-destination --sign-key --compress --dry-run --via --cache-url --jobs --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -43,6 +43,14 @@ _nixpipe__copy() {
                     ;;
                 --compress)
                     COMPREPLY=($(compgen -W "none zstd" -- "${cur}"))
+                    return 0
+                    ;;
+                --via)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --jobs)

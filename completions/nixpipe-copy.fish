@@ -3,6 +3,8 @@ complete -c nixpipe-copy -l from -d 'Copy from this store instead of the local o
 complete -c nixpipe-copy -l sign-key -d 'Sign every path copied with this secret key (from nix-store --generate-binary-cache-key)' -r -F
 complete -c nixpipe-copy -l compress -d 'How NARs travel to an ssh target: zstd compresses them in nixpipe\'s stream and the target\'s zstd decompresses them (a target without zstd gets ssh\'s own compression instead)' -r -f -a "none\t'As they are; ssh encrypts, nothing else'
 zstd\t'zstd-compressed by nixpipe, decompressed by the target\'s zstd (or ssh\'s own compression where the target has no zstd)'"
+complete -c nixpipe-copy -l via -d 'Upload once: copy the closures to this relay host or binary cache (file:///DIR, with --sign-key), and let every target fetch them from there' -r
+complete -c nixpipe-copy -l cache-url -d 'Where the targets fetch a --via file:///DIR cache from, e.g. https://cache.example.org [default: the file:// URL itself, for a directory every target mounts]' -r
 complete -c nixpipe-copy -s j -l jobs -d 'Copy to up to N targets at once' -r
 complete -c nixpipe-copy -s s -l substitute-on-destination -d 'Let the target fetch what it can from its own substituters first'
 complete -c nixpipe-copy -l dry-run -d 'Say on stderr what would be copied; copy nothing, write no records'

@@ -5,6 +5,7 @@ use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::{self, Compression, DestinationSpec, Options, Route, Summary};
 use nixpipe_core::fleet;
 use nixpipe_core::signing::SecretKey;
+use nixpipe_core::via::Via;
 use nixpipe_core::{Error, Outcome, Record, StorePath, TargetSpec};
 use std::path::PathBuf;
 
@@ -86,6 +87,16 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Upload once: copy the closures to this relay host or binary cache (file:///DIR, with --sign-key),
+    /// and let every target fetch them from there
+    #[arg(long, value_name = "HOST|CACHE", conflicts_with = "from")]
+    pub via: Option<String>,
+
+    /// Where the targets fetch a --via file:///DIR cache from, e.g. https://cache.example.org [default: the
+    /// file:// URL itself, for a directory every target mounts]
+    #[arg(long, value_name = "URL", requires = "via")]
+    pub cache_url: Option<String>,
+
     /// Copy to up to N targets at once
     #[arg(long, short = 'j', value_name = "N", default_value_t = fleet::DEFAULT_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub jobs: usize,
@@ -126,18 +137,34 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         substitute: cli.substitute_on_destination,
         sign_key,
         dry_run: cli.dry_run,
+        target_nix_args: Vec::new(),
     };
+    let via =
+        cli.via.as_deref().map(|spec| Via::parse(spec, cli.cache_url.as_deref())).transpose().map_err(Error::Usage)?;
     options.check(cli.to.as_ref()).map_err(Error::Usage)?;
     let records = cli.records.read()?;
     let routes = copy::routes(records, cli.from.as_ref(), cli.to.as_ref())?;
     let mut results = Results::new(&cli.output);
+    if let Some(via) = &via {
+        via.check(&options, &routes.iter().map(|(route, _)| &route.to).collect::<Vec<_>>()).map_err(Error::Usage)?;
+        let all: Vec<&StorePath> = routes.iter().flat_map(|(_, records)| records.iter().map(|r| &r.path)).collect();
+        if let Err(why) = via.upload(&all, &options) {
+            return Err(Error::Failed(format!("upload to {via} failed, nothing went further: {why}")));
+        }
+        if options.dry_run {
+            return Ok(results.finish());
+        }
+    }
     let mut write_error = None;
     fleet::each(
         &routes,
         cli.jobs,
         |(route, records)| {
             let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
-            copy::copy_closures(route, &paths, &options)
+            match &via {
+                Some(via) => via.fetch(&route.to, &paths, &options),
+                None => copy::copy_closures(route, &paths, &options),
+            }
         },
         |(route, records), copied| {
             if let Err(e) = report(&mut results, route, records, &copied, &options, cli.output.json) {

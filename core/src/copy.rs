@@ -80,7 +80,7 @@ pub enum Compression {
     Zstd,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// How NARs travel to an ssh target.
     pub compression: Compression,
@@ -90,6 +90,9 @@ pub struct Options {
     pub sign_key: Option<SecretKey>,
     /// Say what would be sent, send nothing.
     pub dry_run: bool,
+    /// Settings for the destination's nix-store (`--option NAME VALUE`...),
+    /// such as the extra substituter of `--via CACHE`.
+    pub target_nix_args: Vec<String>,
 }
 
 impl Options {
@@ -163,11 +166,13 @@ pub struct Summary {
 pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> Result<Summary, String> {
     let Route { from, to } = route;
     let started = Instant::now();
-    let wanted: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    // Once each: records often share a path, and the serve protocol's
+    // replies would not line up with repeated asks.
+    let wanted: Vec<String> = paths.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
     // Both servers start before either is waited for: two ssh handshakes
     // at once.
-    let mut source = Connection::start(from, Mode::Read, &[])?;
-    let mut sink = Sink::start(to, options.compression)?;
+    let mut source = Connection::start(from, Mode::Read, &[], &[])?;
+    let mut sink = Sink::start(to, options)?;
     source.greet()?;
     let closure = source.query_closure(&wanted)?;
     let ordered = dependency_order(&closure, source.query_path_infos(&closure)?)?;
@@ -177,6 +182,9 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
         .filter(|info| !present.contains(&info.path))
         .map(|info| Transfer::new(info, options.sign_key.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
+    if options.substitute && !missing.is_empty() {
+        cli::show(&to.to_string(), &format!("{} paths not substituted: sending them from here", missing.len()));
+    }
     let bytes = missing.iter().map(|t| t.info.nar_size).sum();
     if options.dry_run || missing.is_empty() {
         for t in missing.iter().filter(|_| options.dry_run) {
@@ -185,7 +193,7 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
         source.close()?;
         sink.close()?;
     } else {
-        let sink = sink.for_stream(options.compression)?;
+        let sink = sink.for_stream(options)?;
         let progress = Progress::new(&to.to_string(), missing.len() as u64, bytes);
         let sent = sink.receive(source, &missing, &progress);
         progress.finish();
@@ -232,12 +240,12 @@ enum Sink {
 }
 
 impl Sink {
-    fn start(to: &Destination, compression: Compression) -> Result<Sink, String> {
+    fn start(to: &Destination, options: &Options) -> Result<Sink, String> {
         match to {
             Destination::Store(target) => {
-                let probe = compression == Compression::Zstd && !target.is_local();
+                let probe = options.compression == Compression::Zstd && !target.is_local();
                 let mode = if probe { Mode::WriteProbingZstd } else { Mode::Write };
-                Ok(Sink::Store { conn: Connection::start(target, mode, &[])?, zstd: false })
+                Ok(Sink::Store { conn: Connection::start(target, mode, &[], &options.target_nix_args)?, zstd: false })
             }
             Destination::Cache(cache) => {
                 cache.create()?;
@@ -261,19 +269,20 @@ impl Sink {
     /// The session the NARs go over. Compressed, to an ssh target: a second
     /// session whose input the target's zstd decompresses; where the target
     /// has no zstd, one that ssh compresses (zlib, slower).
-    fn for_stream(self, compression: Compression) -> Result<Sink, String> {
+    fn for_stream(self, options: &Options) -> Result<Sink, String> {
         let Sink::Store { conn, .. } = self else { return Ok(self) };
-        if compression != Compression::Zstd || conn.server.target.is_local() {
+        if options.compression != Compression::Zstd || conn.server.target.is_local() {
             return Ok(Sink::Store { conn, zstd: false });
         }
         let target = conn.server.target.clone();
         let has_zstd = conn.has_zstd == Some(true);
         conn.close()?;
         if has_zstd {
-            return Ok(Sink::Store { conn: Connection::start(&target, Mode::WriteZstd, &[])?, zstd: true });
+            let conn = Connection::start(&target, Mode::WriteZstd, &[], &options.target_nix_args)?;
+            return Ok(Sink::Store { conn, zstd: true });
         }
         cli::note(&format!("{target} has no zstd: compressing with ssh's own compression instead"));
-        let mut conn = Connection::start(&target, Mode::Write, &["-o", "Compression=yes"])?;
+        let mut conn = Connection::start(&target, Mode::Write, &["-o", "Compression=yes"], &options.target_nix_args)?;
         conn.greet()?;
         Ok(Sink::Store { conn, zstd: false })
     }

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod error;
 pub mod eval;
 pub mod fleet;
+pub mod host_key;
 pub mod microvm;
 pub mod nar;
 pub mod nix;
@@ -25,6 +26,7 @@ pub mod serve;
 pub mod signing;
 pub mod store_path;
 pub mod target;
+pub mod via;
 
 pub use error::{Error, Outcome};
 pub use record::{Record, RecordWriter};

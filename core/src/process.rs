@@ -1,7 +1,7 @@
 //! Running programs: capturing what they say and turning a failure into one
 //! readable line.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::process::{Command, ExitStatus, Output, Stdio};
 
@@ -33,6 +33,18 @@ fn program_name(cmd: &Command) -> String {
 /// Runs `cmd` to the end with stdout and stderr captured.
 pub fn capture(cmd: &mut Command) -> Result<Output, String> {
     cmd.output().map_err(|e| cannot_run(cmd, e))
+}
+
+/// Runs `cmd` to the end with `input` on its stdin, stdout and stderr
+/// captured.
+pub fn capture_with_input(cmd: &mut Command, input: &[u8]) -> Result<Output, String> {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| cannot_run(cmd, e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that exits without reading is reported by its status.
+        let _ = stdin.write_all(input);
+    }
+    child.wait_with_output().map_err(|e| cannot_run(cmd, e))
 }
 
 /// Runs `cmd` with stdout captured and stderr passed through to ours, for

@@ -173,16 +173,28 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn argv(self) -> Vec<&'static str> {
+    /// The server's command line; `nix_args` (`--option NAME VALUE`...)
+    /// go to its nix-store.
+    fn argv(self, nix_args: &[String]) -> Vec<String> {
+        let serve = |write: bool| {
+            let mut argv = vec!["nix-store".to_owned(), "--serve".to_owned()];
+            argv.extend(write.then(|| "--write".to_owned()));
+            argv.extend(nix_args.iter().cloned());
+            argv
+        };
+        // Through a shell, nix_args arrive as "$@": never parsed as shell.
+        let shell = |script: &str| {
+            let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "sh".to_owned()];
+            argv.extend(nix_args.iter().cloned());
+            argv
+        };
         match self {
-            Mode::Read => vec!["nix-store", "--serve"],
-            Mode::Write => vec!["nix-store", "--serve", "--write"],
-            Mode::WriteProbingZstd => vec![
-                "sh",
-                "-c",
-                "if command -v zstd >/dev/null 2>&1; then printf Z; else printf N; fi; exec nix-store --serve --write",
-            ],
-            Mode::WriteZstd => vec!["sh", "-c", "zstd -dcq | exec nix-store --serve --write"],
+            Mode::Read => serve(false),
+            Mode::Write => serve(true),
+            Mode::WriteProbingZstd => shell(
+                "if command -v zstd >/dev/null 2>&1; then printf Z; else printf N; fi; exec nix-store --serve --write \"$@\"",
+            ),
+            Mode::WriteZstd => shell("zstd -dcq | exec nix-store --serve --write \"$@\""),
         }
     }
 }
@@ -261,11 +273,14 @@ impl Drop for Server {
 }
 
 impl Connection {
-    /// Starts `nix-store --serve` on `target`, ssh with `ssh_options`.
-    /// Nothing is waited for, so that several servers start at once and
-    /// their ssh connections are made side by side; greet them after.
-    pub fn start(target: &Target, mode: Mode, ssh_options: &[&str]) -> Result<Connection, String> {
-        let mut cmd: Command = target.command_with(&mode.argv(), ssh_options)?;
+    /// Starts `nix-store --serve` on `target`, ssh with `ssh_options`,
+    /// nix-store with `nix_args`. Nothing is waited for, so that several
+    /// servers start at once and their ssh connections are made side by
+    /// side; greet them after.
+    pub fn start(target: &Target, mode: Mode, ssh_options: &[&str], nix_args: &[String]) -> Result<Connection, String> {
+        let argv = mode.argv(nix_args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd: Command = target.command_with(&argv, ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", cmd.get_program().to_string_lossy()))?;
         let stderr = StderrLog::default();

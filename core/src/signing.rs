@@ -9,6 +9,7 @@ use ed25519_dalek::Signer;
 use std::path::Path;
 
 /// A secret key: `NAME:BASE64` of the 64-byte ed25519 key pair.
+#[derive(Clone)]
 pub struct SecretKey {
     name: String,
     key: ed25519_dalek::SigningKey,

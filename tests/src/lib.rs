@@ -228,6 +228,25 @@ impl Testbed {
         fs::write(config, entry + &rest).unwrap();
     }
 
+    /// Adds `host`'s key to the deployer's known_hosts under `name`: the
+    /// deployer trusts a machine it may have no route to.
+    pub fn know_host_key(&self, name: &str, host: &Host) {
+        let key = fs::read_to_string(host.dir().join("ssh/host_key.pub")).unwrap();
+        let mut known = fs::OpenOptions::new().append(true).open(self.path().join("known_hosts")).unwrap();
+        writeln!(known, "{name} {}", key.trim()).unwrap();
+    }
+
+    /// `command` run with an ssh agent that holds the deployer's key and
+    /// that ssh uses, as in a user's desktop session; the agent stops after.
+    pub fn with_agent(&self, command: &str) -> String {
+        format!(
+            "eval \"$(ssh-agent -s)\" >/dev/null && ssh-add -q {} 2>/dev/null && \
+             export NIX_SSHOPTS=\"-o IdentityAgent=SSH_AUTH_SOCK $NIX_SSHOPTS\" && {{ {command}; }}; \
+             status=$?; ssh-agent -k >/dev/null; exit $status",
+            self.path().join("id_ed25519").display()
+        )
+    }
+
     /// Builds a fixture expression with real nix-build; its store path.
     pub fn build(&self, nix_args: &str) -> String {
         let run = self.sh(&format!("nix-build --no-out-link -I nixpkgs=\"$NIXPKGS\" {nix_args}")).ok();
@@ -325,6 +344,15 @@ impl Host {
             let _ = namespace.wait();
         }
         panic!("sshd for {hostname} did not start: {}", fs::read_to_string(root.join("sshd.log")).unwrap_or_default());
+    }
+
+    /// Lets this host's root reach `other` by ssh as `alias` (in its
+    /// ~/.ssh/config), as machines of one network know each other by name.
+    pub fn alias(&self, alias: &str, other: &Host) {
+        let ssh = self.dir().join("home/root/.ssh");
+        fs::create_dir_all(&ssh).unwrap();
+        let mut config = fs::OpenOptions::new().create(true).append(true).open(ssh.join("config")).unwrap();
+        writeln!(config, "Host {alias}\n  HostName 127.0.0.1\n  Port {}", other.port).unwrap();
     }
 
     /// `root@127.0.0.1:PORT`

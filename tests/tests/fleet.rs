@@ -107,3 +107,112 @@ fn copy_jobs_copies_to_every_host_and_a_failing_one_does_not_stop_the_others() {
     assert!(run.error_line().starts_with("nixpipe-copy: db9: cannot reach db9"), "{}", run.stderr);
     assert!(hosts[0].has(&system) && hosts[2].has(&system) && !hosts[1].has(&system));
 }
+
+/// A relay and web1..webN that only the relay can reach, by name: the
+/// deployer has no route to them, only their host keys.
+fn behind_a_relay(tb: &Testbed, n: usize) -> (Host, Vec<Host>) {
+    let relay = tb.host("relay");
+    tb.alias("relay", &relay, "root");
+    let targets: Vec<Host> = (1..=n).map(|i| tb.host(&format!("web{i}"))).collect();
+    for target in &targets {
+        relay.alias(&target.hostname, target);
+        tb.know_host_key(&target.hostname, target);
+    }
+    (relay, targets)
+}
+
+#[test]
+fn via_a_relay_every_target_gets_the_closure_without_a_byte_from_the_deployer() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let (relay, targets) = behind_a_relay(&tb, 2);
+
+    let run = tb.sh(&tb.with_agent(&format!(
+        "printf 'web1\\t{system}\\nweb2\\t{system}\\n' | nixpipe-copy --via relay --to 'root@{{name}}' --json"
+    )));
+
+    let run = run.ok();
+    let mut copied: Vec<String> =
+        run.json_lines().iter().map(|r| format!("{} from {}", r["name"], r["copy"]["from"])).collect();
+    copied.sort();
+    assert_eq!(copied, [r#""web1" from "relay""#, r#""web2" from "relay""#]);
+    for host in [&relay, &targets[0], &targets[1]] {
+        assert!(host.has(&system), "{}", host.hostname);
+        host.assert_store_sound();
+    }
+}
+
+#[test]
+fn via_a_relay_a_target_it_cannot_reach_fails_alone() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let (relay, mut targets) = behind_a_relay(&tb, 2);
+    // web2 goes down: the relay finds its port closed.
+    drop(targets.pop());
+
+    let run = tb.sh(&tb.with_agent(&format!(
+        "printf 'web1\\t{system}\\nweb2\\t{system}\\n' | nixpipe-copy --via relay --to 'root@{{name}}'"
+    )));
+
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout_lines(), [format!("web1\t{system}")]);
+    let error = run.error_line();
+    assert!(error.starts_with("nixpipe-copy: web2: relay cannot reach root@web2: "), "{error}");
+    assert!(targets[0].has(&system));
+    assert!(relay.has(&system));
+}
+
+#[test]
+fn via_a_relay_a_target_whose_host_key_the_deployer_does_not_know_gets_nothing() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let (relay, _) = behind_a_relay(&tb, 0);
+    let stranger = tb.host("web9");
+    relay.alias("web9", &stranger);
+
+    let run = tb.sh(&tb.with_agent(&format!("nixpipe-copy --via relay --to root@web9 {system}")));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("this machine knows no host key for web9"), "{error}");
+    assert!(!stranger.has(&system));
+}
+
+#[test]
+fn via_a_signed_cache_every_target_substitutes_and_nothing_is_sent_to_it_directly() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let targets = hosts(&tb, 2);
+    let key = tb.path().join("cache.sec");
+    tb.sh(&format!("nix-store --generate-binary-cache-key nixpipe-test-1 {} /dev/null", key.display())).ok();
+    let cache = tb.path().join("cache");
+
+    let run = tb.sh(&format!(
+        "printf 'web1\\t{system}\\nweb2\\t{system}\\n' \
+         | nixpipe-copy --via file://{} --sign-key {} --to 'root@{{name}}' --json",
+        cache.display(),
+        key.display()
+    ));
+
+    let run = run.ok();
+    assert!(!run.stderr.contains("not substituted"), "{}", run.stderr);
+    let sent: Vec<String> = run.json_lines().iter().map(|r| r["copy"]["copiedPaths"].to_string()).collect();
+    assert_eq!(sent, ["0", "0"]);
+    for host in &targets {
+        assert!(host.has(&system), "{}", host.hostname);
+        host.assert_store_sound();
+    }
+}
+
+#[test]
+fn via_a_cache_without_a_signing_key_is_refused_before_anything() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let cache = tb.path().join("cache");
+
+    let run = tb.sh(&format!("nixpipe-copy --via file://{} --to root@web1 {system}", cache.display()));
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().ends_with("--via file:///DIR needs --sign-key: targets substitute signed paths only"));
+    assert!(!cache.exists());
+}
