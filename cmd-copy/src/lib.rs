@@ -24,7 +24,10 @@ Examples:
     nixpipe-copy --to file:///srv/cache --sign-key /etc/nix/cache.sec /nix/store/...
 
   Copy from one host to another (the bytes pass through this machine):
-    nixpipe-copy --from root@build1 --to root@web1 /nix/store/...";
+    nixpipe-copy --from root@build1 --to root@web1 /nix/store/...
+
+  A fleet over a slow uplink: upload once to a host near the fleet, which copies on:
+    nixpipe-eval .# | nixpipe-copy --via root@gateway --to 'root@{name}'";
 
 const COPY_NOTES: &str = "\
 How it copies:
@@ -48,7 +51,26 @@ How it copies:
   (the README has the measurements); use zstd on slow uplinks.
 
   Copying to a user that is neither root nor in the target's trusted-users needs signed paths:
-  --sign-key signs them, and the target must list the public key in trusted-public-keys.";
+  --sign-key signs them, and the target must list the public key in trusted-public-keys.
+
+Upload once (--via):
+  --via HOST copies the closures of all records to HOST once; then HOST streams each target what
+  it lacks (nix-store --export into the target's nix-store --import: one stream, no round trip
+  per path), up to --jobs targets at once. The bytes this machine sends do not grow with the
+  number of targets.
+  - HOST reaches each target by the name you gave (user@host[:port]), through HOST's own ssh
+    configuration and DNS, so targets need no route from here.
+  - HOST logs in to the targets with your ssh agent, forwarded to it for the run (ssh -o
+    ForwardAgent=yes): while the copy runs, root on HOST can use your agent. Without an agent,
+    HOST's own keys must be accepted by the targets.
+  - Host keys stay checked: each target must present a key this machine's known_hosts holds for
+    it (connect to it once from here first); those keys are handed to HOST for the run.
+  - nix-store --import adds paths without signatures: the target user must be root or trusted.
+  --via file:///DIR --sign-key FILE writes a signed binary cache once; then each target
+  substitutes from it, told the cache's URL (--cache-url, e.g. an https:// address where the
+  directory is served; by default the file:// URL itself, for a directory every target mounts)
+  and public key for that session only. The target user must be root or trusted to set them.
+  Whatever a target could not substitute is sent from here, with a note saying so.";
 
 /// Copy the closures of store paths to another store.
 ///
