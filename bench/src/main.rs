@@ -1,12 +1,12 @@
 //! `make bench`: nixpipe-copy side by side with nix-copy-closure,
 //! `nix copy --to ssh-ng://` and a plain tar over ssh, on the same closures
 //! and fresh testbed hosts, in one run; and nixpipe-eval of a network of
-//! machines against one nix-build per machine. Prints tables and the ratios
-//! the issues set as goals. A benchmark, not a test: it never fails on a
-//! number, it reports it. `nixpipe-bench copy` or `nixpipe-bench eval` runs
-//! one part.
+//! machines against one nix-build per machine; and a fleet copy, upload
+//! once with --via against a copy per host. Prints tables and the ratios the
+//! issues set as goals. A benchmark, not a test: it never fails on a number,
+//! it reports it. `nixpipe-bench copy`, `eval` or `fleet` runs one part.
 
-use nixpipe_tests::proxy::{Link, Proxy};
+use nixpipe_tests::proxy::{Link, Proxy, Uplink};
 use nixpipe_tests::{Host, Testbed};
 use std::time::{Duration, Instant};
 
@@ -15,12 +15,99 @@ const DELAY: Duration = Duration::from_millis(20);
 
 fn main() {
     let part = std::env::args().nth(1).unwrap_or_default();
-    if part != "eval" {
+    if part.is_empty() || part == "copy" {
         copy();
     }
-    if part != "copy" {
+    if part.is_empty() || part == "eval" {
         eval();
     }
+    if part.is_empty() || part == "fleet" {
+        fleet();
+    }
+}
+
+/// `count` hosts (and a relay) behind 40 ms round trips, the deployer's
+/// uplink to all of them one shared, limited line: the same closure to
+/// every host by nixpipe-copy --via the relay, by nixpipe-copy straight to
+/// each, and by one nix-copy-closure per host, all at once. Wall time and
+/// the bytes the deployer sent.
+fn fleet() {
+    let count = env_or("BENCH_HOSTS", 16);
+    let mbit = env_or("BENCH_UPLINK_MBIT", 80);
+    let paths = env_or("BENCH_FLEET_PATHS", 100);
+    let tb = Testbed::new();
+    let closure = build_filler(&tb, paths, 200_000, "-bench-fleet");
+    let closure_bytes: u64 = tb
+        .sh(&format!("nix-store --query --size $(nix-store --query --requisites {closure})"))
+        .ok()
+        .stdout
+        .lines()
+        .map(|l| l.trim().parse::<u64>().unwrap())
+        .sum();
+    let all = |command: &str| format!("for i in $(seq 1 {count}); do printf 'web%s\\t%s\\n' $i {closure}; done | {command}");
+    let rows = [
+        ("nixpipe-copy, one host", fleet_run(&tb, 1, mbit, &format!("nixpipe-copy --to root@web1 {closure}"))),
+        (
+            "nixpipe-copy --via the relay",
+            fleet_run(&tb, count, mbit, &tb.with_agent(&all("nixpipe-copy --via relay --jobs 16 --to 'root@{name}' >/dev/null"))),
+        ),
+        (
+            "nixpipe-copy to each host (--jobs 16)",
+            fleet_run(&tb, count, mbit, &all("nixpipe-copy --jobs 16 --to 'root@{name}' >/dev/null")),
+        ),
+        (
+            "nix-copy-closure per host, all at once",
+            fleet_run(
+                &tb,
+                count,
+                mbit,
+                &format!("for i in $(seq 1 {count}); do nix-copy-closure --to root@web$i {closure} & done; wait"),
+            ),
+        ),
+    ];
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "\n## A fleet: {count} hosts, 40 ms round trips, the deployer's uplink {mbit} Mbit/s shared, a {paths}-path closure of {:.1} MiB\n",
+        mib(closure_bytes)
+    );
+    println!("| how | seconds | vs one host | MiB the deployer sent | vs the closure |\n|---|---:|---:|---:|---:|");
+    for (name, (seconds, sent)) in &rows {
+        println!(
+            "| {name} | {seconds:.2} | {:.2}x | {:.1} | {:.2}x |",
+            seconds / rows[0].1 .0,
+            mib(*sent),
+            *sent as f64 / closure_bytes as f64
+        );
+    }
+    println!(
+        "\n- --via: the deployer sent {:.2}x the closure (goal: about 1x); wall time {:.2}x one host (goal: at most 2x); \
+         nix-copy-closure per host took {:.1}x as long",
+        rows[1].1 .1 as f64 / closure_bytes as f64,
+        rows[1].1 .0 / rows[0].1 .0,
+        rows[3].1 .0 / rows[1].1 .0
+    );
+}
+
+/// Runs `command` against `count` fresh hosts web1.. and a relay, each
+/// behind its own 40 ms proxy on one shared uplink of `mbit` Mbit/s; the
+/// relay reaches the hosts directly. Seconds taken and bytes sent up.
+fn fleet_run(tb: &Testbed, count: u32, mbit: u32, command: &str) -> (f64, u64) {
+    let uplink = Uplink::new(u64::from(mbit) * 1_000_000 / 8);
+    let behind = |host: &Host, name: &str| {
+        let proxy = Proxy::start(host.port, Link::Uplink { delay: DELAY, uplink: uplink.clone() });
+        tb.alias_at(name, host, "root", proxy.port);
+        proxy
+    };
+    let relay = tb.host("relay");
+    let mut proxies = vec![behind(&relay, "relay")];
+    let hosts: Vec<Host> = (1..=count).map(|i| tb.host(&format!("web{i}"))).collect();
+    for host in &hosts {
+        proxies.push(behind(host, &host.hostname));
+        relay.alias(&host.hostname, host);
+    }
+    let before = uplink.sent();
+    let seconds = time(tb, command);
+    (seconds, uplink.sent() - before)
 }
 
 /// A network of `count` machines evaluated and built by one nixpipe-eval,
@@ -116,7 +203,7 @@ fn copy() {
     let compress = [
         ("none, loopback", time_cold_link(&tb, &programs, None, "none")),
         ("zstd, loopback", time_cold_link(&tb, &programs, None, "zstd")),
-        ("none, 100 Mbit/s and 40 ms RTT", time_cold_link(&tb, &programs, Some(shaped), "none")),
+        ("none, 100 Mbit/s and 40 ms RTT", time_cold_link(&tb, &programs, Some(shaped.clone()), "none")),
         ("zstd, 100 Mbit/s and 40 ms RTT", time_cold_link(&tb, &programs, Some(shaped), "zstd")),
     ];
     table(&compress);

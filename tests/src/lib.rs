@@ -219,9 +219,15 @@ impl Testbed {
     /// Gives `host` the ssh alias `alias`, logging in as `user`, in the
     /// deployer's ssh config, as users name their machines.
     pub fn alias(&self, alias: &str, host: &Host, user: &str) {
+        self.alias_at(alias, host, user, host.port);
+    }
+
+    /// [`Testbed::alias`] reaching `host` at another `port` (a proxy's),
+    /// its host key checked as ever.
+    pub fn alias_at(&self, alias: &str, host: &Host, user: &str, port: u16) {
         let entry = format!(
-            "Host {alias}\n  HostName 127.0.0.1\n  Port {}\n  User {user}\n  HostKeyAlias [127.0.0.1]:{}\n",
-            host.port, host.port
+            "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  HostKeyAlias [127.0.0.1]:{}\n",
+            host.port
         );
         let config = self.path().join("ssh_config");
         let rest = fs::read_to_string(&config).unwrap();

@@ -5,13 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// What the proxy does to the connections through it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Link {
     /// Drops every connection once the client has sent this many bytes.
     CutAfter(u64),
@@ -20,6 +20,37 @@ pub enum Link {
     /// Delays as `Delay`, and lets at most `bytes_per_second` through each
     /// way: a slow uplink.
     Shaped { delay: Duration, bytes_per_second: u64 },
+    /// Delays as `Delay`; what the client sends goes through `uplink`,
+    /// which proxies may share: one deployer's uplink to many hosts.
+    Uplink { delay: Duration, uplink: Arc<Uplink> },
+}
+
+/// A client's uplink shared by the proxies given it: at most
+/// `bytes_per_second` for all of them together, and a count of the bytes.
+#[derive(Debug)]
+pub struct Uplink {
+    bytes_per_second: u64,
+    line_free: Mutex<Instant>,
+    sent: AtomicU64,
+}
+
+impl Uplink {
+    pub fn new(bytes_per_second: u64) -> Arc<Uplink> {
+        Arc::new(Uplink { bytes_per_second, line_free: Mutex::new(Instant::now()), sent: AtomicU64::new(0) })
+    }
+
+    /// The bytes clients sent through it so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// When `n` bytes that arrived now have gone out on the line.
+    fn send(&self, n: usize) -> Instant {
+        self.sent.fetch_add(n as u64, Ordering::SeqCst);
+        let mut free = self.line_free.lock().unwrap();
+        *free = (*free).max(Instant::now()) + Duration::from_secs_f64(n as f64 / self.bytes_per_second as f64);
+        *free
+    }
 }
 
 /// Listens on a free loopback port and forwards to `upstream`.
@@ -48,7 +79,7 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                forward(client, server, link);
+                forward(client, server, link.clone());
             }
         });
         Proxy { port, stopping, refusing }
@@ -82,12 +113,16 @@ fn forward(client: TcpStream, server: TcpStream, link: Link) {
             thread::spawn(move || pump(s2, c2, u64::MAX));
         }
         Link::Delay(delay) => {
-            thread::spawn(move || delayed(client, server, delay, u64::MAX));
-            thread::spawn(move || delayed(s2, c2, delay, u64::MAX));
+            thread::spawn(move || delayed(client, server, delay, Line::Free));
+            thread::spawn(move || delayed(s2, c2, delay, Line::Free));
         }
         Link::Shaped { delay, bytes_per_second } => {
-            thread::spawn(move || delayed(client, server, delay, bytes_per_second));
-            thread::spawn(move || delayed(s2, c2, delay, bytes_per_second));
+            thread::spawn(move || delayed(client, server, delay, Line::Own(Uplink::new(bytes_per_second))));
+            thread::spawn(move || delayed(s2, c2, delay, Line::Own(Uplink::new(bytes_per_second))));
+        }
+        Link::Uplink { delay, uplink } => {
+            thread::spawn(move || delayed(client, server, delay, Line::Own(uplink)));
+            thread::spawn(move || delayed(s2, c2, delay, Line::Free));
         }
     }
 }
@@ -111,9 +146,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: u64) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// Copies `from` to `to`, each chunk leaving `delay` after it arrived, and
-/// no sooner than the rate allows after the chunk before it.
-fn delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration, bytes_per_second: u64) {
+/// The line a direction of a connection goes out on.
+enum Line {
+    Free,
+    Own(Arc<Uplink>),
+}
+
+/// Copies `from` to `to`, each chunk leaving `delay` after it went out on
+/// `line`.
+fn delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration, line: Line) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = thread::spawn(move || {
         for (due, chunk) in rx {
@@ -125,11 +166,12 @@ fn delayed(mut from: TcpStream, mut to: TcpStream, delay: Duration, bytes_per_se
         let _ = to.shutdown(Shutdown::Write);
     });
     let mut buf = vec![0; 16 * 1024];
-    let mut line_free = Instant::now();
     while let Ok(n @ 1..) = from.read(&mut buf) {
-        let now = Instant::now();
-        line_free = line_free.max(now) + Duration::from_secs_f64(n as f64 / bytes_per_second as f64);
-        if tx.send((line_free + delay, buf[..n].to_vec())).is_err() {
+        let out = match &line {
+            Line::Free => Instant::now(),
+            Line::Own(uplink) => uplink.send(n),
+        };
+        if tx.send((out + delay, buf[..n].to_vec())).is_err() {
             break;
         }
     }
