@@ -44,25 +44,35 @@ fn fleet() {
         .lines()
         .map(|l| l.trim().parse::<u64>().unwrap())
         .sum();
-    let all = |command: &str| format!("for i in $(seq 1 {count}); do printf 'web%s\\t%s\\n' $i {closure}; done | {command}");
+    let all =
+        |command: &str| format!("for i in $(seq 1 {count}); do printf 'web%s\\t%s\\n' $i {closure}; done | {command}");
     let rows = [
-        ("nixpipe-copy, one host", fleet_run(&tb, 1, mbit, &format!("nixpipe-copy --to root@web1 {closure}"))),
+        ("nixpipe-copy, one host", fleet_run(&tb, 1, Some(mbit), &format!("nixpipe-copy --to root@web1 {closure}"))),
         (
             "nixpipe-copy --via the relay",
-            fleet_run(&tb, count, mbit, &tb.with_agent(&all("nixpipe-copy --via relay --jobs 16 --to 'root@{name}' >/dev/null"))),
+            fleet_run(
+                &tb,
+                count,
+                Some(mbit),
+                &tb.with_agent(&all("nixpipe-copy --via relay --jobs 16 --to 'root@{name}' >/dev/null")),
+            ),
         ),
         (
             "nixpipe-copy to each host (--jobs 16)",
-            fleet_run(&tb, count, mbit, &all("nixpipe-copy --jobs 16 --to 'root@{name}' >/dev/null")),
+            fleet_run(&tb, count, Some(mbit), &all("nixpipe-copy --jobs 16 --to 'root@{name}' >/dev/null")),
         ),
         (
             "nix-copy-closure per host, all at once",
             fleet_run(
                 &tb,
                 count,
-                mbit,
+                Some(mbit),
                 &format!("for i in $(seq 1 {count}); do nix-copy-closure --to root@web$i {closure} & done; wait"),
             ),
+        ),
+        (
+            "nixpipe-copy to each host, no link limits (what this machine's 2 cores can do)",
+            fleet_run(&tb, count, None, &all("nixpipe-copy --jobs 16 --to 'root@{name}' >/dev/null")),
         ),
     ];
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
@@ -89,14 +99,19 @@ fn fleet() {
 }
 
 /// Runs `command` against `count` fresh hosts web1.. and a relay, each
-/// behind its own 40 ms proxy on one shared uplink of `mbit` Mbit/s; the
-/// relay reaches the hosts directly. Seconds taken and bytes sent up.
-fn fleet_run(tb: &Testbed, count: u32, mbit: u32, command: &str) -> (f64, u64) {
-    let uplink = Uplink::new(u64::from(mbit) * 1_000_000 / 8);
+/// behind its own 40 ms proxy on one shared uplink of `mbit` Mbit/s (or
+/// reached directly when None); the relay reaches the hosts directly.
+/// Seconds taken and bytes sent up.
+fn fleet_run(tb: &Testbed, count: u32, mbit: Option<u32>, command: &str) -> (f64, u64) {
+    let uplink = Uplink::new(u64::from(mbit.unwrap_or(0)) * 1_000_000 / 8);
     let behind = |host: &Host, name: &str| {
+        let Some(_) = mbit else {
+            tb.alias(name, host, "root");
+            return None;
+        };
         let proxy = Proxy::start(host.port, Link::Uplink { delay: DELAY, uplink: uplink.clone() });
         tb.alias_at(name, host, "root", proxy.port);
-        proxy
+        Some(proxy)
     };
     let relay = tb.host("relay");
     let mut proxies = vec![behind(&relay, "relay")];

@@ -177,14 +177,15 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             return Ok(results.finish());
         }
     }
+    let fetcher = via.as_ref().map(|via| via.fetcher(&options)).transpose().map_err(Error::Failed)?;
     let mut write_error = None;
     fleet::each(
         &routes,
         cli.jobs,
         |(route, records)| {
             let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
-            match &via {
-                Some(via) => via.fetch(&route.to, &paths, &options),
+            match &fetcher {
+                Some(fetcher) => fetcher.fetch(&route.to, &paths),
                 None => copy::copy_closures(route, &paths, &options),
             }
         },

@@ -21,6 +21,11 @@ use crate::process;
 use crate::store_path::StorePath;
 use crate::target::Target;
 use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
 
 const RELAY_SCRIPT: &str = include_str!("via/relay.sh");
 
@@ -75,14 +80,13 @@ impl Via {
         copy::copy_closures(&Route { from: Target::Local, to }, paths, options)
     }
 
-    /// Makes the closures of `paths` valid on `to`, fetched from the relay
-    /// or the cache, after [`Via::upload`].
-    pub fn fetch(&self, to: &Destination, paths: &[&StorePath], options: &Options) -> Result<Summary, String> {
-        match (self, to) {
-            (Via::Relay(relay), Destination::Store(target)) => through_relay(relay, target, paths),
-            (Via::Cache { url, .. }, to) => {
+    /// What makes the targets fetch, after [`Via::upload`].
+    pub fn fetcher(&self, options: &Options) -> Result<Fetcher, String> {
+        match self {
+            Via::Relay(relay) => RelayConnection::open(relay).map(Fetcher::Relay),
+            Via::Cache { url, .. } => {
                 let key = options.sign_key.as_ref().map(|k| k.public()).unwrap_or_default();
-                let session = Options {
+                Ok(Fetcher::Cache(Options {
                     substitute: true,
                     target_nix_args: [
                         "--option",
@@ -95,10 +99,28 @@ impl Via {
                     .map(String::from)
                     .to_vec(),
                     ..options.clone()
-                };
-                copy::copy_closures(&Route { from: Target::Local, to: to.clone() }, paths, &session)
+                }))
             }
-            (Via::Relay(_), Destination::Cache(_)) => unreachable!("refused by Via::check"),
+        }
+    }
+}
+
+/// Makes targets fetch from the relay or the cache.
+pub enum Fetcher {
+    Relay(RelayConnection),
+    /// The options of a copy whose target substitutes from the cache.
+    Cache(Options),
+}
+
+impl Fetcher {
+    /// Makes the closures of `paths` valid on `to`.
+    pub fn fetch(&self, to: &Destination, paths: &[&StorePath]) -> Result<Summary, String> {
+        match (self, to) {
+            (Fetcher::Relay(relay), Destination::Store(target)) => relay.copy_to(target, paths),
+            (Fetcher::Cache(session), to) => {
+                copy::copy_closures(&Route { from: Target::Local, to: to.clone() }, paths, session)
+            }
+            (Fetcher::Relay(_), Destination::Cache(_)) => unreachable!("refused by Via::check"),
         }
     }
 }
@@ -112,44 +134,99 @@ impl fmt::Display for Via {
     }
 }
 
+/// One ssh connection to the relay that every target's copy runs over:
+/// sshd lets only a few connections authenticate at once (MaxStartups),
+/// and each new one would pay the handshake over the slow link again.
+pub struct RelayConnection {
+    relay: Target,
+    master: Child,
+    /// Holds the control socket; removed when dropped.
+    dir: TempDir,
+}
+
+impl RelayConnection {
+    fn open(relay: &Target) -> Result<RelayConnection, String> {
+        let Target::Ssh(host) = relay else { unreachable!("Via::parse refuses local") };
+        let dir = tempfile::Builder::new()
+            .prefix("nixpipe-relay.")
+            .tempdir()
+            .map_err(|e| format!("cannot make a directory for the ssh control socket: {e}"))?;
+        let mut options = Self::options(dir.path());
+        options.extend(["-o", "ControlMaster=yes", "-N"].map(String::from));
+        let mut cmd = host.ssh_command(&options.iter().map(String::as_str).collect::<Vec<_>>())?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut master = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
+        // Ready once the control socket is there; an ssh that exits first
+        // could not connect.
+        while !dir.path().join(SOCKET).exists() {
+            if let Ok(Some(status)) = master.try_wait() {
+                let mut stderr = Vec::new();
+                master.stderr.take().map(|mut e| e.read_to_end(&mut stderr));
+                return Err(relay.failure("ssh", &Output { status, stdout: Vec::new(), stderr }));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(RelayConnection { relay: relay.clone(), master, dir })
+    }
+
+    /// The ssh options of the master and of every session over it; the
+    /// agent forwarded on both (a session asks, the master forwards).
+    fn options(dir: &Path) -> Vec<String> {
+        let socket = format!("ControlPath={}", dir.join(SOCKET).display());
+        ["-o", &socket, "-o", "ControlPersist=no", "-o", "ForwardAgent=yes"].map(String::from).to_vec()
+    }
+
+    /// Runs relay.sh on the relay, this machine's trusted keys for `target`
+    /// on its stdin.
+    fn copy_to(&self, target: &Target, paths: &[&StorePath]) -> Result<Summary, String> {
+        let started = std::time::Instant::now();
+        let relay = &self.relay;
+        let Target::Ssh(host) = target else { unreachable!("refused by Via::check") };
+        let keys = host_key::trusted_for(host)?;
+        let port = host.port.map(|p| p.to_string()).unwrap_or_default();
+        let destination = host.destination();
+        let mut argv = vec!["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port];
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        argv.extend(paths.iter().map(String::as_str));
+        let options = Self::options(self.dir.path());
+        let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let output = process::capture_with_input(&mut cmd, keys.as_bytes())?;
+        match output.status.code() {
+            Some(0) => {}
+            Some(TARGET_UNREACHABLE) => {
+                return Err(format!(
+                    "{relay} cannot reach {target}: {} (the relay logs in with your ssh agent, forwarded to it: \
+                     is the key in it? ssh-add -l)",
+                    process::summarize(&output.stderr)
+                ))
+            }
+            _ => return Err(relay.failure("the relay's copy", &output)),
+        }
+        let report = String::from_utf8_lossy(&output.stdout);
+        let mut lines = report.lines();
+        let closure_paths = lines.next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        let sent: Vec<u64> = lines.filter_map(|l| l.rsplit_once(' ')?.1.parse().ok()).collect();
+        Ok(Summary {
+            from: relay.to_string(),
+            to: target.to_string(),
+            closure_paths,
+            copied_paths: sent.len(),
+            copied_bytes: sent.iter().sum(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+impl Drop for RelayConnection {
+    fn drop(&mut self) {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+}
+
+/// The control socket's name in its private directory.
+const SOCKET: &str = "ssh";
+
 /// The exit status of relay.sh when the target cannot be reached from the
 /// relay.
 const TARGET_UNREACHABLE: i32 = 3;
-
-/// Runs relay.sh on the relay, with this machine's agent forwarded and its
-/// trusted keys for `target` on the script's stdin.
-fn through_relay(relay: &Target, target: &Target, paths: &[&StorePath]) -> Result<Summary, String> {
-    let started = std::time::Instant::now();
-    let Target::Ssh(host) = target else { unreachable!("refused by Via::check") };
-    let keys = host_key::trusted_for(host)?;
-    let port = host.port.map(|p| p.to_string()).unwrap_or_default();
-    let destination = host.destination();
-    let mut argv = vec!["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port];
-    let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-    argv.extend(paths.iter().map(String::as_str));
-    let mut cmd = relay.command_with(&argv, &["-o", "ForwardAgent=yes"])?;
-    let output = process::capture_with_input(&mut cmd, keys.as_bytes())?;
-    match output.status.code() {
-        Some(0) => {}
-        Some(TARGET_UNREACHABLE) => {
-            return Err(format!(
-                "{relay} cannot reach {target}: {} (the relay logs in with your ssh agent, forwarded to it: \
-                 is the key in it? ssh-add -l)",
-                process::summarize(&output.stderr)
-            ))
-        }
-        _ => return Err(relay.failure("the relay's copy", &output)),
-    }
-    let report = String::from_utf8_lossy(&output.stdout);
-    let mut lines = report.lines();
-    let closure_paths = lines.next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
-    let sent: Vec<u64> = lines.filter_map(|l| l.rsplit_once(' ')?.1.parse().ok()).collect();
-    Ok(Summary {
-        from: relay.to_string(),
-        to: target.to_string(),
-        closure_paths,
-        copied_paths: sent.len(),
-        copied_bytes: sent.iter().sum(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}

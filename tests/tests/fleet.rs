@@ -216,3 +216,19 @@ fn via_a_cache_without_a_signing_key_is_refused_before_anything() {
     assert!(run.error_line().ends_with("--via file:///DIR needs --sign-key: targets substitute signed paths only"));
     assert!(!cache.exists());
 }
+
+#[test]
+fn via_a_relay_that_is_down_fails_in_one_line_and_nothing_moves() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let (relay, targets) = behind_a_relay(&tb, 1);
+    drop(relay);
+
+    let run = tb.sh(&tb.with_agent(&format!("nixpipe-copy --via relay --to root@web1 {system}")));
+
+    assert_eq!(run.code, 1);
+    assert!(run
+        .error_line()
+        .starts_with("nixpipe-copy: upload to relay failed, nothing went further: cannot reach relay"));
+    assert!(!targets[0].has(&system));
+}

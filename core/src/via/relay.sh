@@ -16,14 +16,18 @@ set -eu
 destination=$1 port=$2
 shift 2
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
 cat >"$scratch/known_hosts"
 
+# Both steps share one connection: one handshake, one login with the
+# forwarded agent.
 on_target() {
   ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o HostKeyAlias=nixpipe-target \
     -o UserKnownHostsFile="$scratch/known_hosts" -o GlobalKnownHostsFile=/dev/null \
-    ${port:+-p "$port"} -- "$destination" "$@"
+    -o ControlMaster=auto -o ControlPath="$scratch/target" -o ControlPersist=yes \
+    ${port:+-p "$port"} "$@"
 }
+# Under set -e a failing command in the trap would replace the exit status.
+trap 'on_target -O exit -- "$destination" 2>/dev/null || true; rm -rf "$scratch"' EXIT
 
 # ssh's own failures exit 255: tell them from the target's nix-store.
 unreachable() {
@@ -33,8 +37,8 @@ unreachable() {
 
 closure=$(nix-store --query --requisites "$@")
 echo "$closure" | wc -l
-missing=$(on_target nix-store --check-validity --print-invalid $closure) || unreachable $?
+missing=$(on_target -- "$destination" nix-store --check-validity --print-invalid $closure) || unreachable $?
 [ -n "$missing" ] || exit 0
-nix-store --export $missing | on_target nix-store --import >/dev/null || unreachable $?
+nix-store --export $missing | on_target -- "$destination" nix-store --import >/dev/null || unreachable $?
 printf '%s\n' $missing >"$scratch/sent"
 nix-store --query --size $missing | paste -d ' ' "$scratch/sent" -
