@@ -5,6 +5,7 @@ use nixpipe_core::activation::{self, Action, Activation, Options};
 use nixpipe_core::cli::{self, OutputArgs, RecordArgs, Results};
 use nixpipe_core::fleet;
 use nixpipe_core::privilege::Privilege;
+use nixpipe_core::progress;
 use nixpipe_core::{Error, Outcome, Record, StorePath, Target, TargetSpec};
 
 const EXAMPLES: &str = "\
@@ -195,7 +196,10 @@ fn roll_out(
             None => fleet::each(
                 chunk,
                 jobs,
-                |(record, target)| activation::activate(target, Some(record), opts, privilege),
+                |(record, target)| {
+                    let _line = progress::HostLine::new(record.label(), &format!("activating on {target}"));
+                    activation::activate(target, Some(record), opts, privilege)
+                },
                 |(record, target), activation| {
                     if let Err(e) = report(results, Some(record), target, &activation, cli) {
                         write_error.get_or_insert(e);

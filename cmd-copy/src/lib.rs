@@ -4,6 +4,7 @@ use clap::Parser;
 use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::{self, Compression, DestinationSpec, Options, Route, Summary};
 use nixpipe_core::fleet;
+use nixpipe_core::progress;
 use nixpipe_core::signing::SecretKey;
 use nixpipe_core::via::Via;
 use nixpipe_core::{Error, Outcome, Record, StorePath, TargetSpec};
@@ -178,6 +179,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         }
     }
     let fetcher = via.as_ref().map(|via| via.fetcher(&options)).transpose().map_err(Error::Failed)?;
+    let fetching = via.as_ref().map(|via| format!("fetching from {via}")).unwrap_or_default();
     let mut write_error = None;
     fleet::each(
         &routes,
@@ -185,7 +187,10 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         |(route, records)| {
             let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
             match &fetcher {
-                Some(fetcher) => fetcher.fetch(&route.to, &paths),
+                Some(fetcher) => {
+                    let _line = progress::HostLine::new(&route.to.to_string(), &fetching);
+                    fetcher.fetch(&route.to, &paths)
+                }
                 None => copy::copy_closures(route, &paths, &options),
             }
         },

@@ -19,7 +19,7 @@ pub fn main(program: &'static str, body: impl FnOnce() -> Result<Outcome, Error>
     match body() {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
-            eprintln!("{program}: {e}");
+            crate::progress::println(&format!("{program}: {e}"));
             e.exit_code()
         }
     }
@@ -27,18 +27,20 @@ pub fn main(program: &'static str, body: impl FnOnce() -> Result<Outcome, Error>
 
 /// Reports one record's failure; the run goes on with the others.
 pub fn record_failed(who: &str, why: &str) {
-    eprintln!("{}: {who}: {why}", program());
+    crate::progress::println(&format!("{}: {who}: {why}", program()));
 }
 
 /// Progress and notes for the person at the terminal, on stderr.
 pub fn note(what: &str) {
-    eprintln!("{}: {what}", program());
+    crate::progress::println(&format!("{}: {what}", program()));
 }
 
 /// A line of what happens on a host, for the user on stderr, marked with
-/// the record it is about (`web1 | ...`); never an error line.
+/// the record it is about (`web1 | ...`); never an error line. On a
+/// terminal it is also the host's latest step on its progress line.
 pub fn show(label: &str, line: &str) {
-    eprintln!("{label} | {line}");
+    crate::progress::println(&format!("{label} | {line}"));
+    crate::progress::step(label, line);
 }
 
 /// The records a command works on, flattened into its clap struct.
@@ -103,7 +105,8 @@ impl Results {
 
     /// Writes a record to stdout, whatever became of it.
     pub fn write(&mut self, record: &crate::Record) -> Result<(), Error> {
-        self.writer.write(record).map_err(|e| Error::Failed(format!("cannot write to stdout: {e}")))
+        crate::progress::suspend(|| self.writer.write(record))
+            .map_err(|e| Error::Failed(format!("cannot write to stdout: {e}")))
     }
 
     /// Reports a failure that is not one record's.

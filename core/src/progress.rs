@@ -1,8 +1,82 @@
 //! Progress for the person at the terminal: shown on stderr when it is a
 //! terminal, and nowhere else (never in a pipe, a log or CI).
+//!
+//! All lines share one [`MultiProgress`]: a line per host at work (its
+//! latest step) and a bar per copy, kept at the bottom while the log lines
+//! of every host scroll above them, as cargo shows its builds.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+/// The status line of each host at work, by its label.
+static HOSTS: OnceLock<Mutex<HashMap<String, ProgressBar>>> = OnceLock::new();
+
+fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(|| {
+        let target =
+            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        MultiProgress::with_draw_target(target)
+    })
+}
+
+fn hosts() -> &'static Mutex<HashMap<String, ProgressBar>> {
+    HOSTS.get_or_init(Default::default)
+}
+
+/// Writes a line to stderr above the progress lines, which are drawn again
+/// below it.
+pub fn println(line: &str) {
+    suspend(|| eprintln!("{line}"));
+}
+
+/// Runs `write` with the progress lines cleared, then draws them again: for
+/// anything written to the terminal meanwhile (records, when stdout is it).
+pub fn suspend<R>(write: impl FnOnce() -> R) -> R {
+    bars().suspend(write)
+}
+
+/// The line of one host while it is worked on: `web1 [/] its latest step`.
+/// Gone when dropped.
+pub struct HostLine {
+    label: String,
+}
+
+impl HostLine {
+    pub fn new(label: &str, step: &str) -> HostLine {
+        let bar = bars().add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{spinner}] {wide_msg}")
+                .expect("a valid template")
+                .tick_strings(&["|", "/", "-", "\\", "done"]),
+        );
+        bar.set_prefix(label.to_owned());
+        bar.set_message(step.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        hosts().lock().unwrap_or_else(|p| p.into_inner()).insert(label.to_owned(), bar);
+        HostLine { label: label.to_owned() }
+    }
+}
+
+impl Drop for HostLine {
+    fn drop(&mut self) {
+        if let Some(bar) = hosts().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.label) {
+            bar.finish_and_clear();
+            bars().remove(&bar);
+        }
+    }
+}
+
+/// Shows `step` on the line of the host labelled `label`, if it has one.
+pub fn step(label: &str, step: &str) {
+    if let Some(bar) = hosts().lock().unwrap_or_else(|p| p.into_inner()).get(label) {
+        bar.set_message(step.to_owned());
+    }
+}
 
 /// Bytes and paths moved towards one target.
 pub struct Progress {
@@ -12,11 +86,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str, paths: u64, bytes: u64) -> Progress {
-        let bar = if std::io::stderr().is_terminal() {
-            ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = bars().add(ProgressBar::new(bytes));
         let style = ProgressStyle::with_template(
             "{prefix} {msg} [{bar:24}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
         )
@@ -40,5 +110,6 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+        bars().remove(&self.bar);
     }
 }

@@ -232,3 +232,21 @@ fn via_a_relay_that_is_down_fails_in_one_line_and_nothing_moves() {
         .starts_with("nixpipe-copy: upload to relay failed, nothing went further: cannot reach relay"));
     assert!(!targets[0].has(&system));
 }
+
+#[test]
+fn on_a_terminal_each_host_has_a_progress_line_and_in_a_pipe_none() {
+    let tb = Testbed::new();
+    let system = tb.system_with("web1", "testbed.switchSleep = 1;");
+    let hosts = fleet(&tb, 2, &system);
+    let activate = format!("printf '{}' | nixpipe-activate --no-hostname-check switch", records(&hosts, &system));
+
+    let on_terminal =
+        tb.sh(&format!("script --quiet --return --command \"{}\" /dev/null", activate.replace('"', "\\\""))).ok();
+    let in_a_pipe = tb.sh(&activate).ok();
+
+    for host in &hosts {
+        let line = format!("{} [", host.hostname);
+        assert!(on_terminal.stdout.contains(&line), "{}", on_terminal.stdout);
+        assert!(!in_a_pipe.stderr.contains(&line), "{}", in_a_pipe.stderr);
+    }
+}
