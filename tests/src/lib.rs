@@ -181,6 +181,8 @@ impl Testbed {
             // CI may run with no SHELL; script(1) then starts /bin/sh, so
             // make every run start the same one.
             .env("SHELL", "/bin/sh")
+            // Nor a TERM: tests that want a terminal say which.
+            .env_remove("TERM")
             .env_remove("NIX_PATH");
         cmd
     }

@@ -240,8 +240,10 @@ fn on_a_terminal_each_host_has_a_progress_line_and_in_a_pipe_none() {
     let hosts = fleet(&tb, 2, &system);
     let activate = format!("printf '{}' | nixpipe-activate --no-hostname-check switch", records(&hosts, &system));
 
-    let on_terminal =
-        tb.sh(&format!("script --quiet --return --command \"{}\" /dev/null", activate.replace('"', "\\\""))).ok();
+    // A user's terminal has a TERM; CI runs with none.
+    let on_terminal = tb
+        .sh(&format!("TERM=xterm script --quiet --return --command \"{}\" /dev/null", activate.replace('"', "\\\"")))
+        .ok();
     let in_a_pipe = tb.sh(&activate).ok();
 
     for host in &hosts {
