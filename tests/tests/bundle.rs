@@ -95,3 +95,15 @@ fn a_single_file_configuration_is_carried_as_that_file() {
     assert_eq!(std::fs::read(format!("{bundle}/configuration.nix")).unwrap(), given);
     assert_eq!(std::fs::read_link(format!("{bundle}/toplevel")).unwrap().to_str(), Some(&*system));
 }
+
+#[test]
+fn without_a_nixpkgs_to_pin_bundle_is_refused_before_building() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+
+    let run = tb.sh(&format!(r#"printf 'web1\t%s\n' {system} | nixpipe-bundle --config "$FIXTURES/web1""#));
+
+    assert_eq!(run.code, 2);
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.error_line(), "nixpipe-bundle: no <nixpkgs> in NIX_PATH: give --nixpkgs PATH");
+}

@@ -211,3 +211,30 @@ fn nixpkgs_pinned_by_url_and_sha256_is_fetched_and_checked() {
         wrong.stderr
     );
 }
+
+#[test]
+fn a_build_that_fails_on_the_builder_is_one_line_under_nixs_log_and_no_record() {
+    let tb = Testbed::new();
+    let builder = tb.host("builder");
+    let config = tb.path().join("configuration.nix");
+    let module = format!(
+        r#"{{ pkgs, ... }}: {{
+             imports = [ {}/web1/configuration.nix ];
+             environment.systemPackages = [ (pkgs.runCommand "broken-{}" {{ }} "echo the build broke >&2; exit 1") ];
+           }}"#,
+        nixpipe_tests::fixtures().display(),
+        tb.path().file_name().unwrap().to_str().unwrap().replace('.', "-")
+    );
+    std::fs::write(&config, module).unwrap();
+
+    let run =
+        tb.sh(&format!(r#"nixpipe-eval --build-on {} -f {} --nixpkgs "$NIXPKGS""#, builder.target(), config.display()));
+
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "");
+    assert_eq!(
+        run.error_line(),
+        format!("nixpipe-eval: building on {} failed (Nix's message is above)", builder.target())
+    );
+    assert!(run.stderr.contains("the build broke"), "Nix's own log is shown");
+}
