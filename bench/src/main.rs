@@ -103,15 +103,17 @@ fn fleet() {
 /// reached directly when None); the relay reaches the hosts directly.
 /// Seconds taken and bytes sent up.
 fn fleet_run(tb: &Testbed, count: u32, mbit: Option<u32>, command: &str) -> (f64, u64) {
-    let uplink = Uplink::new(u64::from(mbit.unwrap_or(0)) * 1_000_000 / 8);
-    let behind = |host: &Host, name: &str| {
-        let Some(_) = mbit else {
+    let uplink = mbit.map(|mbit| Uplink::new(u64::from(mbit) * 1_000_000 / 8));
+    let behind = |host: &Host, name: &str| match &uplink {
+        None => {
             tb.alias(name, host, "root");
-            return None;
-        };
-        let proxy = Proxy::start(host.port, Link::Uplink { delay: DELAY, uplink: uplink.clone() });
-        tb.alias_at(name, host, "root", proxy.port);
-        Some(proxy)
+            None
+        }
+        Some(uplink) => {
+            let proxy = Proxy::start(host.port, Link::Uplink { delay: DELAY, uplink: uplink.clone() });
+            tb.alias_at(name, host, "root", proxy.port);
+            Some(proxy)
+        }
     };
     let relay = tb.host("relay");
     let mut proxies = vec![behind(&relay, "relay")];
@@ -120,9 +122,8 @@ fn fleet_run(tb: &Testbed, count: u32, mbit: Option<u32>, command: &str) -> (f64
         proxies.push(behind(host, &host.hostname));
         relay.alias(&host.hostname, host);
     }
-    let before = uplink.sent();
     let seconds = time(tb, command);
-    (seconds, uplink.sent() - before)
+    (seconds, uplink.map_or(0, |uplink| uplink.sent()))
 }
 
 /// A network of `count` machines evaluated and built by one nixpipe-eval,
