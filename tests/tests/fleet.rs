@@ -252,3 +252,38 @@ fn on_a_terminal_each_host_has_a_progress_line_and_in_a_pipe_none() {
         assert!(!in_a_pipe.stderr.contains(&line), "{}", in_a_pipe.stderr);
     }
 }
+
+#[test]
+fn via_refuses_what_cannot_work_before_anything_moves() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let cache = tb.path().join("cache");
+    let key = tb.path().join("cache.sec");
+    tb.sh(&format!("nix-store --generate-binary-cache-key nixpipe-test-1 {} /dev/null", key.display())).ok();
+
+    for (flags, says) in [
+        (
+            "--via local --to root@web1".to_owned(),
+            "--via local: this machine is where the copy starts; name a relay host",
+        ),
+        (
+            "--via relay --to local".to_owned(),
+            "--via HOST: the relay cannot reach `local`; copy to this machine without --via",
+        ),
+        ("--via relay --to file:///srv/other".to_owned(), "--via is for copies to stores, not to file:///srv/other"),
+        (
+            "--via relay --cache-url http://cache.example --to root@web1".to_owned(),
+            "--cache-url is for --via file:///DIR",
+        ),
+        (
+            format!("--via file://{} --sign-key {} --to file:///srv/other", cache.display(), key.display()),
+            "--via is for copies to stores, not to file:///srv/other",
+        ),
+    ] {
+        let run = tb.sh(&format!("nixpipe-copy {flags} {system}"));
+
+        assert_eq!(run.code, 2, "{flags}");
+        assert_eq!(run.error_line(), format!("nixpipe-copy: {says}"), "{flags}");
+    }
+    assert!(!cache.exists());
+}
