@@ -71,7 +71,8 @@ Upload once (--via):
   substitutes from it, told the cache's URL (--cache-url, e.g. an https:// address where the
   directory is served; by default the file:// URL itself, for a directory every target mounts)
   and public key for that session only. The target user must be root or trusted to set them.
-  Whatever a target could not substitute is sent from here, with a note saying so.";
+  Whatever a target could not substitute is sent from here, with a note saying so.
+  With --dry-run, it says what would go to HOST or the cache, and stops there.";
 
 /// Copy the closures of store paths to another store.
 ///
