@@ -36,7 +36,7 @@ fn fleet() {
     let mbit = env_or("BENCH_UPLINK_MBIT", 80);
     let paths = env_or("BENCH_FLEET_PATHS", 100);
     let tb = Testbed::new();
-    let closure = build_filler(&tb, paths, 200_000, "-bench-fleet");
+    let closure = tb.filler(paths, 200_000, "-bench-fleet");
     let closure_bytes: u64 = tb
         .sh(&format!("nix-store --query --size $(nix-store --query --requisites {closure})"))
         .ok()
@@ -162,9 +162,9 @@ fn copy() {
     let small_paths: u32 = env_or("BENCH_SMALL_PATHS", 1000);
     let big_mib: u32 = env_or("BENCH_BIG_MIB", 1024);
     let tb = Testbed::new();
-    let small = build_filler(&tb, small_paths, 1000, "-bench-small");
+    let small = tb.filler(small_paths, 1000, "-bench-small");
     // Eight paths of an eighth each: one closure of about big_mib MiB.
-    let big = build_filler(&tb, 8, big_mib * 1024 * 128, "-bench-big");
+    let big = tb.filler(8, big_mib * 1024 * 128, "-bench-big");
     let programs = tb.build("-E 'with import <nixpkgs> {}; runCommand \"programs\" {} \"cp -a /usr/bin $out\"'");
     let programs_mib = tb.sh(&format!("du -sm {programs} | cut -f1")).ok().stdout.trim().to_owned();
 
@@ -242,12 +242,6 @@ fn copy() {
 
 fn env_or(name: &str, default: u32) -> u32 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn build_filler(tb: &Testbed, count: u32, bytes: u32, seed: &str) -> String {
-    tb.build(&format!(
-        "-E 'with import <nixpkgs> {{}}; filler {{ count = {count}; bytes = {bytes}; seed = \"{seed}\"; }}'"
-    ))
 }
 
 #[derive(Clone, Copy)]

@@ -6,7 +6,7 @@ use nixpipe_core::copy::{self, Compression, DestinationSpec, Options, Route, Sum
 use nixpipe_core::fleet;
 use nixpipe_core::progress;
 use nixpipe_core::signing::SecretKey;
-use nixpipe_core::via::Via;
+use nixpipe_core::via::{Fetcher, Missed, Via};
 use nixpipe_core::{Error, Outcome, Record, StorePath, TargetSpec};
 use std::path::PathBuf;
 
@@ -55,10 +55,11 @@ How it copies:
   --sign-key signs them, and the target must list the public key in trusted-public-keys.
 
 Upload once (--via):
-  --via HOST copies the closures of all records to HOST once; then HOST streams each target what
-  it lacks (nix-store --export into the target's nix-store --import: one stream, no round trip
-  per path), up to --jobs targets at once. The bytes this machine sends do not grow with the
-  number of targets.
+  --via HOST copies the closures of all records to HOST once, over one ssh connection that every
+  step shares; then HOST copies each target what it lacks with nix-copy-closure, up to --jobs
+  targets at once. While the upload runs, HOST already logs in to those targets and asks what
+  they lack. The bytes this machine sends do not grow with the number of targets. If the upload
+  fails, the targets get nothing, and a rerun sends only what HOST still lacks.
   - HOST reaches each target by the name you gave (user@host[:port]), through HOST's own ssh
     configuration and DNS, so targets need no route from here.
   - HOST logs in to the targets with your ssh agent, forwarded to it for the run (ssh -o
@@ -66,7 +67,8 @@ Upload once (--via):
     HOST's own keys must be accepted by the targets.
   - Host keys stay checked: each target must present a key this machine's known_hosts holds for
     it (connect to it once from here first); those keys are handed to HOST for the run.
-  - nix-store --import adds paths without signatures: the target user must be root or trusted.
+  - HOST sends paths without our signatures: the target user must be root or trusted, or the
+    paths must carry signatures the target trusts.
   --via file:///DIR --sign-key FILE writes a signed binary cache once; then each target
   substitutes from it, told the cache's URL (--cache-url, e.g. an https:// address where the
   directory is served; by default the file:// URL itself, for a directory every target mounts)
@@ -154,6 +156,10 @@ fn report(
     Ok(())
 }
 
+fn upload_failed(via: &Via, why: String) -> Error {
+    Error::Failed(format!("upload to {via} failed, nothing went further: {why}"))
+}
+
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let sign_key = cli.sign_key.as_deref().map(SecretKey::load).transpose().map_err(Error::Usage)?;
     let options = Options {
@@ -162,6 +168,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         sign_key,
         dry_run: cli.dry_run,
         target_nix_args: Vec::new(),
+        target_ssh_options: Vec::new(),
     };
     let via =
         cli.via.as_deref().map(|spec| Via::parse(spec, cli.cache_url.as_deref())).transpose().map_err(Error::Usage)?;
@@ -171,37 +178,50 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
     if let Some(via) = &via {
         via.check(&options, &routes.iter().map(|(route, _)| &route.to).collect::<Vec<_>>()).map_err(Error::Usage)?;
-        let all: Vec<&StorePath> = routes.iter().flat_map(|(_, records)| records.iter().map(|r| &r.path)).collect();
-        if let Err(why) = via.upload(&all, &options) {
-            return Err(Error::Failed(format!("upload to {via} failed, nothing went further: {why}")));
+    }
+    let all: Vec<&StorePath> = routes.iter().flat_map(|(_, records)| records.iter().map(|r| &r.path)).collect();
+    let mut write_error = None;
+    let mut copy_each = |fetcher: Option<&Fetcher>| {
+        let fetching = via.as_ref().map(|via| format!("fetching from {via}")).unwrap_or_default();
+        fleet::each(
+            &routes,
+            cli.jobs,
+            |(route, records)| {
+                let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
+                match fetcher {
+                    Some(fetcher) => {
+                        let _line = progress::HostLine::new(&route.to.to_string(), &fetching);
+                        fetcher.fetch(&route.to, &paths)
+                    }
+                    None => copy::copy_closures(route, &paths, &options).map_err(Missed::Failed),
+                }
+            },
+            |(route, records), copied| {
+                let copied = match copied {
+                    // The upload's error is said once, below.
+                    Err(Missed::NoUpload) => return false,
+                    Err(Missed::Failed(why)) => Err(why),
+                    Ok(summary) => Ok(summary),
+                };
+                if let Err(e) = report(&mut results, route, records, &copied, &options, cli.output.json) {
+                    write_error.get_or_insert(e);
+                }
+                true
+            },
+        )
+    };
+    match &via {
+        // Dry: what would be uploaded, and no more.
+        Some(via) if options.dry_run => {
+            via.upload(&all, &options).map_err(|why| upload_failed(via, why))?;
         }
-        if options.dry_run {
-            return Ok(results.finish());
+        Some(via) => {
+            via.deliver(&all, &options, |fetcher| copy_each(Some(fetcher))).map_err(|why| upload_failed(via, why))?;
+        }
+        None => {
+            copy_each(None);
         }
     }
-    let fetcher = via.as_ref().map(|via| via.fetcher(&options)).transpose().map_err(Error::Failed)?;
-    let fetching = via.as_ref().map(|via| format!("fetching from {via}")).unwrap_or_default();
-    let mut write_error = None;
-    fleet::each(
-        &routes,
-        cli.jobs,
-        |(route, records)| {
-            let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
-            match &fetcher {
-                Some(fetcher) => {
-                    let _line = progress::HostLine::new(&route.to.to_string(), &fetching);
-                    fetcher.fetch(&route.to, &paths)
-                }
-                None => copy::copy_closures(route, &paths, &options),
-            }
-        },
-        |(route, records), copied| {
-            if let Err(e) = report(&mut results, route, records, &copied, &options, cli.output.json) {
-                write_error.get_or_insert(e);
-            }
-            true
-        },
-    );
     if let Some(e) = write_error {
         return Err(e);
     }

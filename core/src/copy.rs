@@ -93,9 +93,17 @@ pub struct Options {
     /// Settings for the destination's nix-store (`--option NAME VALUE`...),
     /// such as the extra substituter of `--via CACHE`.
     pub target_nix_args: Vec<String>,
+    /// More ssh options for the sessions to the destination, such as the
+    /// control socket of a connection already open to it.
+    pub target_ssh_options: Vec<String>,
 }
 
 impl Options {
+    /// The ssh options of a session to the destination: ours, then `extra`.
+    fn ssh_options<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        self.target_ssh_options.iter().map(String::as_str).chain(extra.iter().copied()).collect()
+    }
+
     /// Refuses options that cannot work with `to`, before anything is read.
     pub fn check(&self, to: Option<&DestinationSpec>) -> Result<(), String> {
         match to {
@@ -245,7 +253,8 @@ impl Sink {
             Destination::Store(target) => {
                 let probe = options.compression == Compression::Zstd && !target.is_local();
                 let mode = if probe { Mode::WriteProbingZstd } else { Mode::Write };
-                Ok(Sink::Store { conn: Connection::start(target, mode, &[], &options.target_nix_args)?, zstd: false })
+                let conn = Connection::start(target, mode, &options.ssh_options(&[]), &options.target_nix_args)?;
+                Ok(Sink::Store { conn, zstd: false })
             }
             Destination::Cache(cache) => {
                 cache.create()?;
@@ -278,11 +287,13 @@ impl Sink {
         let has_zstd = conn.has_zstd == Some(true);
         conn.close()?;
         if has_zstd {
-            let conn = Connection::start(&target, Mode::WriteZstd, &[], &options.target_nix_args)?;
+            let conn =
+                Connection::start(&target, Mode::WriteZstd, &options.ssh_options(&[]), &options.target_nix_args)?;
             return Ok(Sink::Store { conn, zstd: true });
         }
         cli::note(&format!("{target} has no zstd: compressing with ssh's own compression instead"));
-        let mut conn = Connection::start(&target, Mode::Write, &["-o", "Compression=yes"], &options.target_nix_args)?;
+        let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
+        let mut conn = Connection::start(&target, Mode::Write, &ssh_options, &options.target_nix_args)?;
         conn.greet()?;
         Ok(Sink::Store { conn, zstd: false })
     }

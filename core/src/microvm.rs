@@ -4,6 +4,7 @@
 //! side is microvm/host.sh, run as root.
 
 use crate::activation::{self, Options};
+use crate::nix;
 use crate::privilege::Privilege;
 use crate::process;
 use crate::record::Record;
@@ -128,12 +129,8 @@ pub fn guest_system(path: &StorePath) -> Result<StorePath, String> {
 /// as microvm.nix's sshSwitch does: `nix-store --dump-db` here, `nix-store
 /// --load-db` there, as root.
 pub fn load_db(vm: &Target, privilege: &Privilege, system: &StorePath) -> Result<(), String> {
-    let closure = process::capture(Command::new("nix-store").args(["--query", "--requisites", system.as_str()]))?;
-    if !closure.status.success() {
-        return Err(format!("{system} is not in this machine's store: {}", process::summarize(&closure.stderr)));
-    }
-    let paths = String::from_utf8_lossy(&closure.stdout).into_owned();
-    let dump = process::capture(Command::new("nix-store").arg("--dump-db").args(paths.lines()))?;
+    let closure = nix::requisites(&[system]).map_err(|e| format!("{system}: {e}"))?;
+    let dump = process::capture(Command::new("nix-store").arg("--dump-db").args(&closure))?;
     if !dump.status.success() {
         return Err(format!("nix-store --dump-db failed: {}", process::summarize(&dump.stderr)));
     }

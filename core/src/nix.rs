@@ -20,6 +20,17 @@ pub fn realise(drvs: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// The closure of `paths` in this machine's store, references first.
+pub fn requisites(paths: &[&StorePath]) -> Result<Vec<String>, String> {
+    let mut cmd = Command::new("nix-store");
+    cmd.args(["--query", "--requisites"]).args(paths.iter().map(|p| p.as_str()));
+    let closure = process::capture(&mut cmd)?;
+    if !closure.status.success() {
+        return Err(format!("not all in this machine's store: {}", process::summarize(&closure.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&closure.stdout).lines().map(str::to_owned).collect())
+}
+
 /// Builds `drvs` on `target` (evaluate here, build there): their closures
 /// go there as nixpipe-copy sends them, then one `nix-store --realise`
 /// builds them all, its log on stderr. The output paths, in order; they stay

@@ -131,7 +131,12 @@ impl Target {
     pub fn failure(&self, program: &str, output: &Output) -> String {
         let summary = process::summarize(&output.stderr);
         if !self.is_local() && output.status.code() == Some(255) {
-            return format!("cannot reach {self}: {summary}");
+            // ssh says why it could not connect; a connection that drops
+            // later, or a control master that dies, leaves it silent.
+            return match summary.is_empty() {
+                true => format!("the ssh connection to {self} dropped"),
+                false => format!("cannot reach {self}: {summary}"),
+            };
         }
         let status = process::describe_status(output.status);
         format!("{program} failed on {self} ({status}): {summary}")

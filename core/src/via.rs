@@ -4,11 +4,13 @@
 //! number of targets.
 //!
 //! - A relay (`--via HOST`) gets the union of the closures by our own copy,
-//!   then streams each target what it lacks, as one `nix-store --export`
-//!   into the target's `nix-store --import` (see via/relay.sh). The relay
-//!   logs in to the targets with this machine's ssh agent, forwarded to it
-//!   for the run, and checks each target's host key against the keys this
-//!   machine trusts for it.
+//!   then copies each target what it lacks with nix-copy-closure (see
+//!   via/relay.sh). While the upload runs, the relay already logs in to
+//!   the targets and asks what they lack: the upload leaves this machine's
+//!   CPU and the relay's mostly idle, and a handshake is costly. The relay
+//!   logs in with this machine's ssh agent, forwarded to it for the run,
+//!   and checks each target's host key against the keys this machine
+//!   trusts for it.
 //! - A binary cache (`--via file:///DIR`) is written natively and signed;
 //!   each target then substitutes from it, told the cache's URL and public
 //!   key for that one session. Whatever a target could not substitute is
@@ -17,13 +19,16 @@
 use crate::binary_cache::BinaryCache;
 use crate::copy::{self, Destination, Options, Route, Summary};
 use crate::host_key;
+use crate::nix;
 use crate::process;
 use crate::store_path::StorePath;
 use crate::target::Target;
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::thread;
 use std::time::Duration;
 use tempfile::TempDir;
 
@@ -80,13 +85,44 @@ impl Via {
         copy::copy_closures(&Route { from: Target::Local, to }, paths, options)
     }
 
-    /// What makes the targets fetch, after [`Via::upload`].
-    pub fn fetcher(&self, options: &Options) -> Result<Fetcher, String> {
+    /// Uploads the closures of `paths` while `fetch_all` has the targets
+    /// fetch them: each fetch does what it can before it needs the
+    /// closures, then waits for the upload. Err: the upload failed, and the
+    /// fetches took nothing.
+    pub fn deliver<R>(
+        &self,
+        paths: &[&StorePath],
+        options: &Options,
+        fetch_all: impl FnOnce(&Fetcher) -> R,
+    ) -> Result<R, String> {
+        let from = self.source(options)?;
+        // The upload to a relay goes over the connection already open.
+        let upload_options = match &from {
+            Source::Relay(relay) => {
+                Options { target_ssh_options: RelayConnection::control(relay.dir.path()), ..options.clone() }
+            }
+            Source::Cache(_) => options.clone(),
+        };
+        let fetcher = Fetcher { from, uploaded: Gate::default() };
+        thread::scope(|scope| {
+            let upload = scope.spawn(|| {
+                let uploaded = self.upload(paths, &upload_options);
+                fetcher.uploaded.open(uploaded.is_ok());
+                uploaded
+            });
+            let fetched = fetch_all(&fetcher);
+            upload.join().expect("the upload does not panic")?;
+            Ok(fetched)
+        })
+    }
+
+    /// Where the targets fetch from.
+    fn source(&self, options: &Options) -> Result<Source, String> {
         match self {
-            Via::Relay(relay) => RelayConnection::open(relay).map(Fetcher::Relay),
+            Via::Relay(relay) => RelayConnection::open(relay).map(Source::Relay),
             Via::Cache { url, .. } => {
                 let key = options.sign_key.as_ref().map(|k| k.public()).unwrap_or_default();
-                Ok(Fetcher::Cache(Options {
+                Ok(Source::Cache(Options {
                     substitute: true,
                     target_nix_args: [
                         "--option",
@@ -106,22 +142,64 @@ impl Via {
 }
 
 /// Makes targets fetch from the relay or the cache.
-pub enum Fetcher {
+pub struct Fetcher {
+    from: Source,
+    uploaded: Gate,
+}
+
+enum Source {
     Relay(RelayConnection),
     /// The options of a copy whose target substitutes from the cache.
     Cache(Options),
 }
 
+/// Why a target got nothing.
+#[derive(Debug)]
+pub enum Missed {
+    /// The upload failed: said once, not for each target.
+    NoUpload,
+    Failed(String),
+}
+
+impl From<String> for Missed {
+    fn from(why: String) -> Missed {
+        Missed::Failed(why)
+    }
+}
+
 impl Fetcher {
-    /// Makes the closures of `paths` valid on `to`.
-    pub fn fetch(&self, to: &Destination, paths: &[&StorePath]) -> Result<Summary, String> {
-        match (self, to) {
-            (Fetcher::Relay(relay), Destination::Store(target)) => relay.copy_to(target, paths),
-            (Fetcher::Cache(session), to) => {
-                copy::copy_closures(&Route { from: Target::Local, to: to.clone() }, paths, session)
-            }
-            (Fetcher::Relay(_), Destination::Cache(_)) => unreachable!("refused by Via::check"),
+    /// Makes the closures of `paths` valid on `to`, once they are uploaded.
+    pub fn fetch(&self, to: &Destination, paths: &[&StorePath]) -> Result<Summary, Missed> {
+        match (&self.from, to) {
+            (Source::Relay(relay), Destination::Store(target)) => relay.copy_to(target, paths, &self.uploaded),
+            (Source::Cache(session), to) => match self.uploaded.wait() {
+                true => Ok(copy::copy_closures(&Route { from: Target::Local, to: to.clone() }, paths, session)?),
+                false => Err(Missed::NoUpload),
+            },
+            (Source::Relay(_), Destination::Cache(_)) => unreachable!("refused by Via::check"),
         }
+    }
+}
+
+/// Whether the upload succeeded: told once by the upload, waited for by
+/// the fetches.
+#[derive(Default)]
+struct Gate {
+    uploaded: Mutex<Option<bool>>,
+    told: Condvar,
+}
+
+impl Gate {
+    fn open(&self, uploaded: bool) {
+        *self.uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded);
+        self.told.notify_all();
+    }
+
+    /// Waits for the upload to end; whether it succeeded.
+    fn wait(&self) -> bool {
+        let uploaded = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+        let told = self.told.wait_while(uploaded, |u| u.is_none()).unwrap_or_else(|p| p.into_inner());
+        told.unwrap_or(false)
     }
 }
 
@@ -172,35 +250,60 @@ impl RelayConnection {
     /// The ssh options of the master and of every session over it; the
     /// agent forwarded on both (a session asks, the master forwards).
     fn options(dir: &Path) -> Vec<String> {
-        let socket = format!("ControlPath={}", dir.join(SOCKET).display());
-        ["-o", &socket, "-o", "ControlPersist=no", "-o", "ForwardAgent=yes"].map(String::from).to_vec()
+        let mut options = Self::control(dir);
+        options.extend(["-o", "ForwardAgent=yes"].map(String::from));
+        options
     }
 
-    /// Runs relay.sh on the relay, this machine's trusted keys for `target`
-    /// on its stdin.
-    fn copy_to(&self, target: &Target, paths: &[&StorePath]) -> Result<Summary, String> {
+    /// The options of a session over the master that needs no agent.
+    fn control(dir: &Path) -> Vec<String> {
+        let socket = format!("ControlPath={}", dir.join(SOCKET).display());
+        ["-o", &socket, "-o", "ControlPersist=no"].map(String::from).to_vec()
+    }
+
+    /// Runs relay.sh on the relay: it logs in to `target` and finds what it
+    /// lacks at once, and copies that once `uploaded` says the closure is
+    /// on the relay.
+    fn copy_to(&self, target: &Target, paths: &[&StorePath], uploaded: &Gate) -> Result<Summary, Missed> {
         let started = std::time::Instant::now();
         let relay = &self.relay;
         let Target::Ssh(host) = target else { unreachable!("refused by Via::check") };
-        let keys = host_key::trusted_for(host)?;
+        // Before the upload the relay cannot tell the closure: it is told.
+        let mut input = host_key::trusted_for(host)? + "\n";
+        for path in nix::requisites(paths)? {
+            input += &path;
+            input.push('\n');
+        }
+        input.push('\n');
         let port = host.port.map(|p| p.to_string()).unwrap_or_default();
         let destination = host.destination();
-        let mut argv = vec!["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port];
-        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-        argv.extend(paths.iter().map(String::as_str));
+        let argv = ["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port];
         let options = Self::options(self.dir.path());
         let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let output = process::capture_with_input(&mut cmd, keys.as_bytes())?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // A script that exits without reading is reported by its status.
+        let _ = stdin.write_all(input.as_bytes());
+        let go = uploaded.wait();
+        if go {
+            let _ = stdin.write_all(b"go\n");
+        }
+        drop(stdin);
+        let output = child.wait_with_output().map_err(|e| format!("cannot run ssh: {e}"))?;
+        if !go {
+            return Err(Missed::NoUpload);
+        }
         match output.status.code() {
             Some(0) => {}
             Some(TARGET_UNREACHABLE) => {
-                return Err(format!(
+                return Err(Missed::Failed(format!(
                     "{relay} cannot reach {target}: {} (the relay logs in with your ssh agent, forwarded to it: \
                      is the key in it? ssh-add -l)",
                     process::summarize(&output.stderr)
-                ))
+                )))
             }
-            _ => return Err(relay.failure("the relay's copy", &output)),
+            _ => return Err(Missed::Failed(relay.failure("the relay's copy", &output))),
         }
         let report = String::from_utf8_lossy(&output.stdout);
         let mut lines = report.lines();

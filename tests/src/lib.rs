@@ -261,6 +261,14 @@ impl Testbed {
         run.stdout.trim().to_owned()
     }
 
+    /// A chain of `count` paths of `bytes` each, each referring to the one
+    /// before; `seed` makes them differ from other tests' chains. Its head.
+    pub fn filler(&self, count: u32, bytes: u32, seed: &str) -> String {
+        self.build(&format!(
+            "-E 'with import <nixpkgs> {{}}; filler {{ count = {count}; bytes = {bytes}; seed = \"{seed}\"; }}'"
+        ))
+    }
+
     /// Builds tests/fixtures/NAME/configuration.nix; its toplevel.
     pub fn system(&self, name: &str) -> String {
         self.build(&format!("'<nixpkgs/nixos>' -A system --arg configuration \"$FIXTURES/{name}/configuration.nix\""))

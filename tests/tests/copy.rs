@@ -5,12 +5,6 @@ use nixpipe_tests::proxy::{Link, Proxy};
 use nixpipe_tests::{Host, Testbed};
 
 /// A chain of `count` paths of `bytes` random bytes each.
-fn filler(tb: &Testbed, count: u32, bytes: u32, seed: &str) -> String {
-    tb.build(&format!(
-        "-E 'with import <nixpkgs> {{}}; filler {{ count = {count}; bytes = {bytes}; seed = \"{seed}\"; }}'"
-    ))
-}
-
 fn oddities(tb: &Testbed) -> String {
     tb.build("-E 'with import <nixpkgs> {}; oddities'")
 }
@@ -73,7 +67,7 @@ fn nars_with_every_kind_of_file_arrive_byte_for_byte() {
 fn a_second_copy_finds_everything_there_and_sends_nothing() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    let chain = filler(&tb, 30, 1000, "-warm");
+    let chain = tb.filler(30, 1000, "-warm");
     let t = web1.target();
 
     let first = tb.sh(&format!("nixpipe-copy --json --to {t} {chain}")).ok().json_lines();
@@ -90,7 +84,7 @@ fn a_second_copy_finds_everything_there_and_sends_nothing() {
 fn records_sharing_paths_go_in_one_copy_that_sends_each_path_once() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    let chain = filler(&tb, 10, 100, "-shared");
+    let chain = tb.filler(10, 100, "-shared");
     let inner = tb.sh(&format!("readlink {chain}/prev")).ok().stdout.trim().to_owned();
 
     let run = tb.sh(&format!("nixpipe-copy --json --to {} {inner} {chain}", web1.target())).ok();
@@ -105,7 +99,7 @@ fn records_sharing_paths_go_in_one_copy_that_sends_each_path_once() {
 fn copy_from_one_host_to_another() {
     let tb = Testbed::new();
     let (build1, web1) = (tb.host("build1"), tb.host("web1"));
-    let chain = filler(&tb, 5, 5000, "-relay");
+    let chain = tb.filler(5, 5000, "-relay");
     tb.sh(&format!("nixpipe-copy --to {} {chain}", build1.target())).ok();
     // Gone from here, so the bytes can only come from build1.
     tb.sh(&format!("nix-store --delete $(nix-store --query --requisites {chain})")).ok();
@@ -120,7 +114,7 @@ fn copy_from_one_host_to_another() {
 fn a_path_missing_from_the_source_is_named_and_nothing_is_copied() {
     let tb = Testbed::new();
     let (build1, web1) = (tb.host("build1"), tb.host("web1"));
-    let chain = filler(&tb, 3, 100, "-missing");
+    let chain = tb.filler(3, 100, "-missing");
 
     let run = tb.sh(&format!("nixpipe-copy --from {} --to {} {chain}", build1.target(), web1.target()));
 
@@ -133,7 +127,7 @@ fn a_path_missing_from_the_source_is_named_and_nothing_is_copied() {
 fn a_corrupt_path_stops_the_copy_naming_it_and_the_target_never_registers_it() {
     let tb = Testbed::new();
     let (build1, web1) = (tb.host("build1"), tb.host("web1"));
-    let chain = filler(&tb, 4, 5000, "-corrupt");
+    let chain = tb.filler(4, 5000, "-corrupt");
     tb.sh(&format!("nixpipe-copy --to {} {chain}", build1.target())).ok();
     // The same size, other bytes: only the hash can tell.
     build1.sh(&format!("chmod u+w {chain}/data && printf XXXX | dd of={chain}/data bs=1 conv=notrunc 2>/dev/null"));
@@ -152,7 +146,7 @@ fn a_corrupt_path_stops_the_copy_naming_it_and_the_target_never_registers_it() {
 #[test]
 fn a_connection_cut_at_any_point_leaves_only_valid_paths_and_a_rerun_sends_the_rest() {
     let tb = Testbed::new();
-    let chain = filler(&tb, 20, 100_000, "-cut");
+    let chain = tb.filler(20, 100_000, "-cut");
     let closure = local_closure(&tb, &chain);
 
     // In the handshake, in the queries, and a third, two thirds and most
@@ -181,7 +175,7 @@ fn a_binary_cache_written_by_copy_is_a_substituter_nix_accepts() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let odd = oddities(&tb);
-    let chain = filler(&tb, 5, 1000, "-cache");
+    let chain = tb.filler(5, 1000, "-cache");
     let public = new_key(&tb, "cache");
     let cache = tb.path().join("cache");
 
@@ -198,7 +192,7 @@ fn a_binary_cache_written_by_copy_is_a_substituter_nix_accepts() {
 fn substitute_on_destination_lets_the_target_fetch_from_its_own_cache() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    let chain = filler(&tb, 5, 1000, "-subst");
+    let chain = tb.filler(5, 1000, "-subst");
     let public = new_key(&tb, "cache");
     let cache = tb.path().join("cache");
     tb.sh(&format!("nixpipe-copy --to file://{} --sign-key cache.sec {chain}", cache.display())).ok();
@@ -214,7 +208,7 @@ fn substitute_on_destination_lets_the_target_fetch_from_its_own_cache() {
 fn unsigned_paths_to_an_untrusted_user_are_refused_with_the_ways_out() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    let chain = filler(&tb, 2, 100, "-untrusted");
+    let chain = tb.filler(2, 100, "-untrusted");
     let public = new_key(&tb, "deploy");
     web1.sh(&format!("printf 'trusted-public-keys = {public}\\n' >> /etc/nix/nix.conf"));
     web1.start_nix_daemon();
@@ -240,7 +234,7 @@ fn compress_zstd_streams_through_the_targets_zstd() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let odd = oddities(&tb);
-    let chain = filler(&tb, 10, 10_000, "-zstd");
+    let chain = tb.filler(10, 10_000, "-zstd");
 
     let run = tb.sh(&format!("nixpipe-copy --compress zstd --json --to {} {odd} {chain}", web1.target())).ok();
 
@@ -254,7 +248,7 @@ fn compress_zstd_streams_through_the_targets_zstd() {
 fn dry_run_lists_what_would_be_sent_and_sends_nothing() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    let chain = filler(&tb, 3, 100, "-dry");
+    let chain = tb.filler(3, 100, "-dry");
 
     let run = tb.sh(&format!("nixpipe-copy --dry-run --to {} {chain}", web1.target())).ok();
 

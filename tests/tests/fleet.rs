@@ -1,6 +1,7 @@
 //! Many hosts in one run: --jobs, --fail-fast, rolling --batch with
-//! --check, one sudo prompt for all (see activate.rs).
+//! --check, one sudo prompt for all (see activate.rs), upload once with --via.
 
+use nixpipe_tests::proxy::{Link, Proxy};
 use nixpipe_tests::{Host, Testbed};
 
 /// Hosts web1..webN, each with an ssh alias of its name.
@@ -231,6 +232,33 @@ fn via_a_relay_that_is_down_fails_in_one_line_and_nothing_moves() {
         .error_line()
         .starts_with("nixpipe-copy: upload to relay failed, nothing went further: cannot reach relay"));
     assert!(!targets[0].has(&system));
+}
+
+#[test]
+fn via_a_relay_whose_connection_drops_mid_upload_the_targets_get_nothing() {
+    let tb = Testbed::new();
+    let chain = tb.filler(20, 100_000, "-via-cut");
+    let (relay, targets) = behind_a_relay(&tb, 2);
+    // About half of the 2 MB upload gets through.
+    let proxy = Proxy::start(relay.port, Link::CutAfter(1_000_000));
+    tb.alias_at("relay", &relay, "root", proxy.port);
+
+    let run = tb.sh(&tb.with_agent(&format!(
+        "printf 'web1\\t{chain}\\nweb2\\t{chain}\\n' | nixpipe-copy --via relay --to 'root@{{name}}'"
+    )));
+
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.is_empty());
+    let error = run.error_line();
+    assert_eq!(
+        error,
+        "nixpipe-copy: upload to relay failed, nothing went further: the ssh connection to relay dropped"
+    );
+    let closure = tb.sh(&format!("nix-store --query --requisites {chain}")).ok().stdout;
+    for target in &targets {
+        assert!(closure.lines().all(|path| !target.has(path)), "{}", target.hostname);
+    }
+    relay.assert_store_sound();
 }
 
 #[test]

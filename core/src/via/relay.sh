@@ -1,30 +1,43 @@
 # Runs on the relay of `nixpipe-copy --via HOST`, as
-#   sh -c SCRIPT nixpipe-relay DESTINATION PORT PATH...
-# Makes the closures of the PATHs, read from this host's store, valid on
-# DESTINATION (user@host as the deployer wrote it, resolved by this host's
-# own ssh configuration), at PORT unless it is empty. One stream for all
-# missing paths (nix-store --export sorts them references first), so the
-# relay pays no round trip per path.
+#   sh -c SCRIPT nixpipe-relay DESTINATION PORT
+# Makes a closure valid on DESTINATION (user@host as the deployer wrote it,
+# resolved by this host's own ssh configuration), at PORT unless it is
+# empty, from this host's store.
 #
-# stdin: the known_hosts lines of the keys the deployer trusts for the
-# target, under the alias nixpipe-target: the target is checked with the
-# deployer's trust, never with host key checking off.
+# It starts while the closure is still being uploaded here: it logs in to
+# the target and asks what the target lacks meanwhile, then waits for the
+# deployer's word that the upload is done.
+#
+# stdin, each part ending with an empty line:
+# - the known_hosts lines of the keys the deployer trusts for the target,
+#   under the alias nixpipe-target: the target is checked with the
+#   deployer's trust, never with host key checking off;
+# - the closure, a store path per line;
+# then "go" once the closure is valid here (end of input: the upload
+# failed, and nothing is copied).
 #
 # Prints the closure's size in paths, then "PATH NARSIZE" for each path it
-# sent. Exit 3: the target could not be reached from here.
+# sent. Exit 3: the target could not be reached from here; exit 4: no go.
 set -eu
 destination=$1 port=$2
-shift 2
 scratch=$(mktemp -d)
-cat >"$scratch/known_hosts"
 
-# Both steps share one connection: one handshake, one login with the
-# forwarded agent.
+# Reads stdin up to the next empty line (or its end).
+part() {
+  while IFS= read -r line && [ -n "$line" ]; do printf '%s\n' "$line"; done
+}
+part >"$scratch/known_hosts"
+closure=$(part)
+
+# Every step shares one connection: one handshake, one login with the
+# forwarded agent. nix-copy-closure reads them from NIX_SSHOPTS, which is
+# split on spaces: mktemp's directory has none.
+ssh_options="-o BatchMode=yes -o StrictHostKeyChecking=yes -o HostKeyAlias=nixpipe-target \
+-o UserKnownHostsFile=$scratch/known_hosts -o GlobalKnownHostsFile=/dev/null \
+-o ControlMaster=auto -o ControlPath=$scratch/target -o ControlPersist=yes ${port:+-p $port}"
 on_target() {
-  ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o HostKeyAlias=nixpipe-target \
-    -o UserKnownHostsFile="$scratch/known_hosts" -o GlobalKnownHostsFile=/dev/null \
-    -o ControlMaster=auto -o ControlPath="$scratch/target" -o ControlPersist=yes \
-    ${port:+-p "$port"} "$@"
+  # shellcheck disable=SC2086 # split on purpose: ssh_options is a list
+  ssh $ssh_options "$@"
 }
 # Under set -e a failing command in the trap would replace the exit status.
 trap 'on_target -O exit -- "$destination" 2>/dev/null || true; rm -rf "$scratch"' EXIT
@@ -35,10 +48,20 @@ unreachable() {
   exit "$1"
 }
 
-closure=$(nix-store --query --requisites "$@")
 echo "$closure" | wc -l
-missing=$(on_target -- "$destination" nix-store --check-validity --print-invalid $closure) || unreachable $?
+# -n: ssh would read the deployer's "go" meant for this script.
+# shellcheck disable=SC2086 # one argument per path
+missing=$(on_target -n -- "$destination" nix-store --check-validity --print-invalid $closure) || unreachable $?
+read -r go || exit 4
+[ "$go" = go ] || exit 4
 [ -n "$missing" ] || exit 0
-nix-store --export $missing | on_target -- "$destination" nix-store --import >/dev/null || unreachable $?
+# nix-copy-closure streams each missing path with one round trip each, over
+# the connection above: on the relay's side of the network, round trips
+# are short, and it costs about half the CPU of export | import.
+# shellcheck disable=SC2086
+NIX_SSHOPTS=$ssh_options nix-copy-closure --to "$destination" $missing </dev/null >/dev/null 2>"$scratch/copy.log" || {
+  cat "$scratch/copy.log" >&2
+  exit 1
+}
 printf '%s\n' $missing >"$scratch/sent"
 nix-store --query --size $missing | paste -d ' ' "$scratch/sent" -
