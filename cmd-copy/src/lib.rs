@@ -67,8 +67,9 @@ Upload once (--via):
     HOST's own keys must be accepted by the targets.
   - Host keys stay checked: each target must present a key this machine's known_hosts holds for
     it (connect to it once from here first); those keys are handed to HOST for the run.
-  - HOST sends paths without our signatures: the target user must be root or trusted, or the
-    paths must carry signatures the target trusts.
+  - The target user must be root or trusted, or the paths must carry signatures the target
+    trusts: --sign-key signs what the upload sends; paths HOST already had keep the
+    signatures they had.
   --via file:///DIR --sign-key FILE writes a signed binary cache once; then each target
   substitutes from it, told the cache's URL (--cache-url, e.g. an https:// address where the
   directory is served; by default the file:// URL itself, for a directory every target mounts)

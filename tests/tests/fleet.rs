@@ -262,6 +262,30 @@ fn via_a_relay_whose_connection_drops_mid_upload_the_targets_get_nothing() {
 }
 
 #[test]
+fn via_a_relay_an_untrusted_target_user_gets_signed_paths_and_unsigned_ones_are_refused_in_one_line() {
+    let tb = Testbed::new();
+    let (signed, unsigned) = (tb.filler(2, 100, "-via-signed"), tb.filler(2, 100, "-via-unsigned"));
+    let (_relay, targets) = behind_a_relay(&tb, 1);
+    tb.sh("nix-store --generate-binary-cache-key deploy-1 deploy.sec deploy.pub").ok();
+    let public = std::fs::read_to_string(tb.path().join("deploy.pub")).unwrap();
+    targets[0].sh(&format!("printf 'trusted-public-keys = {public}\\n' >> /etc/nix/nix.conf"));
+    targets[0].start_nix_daemon();
+    let copy = |args: &str| tb.sh(&tb.with_agent(&format!("nixpipe-copy --via relay --to deploy@web1 {args}")));
+
+    let accepted = copy(&format!("--sign-key deploy.sec {signed}"));
+    let refused = copy(&unsigned);
+
+    assert_eq!(accepted.code, 0, "{}", accepted.stderr);
+    assert!(targets[0].has(&signed));
+    assert_eq!(refused.code, 1);
+    let error = refused.error_line();
+    assert!(error.contains("the relay's copy failed on relay (exit 1): error: cannot add path"), "{error}");
+    assert!(error.ends_with("because it lacks a valid signature"), "{error}");
+    assert!(!targets[0].has(&unsigned));
+    targets[0].assert_store_sound();
+}
+
+#[test]
 fn on_a_terminal_each_host_has_a_progress_line_and_in_a_pipe_none() {
     let tb = Testbed::new();
     let system = tb.system_with("web1", "testbed.switchSleep = 1;");
