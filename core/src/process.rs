@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Output, Stdio};
 
 /// What the user sees of a failing program's stderr: Nix's `error:` line if
 /// there is one, else the last line; control characters dropped, bounded.
@@ -38,11 +38,20 @@ pub fn capture(cmd: &mut Command) -> Result<Output, String> {
 /// Runs `cmd` to the end with `input` on its stdin, stdout and stderr
 /// captured.
 pub fn capture_with_input(cmd: &mut Command, input: &[u8]) -> Result<Output, String> {
+    capture_feeding(cmd, |stdin| {
+        let _ = stdin.write_all(input);
+    })
+}
+
+/// Runs `cmd` to the end, stdout and stderr captured, with `feed` writing
+/// its stdin as it goes (closed once `feed` returns). A program that exits
+/// without reading is reported by its status, so writes may fail quietly.
+/// `feed` must not wait on the program's output: it is read only after.
+pub fn capture_feeding(cmd: &mut Command, feed: impl FnOnce(&mut ChildStdin)) -> Result<Output, String> {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| cannot_run(cmd, e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A program that exits without reading is reported by its status.
-        let _ = stdin.write_all(input);
+        feed(&mut stdin);
     }
     child.wait_with_output().map_err(|e| cannot_run(cmd, e))
 }

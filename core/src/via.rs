@@ -280,17 +280,15 @@ impl RelayConnection {
         let argv = ["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port];
         let options = Self::options(self.dir.path());
         let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        // A script that exits without reading is reported by its status.
-        let _ = stdin.write_all(input.as_bytes());
-        let go = uploaded.wait();
-        if go {
-            let _ = stdin.write_all(b"go\n");
-        }
-        drop(stdin);
-        let output = child.wait_with_output().map_err(|e| format!("cannot run ssh: {e}"))?;
+        let mut go = false;
+        // The script prints one line before "go": its output can wait.
+        let output = process::capture_feeding(&mut cmd, |stdin| {
+            let _ = stdin.write_all(input.as_bytes());
+            go = uploaded.wait();
+            if go {
+                let _ = stdin.write_all(b"go\n");
+            }
+        })?;
         if !go {
             return Err(Missed::NoUpload);
         }
