@@ -269,6 +269,13 @@ impl Testbed {
         ))
     }
 
+    /// A signing key pair NAME.sec and NAME.pub in the deployer's directory,
+    /// as `nix-store --generate-binary-cache-key` makes them; the public key.
+    pub fn new_key(&self, name: &str) -> String {
+        self.sh(&format!("nix-store --generate-binary-cache-key {name}-1 {name}.sec {name}.pub")).ok();
+        fs::read_to_string(self.path().join(format!("{name}.pub"))).unwrap()
+    }
+
     /// Builds tests/fixtures/NAME/configuration.nix; its toplevel.
     pub fn system(&self, name: &str) -> String {
         self.build(&format!("'<nixpkgs/nixos>' -A system --arg configuration \"$FIXTURES/{name}/configuration.nix\""))

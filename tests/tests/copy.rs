@@ -20,11 +20,6 @@ fn host_closure(host: &Host, path: &str) -> Vec<String> {
 
 /// A signing key pair in the deployer's directory, NAME.sec and NAME.pub;
 /// returns the public key.
-fn new_key(tb: &Testbed, name: &str) -> String {
-    tb.sh(&format!("nix-store --generate-binary-cache-key {name}-1 {name}.sec {name}.pub")).ok();
-    std::fs::read_to_string(tb.path().join(format!("{name}.pub"))).unwrap()
-}
-
 /// Makes the binary cache in `dir` a substituter of `host`, trusting `public`.
 fn substitute_from(host: &Host, dir: &std::path::Path, public: &str) {
     let conf = format!("substituters = file://{}\ntrusted-public-keys = {public}\n", dir.display());
@@ -176,7 +171,7 @@ fn a_binary_cache_written_by_copy_is_a_substituter_nix_accepts() {
     let web1 = tb.host("web1");
     let odd = oddities(&tb);
     let chain = tb.filler(5, 1000, "-cache");
-    let public = new_key(&tb, "cache");
+    let public = tb.new_key("cache");
     let cache = tb.path().join("cache");
 
     let run = tb.sh(&format!("nixpipe-copy --to file://{} --sign-key cache.sec {odd} {chain}", cache.display())).ok();
@@ -193,7 +188,7 @@ fn substitute_on_destination_lets_the_target_fetch_from_its_own_cache() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let chain = tb.filler(5, 1000, "-subst");
-    let public = new_key(&tb, "cache");
+    let public = tb.new_key("cache");
     let cache = tb.path().join("cache");
     tb.sh(&format!("nixpipe-copy --to file://{} --sign-key cache.sec {chain}", cache.display())).ok();
     substitute_from(&web1, &cache, &public);
@@ -209,7 +204,7 @@ fn unsigned_paths_to_an_untrusted_user_are_refused_with_the_ways_out() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let chain = tb.filler(2, 100, "-untrusted");
-    let public = new_key(&tb, "deploy");
+    let public = tb.new_key("deploy");
     web1.sh(&format!("printf 'trusted-public-keys = {public}\\n' >> /etc/nix/nix.conf"));
     web1.start_nix_daemon();
     let t = web1.target_as("deploy");

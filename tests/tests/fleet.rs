@@ -266,8 +266,7 @@ fn via_a_relay_an_untrusted_target_user_gets_signed_paths_and_unsigned_ones_are_
     let tb = Testbed::new();
     let (signed, unsigned) = (tb.filler(2, 100, "-via-signed"), tb.filler(2, 100, "-via-unsigned"));
     let (_relay, targets) = behind_a_relay(&tb, 1);
-    tb.sh("nix-store --generate-binary-cache-key deploy-1 deploy.sec deploy.pub").ok();
-    let public = std::fs::read_to_string(tb.path().join("deploy.pub")).unwrap();
+    let public = tb.new_key("deploy");
     targets[0].sh(&format!("printf 'trusted-public-keys = {public}\\n' >> /etc/nix/nix.conf"));
     targets[0].start_nix_daemon();
     let copy = |args: &str| tb.sh(&tb.with_agent(&format!("nixpipe-copy --via relay --to deploy@web1 {args}")));
