@@ -8,7 +8,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux procps zstd time)
+packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux procps zstd time
+    debootstrap systemd-container)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -18,6 +19,10 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Debian's nix-bin leaves /nix to the first Nix command; the testbed's hosts
+# mount their own stores on it, so it must be there before any of them starts.
+mkdir -p /nix
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install a Rust toolchain (rustup) and put ~/.cargo/bin on PATH" >&2

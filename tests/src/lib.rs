@@ -1,46 +1,48 @@
-//! The testbed: throwaway NixOS-like hosts on this machine, and a deployer
-//! shell to run nixpipe against them, as a user would.
-//!
-//! A [`Host`] is a set of namespaces (mount, UTS, PID) with its own /nix,
-//! /etc (an overlay: /etc/nix, /etc/nixos, users: root, and `deploy` with a
-//! password and sudo), /var/lib, /run, /usr/local/sbin (for stand-ins of
-//! system programs), hostname, and an sshd on a free loopback port.
-//! It dies with its PID namespace when dropped, also on panic; its mounts go
-//! with its mount namespace; its directory is removed.
+//! The testbed: throwaway NixOS-like hosts on this machine (see [`host`]),
+//! and a deployer shell to run nixpipe against them, as a user would.
 //!
 //! A [`Testbed`] is the deployer's side: an ssh client key, known_hosts and
-//! an ssh_config handed to ssh through NIX_SSHOPTS (never ~/.ssh), and a
-//! private Nix configuration (never /etc/nix, never a substituter).
+//! an ssh_config handed to ssh through NIX_SSHOPTS (never ~/.ssh), a
+//! private Nix configuration (never /etc/nix, never a substituter), and the
+//! Nix this run's deployer uses: this machine's, or a Debian release's
+//! ([`DEPLOYER_NIX_VAR`], see [`release`]).
 
+pub mod host;
 pub mod http;
 pub mod proxy;
+pub mod release;
+
+pub use host::{Host, HostKind, Init, ACTIVE_UNITS, DEPLOY_PASSWORD, SWITCH_LOG, SYSTEMCTL_LOG, TARGET_NIX_VAR};
+pub use release::Release;
 
 use std::fs;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+
 use tempfile::TempDir;
 
-/// The password of the `deploy` user on every host.
-pub const DEPLOY_PASSWORD: &str = "correct horse battery staple";
-/// `openssl passwd -6 -salt nixpipetestbed "$DEPLOY_PASSWORD"`
-const DEPLOY_PASSWORD_HASH: &str =
-    "$6$nixpipetestbed$TXNTxD5Yow8WPBOyngKVfrI81kkS6eckOlGxNty1yOC.UhFFt1gbwuhRpuiYtGUkSxvIL.THs0SXJpO2snPDh1";
-const DEPLOY_UID: u32 = 4242;
-/// Where the stand-in switch-to-configuration logs its calls, on a host.
-pub const SWITCH_LOG: &str = "/var/lib/nixpipe-testbed/switch.log";
-/// Where the stand-in systemctl of [`Host::pretend_systemctl`] logs its calls,
-/// and the units it says are active.
-pub const SYSTEMCTL_LOG: &str = "/var/lib/nixpipe-testbed/systemctl.log";
-pub const ACTIVE_UNITS: &str = "/var/lib/nixpipe-testbed/active-units";
-/// Where the stand-in systemd-run of [`Host::pretend_systemd`] logs its calls.
-pub const SYSTEMD_RUN_LOG: &str = "/var/lib/nixpipe-testbed/systemd-run.log";
+/// The environment variable naming the Nix release the deployer runs
+/// (`bookworm`, `trixie`, `sid`, or `machine`).
+pub const DEPLOYER_NIX_VAR: &str = "NIXPIPE_TEST_DEPLOYER_NIX";
 
-const NIX_CONF: &str =
+/// What went wrong setting up the testbed: one line, for nixpipe-testbed
+/// to print; tests panic with it.
+#[derive(Debug)]
+pub struct TestbedError(pub String);
+
+impl std::fmt::Display for TestbedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TestbedError {}
+
+pub(crate) const NIX_CONF: &str =
     "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes\n";
 
 /// The repository's tests/fixtures.
@@ -122,6 +124,8 @@ impl Run {
 
 pub struct Testbed {
     dir: TempDir,
+    /// The release whose Nix the deployer runs; None: this machine's.
+    pub deployer_nix: Option<Release>,
 }
 
 impl Default for Testbed {
@@ -131,9 +135,22 @@ impl Default for Testbed {
 }
 
 impl Testbed {
+    /// The deployer's side, with the Nix [`DEPLOYER_NIX_VAR`] names.
     pub fn new() -> Testbed {
-        let dir = tempfile::Builder::new().prefix("nixpipe-deployer.").tempdir().unwrap();
+        Testbed::try_new().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_new() -> Result<Testbed, TestbedError> {
+        let deployer_nix = Release::from_env(DEPLOYER_NIX_VAR)?;
+        host::remove_stale_cgroups();
+        let dir = tempfile::Builder::new()
+            .prefix("nixpipe-deployer.")
+            .tempdir()
+            .map_err(|e| TestbedError(format!("cannot make the deployer's directory: {e}")))?;
         let root = dir.path();
+        if let Some(release) = deployer_nix {
+            release.install_nix_wrappers(&root.join("nix-bin"))?;
+        }
         fs::create_dir_all(root.join("nix-conf")).unwrap();
         fs::write(root.join("nix-conf/nix.conf"), NIX_CONF).unwrap();
         new_key_pair(&root.join("id_ed25519"), "nixpipe-testbed");
@@ -143,7 +160,7 @@ impl Testbed {
             r = root.display()
         );
         fs::write(root.join("ssh_config"), config).unwrap();
-        Testbed { dir }
+        Ok(Testbed { dir, deployer_nix })
     }
 
     pub fn path(&self) -> &Path {
@@ -155,9 +172,25 @@ impl Testbed {
         format!("-F {}", self.path().join("ssh_config").display())
     }
 
-    /// Starts a host named `hostname`.
+    /// Starts a namespace host named `hostname`, with the target Nix of
+    /// this run ([`TARGET_NIX_VAR`]).
     pub fn host(&self, hostname: &str) -> Host {
-        Host::start(self, hostname)
+        self.host_of(hostname, HostKind::namespace().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Starts a host named `hostname` booting real systemd, with the target
+    /// Nix of this run.
+    pub fn systemd_host(&self, hostname: &str) -> Host {
+        self.host_of(hostname, HostKind::systemd().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Starts a host named `hostname` of `kind`.
+    pub fn host_of(&self, hostname: &str, kind: HostKind) -> Host {
+        self.try_host(hostname, kind).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_host(&self, hostname: &str, kind: HostKind) -> Result<Host, TestbedError> {
+        Host::start(self, hostname, kind)
     }
 
     /// A command in the deployer's environment: nixpipe on PATH,
@@ -165,9 +198,10 @@ impl Testbed {
     /// NIXPKGS and FIXTURES pointing at the stand-ins.
     pub fn command(&self, program: &str) -> Command {
         let path = format!(
-            "{}:{}:{}",
+            "{}:{}:{}:{}",
             self.path().join("counting-bin").display(),
             bin_dir().display(),
+            self.path().join("nix-bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let mut cmd = Command::new(program);
@@ -298,7 +332,8 @@ impl Testbed {
     pub fn count_calls(&self, program: &str) -> PathBuf {
         let bin = self.path().join("counting-bin");
         fs::create_dir_all(&bin).unwrap();
-        let real = String::from_utf8(run_ok(Command::new("sh").args(["-c", &format!("command -v {program}")])).stdout)
+        // The one the deployer would run: a release's Nix, say.
+        let real = String::from_utf8(run_ok(self.command("sh").args(["-c", &format!("command -v {program}")])).stdout)
             .unwrap();
         let log = self.path().join(format!("{program}.calls"));
         // One line per call, whatever newlines the arguments hold.
@@ -321,311 +356,7 @@ impl Testbed {
     }
 }
 
-/// One throwaway host. Dropping it kills everything in it.
-pub struct Host {
-    pub hostname: String,
-    pub port: u16,
-    dir: TempDir,
-    namespace: Child,
-}
-
-impl Host {
-    fn start(testbed: &Testbed, hostname: &str) -> Host {
-        let dir = tempfile::Builder::new().prefix(&format!("nixpipe-host-{hostname}.")).tempdir().unwrap();
-        let root = dir.path();
-        for sub in [
-            "nix",
-            "etc/nix",
-            "etc/nixos",
-            "etc-work",
-            "var-lib",
-            "run/sshd",
-            "home/deploy",
-            "home/root",
-            "ssh",
-            "sbin",
-        ] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        fs::write(root.join("etc/nix/nix.conf"), NIX_CONF).unwrap();
-        new_key_pair(&root.join("ssh/host_key"), hostname);
-        fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).unwrap();
-        write_user_database(root, hostname);
-
-        for _attempt in 0..5 {
-            let port = free_port();
-            fs::write(root.join("ssh/sshd_config"), sshd_config(root, port)).unwrap();
-            let mut namespace = spawn_namespace(root, hostname);
-            if wait_for_sshd(&mut namespace, root, port) {
-                let host_key = fs::read_to_string(root.join("ssh/host_key.pub")).unwrap();
-                let mut known = fs::OpenOptions::new().append(true).open(testbed.path().join("known_hosts")).unwrap();
-                writeln!(known, "[127.0.0.1]:{port} {}", host_key.trim()).unwrap();
-                return Host { hostname: hostname.to_owned(), port, dir, namespace };
-            }
-            // Lost a race for the port to another test: try another.
-            let _ = namespace.kill();
-            let _ = namespace.wait();
-        }
-        panic!("sshd for {hostname} did not start: {}", fs::read_to_string(root.join("sshd.log")).unwrap_or_default());
-    }
-
-    /// Lets this host's root reach `other` by ssh as `alias` (in its
-    /// ~/.ssh/config), as machines of one network know each other by name.
-    pub fn alias(&self, alias: &str, other: &Host) {
-        let ssh = self.dir().join("home/root/.ssh");
-        fs::create_dir_all(&ssh).unwrap();
-        let mut config = fs::OpenOptions::new().create(true).append(true).open(ssh.join("config")).unwrap();
-        writeln!(config, "Host {alias}\n  HostName 127.0.0.1\n  Port {}", other.port).unwrap();
-    }
-
-    /// `root@127.0.0.1:PORT`
-    pub fn target(&self) -> String {
-        self.target_as("root")
-    }
-
-    pub fn target_as(&self, user: &str) -> String {
-        format!("{user}@127.0.0.1:{}", self.port)
-    }
-
-    /// Runs a shell command inside the host, as root, without ssh: what
-    /// tests use to look at the host itself.
-    pub fn exec(&self, script: &str) -> Output {
-        let pid = self.init_pid().expect("the host is running").to_string();
-        Command::new("nsenter")
-            .args(["--target", &pid, "--mount", "--uts", "--pid", "--", "sh", "-c", script])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// [`Host::exec`] that must succeed; its stdout.
-    pub fn sh(&self, script: &str) -> String {
-        let out = self.exec(script);
-        assert!(
-            out.status.success(),
-            "on {}: `{script}` failed: {}",
-            self.hostname,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// The lines switch-to-configuration logged on this host.
-    pub fn switch_log(&self) -> Vec<String> {
-        self.sh(&format!("cat {SWITCH_LOG} 2>/dev/null || true")).lines().map(str::to_owned).collect()
-    }
-
-    /// Makes the host look as if systemd ran it: /run/systemd/system, and a
-    /// stand-in systemd-run (first on root's PATH) that logs its arguments
-    /// to SYSTEMD_RUN_LOG and starts the unit's command detached.
-    pub fn pretend_systemd(&self) {
-        self.sh(&format!(
-            "mkdir -p /run/systemd/system && cat > /usr/local/sbin/systemd-run <<'EOF'
-#!/bin/sh
-mkdir -p /var/lib/nixpipe-testbed && echo \"$*\" >> {SYSTEMD_RUN_LOG}
-while [ $# -gt 0 ] && [ \"$1\" != -- ]; do shift; done
-shift
-(setsid \"$@\" </dev/null >/dev/null 2>&1 &)
-EOF
-chmod +x /usr/local/sbin/systemd-run"
-        ));
-    }
-
-    /// Puts a stand-in systemctl first on root's PATH. It logs each call to
-    /// SYSTEMCTL_LOG; `is-active` answers from ACTIVE_UNITS (one unit a
-    /// line); `restart microvm@NAME.service` marks the unit active and, as
-    /// microvm.nix's units do when a VM starts, points NAME's `booted` at its
-    /// `current`; `stop` marks it inactive and removes `booted`.
-    pub fn pretend_systemctl(&self) {
-        self.sh(&format!(
-            r#"mkdir -p /var/lib/nixpipe-testbed && touch {ACTIVE_UNITS} && cat > /usr/local/sbin/systemctl <<'EOF'
-#!/bin/sh
-echo "$*" >> {SYSTEMCTL_LOG}
-[ "$1" = is-active ] && {{ [ "$2" = --quiet ] && shift; grep -qxF "$2" {ACTIVE_UNITS}; exit; }}
-vm=${{2#microvm@}}; vm=${{vm%.service}}
-case $1 in
-  restart|start) grep -qxF "$2" {ACTIVE_UNITS} || echo "$2" >> {ACTIVE_UNITS}
-                 ln -sfn "$(readlink /var/lib/microvms/$vm/current)" /var/lib/microvms/$vm/booted ;;
-  stop) grep -vxF "$2" {ACTIVE_UNITS} > {ACTIVE_UNITS}.new; mv {ACTIVE_UNITS}.new {ACTIVE_UNITS}
-        rm -f /var/lib/microvms/$vm/booted ;;
-esac
-EOF
-chmod +x /usr/local/sbin/systemctl"#
-        ));
-    }
-
-    /// The calls the stand-in systemctl logged.
-    pub fn systemctl_log(&self) -> Vec<String> {
-        self.sh(&format!("cat {SYSTEMCTL_LOG} 2>/dev/null || true")).lines().map(str::to_owned).collect()
-    }
-
-    /// Where /nix/var/nix/profiles/system points, resolved to the store path.
-    pub fn system_profile(&self) -> Option<String> {
-        let out = self.exec("readlink -e /nix/var/nix/profiles/system");
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
-    }
-
-    /// Whether `path` is valid in the host's store.
-    pub fn has(&self, path: &str) -> bool {
-        self.exec(&format!("nix-store --check-validity {path}")).status.success()
-    }
-
-    /// Starts a nix-daemon, for users other than root: what multi-user
-    /// NixOS has. It reads the host's nix.conf as it is now.
-    pub fn start_nix_daemon(&self) {
-        self.sh("nix-daemon </dev/null >/var/lib/nix-daemon.log 2>&1 &");
-        let socket = self.dir().join("nix/var/nix/daemon-socket/socket");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "nix-daemon did not start on {}", self.hostname);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Asserts that the host's store is sound: every valid path's contents
-    /// match its recorded hash, and every valid path's references are valid.
-    pub fn assert_store_sound(&self) {
-        self.sh("nix-store --verify --check-contents");
-        self.sh("for p in /nix/store/*; do
-               if nix-store --check-validity $p 2>/dev/null; then
-                 nix-store --check-validity $(nix-store --query --references $p) || exit 1
-               fi
-             done");
-    }
-
-    /// The host's own directory (its /nix is `nix/` in it).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The pid, in our namespace, of the host's PID 1 (its sshd).
-    fn init_pid(&self) -> Option<i32> {
-        let unshare = self.namespace.id();
-        let children = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
-        children.split_whitespace().next()?.parse().ok()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        // Killing the host's PID 1 makes the kernel kill everything else in
-        // its PID namespace before PID 1 is reaped; unshare reaps it and
-        // exits, so once it is waited for, the host is gone, and its mounts
-        // with its mount namespace. Then the TempDir goes.
-        match self.init_pid() {
-            Some(pid) => unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            },
-            None => {
-                let _ = self.namespace.kill();
-            }
-        }
-        let _ = self.namespace.wait();
-    }
-}
-
 /// An ed25519 key pair without passphrase: `path` and `path.pub`.
-fn new_key_pair(path: &Path, comment: &str) {
+pub(crate) fn new_key_pair(path: &Path, comment: &str) {
     run_ok(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path));
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn sshd_config(root: &Path, port: u16) -> String {
-    format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {r}/ssh/host_key\nAuthorizedKeysFile {r}/ssh/authorized_keys\n\
-         PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-         StrictModes no\nUsePAM no\nPidFile none\nPrintMotd no\n",
-        r = root.display()
-    )
-}
-
-/// The host's own user database, with a `deploy` user who has a password
-/// and sudo, in the upper layer of its /etc.
-fn write_user_database(root: &Path, hostname: &str) {
-    let home = root.join("home/deploy");
-    let etc = root.join("etc");
-    let add = |file: &str, line: String| {
-        let mut text = fs::read_to_string(format!("/etc/{file}")).unwrap_or_default();
-        if file == "passwd" {
-            // root gets a home of its own: the machine's /root and its
-            // dotfiles (shell init that takes locks, prints, waits) stay out.
-            let own = format!("root:x:0:0:root:{}:/bin/sh", root.join("home/root").display());
-            text =
-                text.lines().map(|l| if l.starts_with("root:") { own.clone() } else { l.to_owned() } + "\n").collect();
-        }
-        text.push_str(&line);
-        fs::write(etc.join(file), text).unwrap();
-    };
-    add("passwd", format!("deploy:x:{DEPLOY_UID}:{DEPLOY_UID}:nixpipe testbed:{}:/bin/sh\n", home.display()));
-    add("group", format!("deploy:x:{DEPLOY_UID}:\n"));
-    add("shadow", format!("deploy:{DEPLOY_PASSWORD_HASH}:19000:0:99999:7:::\n"));
-    fs::write(etc.join("hosts"), format!("127.0.0.1 localhost {hostname}\n")).unwrap();
-    fs::write(etc.join("sudoers"), "Defaults !lecture\nroot ALL=(ALL:ALL) ALL\ndeploy ALL=(ALL:ALL) ALL\n").unwrap();
-    fs::set_permissions(etc.join("sudoers"), fs::Permissions::from_mode(0o440)).unwrap();
-    fs::set_permissions(etc.join("shadow"), fs::Permissions::from_mode(0o640)).unwrap();
-    std::os::unix::fs::chown(&home, Some(DEPLOY_UID), Some(DEPLOY_UID)).unwrap();
-}
-
-fn spawn_namespace(root: &Path, hostname: &str) -> Child {
-    let r = root.display();
-    // /etc is an overlay whose upper layer is the host's own etc/ (users,
-    // sudoers, nix/nix.conf, nixos/): what the host writes there stays its
-    // own. /nix, /var/lib and /run are empty directories of its own.
-    let script = format!(
-        "set -e
-mount -t overlay overlay -o lowerdir=/etc,upperdir={r}/etc,workdir={r}/etc-work /etc
-mount --bind {r}/nix /nix
-mount --bind {r}/var-lib /var/lib
-mount --bind {r}/run /run
-mount --bind {r}/sbin /usr/local/sbin
-hostname {hostname}
-exec /usr/sbin/sshd -D -e -f {r}/ssh/sshd_config 2>>{r}/sshd.log"
-    );
-    let log = fs::File::create(root.join("sshd.log")).unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--uts",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--mount-proc",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(log);
-    // If the test process dies without unwinding, the host dies too.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd.spawn().expect("cannot run unshare (util-linux)")
-}
-
-/// Ready when our own sshd says it listens: a connect alone could reach
-/// another test's host that took the port first.
-fn wait_for_sshd(namespace: &mut Child, root: &Path, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let listening = format!("Server listening on 127.0.0.1 port {port}");
-    while Instant::now() < deadline {
-        if namespace.try_wait().unwrap().is_some() {
-            return false;
-        }
-        let log = fs::read_to_string(root.join("sshd.log")).unwrap_or_default();
-        if log.contains(&listening) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }

@@ -3,7 +3,7 @@
 //! and the ways to choose what is activated.
 
 use nixpipe_tests::proxy::{Link, Proxy};
-use nixpipe_tests::{Host, Testbed, DEPLOY_PASSWORD, SYSTEMD_RUN_LOG};
+use nixpipe_tests::{Host, Testbed, DEPLOY_PASSWORD};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -91,19 +91,19 @@ fn killing_ssh_mid_switch_still_completes_the_switch_and_reports_it() {
 #[test]
 fn on_a_host_with_systemd_the_switch_runs_as_a_transient_unit() {
     let tb = Testbed::new();
-    let web1 = tb.host("web1");
-    web1.pretend_systemd();
+    let web1 = tb.systemd_host("web1");
     let system = tb.system("web1");
     let t = web1.target();
 
     tb.sh(&format!("nixpipe-copy --to {t} {system} | nixpipe-activate --on {t} switch")).ok();
 
-    let calls = web1.sh(&format!("cat {SYSTEMD_RUN_LOG}"));
-    let [call] = calls.lines().collect::<Vec<_>>()[..] else { panic!("one systemd-run: {calls}") };
-    assert!(call.starts_with("--unit=nixpipe-activate-"), "{call}");
-    assert!(call.contains(" --collect ") && call.contains(" job "), "{call}");
     assert_eq!(web1.system_profile().as_deref(), Some(&*system));
     assert_eq!(web1.switch_log().len(), 1);
+    let units = web1.sh("journalctl --no-pager -F _SYSTEMD_UNIT; journalctl --no-pager -F UNIT");
+    let unit = units.lines().find(|u| u.starts_with("nixpipe-activate-")).unwrap_or_else(|| panic!("no unit: {units}"));
+    let journal = web1.journal(unit);
+    assert!(journal.contains("Deactivated successfully"), "the job ran to its end as {unit}: {journal}");
+    assert_eq!(web1.sh(&format!("systemctl list-units --all --no-legend {unit}")), "", "collected");
 }
 
 #[test]

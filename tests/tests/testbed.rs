@@ -84,3 +84,22 @@ fn the_stand_in_nixpkgs_offers_lib_nixos_system_to_flakes() {
 
     assert!(run.stdout.contains("-nixos-system-web1-"), "{}", run.stdout);
 }
+
+#[test]
+fn a_systemd_host_boots_real_systemd_with_its_own_store_and_users() {
+    let tb = Testbed::new();
+    let web1 = tb.systemd_host("web1");
+
+    let run = tb
+        .sh(&format!(
+            "ssh $NIX_SSHOPTS -p {} root@127.0.0.1 'hostname; ps -o comm= -p 1; ls /nix/store 2>/dev/null | wc -l; systemd-run --quiet --wait --collect --unit=probe true && echo unit-ran'",
+            web1.port
+        ))
+        .ok();
+    assert_eq!(run.stdout, "web1\nsystemd\n0\nunit-ran\n");
+    let sudo = format!(
+        "ssh $NIX_SSHOPTS -p {} deploy@127.0.0.1 'echo \"{DEPLOY_PASSWORD}\" | sudo -S -p \"\" id -u'",
+        web1.port
+    );
+    assert_eq!(tb.sh(&sudo).ok().stdout.trim(), "0");
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# make test: the unit tests, then the end-to-end tests once per row of the
+# Nix matrix: the deployer's Nix -> the targets' Nix, each a Debian release's
+# nix-bin (bookworm 2.8, trixie 2.26, sid 2.34). Every scenario runs from
+# old to new and from new to old; copy and eval also from 2.26, and from new
+# to new. With NIX=R (and TARGET_NIX=R, default sid) only that row runs:
+#   make test NIX=sid TARGET_NIX=bookworm
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+all=(activate bundle cli copy deploy eval fleet microvm testbed)
+rows=(
+    "bookworm sid ${all[*]}"
+    "sid bookworm ${all[*]}"
+    "trixie sid copy eval"
+    "sid sid copy eval"
+)
+if [ -n "${NIX:-}" ]; then
+    rows=("$NIX ${TARGET_NIX:-sid} ${all[*]}")
+fi
+
+# The release roots first, each made once and kept (a few minutes each on a
+# new machine), so that no test waits for one.
+for row in "${rows[@]}"; do
+    read -r deployer target _ <<<"$row"
+    for release in "$deployer" "$target"; do
+        [ -e "/var/cache/nixpipe-testbed/$release/usr/bin/nix" ] \
+            || bash scripts/release-root.sh "$release" "/var/cache/nixpipe-testbed/$release"
+    done
+done
+
+cargo test --workspace --locked --exclude nixpipe-tests
+cargo test --locked -p nixpipe-tests --lib --bins
+
+summary=() passed=0 failed=0
+for row in "${rows[@]}"; do
+    read -r deployer target tests <<<"$row"
+    args=()
+    for t in $tests; do args+=(--test "$t"); done
+    echo "=== deployer Nix of $deployer -> targets' Nix of $target: $tests" >&2
+    log=$(mktemp)
+    status=0
+    NIXPIPE_TEST_DEPLOYER_NIX=$deployer NIXPIPE_TEST_TARGET_NIX=$target \
+        cargo test --locked -p nixpipe-tests "${args[@]}" 2>&1 | tee "$log" || status=$?
+    p=$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$log")
+    f=$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$log")
+    rm -f "$log"
+    passed=$((passed + p)) failed=$((failed + f))
+    summary+=("$deployer -> $target: $p passed, $f failed$([ "$status" = 0 ] || echo " (exit $status)")")
+    [ "$status" = 0 ] || failed=$((failed + (f == 0)))
+done
+echo >&2
+printf '%s\n' "${summary[@]}" >&2
+echo "matrix: $passed passed, $failed failed"
+[ "$failed" = 0 ]

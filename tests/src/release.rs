@@ -1,0 +1,136 @@
+//! Debian releases as sources of Nix: a host's root, or the deployer's nix
+//! commands, can come from bookworm (Nix 2.8), trixie (2.26) or sid (2.34).
+//!
+//! A release's root is made once by scripts/release-root.sh (debootstrap
+//! and apt, from Debian's packages) and kept in [`ROOTS`]; tests that start
+//! together wait for the one that makes it.
+
+use crate::TestbedError;
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where release roots are kept between runs.
+pub const ROOTS: &str = "/var/cache/nixpipe-testbed";
+
+/// The Nix programs a deployer runs, each a name of the one `nix` binary.
+const NIX_PROGRAMS: &[&str] = &[
+    "nix",
+    "nix-build",
+    "nix-channel",
+    "nix-collect-garbage",
+    "nix-copy-closure",
+    "nix-daemon",
+    "nix-env",
+    "nix-hash",
+    "nix-instantiate",
+    "nix-prefetch-url",
+    "nix-shell",
+    "nix-store",
+];
+
+/// A Debian release, named for the Nix its nix-bin package carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    Bookworm,
+    Trixie,
+    Sid,
+}
+
+impl Release {
+    pub const ALL: [Release; 3] = [Release::Bookworm, Release::Trixie, Release::Sid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Release::Bookworm => "bookworm",
+            Release::Trixie => "trixie",
+            Release::Sid => "sid",
+        }
+    }
+
+    /// The Nix version of the release's nix-bin, as `nix-store --version`
+    /// says it (major.minor).
+    pub fn nix_version(self) -> &'static str {
+        match self {
+            Release::Bookworm => "2.8",
+            Release::Trixie => "2.26",
+            Release::Sid => "2.34",
+        }
+    }
+
+    /// `bookworm`, `trixie` or `sid`; `machine` (or nothing) is None: the
+    /// Nix this machine has installed.
+    pub fn parse(name: &str) -> Result<Option<Release>, TestbedError> {
+        match name {
+            "" | "machine" => Ok(None),
+            _ => {
+                Release::ALL.into_iter().find(|r| r.name() == name).map(Some).ok_or_else(|| {
+                    TestbedError(format!("unknown Nix release `{name}`: bookworm, trixie, sid or machine"))
+                })
+            }
+        }
+    }
+
+    /// The release named by the environment variable `var`, if any.
+    pub fn from_env(var: &str) -> Result<Option<Release>, TestbedError> {
+        Release::parse(&std::env::var(var).unwrap_or_default()).map_err(|e| TestbedError(format!("{var}: {}", e.0)))
+    }
+
+    /// The release's root directory, made when missing.
+    pub fn root(self) -> Result<PathBuf, TestbedError> {
+        let root = Path::new(ROOTS).join(self.name());
+        if root.join("usr/bin/nix").exists() {
+            return Ok(root);
+        }
+        fs::create_dir_all(ROOTS).map_err(|e| TestbedError(format!("cannot create {ROOTS}: {e}")))?;
+        // One test makes the root; the others wait on the lock, then find it.
+        let lock = fs::File::create(Path::new(ROOTS).join(format!("{}.lock", self.name())))
+            .map_err(|e| TestbedError(format!("cannot lock {ROOTS}: {e}")))?;
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(TestbedError(format!("cannot lock {ROOTS}: {}", std::io::Error::last_os_error())));
+        }
+        if !root.join("usr/bin/nix").exists() {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release-root.sh");
+            let status = Command::new("bash")
+                .arg(script)
+                .arg(self.name())
+                .arg(&root)
+                .status()
+                .map_err(|e| TestbedError(format!("cannot run scripts/release-root.sh: {e}")))?;
+            if !status.success() {
+                return Err(TestbedError(format!("the {self} root could not be made (scripts/release-root.sh)")));
+            }
+        }
+        Ok(root)
+    }
+
+    /// Writes into `bin` a wrapper for each Nix program that runs the
+    /// release's own binary with the release's own dynamic loader and
+    /// libraries, so that the deployer runs that Nix on this machine's /nix.
+    pub fn install_nix_wrappers(self, bin: &Path) -> Result<(), TestbedError> {
+        let root = self.root()?;
+        let r = root.display();
+        fs::create_dir_all(bin).map_err(|e| TestbedError(format!("cannot create {}: {e}", bin.display())))?;
+        for program in NIX_PROGRAMS {
+            // nix picks the program from argv[0]; ld.so's --argv0 sets it.
+            let wrapper = format!(
+                "#!/bin/sh\nexec {r}/lib64/ld-linux-x86-64.so.2 --library-path {r}/usr/lib/x86_64-linux-gnu \
+                 --argv0 {program} {r}/usr/bin/nix \"$@\"\n"
+            );
+            let path = bin.join(program);
+            fs::write(&path, wrapper)
+                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o755)))
+                .map_err(|e| TestbedError(format!("cannot write {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} (Nix {})", self.name(), self.nix_version())
+    }
+}
