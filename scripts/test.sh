@@ -41,7 +41,7 @@ for row in "${rows[@]}"; do
     log=$(mktemp)
     status=0
     NIXPIPE_TEST_DEPLOYER_NIX=$deployer NIXPIPE_TEST_TARGET_NIX=$target \
-        cargo test --locked -p nixpipe-tests "${args[@]}" 2>&1 | tee "$log" || status=$?
+        cargo test --locked --no-fail-fast -p nixpipe-tests "${args[@]}" 2>&1 | tee "$log" || status=$?
     p=$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$log")
     f=$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$log")
     rm -f "$log"

@@ -328,7 +328,9 @@ impl Sink {
                     asked.map_err(|e| source_server.broken(e))
                 })?;
                 drop(acks);
-                target_server.finish()?;
+                // Nix 2.34 may take every NAR, then exit refusing one.
+                let to = target_server.target.clone();
+                target_server.finish().map_err(|said| explain_unsigned_refusal(&to, said, ""))?;
             }
             Sink::Cache(cache) => std::thread::scope(|s| {
                 let asking = s.spawn(move || ask_for_nars(asks, missing));
@@ -403,21 +405,33 @@ fn settle(sent: Result<(), Failure>, source: &mut Server, target: Option<&mut Se
     Err(message)
 }
 
+/// How Nix words its refusal of a path for want of a trusted signature:
+/// "lacks a valid signature" up to 2.2x, "lacks a signature by a trusted
+/// key" in 2.26 and later.
+const UNSIGNED_REFUSALS: [&str; 2] = ["lacks a valid signature", "lacks a signature by a trusted key"];
+
 /// What the target said when it hung up; its refusal of unsigned paths
 /// said with the three ways out.
 fn target_failed(target: &mut Server, error: io::Error) -> String {
     let said = target.broken(error);
-    if !target.stderr().contains("lacks a valid signature") {
+    let stderr = target.stderr();
+    explain_unsigned_refusal(&target.target, said, &stderr)
+}
+
+/// `said`, or, when the target refused a path for want of a signature it
+/// trusts (`said` or the target's `stderr` says so), that with the three
+/// ways out.
+fn explain_unsigned_refusal(target: &Target, said: String, stderr: &str) -> String {
+    if !UNSIGNED_REFUSALS.iter().any(|refusal| said.contains(refusal) || stderr.contains(refusal)) {
         return said;
     }
-    let user = match &target.target {
+    let user = match target {
         Target::Ssh(host) => host.user.clone().unwrap_or_else(|| "the ssh user".to_owned()),
         Target::Local => "this user".to_owned(),
     };
     format!(
-        "{} does not trust unsigned paths from {user}: copy as root, add {user} to trusted-users in its nix.conf, \
-         or sign with --sign-key FILE and add the public key to its trusted-public-keys",
-        target.target
+        "{target} does not trust unsigned paths from {user}: copy as root, add {user} to trusted-users in its nix.conf, \
+         or sign with --sign-key FILE and add the public key to its trusted-public-keys"
     )
 }
 

@@ -219,6 +219,16 @@ chmod +x /usr/local/sbin/systemctl"#
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
     }
 
+    /// The host's GC roots, `LINK -> PATH` each, as `nix-store --gc
+    /// --print-roots` names them (Nix 2.34 quotes LINK, older Nix does not).
+    pub fn gc_roots(&self) -> Vec<String> {
+        self.sh("nix-store --gc --print-roots")
+            .lines()
+            .filter_map(|line| line.split_once(" -> "))
+            .map(|(link, path)| format!("{} -> {path}", link.trim_matches('"')))
+            .collect()
+    }
+
     /// Whether `path` is valid in the host's store.
     pub fn has(&self, path: &str) -> bool {
         self.exec(&format!("nix-store --check-validity {path}")).status.success()
@@ -415,8 +425,7 @@ fn write_user_database(root: &Path, base: &Path, hostname: &str) -> std::io::Res
 /// Mounts the host's root at `merged` in a mount namespace of its own: an
 /// overlay over `base`, its /etc an overlay whose upper layer is the host's
 /// own etc/ (users, sudoers, nix/nix.conf, nixos/), and /nix, /var/lib,
-/// /usr/local/sbin empty directories of its own; the host's directory at its
-/// own path inside. With `base` this machine's / (`None`), there is no new
+/// /usr/local/sbin empty directories of its own. With `base` this machine's / (`None`), there is no new
 /// root: /etc, /nix, /var/lib, /run are mounted over the machine's.
 fn mount_root_script(root: &Path, base: &Path) -> String {
     let r = root.display();
@@ -440,9 +449,6 @@ mkdir -p $m/nix $m/tmp $m/var/lib $m/usr/local/sbin
 mount --bind {r}/nix $m/nix
 mount --bind {r}/var-lib $m/var/lib
 mount --bind {r}/sbin $m/usr/local/sbin
-mount -t tmpfs tmpfs $m/tmp
-mkdir -p $m{r}
-mount --bind {r} $m{r}
 "
     )
 }
@@ -450,11 +456,14 @@ mount --bind {r} $m{r}
 fn spawn_namespace(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<Child, TestbedError> {
     let r = root.display();
     fs::write(root.join("ssh/sshd_config"), sshd_config(root, port)).unwrap();
+    // The machine's /tmp is the host's too, as on a host of this machine's
+    // root: the host's directory is there, and file:// caches tests make.
     let pivot = if base == Path::new("/") {
         String::new()
     } else {
         format!(
             "mount --bind {r}/run $m/run
+mount --rbind /tmp $m/tmp
 mount -t proc proc $m/proc
 mount --rbind /dev $m/dev
 mount --rbind /sys $m/sys

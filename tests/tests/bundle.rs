@@ -30,8 +30,8 @@ fn a_bundle_deployment_keeps_the_configuration_as_a_gc_root_and_builds_nothing_t
     let deployed = web1.sh("cat /etc/nixos/current-configuration/configuration.nix");
     let given = std::fs::read_to_string(nixpipe_tests::fixtures().join("web1/configuration.nix")).unwrap();
     assert_eq!(deployed, given, "byte for byte");
-    let roots = web1.sh("nix-store --gc --print-roots");
-    assert!(roots.contains(&format!("/etc/nixos/current-configuration -> {bundle}")), "{roots}");
+    let roots = web1.gc_roots();
+    assert!(roots.contains(&format!("/etc/nixos/current-configuration -> {bundle}")), "{roots:?}");
     let toplevel = web1.sh(&format!("readlink {bundle}/toplevel")).trim().to_owned();
     assert_eq!(web1.system_profile().as_deref(), Some(&*toplevel));
     assert_eq!(web1.switch_log(), [format!("action=switch toplevel={toplevel} uid=0 tty=no")]);

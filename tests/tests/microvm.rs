@@ -80,9 +80,9 @@ fn an_update_keeps_the_old_runner_and_shows_the_difference() {
     assert_eq!(readlink(&host, &format!("{DIR}/old")), path(&first));
     assert!(run.stderr.contains(&format!("web1 | {} -> {}", path(&first), path(&second))), "{}", run.stderr);
     assert!(run.stderr.contains("web1 | [U] nixos-system-web1: 1 -> 2"), "{}", run.stderr);
-    let roots = host.sh("nix-store --gc --print-roots");
-    assert!(roots.contains(&format!("{DIR}/current -> {}", path(&second))), "{roots}");
-    assert!(roots.contains(&format!("{DIR}/old -> {}", path(&first))), "{roots}");
+    let roots = host.gc_roots();
+    assert!(roots.contains(&format!("{DIR}/current -> {}", path(&second))), "{roots:?}");
+    assert!(roots.contains(&format!("{DIR}/old -> {}", path(&first))), "{roots:?}");
 }
 
 #[test]
