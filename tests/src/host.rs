@@ -33,10 +33,6 @@ const DEPLOY_PASSWORD_HASH: &str =
 const DEPLOY_UID: u32 = 4242;
 /// Where the stand-in switch-to-configuration logs its calls, on a host.
 pub const SWITCH_LOG: &str = "/var/lib/nixpipe-testbed/switch.log";
-/// Where the stand-in systemctl of [`Host::pretend_systemctl`] logs its calls,
-/// and the units it says are active.
-pub const SYSTEMCTL_LOG: &str = "/var/lib/nixpipe-testbed/systemctl.log";
-pub const ACTIVE_UNITS: &str = "/var/lib/nixpipe-testbed/active-units";
 
 /// The environment variable naming the Nix release of targets whose kind
 /// a test leaves to the run (`bookworm`, `trixie`, `sid`, or `machine`).
@@ -184,33 +180,45 @@ impl Host {
         self.sh(&format!("journalctl --no-pager -o cat -u '{unit}' 2>&1"))
     }
 
-    /// Puts a stand-in systemctl first on root's PATH, for tests that make
-    /// systemd misbehave. It logs each call to SYSTEMCTL_LOG; `is-active`
-    /// answers from ACTIVE_UNITS (one unit a line); `restart
-    /// microvm@NAME.service` marks the unit active and, as microvm.nix's units
-    /// do when a VM starts, points NAME's `booted` at its `current`; `stop`
-    /// marks it inactive and removes `booted`.
-    pub fn pretend_systemctl(&self) {
-        self.sh(&format!(
-            r#"mkdir -p /var/lib/nixpipe-testbed && touch {ACTIVE_UNITS} && cat > /usr/local/sbin/systemctl <<'EOF'
-#!/bin/sh
-echo "$*" >> {SYSTEMCTL_LOG}
-[ "$1" = is-active ] && {{ [ "$2" = --quiet ] && shift; grep -qxF "$2" {ACTIVE_UNITS}; exit; }}
-vm=${{2#microvm@}}; vm=${{vm%.service}}
-case $1 in
-  restart|start) grep -qxF "$2" {ACTIVE_UNITS} || echo "$2" >> {ACTIVE_UNITS}
-                 ln -sfn "$(readlink /var/lib/microvms/$vm/current)" /var/lib/microvms/$vm/booted ;;
-  stop) grep -vxF "$2" {ACTIVE_UNITS} > {ACTIVE_UNITS}.new; mv {ACTIVE_UNITS}.new {ACTIVE_UNITS}
-        rm -f /var/lib/microvms/$vm/booted ;;
-esac
+    /// Installs microvm.nix's host units on this (systemd) host:
+    /// `microvm@NAME.service` runs NAME's `current/bin/microvm-run` in its
+    /// state directory, and `microvm-set-booted@NAME.service` (part of it,
+    /// started before it) points `booted` at what `current` points at while
+    /// the VM runs, and removes it when the VM stops.
+    pub fn install_microvm_units(&self) {
+        self.sh(r#"cat > /etc/systemd/system/microvm-set-booted@.service <<'EOF'
+[Unit]
+Description=Set /var/lib/microvms/%i/booted
+Before=microvm@%i.service
+PartOf=microvm@%i.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+WorkingDirectory=/var/lib/microvms/%i
+ExecStart=/bin/sh -c 'ln -sfnT "$(readlink current)" booted'
+ExecStop=/bin/rm -f booted
 EOF
-chmod +x /usr/local/sbin/systemctl"#
-        ));
+cat > /etc/systemd/system/microvm@.service <<'EOF'
+[Unit]
+Description=MicroVM '%i'
+Requires=microvm-set-booted@%i.service
+After=microvm-set-booted@%i.service
+ConditionPathExists=/var/lib/microvms/%i/current/bin/microvm-run
+[Service]
+Type=simple
+WorkingDirectory=/var/lib/microvms/%i
+ExecStart=/var/lib/microvms/%i/current/bin/microvm-run
+ExecStop=/var/lib/microvms/%i/booted/bin/microvm-shutdown
+EOF
+systemctl daemon-reload"#);
     }
 
-    /// The calls the stand-in systemctl logged.
-    pub fn systemctl_log(&self) -> Vec<String> {
-        self.sh(&format!("cat {SYSTEMCTL_LOG} 2>/dev/null || true")).lines().map(str::to_owned).collect()
+    /// How many times `unit`'s program started on this (systemd) host: the
+    /// lines `starts` (what it prints first) in its journal.
+    pub fn journal_count(&self, unit: &str, starts: &str) -> usize {
+        // The journal takes the unit's output a moment after it ran.
+        std::thread::sleep(Duration::from_millis(300));
+        self.journal(unit).lines().filter(|l| *l == starts).count()
     }
 
     /// Where /nix/var/nix/profiles/system points, resolved to the store path.

@@ -12,7 +12,7 @@ pub mod http;
 pub mod proxy;
 pub mod release;
 
-pub use host::{Host, HostKind, Init, ACTIVE_UNITS, DEPLOY_PASSWORD, SWITCH_LOG, SYSTEMCTL_LOG, TARGET_NIX_VAR};
+pub use host::{Host, HostKind, Init, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_NIX_VAR};
 pub use release::Release;
 
 use std::fs;
@@ -42,6 +42,8 @@ impl std::fmt::Display for TestbedError {
 
 impl std::error::Error for TestbedError {}
 
+/// The Nix configuration of the deployer and of every host: offline, no
+/// sandbox or build users.
 pub(crate) const NIX_CONF: &str =
     "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes\n";
 
@@ -148,11 +150,16 @@ impl Testbed {
             .tempdir()
             .map_err(|e| TestbedError(format!("cannot make the deployer's directory: {e}")))?;
         let root = dir.path();
+        let mut nix_conf = NIX_CONF.to_owned();
         if let Some(release) = deployer_nix {
-            release.install_nix_wrappers(&root.join("nix-bin"))?;
+            let bin = root.join("nix-bin");
+            release.install_nix_wrappers(&bin)?;
+            // Nix starts its own binary as the build hook; a release's Nix
+            // runs through its dynamic loader, which would be started instead.
+            nix_conf += &format!("build-hook = {}\n", bin.join(release::BUILD_HOOK).display());
         }
         fs::create_dir_all(root.join("nix-conf")).unwrap();
-        fs::write(root.join("nix-conf/nix.conf"), NIX_CONF).unwrap();
+        fs::write(root.join("nix-conf/nix.conf"), nix_conf).unwrap();
         new_key_pair(&root.join("id_ed25519"), "nixpipe-testbed");
         fs::write(root.join("known_hosts"), "").unwrap();
         let config = format!(

@@ -32,6 +32,10 @@ const NIX_PROGRAMS: &[&str] = &[
     "nix-store",
 ];
 
+/// The script in the wrappers' directory that runs `nix __build-remote`,
+/// Nix's build hook: one path, as every Nix reads `build-hook`.
+pub const BUILD_HOOK: &str = "nix-build-hook";
+
 /// A Debian release, named for the Nix its nix-bin package carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
@@ -114,19 +118,30 @@ impl Release {
         let root = self.root()?;
         let r = root.display();
         fs::create_dir_all(bin).map_err(|e| TestbedError(format!("cannot create {}: {e}", bin.display())))?;
-        for program in NIX_PROGRAMS {
-            // nix picks the program from argv[0]; ld.so's --argv0 sets it.
-            let wrapper = format!(
+        // nix picks the program from argv[0]; ld.so's --argv0 sets it.
+        let run_as = |argv0: &str| {
+            format!(
                 "#!/bin/sh\nexec {r}/lib64/ld-linux-x86-64.so.2 --library-path {r}/usr/lib/x86_64-linux-gnu \
-                 --argv0 {program} {r}/usr/bin/nix \"$@\"\n"
-            );
-            let path = bin.join(program);
-            fs::write(&path, wrapper)
-                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o755)))
-                .map_err(|e| TestbedError(format!("cannot write {}: {e}", path.display())))?;
+                 --argv0 {argv0} {r}/usr/bin/nix \"$@\"\n"
+            )
+        };
+        for program in NIX_PROGRAMS {
+            write_script(&bin.join(program), &run_as(program))?;
         }
-        Ok(())
+        // Nix 2.8 knows its build hook by the name build-remote; later Nix
+        // as `nix __build-remote`.
+        let hook = match self {
+            Release::Bookworm => run_as("build-remote"),
+            _ => format!("#!/bin/sh\nexec {} __build-remote \"$@\"\n", bin.join("nix").display()),
+        };
+        write_script(&bin.join(BUILD_HOOK), &hook)
     }
+}
+
+fn write_script(path: &Path, text: &str) -> Result<(), TestbedError> {
+    fs::write(path, text)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o755)))
+        .map_err(|e| TestbedError(format!("cannot write {}: {e}", path.display())))
 }
 
 impl fmt::Display for Release {

@@ -184,8 +184,8 @@ fn via_a_signed_cache_every_target_substitutes_and_nothing_is_sent_to_it_directl
     let tb = Testbed::new();
     let system = tb.system("web1");
     let targets = hosts(&tb, 2);
+    tb.new_key("cache");
     let key = tb.path().join("cache.sec");
-    tb.sh(&format!("nix-store --generate-binary-cache-key nixpipe-test-1 {} /dev/null", key.display())).ok();
     let cache = tb.path().join("cache");
 
     let run = tb.sh(&format!(
@@ -314,8 +314,8 @@ fn via_refuses_what_cannot_work_before_anything_moves() {
     let tb = Testbed::new();
     let system = tb.system("web1");
     let cache = tb.path().join("cache");
+    tb.new_key("cache");
     let key = tb.path().join("cache.sec");
-    tb.sh(&format!("nix-store --generate-binary-cache-key nixpipe-test-1 {} /dev/null", key.display())).ok();
 
     for (flags, says) in [
         (
