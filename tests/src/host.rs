@@ -528,7 +528,9 @@ exec systemd-nspawn --quiet --directory=$m --machine={machine} --hostname={hostn
 }
 
 /// Runs `cmd` with its output in the host's host.log; if the test process
-/// dies without unwinding, the host dies too.
+/// dies without unwinding, the host dies too. (The parent-death signal
+/// follows the thread that starts the host: start hosts from the thread
+/// that keeps them.)
 fn spawn_logged(mut cmd: Command, root: &Path) -> Result<Child, TestbedError> {
     let log = fs::OpenOptions::new().append(true).open(root.join("host.log")).unwrap();
     cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);

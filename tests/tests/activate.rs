@@ -24,9 +24,22 @@ fn wait_for_switches(host: &Host, lines: usize) {
     }
 }
 
-/// web1 running a good system, with a system whose switch fails copied.
+/// The transient units nixpipe-activate's jobs ran as on `host` (a
+/// systemd host), by its journal, and what the journal says of the last.
+fn activation_units(host: &Host) -> (Vec<String>, String) {
+    let units = host.sh("journalctl --no-pager -F UNIT; journalctl --no-pager -F _SYSTEMD_UNIT");
+    let mut units: Vec<String> =
+        units.lines().filter(|u| u.starts_with("nixpipe-activate-")).map(str::to_owned).collect();
+    units.sort();
+    units.dedup();
+    let journal = units.last().map(|u| host.journal(u)).unwrap_or_default();
+    (units, journal)
+}
+
+/// web1 (booting systemd) running a good system, with a system whose
+/// switch fails copied.
 fn running_good_with_bad_copied(tb: &Testbed) -> (Host, String, String) {
-    let web1 = tb.host("web1");
+    let web1 = tb.systemd_host("web1");
     let good = tb.system("web1");
     let bad = tb.system_with("web1", "testbed.switchFails = true;");
     deploy(tb, &web1, &good);
@@ -60,7 +73,7 @@ fn a_failed_switch_rolls_back_to_the_previous_generation_and_exits_1() {
 #[test]
 fn killing_ssh_mid_switch_still_completes_the_switch_and_reports_it() {
     let tb = Testbed::new();
-    let web1 = tb.host("web1");
+    let web1 = tb.systemd_host("web1");
     let slow = tb.system_with("web1", "testbed.switchSleep = 3;");
     let t = web1.target();
     tb.sh(&format!("nixpipe-copy --to {t} {slow}")).ok();
@@ -86,6 +99,9 @@ fn killing_ssh_mid_switch_still_completes_the_switch_and_reports_it() {
     assert_eq!(web1.system_profile().as_deref(), Some(&*slow));
     assert_eq!(web1.switch_log().len(), 1, "switched once, not again");
     assert_eq!(web1.sh("readlink /run/current-system").trim(), slow);
+    let (units, journal) = activation_units(&web1);
+    assert_eq!(units.len(), 1, "one job, its unit outliving the connection: {units:?}");
+    assert!(journal.contains("Deactivated successfully"), "{journal}");
 }
 
 #[test]
@@ -99,9 +115,8 @@ fn on_a_host_with_systemd_the_switch_runs_as_a_transient_unit() {
 
     assert_eq!(web1.system_profile().as_deref(), Some(&*system));
     assert_eq!(web1.switch_log().len(), 1);
-    let units = web1.sh("journalctl --no-pager -F _SYSTEMD_UNIT; journalctl --no-pager -F UNIT");
-    let unit = units.lines().find(|u| u.starts_with("nixpipe-activate-")).unwrap_or_else(|| panic!("no unit: {units}"));
-    let journal = web1.journal(unit);
+    let (units, journal) = activation_units(&web1);
+    let [unit] = &units[..] else { panic!("one unit: {units:?}") };
     assert!(journal.contains("Deactivated successfully"), "the job ran to its end as {unit}: {journal}");
     assert_eq!(web1.sh(&format!("systemctl list-units --all --no-legend {unit}")), "", "collected");
 }
@@ -135,7 +150,7 @@ fn a_second_activation_fails_fast_and_says_who_holds_the_lock() {
 #[test]
 fn the_host_rolls_itself_back_when_no_new_connection_can_confirm() {
     let tb = Testbed::new();
-    let web1 = tb.host("web1");
+    let web1 = tb.systemd_host("web1");
     let good = tb.system("web1");
     let locks_us_out = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchSleep = 2;"#);
     deploy(&tb, &web1, &good);
@@ -173,7 +188,7 @@ fn the_host_rolls_itself_back_when_no_new_connection_can_confirm() {
 #[test]
 fn a_switch_confirmed_over_a_new_connection_stays() {
     let tb = Testbed::new();
-    let web1 = tb.host("web1");
+    let web1 = tb.systemd_host("web1");
     let system = tb.system("web1");
     let t = web1.target();
     tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();

@@ -2,22 +2,28 @@
 //! --check, one sudo prompt for all (see activate.rs), upload once with --via.
 
 use nixpipe_tests::proxy::{Link, Proxy};
-use nixpipe_tests::{Host, Testbed};
+use nixpipe_tests::{Host, HostKind, Testbed};
 
-/// Hosts web1..webN, each with an ssh alias of its name.
-fn hosts(tb: &Testbed, n: usize) -> Vec<Host> {
+/// Hosts web1..webN of `kind`, each with an ssh alias of its name.
+fn hosts_of(tb: &Testbed, n: usize, kind: HostKind) -> Vec<Host> {
     (1..=n)
         .map(|i| {
-            let host = tb.host(&format!("web{i}"));
+            let host = tb.host_of(&format!("web{i}"), kind);
             tb.alias(&host.hostname, &host, "root");
             host
         })
         .collect()
 }
 
-/// [`hosts`], each with `system` copied.
+/// Namespace hosts web1..webN, for copies.
+fn hosts(tb: &Testbed, n: usize) -> Vec<Host> {
+    hosts_of(tb, n, HostKind::namespace().unwrap())
+}
+
+/// Hosts web1..webN booting systemd, each with `system` copied: what
+/// activations run on.
 fn fleet(tb: &Testbed, n: usize, system: &str) -> Vec<Host> {
-    let hosts = hosts(tb, n);
+    let hosts = hosts_of(tb, n, HostKind::systemd().unwrap());
     for host in &hosts {
         tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
     }
