@@ -12,13 +12,18 @@ setup:
 build: setup
 	$(CARGO) build --workspace --locked
 
+# The whole Nix matrix (scripts/test.sh); `make test NIX=sid TARGET_NIX=bookworm`
+# runs one row: the deployer on sid's Nix, the targets on bookworm's
+# (TARGET_INIT=systemd: every host booting systemd).
 test: build
 	$(CARGO) fmt --all --check
 	$(CARGO) xtask gen --check
-	$(CARGO) test --workspace --locked
+	NIX="$(NIX)" TARGET_NIX="$(TARGET_NIX)" TARGET_INIT="$(TARGET_INIT)" bash scripts/test.sh
 
+# web1 boots real systemd and runs sid's Nix (2.34); the deployer runs this
+# machine's.
 demo: build
-	target/debug/nixpipe-testbed web1 -- bash scripts/demo.sh
+	NIXPIPE_TEST_TARGET_NIX=sid target/debug/nixpipe-testbed --systemd web1 -- bash scripts/demo.sh
 
 # Regenerate man/ and completions/ from the clap definitions.
 man:

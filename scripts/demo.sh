@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: deploy the example configuration to a throwaway host named
-# web1 (its own /nix, hostname and sshd on loopback), then show the host.
-# Runs inside `nixpipe-testbed web1 -- ...`, which sets HOST_WEB1.
+# web1 (booting real systemd, with its own /nix, hostname and sshd on
+# loopback), then show the host. Runs inside `nixpipe-testbed --systemd web1
+# -- ...`, which sets HOST_WEB1.
 set -euo pipefail
 
 config="$FIXTURES/web1/configuration.nix"
@@ -19,6 +20,8 @@ say "On the host $(on_host hostname): the system profile's generations"
 on_host nix-env --profile /nix/var/nix/profiles/system --list-generations
 say "What switch-to-configuration was asked to do"
 on_host cat /var/lib/nixpipe-testbed/switch.log
+say "It ran as a transient systemd unit, detached from the ssh session:"
+on_host "journalctl --no-pager -o short -u 'nixpipe-activate-*'"
 say "Deploying to the wrong host is refused, and changes nothing:"
 toplevel=$(on_host readlink -f /nix/var/nix/profiles/system)
 printf 'db1\t%s\n' "$toplevel" | nixpipe-activate --on "$HOST_WEB1" switch || echo "(exit $?)" >&2

@@ -3,20 +3,23 @@
 # Nix matrix: the deployer's Nix -> the targets' Nix, each a Debian release's
 # nix-bin (bookworm 2.8, trixie 2.26, sid 2.34). Every scenario runs from
 # old to new and from new to old; copy and eval also from 2.26, and from new
-# to new. With NIX=R (and TARGET_NIX=R, default sid) only that row runs:
+# to new; and every scenario once more with every host booting systemd. With
+# NIX=R (and TARGET_NIX=R, default sid) only that row runs:
 #   make test NIX=sid TARGET_NIX=bookworm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all=(activate bundle cli copy deploy eval fleet microvm testbed)
+# deployer target init scenarios...
 rows=(
-    "bookworm sid ${all[*]}"
-    "sid bookworm ${all[*]}"
-    "trixie sid copy eval"
-    "sid sid copy eval"
+    "bookworm sid none ${all[*]}"
+    "sid bookworm none ${all[*]}"
+    "trixie sid none copy eval"
+    "sid sid none copy eval"
+    "sid sid systemd ${all[*]}"
 )
 if [ -n "${NIX:-}" ]; then
-    rows=("$NIX ${TARGET_NIX:-sid} ${all[*]}")
+    rows=("$NIX ${TARGET_NIX:-sid} ${TARGET_INIT:-none} ${all[*]}")
 fi
 
 # The release roots first, each made once and kept (a few minutes each on a
@@ -24,6 +27,7 @@ fi
 for row in "${rows[@]}"; do
     read -r deployer target _ <<<"$row"
     for release in "$deployer" "$target"; do
+        [ "$release" != machine ] || continue
         [ -e "/var/cache/nixpipe-testbed/$release/usr/bin/nix" ] \
             || bash scripts/release-root.sh "$release" "/var/cache/nixpipe-testbed/$release"
     done
@@ -34,19 +38,20 @@ cargo test --locked -p nixpipe-tests --lib --bins
 
 summary=() passed=0 failed=0
 for row in "${rows[@]}"; do
-    read -r deployer target tests <<<"$row"
+    read -r deployer target init tests <<<"$row"
     args=()
     for t in $tests; do args+=(--test "$t"); done
-    echo "=== deployer Nix of $deployer -> targets' Nix of $target: $tests" >&2
+    name="$deployer -> $target$([ "$init" = none ] || echo ", every host booting $init")"
+    echo "=== deployer's Nix -> targets' Nix: $name: $tests" >&2
     log=$(mktemp)
     status=0
-    NIXPIPE_TEST_DEPLOYER_NIX=$deployer NIXPIPE_TEST_TARGET_NIX=$target \
+    NIXPIPE_TEST_DEPLOYER_NIX=$deployer NIXPIPE_TEST_TARGET_NIX=$target NIXPIPE_TEST_TARGET_INIT=$init \
         cargo test --locked --no-fail-fast -p nixpipe-tests "${args[@]}" 2>&1 | tee "$log" || status=$?
     p=$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$log")
     f=$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$log")
     rm -f "$log"
     passed=$((passed + p)) failed=$((failed + f))
-    summary+=("$deployer -> $target: $p passed, $f failed$([ "$status" = 0 ] || echo " (exit $status)")")
+    summary+=("$name: $p passed, $f failed$([ "$status" = 0 ] || echo " (exit $status)")")
     [ "$status" = 0 ] || failed=$((failed + (f == 0)))
 done
 echo >&2

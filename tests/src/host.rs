@@ -34,9 +34,12 @@ const DEPLOY_UID: u32 = 4242;
 /// Where the stand-in switch-to-configuration logs its calls, on a host.
 pub const SWITCH_LOG: &str = "/var/lib/nixpipe-testbed/switch.log";
 
-/// The environment variable naming the Nix release of targets whose kind
-/// a test leaves to the run (`bookworm`, `trixie`, `sid`, or `machine`).
+/// The environment variable naming the Nix release of the targets
+/// (`bookworm`, `trixie`, `sid`, or `machine`).
 pub const TARGET_NIX_VAR: &str = "NIXPIPE_TEST_TARGET_NIX";
+/// The environment variable naming the init of hosts whose kind a test
+/// leaves to the run: `none` (namespace hosts, the default) or `systemd`.
+pub const TARGET_INIT_VAR: &str = "NIXPIPE_TEST_TARGET_INIT";
 
 /// What runs a host as its PID 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,10 +59,15 @@ pub struct HostKind {
 }
 
 impl HostKind {
-    /// A namespace host with the target Nix this run tests
-    /// ([`TARGET_NIX_VAR`], else this machine's).
-    pub fn namespace() -> Result<HostKind, TestbedError> {
-        Ok(HostKind { init: Init::None, release: Release::from_env(TARGET_NIX_VAR)? })
+    /// The host this run tests for scenarios that work on any: a namespace
+    /// host ([`TARGET_INIT_VAR`] may make it a systemd one) with the target
+    /// Nix of the run ([`TARGET_NIX_VAR`], else this machine's).
+    pub fn of_run() -> Result<HostKind, TestbedError> {
+        match std::env::var(TARGET_INIT_VAR).unwrap_or_default().as_str() {
+            "" | "none" => Ok(HostKind { init: Init::None, release: Release::from_env(TARGET_NIX_VAR)? }),
+            "systemd" => HostKind::systemd(),
+            other => Err(TestbedError(format!("{TARGET_INIT_VAR}: unknown init `{other}`: none or systemd"))),
+        }
     }
 
     /// A systemd host with the target Nix this run tests, sid's when the
@@ -499,6 +507,17 @@ fn spawn_nspawn(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<C
     let ssh = root.join("etc/ssh");
     fs::write(ssh.join("sshd_config.d/nixpipe-testbed.conf"), sshd_config(root, port).replace("PidFile none\n", ""))
         .unwrap();
+    // The machine's /tmp is the host's, as on namespace hosts; systemd must
+    // neither mount a tmpfs over it nor clean it.
+    let etc = root.join("etc");
+    fs::create_dir_all(etc.join("tmpfiles.d")).unwrap();
+    fs::create_dir_all(etc.join("systemd/system")).unwrap();
+    for conf in ["tmp.conf", "x11.conf", "systemd-tmp.conf"] {
+        fs::write(etc.join("tmpfiles.d").join(conf), "").unwrap();
+    }
+    for unit in ["tmp.mount", "systemd-tmpfiles-clean.timer"] {
+        std::os::unix::fs::symlink("/dev/null", etc.join("systemd/system").join(unit)).unwrap();
+    }
     let mut join_cgroups = String::new();
     for cgroup in cgroups_of(root) {
         fs::create_dir_all(&cgroup)
@@ -518,7 +537,7 @@ fn spawn_nspawn(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<C
 export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
 exec systemd-nspawn --quiet --directory=$m --machine={machine} --hostname={hostname} \
   --register=no --keep-unit --console=pipe --link-journal=no \
-  --bind={r}/nix:/nix --bind={r}/var-lib:/var/lib --bind={r}/sbin:/usr/local/sbin --bind={r}:{r} \
+  --bind={r}/nix:/nix --bind={r}/var-lib:/var/lib --bind={r}/sbin:/usr/local/sbin --bind=/tmp:/tmp \
   -- /usr/bin/setpriv --pdeathsig KILL /lib/systemd/systemd",
         mounts = mount_root_script(root, base),
     );

@@ -12,7 +12,7 @@ pub mod http;
 pub mod proxy;
 pub mod release;
 
-pub use host::{Host, HostKind, Init, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_NIX_VAR};
+pub use host::{Host, HostKind, Init, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR};
 pub use release::Release;
 
 use std::fs;
@@ -60,18 +60,61 @@ pub fn nixpkgs() -> PathBuf {
         // Into place by rename, so concurrent tests never see half a file.
         fs::create_dir_all(&bb).unwrap();
         let tmp = tempfile::NamedTempFile::new_in(&bb).unwrap();
-        fs::copy(busybox(), tmp.path()).expect("copy busybox into the stand-in nixpkgs");
+        fs::copy(busybox().expect("busybox-static is not installed (make test installs it)"), tmp.path())
+            .expect("copy busybox into the stand-in nixpkgs");
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         tmp.persist(bb.join("busybox")).unwrap();
     }
     nixpkgs
 }
 
-fn busybox() -> &'static str {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is not installed (make test installs it)")
+fn busybox() -> Option<&'static str> {
+    ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists())
+}
+
+/// The programs the testbed runs, each with the Debian package that has it.
+const PREREQUISITES: &[(&str, &str)] = &[
+    ("ssh", "openssh-client"),
+    ("ssh-keygen", "openssh-client"),
+    ("sshd", "openssh-server"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("sudo", "sudo"),
+    ("systemd-nspawn", "systemd-container"),
+    ("debootstrap", "debootstrap"),
+];
+
+/// Fails in one line naming what is missing, and how to get it, before
+/// anything starts: the testbed needs root and the programs above, and
+/// nix-store too when the deployer runs this machine's Nix.
+fn check_prerequisites(machine_nix: bool) -> Result<(), TestbedError> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(TestbedError("the testbed needs root (it makes namespaces and mounts)".into()));
+    }
+    let nix = machine_nix.then_some(("nix-store", "nix-bin"));
+    let missing: Vec<String> = PREREQUISITES
+        .iter()
+        .copied()
+        .chain(nix)
+        .filter(|(program, _)| !on_path(program))
+        .map(|(program, package)| format!("{program} ({package})"))
+        .chain(busybox().is_none().then(|| "busybox (busybox-static)".to_owned()))
+        .collect();
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(TestbedError(format!(
+            "missing {}: scripts/setup.sh installs them (make test and make demo run it)",
+            missing.join(", ")
+        ))),
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|dir| dir.join(program).is_file())
 }
 
 /// Where cargo put the nixpipe binaries: next to this test's own.
@@ -144,6 +187,7 @@ impl Testbed {
 
     pub fn try_new() -> Result<Testbed, TestbedError> {
         let deployer_nix = Release::from_env(DEPLOYER_NIX_VAR)?;
+        check_prerequisites(deployer_nix.is_none())?;
         host::remove_stale_cgroups();
         let dir = tempfile::Builder::new()
             .prefix("nixpipe-deployer.")
@@ -179,10 +223,10 @@ impl Testbed {
         format!("-F {}", self.path().join("ssh_config").display())
     }
 
-    /// Starts a namespace host named `hostname`, with the target Nix of
-    /// this run ([`TARGET_NIX_VAR`]).
+    /// Starts a host named `hostname` of the kind this run tests
+    /// ([`HostKind::of_run`]): a namespace host unless the run says otherwise.
     pub fn host(&self, hostname: &str) -> Host {
-        self.host_of(hostname, HostKind::namespace().unwrap_or_else(|e| panic!("{e}")))
+        self.host_of(hostname, HostKind::of_run().unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Starts a host named `hostname` booting real systemd, with the target

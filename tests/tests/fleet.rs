@@ -15,9 +15,9 @@ fn hosts_of(tb: &Testbed, n: usize, kind: HostKind) -> Vec<Host> {
         .collect()
 }
 
-/// Namespace hosts web1..webN, for copies.
+/// Hosts web1..webN of the kind the run tests, for copies.
 fn hosts(tb: &Testbed, n: usize) -> Vec<Host> {
-    hosts_of(tb, n, HostKind::namespace().unwrap())
+    hosts_of(tb, n, HostKind::of_run().unwrap())
 }
 
 /// Hosts web1..webN booting systemd, each with `system` copied: what

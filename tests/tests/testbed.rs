@@ -103,3 +103,17 @@ fn a_systemd_host_boots_real_systemd_with_its_own_store_and_users() {
     );
     assert_eq!(tb.sh(&sudo).ok().stdout.trim(), "0");
 }
+
+#[test]
+fn a_missing_prerequisite_is_one_line_naming_it_and_its_package() {
+    let testbed = nixpipe_tests::bin_dir().join("nixpipe-testbed");
+
+    let run =
+        std::process::Command::new(testbed).args(["web1", "--", "true"]).env("PATH", "/nonexistent").output().unwrap();
+
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8(run.stderr).unwrap();
+    let [line] = stderr.lines().collect::<Vec<_>>()[..] else { panic!("one line: {stderr}") };
+    assert!(line.starts_with("nixpipe-testbed: missing ssh (openssh-client), "), "{line}");
+    assert!(line.ends_with("scripts/setup.sh installs them (make test and make demo run it)"), "{line}");
+}

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 
 fn run(systemd: bool, hostnames: &[String], command: &[String]) -> Result<ExitCode, TestbedError> {
     let testbed = Testbed::try_new()?;
-    let kind = if systemd { HostKind::systemd()? } else { HostKind::namespace()? };
+    let kind = if systemd { HostKind::systemd()? } else { HostKind::of_run()? };
     let hosts = hostnames.iter().map(|name| testbed.try_host(name, kind)).collect::<Result<Vec<_>, _>>()?;
     let mut cmd = testbed.command(&command[0]);
     cmd.args(&command[1..]);
