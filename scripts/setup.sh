@@ -8,7 +8,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux procps zstd time
+packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux util-linux-extra procps zstd time
     debootstrap systemd-container)
 missing=()
 for pkg in "${packages[@]}"; do

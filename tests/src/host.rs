@@ -111,18 +111,11 @@ impl Host {
         lay_out(root, &base, hostname, testbed)?;
         for _attempt in 0..5 {
             let port = free_port();
-            let mut machine = match kind.init {
-                Init::None => Machine {
-                    init: kind.init,
-                    namespace: spawn_namespace(root, &base, hostname, port)?,
-                    cgroups: vec![],
-                },
-                Init::Systemd => Machine {
-                    init: kind.init,
-                    namespace: spawn_nspawn(root, &base, hostname, port)?,
-                    cgroups: cgroups_of(root),
-                },
+            let (namespace, cgroups) = match kind.init {
+                Init::None => (spawn_namespace(root, &base, hostname, port)?, vec![]),
+                Init::Systemd => (spawn_nspawn(root, &base, hostname, port)?, cgroups_of(root)),
             };
+            let mut machine = Machine { init: kind.init, namespace, cgroups };
             let ready = match kind.init {
                 Init::None => wait_for_sshd_log(&mut machine.namespace, root, port),
                 Init::Systemd => machine.wait_for_boot(root, port),

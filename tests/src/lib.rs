@@ -80,6 +80,7 @@ const PREREQUISITES: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
+    ("pivot_root", "util-linux-extra"),
     ("sudo", "sudo"),
     ("systemd-nspawn", "systemd-container"),
     ("debootstrap", "debootstrap"),
