@@ -53,4 +53,4 @@ chmod 755 "$tmp"
 mv "$tmp" "$out"
 trap - EXIT
 rm -f "$log"
-echo "release-root: $dist ready: $(chroot "$out" nix-store --version)" >&2
+echo "release-root: $dist ready: nix-bin $(chroot "$out" dpkg-query -W -f '${Version}' nix-bin)" >&2

@@ -95,6 +95,9 @@ struct Machine {
     /// grandchild is (systemd, under systemd-nspawn).
     namespace: Child,
     cgroups: Vec<PathBuf>,
+    /// What the booted systemd's services made in the machine's /tmp
+    /// (PrivateTmp directories, named after its boot id).
+    private_tmp: Option<String>,
 }
 
 impl Host {
@@ -115,7 +118,7 @@ impl Host {
                 Init::None => (spawn_namespace(root, &base, hostname, port)?, vec![]),
                 Init::Systemd => (spawn_nspawn(root, &base, hostname, port)?, cgroups_of(root)),
             };
-            let mut machine = Machine { init: kind.init, namespace, cgroups };
+            let mut machine = Machine { init: kind.init, namespace, cgroups, private_tmp: None };
             let ready = match kind.init {
                 Init::None => wait_for_sshd_log(&mut machine.namespace, root, port),
                 Init::Systemd => machine.wait_for_boot(root, port),
@@ -324,6 +327,9 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let boot_id = self.exec("cat /proc/sys/kernel/random/boot_id");
+        let boot_id = String::from_utf8_lossy(&boot_id.stdout).trim().replace('-', "");
+        self.private_tmp = (!boot_id.is_empty()).then(|| format!("systemd-private-{boot_id}-"));
         let state = self.exec("timeout 60 systemctl is-system-running --wait");
         let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
         if state != "running" {
@@ -342,7 +348,7 @@ impl Drop for Machine {
         // its PID namespace before PID 1 is reaped; systemd-nspawn then
         // exits, unshare reaps its child and exits, so once it is waited for,
         // the host is gone, and its mounts with its mount namespace. Then its
-        // cgroups go, depth first.
+        // cgroups go, depth first, and what its systemd left in /tmp.
         match self.init_pid() {
             Some(pid) => unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -354,6 +360,14 @@ impl Drop for Machine {
         let _ = self.namespace.wait();
         for cgroup in &self.cgroups {
             remove_cgroup(cgroup);
+        }
+        if let Some(prefix) = &self.private_tmp {
+            let tmp = Path::new("/tmp");
+            for entry in fs::read_dir(tmp).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(prefix.as_str()) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
         }
     }
 }

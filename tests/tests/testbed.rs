@@ -1,7 +1,7 @@
 //! The testbed itself: hosts are separate machines in all that matters to
 //! a deployment, and leave nothing behind.
 
-use nixpipe_tests::{Testbed, DEPLOY_PASSWORD};
+use nixpipe_tests::{Host, Init, Testbed, DEPLOY_PASSWORD};
 
 #[test]
 fn a_host_has_its_own_hostname_store_and_users() {
@@ -22,21 +22,47 @@ fn a_host_has_its_own_hostname_store_and_users() {
     assert_eq!(tb.sh(&sudo).ok().stdout.trim(), "0");
 }
 
-#[test]
-fn a_stopped_host_leaves_nothing_behind() {
-    let tb = Testbed::new();
-    let web1 = tb.host("web1");
-    let dir = web1.dir().to_owned();
-    let port = web1.port;
-    web1.sh("mkdir -p /nix/store/x && echo hi > /var/lib/mark && echo '{}' > /etc/nixos/nixpipe-testbed-mark.nix");
+/// Stops `host` after it wrote to its /nix, /var/lib and /etc, and checks
+/// that nothing of it is left: directory, sshd, processes, cgroups, and
+/// what systemd's services made in /tmp.
+fn assert_stopping_leaves_nothing(host: Host) {
+    let dir = host.dir().to_owned();
+    let port = host.port;
+    host.sh("mkdir -p /nix/store/x && echo hi > /var/lib/mark && echo '{}' > /etc/nixos/nixpipe-testbed-mark.nix");
     assert!(!std::path::Path::new("/etc/nixos/nixpipe-testbed-mark.nix").exists(), "a host's /etc is its own");
+    let boot_id = host.sh("cat /proc/sys/kernel/random/boot_id").trim().replace('-', "");
+    let systemd = host.kind.init == Init::Systemd;
 
-    drop(web1);
+    drop(host);
 
     assert!(!dir.exists(), "{} is left", dir.display());
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "sshd still listens");
-    let sshds = std::process::Command::new("pgrep").args(["-f", &dir.display().to_string()]).output().unwrap();
-    assert!(sshds.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&sshds.stdout));
+    let left = std::process::Command::new("pgrep").args(["-f", &dir.display().to_string()]).output().unwrap();
+    assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let cgroups = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "3", "-name"])
+        .arg(format!("*{name}"))
+        .output()
+        .unwrap();
+    assert!(cgroups.stdout.is_empty(), "cgroups left: {}", String::from_utf8_lossy(&cgroups.stdout));
+    if systemd {
+        let private = format!("systemd-private-{boot_id}-");
+        let left: Vec<_> = std::fs::read_dir("/tmp").unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(!left.iter().any(|name| name.to_string_lossy().starts_with(&private)), "{private}* left in /tmp");
+    }
+}
+
+#[test]
+fn a_stopped_host_leaves_nothing_behind() {
+    let tb = Testbed::new();
+    assert_stopping_leaves_nothing(tb.host("web1"));
+}
+
+#[test]
+fn a_stopped_systemd_host_leaves_nothing_behind() {
+    let tb = Testbed::new();
+    assert_stopping_leaves_nothing(tb.systemd_host("web1"));
 }
 
 #[test]
