@@ -1,7 +1,7 @@
 //! nixpipe-activate: set the system profile and switch, on a target, safely.
 
 use clap::Parser;
-use nixpipe_core::activation::{self, Action, Activation, Options};
+use nixpipe_core::activation::{self, Action, Activation, Options, Specialisation};
 use nixpipe_core::cli::{self, OutputArgs, RecordArgs, Results};
 use nixpipe_core::fleet;
 use nixpipe_core::privilege::Privilege;
@@ -96,8 +96,8 @@ pub struct Cli {
     pub dry_run: bool,
 
     /// Activate specialisation/NAME of the system (the profile gets the system itself)
-    #[arg(long, value_name = "NAME", conflicts_with = "rollback")]
-    pub specialisation: Option<String>,
+    #[arg(long, value_name = "NAME", conflicts_with = "rollback", value_parser = Specialisation::parse)]
+    pub specialisation: Option<Specialisation>,
 
     /// Go back one generation of the system profile on --on TARGET and activate it; reads no records
     #[arg(long, requires = "on")]

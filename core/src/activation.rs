@@ -40,13 +40,48 @@ impl Action {
     }
 }
 
+/// The name of one of a system's specialisations: one file name in its
+/// `specialisation/` directory, of the characters Nix allows in store
+/// names, so that it can never name a program elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Specialisation(String);
+
+impl Specialisation {
+    pub fn parse(name: &str) -> Result<Specialisation, String> {
+        let bad = |why: &str| Err(format!("bad specialisation name {name:?}: {why}"));
+        if name.is_empty() {
+            bad("it is empty")
+        } else if name.contains('/') {
+            bad("a specialisation is one name, not a path")
+        } else if name.len() > crate::store_path::NAME_MAX {
+            bad("it is longer than a store path name may be")
+        } else if name.starts_with('.') {
+            bad("it starts with '.'")
+        } else if let Some(c) = name.chars().find(|&c| !crate::store_path::is_name_char(c)) {
+            bad(&format!("{c:?} is not one of the letters, digits and + - . _ ? = of store names"))
+        } else {
+            Ok(Specialisation(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Specialisation {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub action: Action,
     pub hostname_check: bool,
     pub dry_run: bool,
     /// Activate specialisation/NAME of the system.
-    pub specialisation: Option<String>,
+    pub specialisation: Option<Specialisation>,
     /// Roll back unless a new connection confirms within this many seconds.
     pub confirm_timeout: Option<u64>,
     /// Fetch a missing system from the target's own substituters first.
@@ -290,7 +325,7 @@ struct Probe {
 impl Probe {
     /// `which`: what to activate, as probe.sh takes it.
     fn read(target: &Target, path: Option<&str>, which: &str, opts: &Options) -> Result<Probe, String> {
-        let spec = opts.specialisation.as_deref().unwrap_or("");
+        let spec = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
         Ok(Probe::parse(&target.run(&["sh", "-c", PROBE_SCRIPT, "sh", path.unwrap_or(""), spec, which])?))
     }
 
@@ -330,7 +365,7 @@ fn check(target: &Target, record: Option<&Record>, probe: &Probe, opts: &Options
         return Err(format!("{path} is a bundle: its bin/switch activates its system, not a specialisation"));
     }
     if probe.specialisation == Some(false) {
-        let name = opts.specialisation.as_deref().unwrap_or_default();
+        let name = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
         let known = if probe.specialisations.is_empty() { "none" } else { &probe.specialisations };
         return Err(format!("{path} has no specialisation '{name}' (it has: {known})"));
     }
@@ -427,7 +462,7 @@ mod tests {
     #[test]
     fn refuses_a_specialisation_the_system_does_not_have() {
         let probe = Probe { specialisation: Some(false), specialisations: "gpu".into(), ..ready("web1") };
-        let opts = Options { specialisation: Some("nogpu".into()), ..opts() };
+        let opts = Options { specialisation: Some(Specialisation::parse("nogpu").unwrap()), ..opts() };
         let e = check(&Target::Local, Some(&record(Some("web1"))), &probe, &opts).unwrap_err();
         assert!(e.ends_with("has no specialisation 'nogpu' (it has: gpu)"), "{e}");
     }

@@ -452,3 +452,27 @@ fn ask_sudo_password_without_a_terminal_is_refused_before_anything() {
     assert_eq!(run.code, 2);
     assert!(run.error_line().contains("--ask-sudo-password needs a terminal to ask on (/dev/tty)"), "{}", run.stderr);
 }
+
+#[test]
+fn a_specialisation_that_is_a_path_is_bad_usage_and_runs_nothing_there() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+    // A switch-to-configuration outside the system, where the name points.
+    web1.sh("mkdir -p /tmp/nixpipe-victim/bin && printf '#!/bin/sh\\ntouch /tmp/nixpipe-victim/ran\\n' > /tmp/nixpipe-victim/bin/switch-to-configuration && chmod +x /tmp/nixpipe-victim/bin/switch-to-configuration");
+
+    let runs: Vec<_> = ["../../../../tmp/nixpipe-victim", "..", "a/b", ""]
+        .iter()
+        .map(|name| tb.sh(&format!("nixpipe-activate --on {t} --specialisation '{name}' test $'web1\\t{system}'")))
+        .collect();
+
+    for run in &runs {
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stderr.contains("bad specialisation name"), "{}", run.stderr);
+    }
+    assert!(!web1.sh("ls /tmp/nixpipe-victim").contains("ran"), "nothing ran");
+    assert!(web1.switch_log().is_empty());
+    web1.sh("rm -rf /tmp/nixpipe-victim");
+}
