@@ -103,6 +103,7 @@ pub enum Command {
         host: HostArgs,
 
         /// The VM's name
+        #[arg(value_parser = microvm::parse_vm_name)]
         name: String,
 
         /// Remove its state directory too
@@ -159,6 +160,10 @@ fn install(
     let records = records.read()?;
     if let Some(unnamed) = records.iter().find(|r| r.name.is_none()) {
         return Err(Error::Usage(format!("{}: a runner record needs the VM's NAME", unnamed.label())));
+    }
+    for record in &records {
+        let name = record.name.as_deref().expect("checked above");
+        microvm::parse_vm_name(name).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
     }
     let (target, privilege) = args.open()?;
     let runners = runners_on(&target, &records, build_on_host).map_err(Error::Failed)?;

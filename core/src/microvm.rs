@@ -58,6 +58,22 @@ pub struct Vm {
     pub state: &'static str,
 }
 
+/// The longest VM name whose files all fit in a file name (255 bytes): the
+/// longest is the GC root's temporary link `booted-NAME.nixpipe-new`.
+pub const VM_NAME_MAX: usize = 255 - "booted-".len() - ".nixpipe-new".len();
+
+/// A VM's name, checked as record names are, and short enough for every
+/// file it names: checked by every verb before anything changes.
+pub fn parse_vm_name(name: &str) -> Result<String, String> {
+    let name = crate::record::parse_name(name)?;
+    match name.len() > VM_NAME_MAX {
+        true => {
+            Err(format!("VM name is longer than {VM_NAME_MAX} characters: its GC roots would not fit in a file name"))
+        }
+        false => Ok(name),
+    }
+}
+
 /// A host of MicroVMs, reached as root.
 pub struct Host<'a> {
     target: &'a Target,
@@ -175,7 +191,8 @@ fn parse_vm(line: &str) -> Option<Vm> {
         (true, true, Some(b)) if b == current => "current",
         (true, true, Some(_)) => "outdated",
     };
-    Some(Vm { name: name.to_owned(), current: current.to_owned(), booted, running, state })
+    let name = parse_vm_name(name).ok()?;
+    Some(Vm { name, current: current.to_owned(), booted, running, state })
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ impl Record {
             return parse_json(line);
         }
         let (name, path) = match line.split_once('\t') {
-            Some((name, path)) => (Some(check_name(name)?), path),
+            Some((name, path)) => (Some(parse_name(name)?), path),
             None => (None, line),
         };
         let path = StorePath::parse(path).map_err(|e| format!("{e}: {}", excerpt(path)))?;
@@ -99,7 +99,7 @@ fn parse_json(line: &str) -> Result<Record, String> {
     let mut obj: Map<String, Value> = serde_json::from_str(line).map_err(|e| format!("not a JSON record: {e}"))?;
     let name = match obj.remove("name") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(check_name(&s)?),
+        Some(Value::String(s)) => Some(parse_name(&s)?),
         Some(_) => return Err("JSON record: \"name\" is not a string".into()),
     };
     let path = match obj.remove("path") {
@@ -113,8 +113,10 @@ fn parse_json(line: &str) -> Result<Record, String> {
 }
 
 /// Names end up in ssh targets (`root@{name}`) and file names, so they are
-/// kept to what a host or configuration name needs.
-fn check_name(name: &str) -> Result<String, String> {
+/// kept to what a host or configuration name needs. `local` is the target
+/// word for this machine: as a NAME it would make a record activate the
+/// deployer itself (say `--on local` for that).
+pub fn parse_name(name: &str) -> Result<String, String> {
     let ok_first = name.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
     let ok_rest = name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
     if name.is_empty() {
@@ -123,6 +125,8 @@ fn check_name(name: &str) -> Result<String, String> {
         Err(format!("name is longer than {NAME_MAX} characters"))
     } else if !ok_first || !ok_rest {
         Err(format!("bad name {}: names are letters, digits and . _ + - (not first: . + -)", excerpt(name)))
+    } else if name == "local" {
+        Err("`local` is a target, not a machine name: use --on local (or --to local) for this machine".into())
     } else {
         Ok(name.to_owned())
     }

@@ -107,3 +107,17 @@ fn copy_options_that_cannot_work_are_bad_usage_and_nothing_is_read() {
         assert!(run.stdout.is_empty());
     }
 }
+
+#[test]
+fn a_record_named_local_is_refused_and_the_deployer_is_not_activated() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let profile = || std::fs::read_link("/nix/var/nix/profiles/system").ok();
+    let before = profile();
+
+    let run = tb.sh(&format!("printf 'local\\t{system}\\n' | nixpipe-activate --no-hostname-check switch"));
+
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.error_line().contains("`local` is a target, not a machine name: use --on local"), "{}", run.stderr);
+    assert_eq!(profile(), before, "this machine's system profile is untouched");
+}

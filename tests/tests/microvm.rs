@@ -240,3 +240,37 @@ fn switch_refuses_a_vm_with_another_name_before_writing_to_it() {
     assert!(!vm.has(system.to_str().unwrap()), "nothing registered");
     assert!(vm.switch_log().is_empty());
 }
+
+#[test]
+fn a_vm_name_that_escapes_the_state_directory_is_refused_by_every_verb_and_nothing_is_removed() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    host.sh("mkdir -p /var/lib/victim && echo keep > /var/lib/victim/data");
+    let first = runner(&tb, "1");
+    let t = host.target();
+
+    let remove = tb.sh(&format!("nixpipe-microvm remove --on {t} --purge ../victim"));
+    let install = tb.sh(&format!("nixpipe-microvm install --on {t} $'../victim\\t{}'", path(&first)));
+
+    for run in [&remove, &install] {
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stderr.contains("bad name \"../victim\""), "{}", run.stderr);
+    }
+    assert_eq!(host.sh("cat /var/lib/victim/data"), "keep\n");
+    assert!(!host.sh("ls /var/lib").contains("microvms"), "nothing installed");
+}
+
+#[test]
+fn a_vm_name_too_long_for_its_gc_roots_is_refused_before_anything_changes() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    let first = runner(&tb, "1");
+    let long = "v".repeat(240);
+
+    let run = tb.sh(&format!("nixpipe-microvm install --on {} $'{long}\\t{}'", host.target(), path(&first)));
+
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.error_line().contains("VM name is longer than 236 characters"), "{}", run.stderr);
+    assert!(!host.sh("ls /var/lib").contains("microvms"), "nothing installed");
+    assert!(!host.has(path(&first)), "nothing copied");
+}
