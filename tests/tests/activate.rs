@@ -476,3 +476,23 @@ fn a_specialisation_that_is_a_path_is_bad_usage_and_runs_nothing_there() {
     assert!(web1.switch_log().is_empty());
     web1.sh("rm -rf /tmp/nixpipe-victim");
 }
+
+#[test]
+fn a_failed_first_switch_leaves_no_system_to_re_activate_and_the_profile_as_it_was() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    // NixOS's activation makes the new system /run/current-system, then a
+    // unit fails: the system that ran before must not be taken to be it.
+    let bad = tb.system_with("web1", "testbed.switchFailsAfterActivating = true;");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {bad}")).ok();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} --json switch $'web1\\t{bad}'"));
+
+    assert_eq!(run.code, 1);
+    let [record] = &run.json_lines()[..] else { panic!("one record: {}", run.stdout) };
+    assert_eq!(record["previous"], serde_json::Value::Null, "{record}");
+    assert!(record["error"].as_str().unwrap().contains("no system ran before to re-activate"), "{record}");
+    assert_eq!(web1.switch_log().len(), 1, "switched once, not again as a rollback");
+    assert_eq!(web1.system_profile(), None, "no profile, as before");
+}

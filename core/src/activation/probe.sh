@@ -6,7 +6,11 @@ p=$1 spec=$2 which=$3
 profile=/nix/var/nix/profiles/system
 printf 'hostname=%s\n' "$(cat /proc/sys/kernel/hostname)"
 printf 'uid=%s\n' "$(id -u)"
-printf 'current=%s\n' "$(readlink -f /run/current-system 2>/dev/null)"
+# readlink -f prints a path that does not exist too: with no
+# /run/current-system (a first deploy), nothing ran before.
+current=
+[ -e /run/current-system ] && current=$(readlink -f /run/current-system)
+printf 'current=%s\n' "$current"
 case $which in
     rollback)
         # What `nix-env --rollback` goes back to: the highest generation below the current one.

@@ -103,7 +103,7 @@ roll_back() {
     fi
     case $action in
         switch | test) back=$previous ;;
-        boot) back=$(readlink -f "$profile" 2>/dev/null) || back= ;;
+        boot) back=; [ -e "$profile" ] && back=$(readlink -f "$profile") ;;
     esac
     if [ -z "$back" ]; then
         [ "$rollback" = rolled-back ] && rollback=nothing-to-reactivate
@@ -135,7 +135,10 @@ job() {
     fi
     printf '%s since %s\n' "$who" "$(date '+%Y-%m-%d %H:%M:%S')" >"$state/lock.owner"
     previous_link=$(readlink "$profile" 2>/dev/null) || previous_link=
-    previous=$(readlink -f /run/current-system 2>/dev/null) || previous=
+    # readlink -f prints a path that does not exist too: with no
+    # /run/current-system (a first deploy), nothing ran before.
+    previous=
+    [ -e /run/current-system ] && previous=$(readlink -f /run/current-system)
     say previous "$previous"
     case $mode in
         set)
