@@ -133,9 +133,14 @@ impl Host {
             // stop it, then try another port.
             drop(machine);
         }
+        // What it said last, in one line.
         let log = fs::read_to_string(root.join("host.log")).unwrap_or_default();
-        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-        Err(TestbedError(format!("host {hostname} did not start: {last}")))
+        let said: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        let last = said[said.len().saturating_sub(3)..].join(" / ");
+        Err(TestbedError(format!(
+            "host {hostname} did not start: {}",
+            if last.is_empty() { "no output" } else { &last }
+        )))
     }
 
     /// Lets this host's root reach `other` by ssh as `alias` (in its
@@ -523,7 +528,10 @@ fn spawn_nspawn(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<C
         fs::write(etc.join("tmpfiles.d").join(conf), "").unwrap();
     }
     for unit in ["tmp.mount", "systemd-tmpfiles-clean.timer"] {
-        std::os::unix::fs::symlink("/dev/null", etc.join("systemd/system").join(unit)).unwrap();
+        let mask = etc.join("systemd/system").join(unit);
+        if fs::symlink_metadata(&mask).is_err() {
+            std::os::unix::fs::symlink("/dev/null", mask).unwrap();
+        }
     }
     let mut join_cgroups = String::new();
     for cgroup in cgroups_of(root) {

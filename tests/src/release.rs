@@ -113,7 +113,9 @@ impl Release {
 
     /// Writes into `bin` a wrapper for each Nix program that runs the
     /// release's own binary with the release's own dynamic loader and
-    /// libraries, so that the deployer runs that Nix on this machine's /nix.
+    /// libraries (bookworm's Nix keeps its own in /usr/lib/nix, its RUNPATH,
+    /// which would be this machine's), so that the deployer runs that Nix on
+    /// this machine's /nix.
     pub fn install_nix_wrappers(self, bin: &Path) -> Result<(), TestbedError> {
         let root = self.root()?;
         let r = root.display();
@@ -121,7 +123,7 @@ impl Release {
         // nix picks the program from argv[0]; ld.so's --argv0 sets it.
         let run_as = |argv0: &str| {
             format!(
-                "#!/bin/sh\nexec {r}/lib64/ld-linux-x86-64.so.2 --library-path {r}/usr/lib/x86_64-linux-gnu \
+                "#!/bin/sh\nexec {r}/lib64/ld-linux-x86-64.so.2 --library-path {r}/usr/lib/x86_64-linux-gnu:{r}/usr/lib/nix \
                  --argv0 {argv0} {r}/usr/bin/nix \"$@\"\n"
             )
         };
