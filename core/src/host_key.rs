@@ -6,14 +6,20 @@ use crate::process;
 use crate::target::SshHost;
 use std::process::Command;
 
-/// The alias the keys are written for: the other machine's ssh checks the
-/// host under it (`-o HostKeyAlias=...`), whatever address it reaches the
-/// host at.
-pub const ALIAS: &str = "nixpipe-target";
+/// The known_hosts lines this machine's ssh (its configuration,
+/// NIX_SSHOPTS) has for a host, and the name it looks them up by: another
+/// machine's ssh checks the host with them under that name (`-o
+/// HostKeyAlias=NAME`), whatever address it reaches the host at.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Trust {
+    pub name: String,
+    /// Keys, and the `@revoked` and `@cert-authority` lines that apply,
+    /// with their meaning: a key revoked here is refused there too.
+    pub known_hosts: String,
+}
 
-/// known_hosts lines, for [`ALIAS`], holding every key this machine's ssh
-/// (its configuration, NIX_SSHOPTS) accepts for `host`.
-pub fn trusted_for(host: &SshHost) -> Result<String, String> {
+/// What this machine's ssh trusts for `host`.
+pub fn trusted_for(host: &SshHost) -> Result<Trust, String> {
     let config = resolved_config(host)?;
     let name = lookup_name(&config);
     let mut lines = String::new();
@@ -22,15 +28,15 @@ pub fn trusted_for(host: &SshHost) -> Result<String, String> {
         cmd.args(["-F", &name, "-f", &file]);
         // ssh-keygen exits 1 when the host is not in the file.
         let found = process::capture(&mut cmd)?;
-        lines.push_str(&keys_for_alias(&String::from_utf8_lossy(&found.stdout)));
+        lines.push_str(&known_lines(&String::from_utf8_lossy(&found.stdout)));
     }
-    if lines.is_empty() {
+    if !lines.lines().any(|line| !line.starts_with("@revoked")) {
         return Err(format!(
             "this machine knows no host key for {name}, so no other machine can check it: connect once with ssh {}",
             host.destination()
         ));
     }
-    Ok(lines)
+    Ok(Trust { name, known_hosts: lines })
 }
 
 /// `ssh -G`: the settings ssh would use for `host`, as `(key, value)`.
@@ -76,17 +82,13 @@ fn known_hosts_files(config: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
-/// The keys of `ssh-keygen -F` output, rewritten for [`ALIAS`]. Marked
-/// lines (@cert-authority, @revoked) are left out: a CA or a revocation
-/// is not a key the host presents.
-fn keys_for_alias(found: &str) -> String {
+/// The known_hosts lines of `ssh-keygen -F` output, as they are (hashed
+/// names match the same name there), its comments left out.
+fn known_lines(found: &str) -> String {
     found
         .lines()
-        .filter(|line| !line.starts_with('#') && !line.starts_with('@'))
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            Some(format!("{ALIAS} {} {}\n", fields.next()?, fields.next()?))
-        })
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| format!("{line}\n"))
         .collect()
 }
 
@@ -107,14 +109,16 @@ mod tests {
     }
 
     #[test]
-    fn rewrites_found_keys_for_the_alias_and_leaves_marked_lines_out() {
+    fn keeps_found_keys_and_marked_lines_as_they_are() {
         let found = "# Host [127.0.0.1]:2222 found: line 3\n\
                      [127.0.0.1]:2222 ssh-ed25519 AAAAC3Nz web1\n\
                      |1|abc=|def= ecdsa-sha2-nistp256 AAAAE2Vj\n\
-                     @revoked * ssh-rsa AAAAB3Nz\n";
+                     @revoked * ssh-rsa AAAAB3Nz\n\
+                     @cert-authority *.example.com ssh-ed25519 AAAAC3Ca\n";
         assert_eq!(
-            keys_for_alias(found),
-            "nixpipe-target ssh-ed25519 AAAAC3Nz\nnixpipe-target ecdsa-sha2-nistp256 AAAAE2Vj\n"
+            known_lines(found),
+            "[127.0.0.1]:2222 ssh-ed25519 AAAAC3Nz web1\n|1|abc=|def= ecdsa-sha2-nistp256 AAAAE2Vj\n\
+             @revoked * ssh-rsa AAAAB3Nz\n@cert-authority *.example.com ssh-ed25519 AAAAC3Ca\n"
         );
     }
 }

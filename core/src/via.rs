@@ -269,7 +269,8 @@ impl RelayConnection {
         let relay = &self.relay;
         let Target::Ssh(host) = target else { unreachable!("refused by Via::check") };
         // Before the upload the relay cannot tell the closure: it is told.
-        let mut input = host_key::trusted_for(host)? + "\n";
+        let trust = host_key::trusted_for(host)?;
+        let mut input = trust.known_hosts + "\n";
         for path in nix::requisites(paths)? {
             input += &path;
             input.push('\n');
@@ -277,7 +278,7 @@ impl RelayConnection {
         input.push('\n');
         let port = host.port.map(|p| p.to_string()).unwrap_or_default();
         let destination = host.destination();
-        let argv = ["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port];
+        let argv = ["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port, &trust.name];
         let options = Self::options(self.dir.path());
         let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;
         let mut go = false;

@@ -98,6 +98,8 @@ struct Machine {
     /// What the booted systemd's services made in the machine's /tmp
     /// (PrivateTmp directories, named after its boot id).
     private_tmp: Option<String>,
+    /// root's home on the host, HOME of what runs there.
+    home: PathBuf,
 }
 
 impl Host {
@@ -118,7 +120,8 @@ impl Host {
                 Init::None => (spawn_namespace(root, &base, hostname, port)?, vec![]),
                 Init::Systemd => (spawn_nspawn(root, &base, hostname, port)?, cgroups_of(root)),
             };
-            let mut machine = Machine { init: kind.init, namespace, cgroups, private_tmp: None };
+            let home = root.join("home/root");
+            let mut machine = Machine { init: kind.init, namespace, cgroups, private_tmp: None, home };
             let ready = match kind.init {
                 Init::None => wait_for_sshd_log(&mut machine.namespace, root, port),
                 Init::Systemd => machine.wait_for_boot(root, port),
@@ -292,6 +295,8 @@ impl Machine {
             .args(namespaces)
             .args(["--", "sh", "-c", script])
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            // The host's root's home, never this machine's /root.
+            .env("HOME", &self.home)
             .stdin(Stdio::null())
             .output()
             .unwrap()

@@ -330,6 +330,14 @@ impl Testbed {
         writeln!(known, "{name} {}", key.trim()).unwrap();
     }
 
+    /// Revokes `host`'s key in the deployer's known_hosts (`@revoked`), as
+    /// after a key leaked: the deployer's ssh refuses the host from then on.
+    pub fn revoke_host_key(&self, host: &Host) {
+        let key = fs::read_to_string(host.dir().join("ssh/host_key.pub")).unwrap();
+        let mut known = fs::OpenOptions::new().append(true).open(self.path().join("known_hosts")).unwrap();
+        writeln!(known, "@revoked * {}", key.trim()).unwrap();
+    }
+
     /// `command` run with an ssh agent that holds the deployer's key and
     /// that ssh uses, as in a user's desktop session; the agent stops after.
     pub fn with_agent(&self, command: &str) -> String {

@@ -349,3 +349,37 @@ fn via_refuses_what_cannot_work_before_anything_moves() {
     }
     assert!(!cache.exists());
 }
+
+#[test]
+fn via_a_relay_a_target_whose_host_key_the_deployer_revoked_gets_nothing() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let (relay, targets) = behind_a_relay(&tb, 1);
+    tb.revoke_host_key(&targets[0]);
+
+    let run = tb.sh(&tb.with_agent(&format!("nixpipe-copy --via relay --to root@web1 {system}")));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.starts_with("nixpipe-copy: "), "{error}");
+    assert!(run.stderr.contains("REVOKED") || error.contains("Host key verification failed"), "{}", run.stderr);
+    assert!(!targets[0].has(&system), "a revoked host gets nothing");
+    drop(relay);
+}
+
+#[test]
+fn via_a_relay_the_agent_goes_no_further_than_the_relay() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let (relay, targets) = behind_a_relay(&tb, 1);
+    // The relay's own ssh configuration would forward it on.
+    relay.sh("printf 'Host *\\n  ForwardAgent yes\\n' >> ~/.ssh/config");
+    // Every login on the target says whether it got an agent.
+    targets[0].sh("mkdir -p ~/.ssh && printf 'echo \"agent=$SSH_AUTH_SOCK\" >> /var/lib/logins\\n' > ~/.ssh/rc");
+
+    tb.sh(&tb.with_agent(&format!("nixpipe-copy --via relay --to root@web1 {system}"))).ok();
+
+    assert!(targets[0].has(&system));
+    let logins = targets[0].sh("cat /var/lib/logins");
+    assert!(!logins.is_empty() && logins.lines().all(|l| l == "agent="), "{logins}");
+}

@@ -1,25 +1,26 @@
 # Runs on the relay of `nixpipe-copy --via HOST`, as
-#   sh -c SCRIPT nixpipe-relay DESTINATION PORT
+#   sh -c SCRIPT nixpipe-relay DESTINATION PORT KNOWN_AS
 # Makes a closure valid on DESTINATION (user@host as the deployer wrote it,
 # resolved by this host's own ssh configuration), at PORT unless it is
-# empty, from this host's store.
+# empty, from this host's store. KNOWN_AS is the name the deployer's ssh
+# looks the target's host key up by.
 #
 # It starts while the closure is still being uploaded here: it logs in to
 # the target and asks what the target lacks meanwhile, then waits for the
 # deployer's word that the upload is done.
 #
 # stdin, each part ending with an empty line:
-# - the known_hosts lines of the keys the deployer trusts for the target,
-#   under the alias nixpipe-target: the target is checked with the
-#   deployer's trust, never with host key checking off;
+# - the known_hosts lines the deployer's ssh has for the target (keys,
+#   @revoked and @cert-authority lines), checked under KNOWN_AS: the target
+#   is checked with the deployer's trust, never with host key checking off;
 # - the closure, a store path per line;
 # then "go" once the closure is valid here (end of input: the upload
 # failed, and nothing is copied).
 #
 # Prints the closure's size in paths, then "PATH NARSIZE" for each path it
 # sent. Exit 3: the target could not be reached from here; exit 4: no go.
-set -eu
-destination=$1 port=$2
+set -euf # -f: KNOWN_AS may look like a glob ([127.0.0.1]:2222)
+destination=$1 port=$2 known_as=$3
 scratch=$(mktemp -d)
 
 # Reads stdin up to the next empty line (or its end).
@@ -30,9 +31,10 @@ part >"$scratch/known_hosts"
 closure=$(part)
 
 # Every step shares one connection: one handshake, one login with the
-# forwarded agent. nix-copy-closure reads them from NIX_SSHOPTS, which is
-# split on spaces: mktemp's directory has none.
-ssh_options="-o BatchMode=yes -o StrictHostKeyChecking=yes -o HostKeyAlias=nixpipe-target \
+# forwarded agent, which goes no further than here (whatever this host's
+# ssh configuration says). nix-copy-closure reads them from NIX_SSHOPTS,
+# which is split on spaces: mktemp's directory and KNOWN_AS have none.
+ssh_options="-o BatchMode=yes -o StrictHostKeyChecking=yes -o HostKeyAlias=$known_as -o ForwardAgent=no \
 -o UserKnownHostsFile=$scratch/known_hosts -o GlobalKnownHostsFile=/dev/null \
 -o ControlMaster=auto -o ControlPath=$scratch/target -o ControlPersist=yes ${port:+-p $port}"
 on_target() {
