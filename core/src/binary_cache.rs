@@ -69,7 +69,7 @@ impl BinaryCache {
         file.as_file().sync_all()?;
         // Uncompressed: the file is the NAR, its hash the NAR's.
         let url = format!("nar/{}.nar", expected.nix32());
-        file.persist(self.dir.join(&url)).map_err(|e| e.error)?;
+        persist_readable(file, &self.dir.join(&url))?;
         let narinfo = narinfo(info, &url, expected);
         Ok(write_atomically(&self.dir, &self.narinfo_path(&info.path), narinfo.as_bytes())?)
     }
@@ -108,7 +108,13 @@ fn write_atomically(dir: &Path, to: &Path, bytes: &[u8]) -> std::io::Result<()> 
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(bytes)?;
     file.as_file().sync_all()?;
-    // Readable by the web server or nix that serves the cache.
+    persist_readable(file, to)
+}
+
+/// Renames a finished temporary file (made 0600) into place as 0644, as
+/// every cache file is: readable by whichever user (a web server, a nix
+/// daemon) serves the cache.
+fn persist_readable(file: tempfile::NamedTempFile, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     file.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
     file.persist(to).map_err(|e| e.error)?;

@@ -548,13 +548,20 @@ fn spawn_nspawn(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<C
     // Its PID 1 is killed when systemd-nspawn is (it is killed itself when
     // the test process dies without unwinding), as in the namespace host.
     // nspawn keeps its mount-propagation directories in /run/systemd/nspawn:
-    // a tmpfs of this mount namespace, so they go with it. SYSTEMD_NSPAWN_
-    // UNIFIED_HIERARCHY: the guest gets cgroup2 alone, which systemd 256 and
-    // later (sid's) require, on this machine's v1 hierarchies too.
+    // a tmpfs of this mount namespace, so they go with it. On a machine
+    // with cgroup v1 hierarchies beside v2 ("hybrid"), nspawn 256 and later
+    // (sid's) refuse to run, and systemd 256 and later refuse to boot on
+    // v1: in this mount namespace /sys/fs/cgroup is the v2 hierarchy alone
+    // (the machine's own, where the host's cgroup already is), so both see
+    // what they need, on any machine.
+    let unified = match Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        true => "mount -t cgroup2 cgroup2 /sys/fs/cgroup\n",
+        false => "",
+    };
     let script = format!(
         "set -e
 {mounts}{join_cgroups}mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn
-export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
+{unified}export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
 exec systemd-nspawn --quiet --directory=$m --machine={machine} --hostname={hostname} \
   --register=no --keep-unit --console=pipe --link-journal=no \
   --bind={r}/nix:/nix --bind={r}/var-lib:/var/lib --bind={r}/sbin:/usr/local/sbin --bind=/tmp:/tmp \

@@ -251,3 +251,22 @@ fn dry_run_lists_what_would_be_sent_and_sends_nothing() {
     assert_eq!(run.stderr.matches("would copy /nix/store/").count(), 3, "{}", run.stderr);
     assert!(!web1.has(&chain));
 }
+
+#[test]
+fn every_file_of_a_binary_cache_is_readable_by_the_user_that_serves_it() {
+    let tb = Testbed::new();
+    // Its deploy user reads the cache, as a web server's user would.
+    let web1 = tb.host("web1");
+    let chain = tb.filler(2, 100, "-readable");
+    let cache = tb.path().join("cache");
+    tb.sh(&format!("nixpipe-copy --to file://{} {chain}", cache.display())).ok();
+    std::fs::set_permissions(tb.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let unreadable = web1.sh(&format!(
+        "find {} -type f | while read -r f; do setpriv --reuid=deploy --regid=deploy --clear-groups cat \"$f\" >/dev/null 2>&1 || echo \"$f\"; done",
+        cache.display()
+    ));
+
+    assert_eq!(unreadable, "", "unreadable by another user");
+    assert!(web1.sh(&format!("ls {}/nar", cache.display())).lines().count() >= 2);
+}
