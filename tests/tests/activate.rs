@@ -496,3 +496,22 @@ fn a_failed_first_switch_leaves_no_system_to_re_activate_and_the_profile_as_it_w
     assert_eq!(web1.switch_log().len(), 1, "switched once, not again as a rollback");
     assert_eq!(web1.system_profile(), None, "no profile, as before");
 }
+
+#[test]
+fn a_full_run_on_the_target_is_said_and_nothing_changes() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+    web1.sh("mkdir -p /run/nixpipe && mount -t tmpfs -o size=8k tmpfs /run/nixpipe && (head -c 1M /dev/zero > /run/nixpipe/fill || true)");
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{system}'"));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("could not start the activation on"), "{error}");
+    assert!(error.contains("No space left on device; nothing changed"), "{error}");
+    assert_eq!(web1.system_profile(), None);
+    assert!(web1.switch_log().is_empty());
+}

@@ -21,8 +21,15 @@ launch() {
     # Jobs older than a day have long been reported.
     find "$jobs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
     mkdir -m 0700 "$d" || exit 1
-    : >"$d/log"
-    printf '%s\n' "$self" >"$d/activate.sh"
+    # A full /run stops the job here, saying why, with nothing changed.
+    if ! err=$({ : >"$d/log" && printf '%s\n' "$self" >"$d/activate.sh"; } 2>&1); then
+        rm -rf "$d"
+        err=${err##*: }
+        # dash's printf says "I/O error" for a full file system.
+        [ "$(df -Pk "$state" 2>/dev/null | awk 'NR == 2 { print $4 }')" = 0 ] && err="No space left on device"
+        echo "cannot write $d: $err" >&2
+        exit 1
+    fi
     # Detached from this ssh session, so that a dropped connection cannot stop
     # a switch half way: a transient unit where systemd runs (as nixos-rebuild
     # does), else a session of its own whose parent is init.
