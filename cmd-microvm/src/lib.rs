@@ -7,6 +7,7 @@ use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::{self, Destination, Route};
 use nixpipe_core::microvm::{self, Host, Restart};
 use nixpipe_core::privilege::Privilege;
+use nixpipe_core::record::StdoutLines;
 use nixpipe_core::{closure_diff, nix, Error, Outcome, Record, StorePath, Target, TargetSpec};
 
 const EXAMPLES: &str = "\
@@ -226,12 +227,13 @@ fn switch(
 fn list(args: &HostArgs, output: &OutputArgs) -> Result<Outcome, Error> {
     let (target, privilege) = args.open()?;
     let vms = Host::connect(&target, &privilege).and_then(|host| host.list()).map_err(Error::Failed)?;
+    let mut out = StdoutLines::default();
     for vm in vms {
-        if output.json {
-            println!("{}", serde_json::to_string(&vm).expect("a plain struct"));
-        } else {
-            println!("{}\t{}\t{}", vm.name, vm.state, vm.current);
-        }
+        let line = match output.json {
+            true => serde_json::to_string(&vm).expect("a plain struct"),
+            false => format!("{}\t{}\t{}", vm.name, vm.state, vm.current),
+        };
+        out.line(&line).map_err(|e| Error::Failed(format!("cannot write to stdout: {e}")))?;
     }
     Ok(Outcome::default())
 }

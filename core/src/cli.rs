@@ -12,17 +12,50 @@ pub fn program() -> &'static str {
     PROGRAM.get().copied().unwrap_or("nixpipe")
 }
 
-/// Runs a command's body and turns its result into the exit status of the
-/// pipe contract: 0 all done, 1 some record failed, 2 bad usage or input.
-pub fn main(program: &'static str, body: impl FnOnce() -> Result<Outcome, Error>) -> ExitCode {
+/// Parses the command line, runs the command and turns its result into
+/// the exit status of the pipe contract: 0 all done, 1 some record failed,
+/// 2 bad usage or input.
+pub fn main<C: clap::Parser>(program: &'static str, run: impl FnOnce(C) -> Result<Outcome, Error>) -> ExitCode {
     let _ = PROGRAM.set(program);
-    match body() {
+    let cli = match C::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(program, e),
+    };
+    match run(cli) {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
             crate::progress::println(&format!("{program}: {e}"));
             e.exit_code()
         }
     }
+}
+
+/// clap's own errors in the one line of the pipe contract, naming the flag
+/// (`nixpipe-copy: unexpected argument '--too' found (--help for more)`),
+/// exit 2; --help and --version as clap shows them.
+fn usage_error(program: &str, e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!("{program}: {} (--help for more)", one_line(&e.render().to_string()));
+    ExitCode::from(2)
+}
+
+/// clap's message without its usage and hints, its lines joined.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
 }
 
 /// Reports one record's failure; the run goes on with the others.

@@ -209,33 +209,44 @@ fn from_args(args: &[String]) -> Result<Vec<Record>, RecordError> {
         .collect()
 }
 
-/// Writes records to stdout, one line each, flushed at once so that the
-/// next command in the pipe can start on it.
-pub struct RecordWriter {
-    json: bool,
+/// Writes lines to stdout, each flushed at once so that the next command
+/// in the pipe can start on it. When the reader goes away (`| head -1`),
+/// the rest is dropped quietly, as coreutils do: nothing more to tell it,
+/// and no reason to stop the work.
+#[derive(Default)]
+pub struct StdoutLines {
     closed: bool,
 }
 
-impl RecordWriter {
-    pub fn new(json: bool) -> RecordWriter {
-        RecordWriter { json, closed: false }
-    }
-
-    pub fn write(&mut self, record: &Record) -> io::Result<()> {
+impl StdoutLines {
+    pub fn line(&mut self, text: &str) -> io::Result<()> {
         if self.closed {
             return Ok(());
         }
         let mut out = io::stdout().lock();
-        let result = writeln!(out, "{}", record.to_line(self.json)).and_then(|()| out.flush());
-        match result {
-            // The reader went away (`| head -1`): nothing more to tell it,
-            // and no reason to stop the work.
+        match writeln!(out, "{text}").and_then(|()| out.flush()) {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 self.closed = true;
                 Ok(())
             }
             other => other,
         }
+    }
+}
+
+/// Writes records to stdout, one line each (see [`StdoutLines`]).
+pub struct RecordWriter {
+    json: bool,
+    out: StdoutLines,
+}
+
+impl RecordWriter {
+    pub fn new(json: bool) -> RecordWriter {
+        RecordWriter { json, out: StdoutLines::default() }
+    }
+
+    pub fn write(&mut self, record: &Record) -> io::Result<()> {
+        self.out.line(&record.to_line(self.json))
     }
 }
 

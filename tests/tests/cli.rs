@@ -121,3 +121,26 @@ fn a_record_named_local_is_refused_and_the_deployer_is_not_activated() {
     assert!(run.error_line().contains("`local` is a target, not a machine name: use --on local"), "{}", run.stderr);
     assert_eq!(profile(), before, "this machine's system profile is untouched");
 }
+
+#[test]
+fn every_usage_error_is_one_line_naming_the_flag() {
+    let tb = Testbed::new();
+    for (line, says) in [
+        ("nixpipe-copy --bogus", "nixpipe-copy: unexpected argument '--bogus' found (--help for more)"),
+        (
+            "nixpipe-activate --confirm-timeout x switch",
+            "nixpipe-activate: invalid value 'x' for '--confirm-timeout <SECONDS>'",
+        ),
+        (
+            "nixpipe-microvm remove",
+            "nixpipe-microvm: the following required arguments were not provided: --on <TARGET> <NAME>",
+        ),
+        ("nixpipe-eval --system", "nixpipe-eval: a value is required for '--system <SYSTEM>'"),
+        ("nixpipe-bundle --config", "nixpipe-bundle: a value is required for '--config <DIR|FILE>'"),
+    ] {
+        let run = tb.sh(line);
+        assert_eq!(run.code, 2, "{line}");
+        let [error] = run.stderr.lines().collect::<Vec<_>>()[..] else { panic!("{line}: one line: {}", run.stderr) };
+        assert!(error.starts_with(says), "{line}: {error}");
+    }
+}

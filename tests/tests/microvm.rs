@@ -274,3 +274,18 @@ fn a_vm_name_too_long_for_its_gc_roots_is_refused_before_anything_changes() {
     assert!(!host.sh("ls /var/lib").contains("microvms"), "nothing installed");
     assert!(!host.has(path(&first)), "nothing copied");
 }
+
+#[test]
+fn list_into_a_pipe_that_closes_exits_quietly() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    let first = runner(&tb, "1");
+    let p = path(&first);
+    tb.sh(&format!("printf 'web1\\t{p}\\nweb2\\t{p}\\n' | nixpipe-microvm install --on {}", host.target())).ok();
+
+    // `true` reads nothing and is gone before the list comes back.
+    let run = tb.sh(&format!("nixpipe-microvm list --on {} | true; echo \"exit ${{PIPESTATUS[0]}}\"", host.target()));
+
+    assert_eq!(run.stdout, "exit 0\n");
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}
