@@ -2,14 +2,22 @@
 //! through sudo (or the program given with --sudo-cmd).
 //!
 //! The password, when there is one, is asked once on /dev/tty and written
-//! to the stdin of every sudo of the run: never argv, the environment, a
-//! log or a file. Without a password sudo runs with `-n`, so it fails at
-//! once instead of waiting for an answer nobody can give.
+//! to the stdin of a sudo of the run only when that sudo asks for it (its
+//! prompt is a marker we watch for on its stderr): never to the command's
+//! own input, argv, the environment, a log or a file. Without a password
+//! sudo runs with `-n`, so it fails at once instead of waiting for an
+//! answer nobody can give.
 
 use crate::target::Target;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use zeroize::Zeroizing;
+
+/// What sudo prints (on stderr, with -S) when it asks for the password.
+const PROMPT: &str = "[nixpipe: sudo asks]";
+/// What the command's wrapper prints on stderr once sudo let it run: from
+/// then on, stdin is the command's.
+const STARTED: &str = "[nixpipe: sudo ran it]";
 
 /// How the privileged steps of a run become root.
 #[derive(Default)]
@@ -39,7 +47,10 @@ impl Privilege {
             (_, Some(custom), _) => custom.clone(),
             // -k: always read the password we send, never a cached ticket
             // that would leave it unread on the command's stdin.
-            (_, None, Some(_)) => ["sudo", "-S", "-k", "-p", "", "--"].map(String::from).to_vec(),
+            (_, None, Some(_)) => {
+                let started = format!("echo '{STARTED}' >&2; exec \"$@\"");
+                ["sudo", "-S", "-k", "-p", PROMPT, "--", "sh", "-c", &started, "nixpipe"].map(String::from).to_vec()
+            }
             (_, None, None) => ["sudo", "-n", "--"].map(String::from).to_vec(),
         };
         prefix.into_iter().chain(argv.iter().map(|s| s.to_string())).collect()
@@ -67,12 +78,44 @@ impl Privilege {
         let mut cmd: Command = target.command_with(&argv, ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
-        if let (Some(password), Some(stdin)) = (self.password.as_ref().filter(|_| uid != "0"), child.stdin.as_mut()) {
-            let line = Zeroizing::new(format!("{}\n", password.as_str()));
-            // A sudo that died early is reported from its stderr.
-            let _ = stdin.write_all(line.as_bytes());
+        match self.password.as_ref().filter(|_| uid != "0" && self.custom.is_none()) {
+            Some(password) => self.answer_sudo(target, &mut child, password).map(|()| child),
+            None => Ok(child),
         }
-        Ok(child)
+    }
+
+    /// Gives sudo the password when it asks, once, and returns when the
+    /// command runs: its stderr from then on is the command's. A sudo that
+    /// did not ask never gets it (its stdin is the command's input); one
+    /// that asks again (a wrong password) gets end of input instead.
+    fn answer_sudo(&self, target: &Target, child: &mut Child, password: &str) -> Result<(), String> {
+        let mut stderr = child.stderr.take().expect("piped");
+        let mut said = Vec::new();
+        let mut asked = false;
+        let mut byte = [0u8; 1];
+        // Byte by byte: what follows STARTED must stay unread.
+        while stderr.read(&mut byte).unwrap_or(0) == 1 {
+            said.push(byte[0]);
+            if said.ends_with(PROMPT.as_bytes()) {
+                said.truncate(said.len() - PROMPT.len());
+                match asked {
+                    false => {
+                        let line = Zeroizing::new(format!("{password}\n"));
+                        let _ = child.stdin.as_mut().expect("piped").write_all(line.as_bytes());
+                        asked = true;
+                    }
+                    true => drop(child.stdin.take()),
+                }
+            } else if said.ends_with(format!("{STARTED}\n").as_bytes()) {
+                child.stderr = Some(stderr);
+                return Ok(());
+            }
+        }
+        let _ = child.wait();
+        let said = String::from_utf8_lossy(&said);
+        Err(self.explain_refusal(target, &said).unwrap_or_else(|| {
+            format!("sudo on {target} did not run the command: {}", crate::process::summarize(said.as_bytes()))
+        }))
     }
 
     /// Runs `argv` as root to its end, `input` on its stdin after the
@@ -141,7 +184,11 @@ mod tests {
 
     #[test]
     fn sudo_reads_the_password_from_stdin_or_never_asks() {
-        assert_eq!(with_password().argv("1000", &["id"]), ["sudo", "-S", "-k", "-p", "", "--", "id"]);
+        let started = format!("echo '{STARTED}' >&2; exec \"$@\"");
+        assert_eq!(
+            with_password().argv("1000", &["id"]),
+            ["sudo", "-S", "-k", "-p", PROMPT, "--", "sh", "-c", &started, "nixpipe", "id"]
+        );
         assert_eq!(Privilege::default().argv("1000", &["id"]), ["sudo", "-n", "--", "id"]);
     }
 

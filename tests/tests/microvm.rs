@@ -289,3 +289,32 @@ fn list_into_a_pipe_that_closes_exits_quietly() {
     assert_eq!(run.stdout, "exit 0\n");
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
+
+#[test]
+fn with_passwordless_sudo_the_password_never_reaches_the_commands_input() {
+    let tb = Testbed::new();
+    let vm = tb.host("web1");
+    vm.sh("echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' >> /etc/sudoers");
+    vm.start_nix_daemon();
+    let record = runner(&tb, "1");
+    let system = std::fs::read_link(format!("{}/share/microvm/system", path(&record))).unwrap();
+    let system = system.to_str().unwrap().to_owned();
+    share_store(&tb, &vm, &system);
+
+    // On a terminal (script gives it one), the password typed: sudo never
+    // asks for it, and nix-store --load-db reads only the database.
+    let run = tb.sh_with_input(
+        &format!(
+            "script --quiet --echo never --return --command \
+             \"printf 'web1\\t%s\\n' {} | nixpipe-microvm switch --vm {} --ask-sudo-password test\" /dev/null",
+            path(&record),
+            vm.target_as("deploy"),
+        ),
+        &format!("{}\n", nixpipe_tests::DEPLOY_PASSWORD),
+    );
+
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(vm.has(&system), "registered from the database alone");
+    vm.assert_store_sound();
+    assert_eq!(vm.switch_log().len(), 1);
+}

@@ -95,7 +95,9 @@ impl<'a> Job<'a> {
         let who = who();
         let launch = [&*self.id, &who, args.action, args.system, args.program, &confirm, args.mode];
         let mut follower = Follower::default();
-        let (status, stderr) = self.follow(&mut follower, "launch", &launch, &KEEPALIVE)?;
+        // A sudo that refused runs nothing: nothing changed.
+        let (status, stderr) =
+            self.follow(&mut follower, "launch", &launch, &KEEPALIVE).map_err(|e| format!("{e}; nothing changed"))?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
             return Err(self.launch_failure(status, &stderr));
         }
