@@ -195,16 +195,11 @@ impl Testbed {
             .tempdir()
             .map_err(|e| TestbedError(format!("cannot make the deployer's directory: {e}")))?;
         let root = dir.path();
-        let mut nix_conf = NIX_CONF.to_owned();
         if let Some(release) = deployer_nix {
-            let bin = root.join("nix-bin");
-            release.install_nix_wrappers(&bin)?;
-            // Nix starts its own binary as the build hook; a release's Nix
-            // runs through its dynamic loader, which would be started instead.
-            nix_conf += &format!("build-hook = {}\n", bin.join(release::BUILD_HOOK).display());
+            release.install_nix_wrappers(&root.join("nix-bin"))?;
         }
         fs::create_dir_all(root.join("nix-conf")).unwrap();
-        fs::write(root.join("nix-conf/nix.conf"), nix_conf).unwrap();
+        fs::write(root.join("nix-conf/nix.conf"), NIX_CONF).unwrap();
         new_key_pair(&root.join("id_ed25519"), "nixpipe-testbed");
         fs::write(root.join("known_hosts"), "").unwrap();
         let config = format!(

@@ -32,9 +32,11 @@ const NIX_PROGRAMS: &[&str] = &[
     "nix-store",
 ];
 
-/// The script in the wrappers' directory that runs `nix __build-remote`,
-/// Nix's build hook: one path, as every Nix reads `build-hook`.
-pub const BUILD_HOOK: &str = "nix-build-hook";
+/// The script in the wrappers' directory that runs a program of the
+/// release's root there.
+const ENTER: &str = "enter-release-root";
+/// The script that runs a program in a given directory, inside the root.
+const IN_DIR: &str = "in-dir";
 
 /// A Debian release, named for the Nix its nix-bin package carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,31 +114,42 @@ impl Release {
     }
 
     /// Writes into `bin` a wrapper for each Nix program that runs the
-    /// release's own binary with the release's own dynamic loader and
-    /// libraries (bookworm's Nix keeps its own in /usr/lib/nix, its RUNPATH,
-    /// which would be this machine's), so that the deployer runs that Nix on
-    /// this machine's /nix.
+    /// release's own program in the release's own userland (its libraries,
+    /// its /etc: a release's Nix run on another release's files can crash,
+    /// as bookworm's does on sid's), chrooted into its root in a mount
+    /// namespace of its own where this machine's /nix, /tmp, /root, /proc,
+    /// /dev, /sys and this repository are bound in: so the deployer runs that
+    /// Nix on this machine's store, with the testbed's files.
     pub fn install_nix_wrappers(self, bin: &Path) -> Result<(), TestbedError> {
         let root = self.root()?;
-        let r = root.display();
         fs::create_dir_all(bin).map_err(|e| TestbedError(format!("cannot create {}: {e}", bin.display())))?;
-        // nix picks the program from argv[0]; ld.so's --argv0 sets it.
-        let run_as = |argv0: &str| {
-            format!(
-                "#!/bin/sh\nexec {r}/lib64/ld-linux-x86-64.so.2 --library-path {r}/usr/lib/x86_64-linux-gnu:{r}/usr/lib/nix \
-                 --argv0 {argv0} {r}/usr/bin/nix \"$@\"\n"
-            )
-        };
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+        // In the root, /bin/sh is the release's; the scripts are in /tmp.
+        let in_dir = "#!/bin/sh\ncd \"$1\" || exit 1\nshift\nexec \"$@\"\n";
+        write_script(&bin.join(IN_DIR), in_dir)?;
+        let enter = format!(
+            r#"#!/bin/sh
+# PROGRAM ARGS...: {release}'s Nix program, in its root {root}.
+exec unshare --mount --propagation private -- /bin/sh -c '
+root=$1; shift
+for d in /nix /tmp /root /proc /dev /sys {repo}; do
+    [ -d "$d" ] || continue
+    mkdir -p "$root$d" && mount --rbind "$d" "$root$d" || exit 1
+done
+exec chroot "$root" "$@"
+' sh {root} {in_dir} "$PWD" "/usr/bin/$@"
+"#,
+            release = self.name(),
+            root = root.display(),
+            repo = repo.display(),
+            in_dir = bin.join(IN_DIR).display(),
+        );
+        write_script(&bin.join(ENTER), &enter)?;
         for program in NIX_PROGRAMS {
-            write_script(&bin.join(program), &run_as(program))?;
+            let wrapper = format!("#!/bin/sh\nexec {} {program} \"$@\"\n", bin.join(ENTER).display());
+            write_script(&bin.join(program), &wrapper)?;
         }
-        // Nix 2.8 knows its build hook by the name build-remote; later Nix
-        // as `nix __build-remote`.
-        let hook = match self {
-            Release::Bookworm => run_as("build-remote"),
-            _ => format!("#!/bin/sh\nexec {} __build-remote \"$@\"\n", bin.join("nix").display()),
-        };
-        write_script(&bin.join(BUILD_HOOK), &hook)
+        Ok(())
     }
 }
 
