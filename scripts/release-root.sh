@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # release-root.sh DIST DIR: a Debian root of release DIST (bookworm, trixie,
 # sid) in DIR with that release's Nix and what a testbed host runs: OpenSSH,
-# sudo, util-linux, zstd, and systemd for hosts booted under systemd-nspawn.
-# The testbed calls it when DIR is missing; DIR appears whole or not at all.
+# sudo, util-linux, zstd, systemd for hosts booted under systemd-nspawn, and
+# tcsh and fish as other login shells. The testbed calls it when DIR is
+# missing or older than ROOT_VERSION; DIR appears whole or not at all.
 set -euo pipefail
 
 dist=${1:?usage: release-root.sh DIST DIR} out=${2:?usage: release-root.sh DIST DIR}
-packages='nix-bin openssh-server openssh-client sudo util-linux procps zstd systemd systemd-sysv dbus libpam-systemd'
+packages='nix-bin openssh-server openssh-client sudo util-linux procps zstd systemd systemd-sysv dbus libpam-systemd tcsh fish'
 
 # The machine's own Debian mirror, as apt knows it (deb822 or one-line sources).
 mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -50,6 +51,10 @@ chroot "$tmp" apt-get clean
 # Every host brings its own host keys and configuration.
 rm -f "$tmp"/etc/ssh/ssh_host_*
 chmod 755 "$tmp"
+# What the testbed checks for (tests/src/release.rs: ROOT_VERSION).
+echo "tcsh fish" >"$tmp/.nixpipe-testbed-root-2"
+# A root of an older version goes; nothing uses it while this one is made.
+rm -rf --one-file-system "$out"
 mv "$tmp" "$out"
 trap - EXIT
 rm -f "$log"

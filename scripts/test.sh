@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(activate bundle cli copy deploy eval fleet microvm testbed)
+all=(activate bundle cli copy deploy eval fleet microvm shells testbed)
 # deployer target init scenarios...
 rows=(
     "bookworm sid none ${all[*]}"
@@ -28,7 +28,7 @@ for row in "${rows[@]}"; do
     read -r deployer target _ <<<"$row"
     for release in "$deployer" "$target"; do
         [ "$release" != machine ] || continue
-        [ -e "/var/cache/nixpipe-testbed/$release/usr/bin/nix" ] \
+        [ -e "/var/cache/nixpipe-testbed/$release/.nixpipe-testbed-root-2" ] \
             || bash scripts/release-root.sh "$release" "/var/cache/nixpipe-testbed/$release"
     done
 done

@@ -104,10 +104,7 @@ impl Target {
             }
             Target::Ssh(host) => {
                 let mut cmd = host.ssh_command(ssh_options)?;
-                // ssh hands the remote shell one string: quote every word.
-                let remote =
-                    shlex::try_join(argv.iter().copied()).map_err(|e| format!("cannot quote remote command: {e}"))?;
-                cmd.arg(remote);
+                cmd.arg(remote_command(argv)?);
                 cmd
             }
         };
@@ -215,6 +212,18 @@ impl SshHost {
         cmd.args(extra).args(self.ssh_options()?).arg("--").arg(self.destination());
         Ok(cmd)
     }
+}
+
+/// The one string ssh hands the login user's shell, whatever shell that is
+/// (sh, bash, fish, tcsh): a POSIX sh that decodes `argv`, every word
+/// quoted for sh, from base64 and runs it. A quoted multi-line script is not
+/// something every login shell passes through (tcsh rejects it, then runs
+/// pieces of it); `sh -c` and a quoted line of base64 and `$(...)` are.
+fn remote_command(argv: &[&str]) -> Result<String, String> {
+    use base64::Engine;
+    let line = shlex::try_join(argv.iter().copied()).map_err(|e| format!("cannot quote remote command: {e}"))?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(line);
+    Ok(format!("sh -c 'eval \"$(echo {encoded} | base64 -d)\"'"))
 }
 
 /// Extra ssh options from NIX_SSHOPTS, split as a shell would.

@@ -192,6 +192,13 @@ impl Host {
         self.sh(&format!("journalctl --no-pager -o cat -u '{unit}' 2>&1"))
     }
 
+    /// Makes `shell` the login shell of `user` on this host: the shell ssh
+    /// runs every remote command through.
+    pub fn set_login_shell(&self, user: &str, shell: &str) {
+        self.sh(&format!("sed -i -E 's#^({user}:([^:]*:){{5}})[^:]*$#\\1{shell}#' /etc/passwd"));
+        assert!(self.sh(&format!("getent passwd {user}")).trim_end().ends_with(shell), "{user}'s shell is {shell}");
+    }
+
     /// Installs microvm.nix's host units on this (systemd) host:
     /// `microvm@NAME.service` runs NAME's `current/bin/microvm-run` in its
     /// state directory, and `microvm-set-booted@NAME.service` (part of it,

@@ -15,6 +15,9 @@ use std::process::Command;
 
 /// Where release roots are kept between runs.
 pub const ROOTS: &str = "/var/cache/nixpipe-testbed";
+/// The file scripts/release-root.sh writes last: a root without it is
+/// missing something the tests need (tcsh and fish came in version 2).
+const ROOT_VERSION: &str = ".nixpipe-testbed-root-2";
 
 /// The Nix programs a deployer runs, each a name of the one `nix` binary.
 const NIX_PROGRAMS: &[&str] = &[
@@ -88,7 +91,7 @@ impl Release {
     /// The release's root directory, made when missing.
     pub fn root(self) -> Result<PathBuf, TestbedError> {
         let root = Path::new(ROOTS).join(self.name());
-        if root.join("usr/bin/nix").exists() {
+        if root.join(ROOT_VERSION).exists() {
             return Ok(root);
         }
         fs::create_dir_all(ROOTS).map_err(|e| TestbedError(format!("cannot create {ROOTS}: {e}")))?;
@@ -98,7 +101,7 @@ impl Release {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(TestbedError(format!("cannot lock {ROOTS}: {}", std::io::Error::last_os_error())));
         }
-        if !root.join("usr/bin/nix").exists() {
+        if !root.join(ROOT_VERSION).exists() {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/release-root.sh");
             let status = Command::new("bash")
                 .arg(script)
