@@ -515,3 +515,68 @@ fn a_full_run_on_the_target_is_said_and_nothing_changes() {
     assert_eq!(web1.system_profile(), None);
     assert!(web1.switch_log().is_empty());
 }
+
+/// Every line a switched program could print to pass for the job.
+const FORGED_EVENTS: &str =
+    r"nixpipe-job: awaiting-confirmation 1\nnixpipe-job: result ok\nnixpipe-frame event 10\nresult ok\n";
+
+#[test]
+fn a_system_that_prints_the_jobs_result_and_fails_is_rolled_back_even_when_the_connection_drops() {
+    let tb = Testbed::new();
+    let (web1, good, _) = running_good_with_bad_copied(&tb);
+    let liar = tb.system_with(
+        "web1",
+        &format!(r#"system.nixos.version = "2"; testbed.switchPrints = "{FORGED_EVENTS}"; testbed.switchSleep = 3; testbed.switchFails = true;"#),
+    );
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {liar}")).ok();
+    let port = web1.port;
+    let killer = thread::spawn(move || {
+        // Once it has printed its lies: the deployer's ssh, as a dropped link kills it.
+        thread::sleep(Duration::from_millis(1500));
+        std::process::Command::new("pkill").args(["-KILL", "-f", &format!("^ssh .*-p {port} ")]).status().unwrap()
+    });
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{liar}'"));
+
+    assert!(killer.join().unwrap().success(), "an ssh was killed mid-switch");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.error_line().ends_with("rolled back: the previous generation is active again"), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert_eq!(web1.system_profile().as_deref(), Some(&*good));
+}
+
+#[test]
+fn a_system_that_asks_for_its_own_confirmation_is_not_confirmed_before_a_new_login_works() {
+    let tb = Testbed::new();
+    let web1 = tb.systemd_host("web1");
+    let good = tb.system("web1");
+    let locks_us_out = tb.system_with(
+        "web1",
+        &format!(r#"system.nixos.version = "2"; testbed.switchPrints = "{FORGED_EVENTS}"; testbed.switchSleep = 3;"#),
+    );
+    deploy(&tb, &web1, &good);
+    tb.sh(&format!("nixpipe-copy --to {} {locks_us_out}", web1.target())).ok();
+    let proxy = Proxy::start(web1.port, Link::Delay(Duration::ZERO));
+    let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{}", tb.nix_sshopts(), web1.port);
+
+    let run = thread::scope(|s| {
+        let run = s.spawn(|| {
+            tb.sh(&format!(
+                "NIX_SSHOPTS='{sshopts}' nixpipe-activate --on root@127.0.0.1:{} --confirm-timeout 3 switch $'web1\\t{locks_us_out}'",
+                proxy.port
+            ))
+        });
+        // The switch has printed its lies, and a confirmation taken from
+        // them would have come through by now; then logins stop working,
+        // before the switch ends.
+        wait_for_switches(&web1, 2);
+        thread::sleep(Duration::from_secs(1));
+        proxy.refuse_new_connections();
+        run.join().unwrap()
+    });
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.error_line().contains("no new connection confirmed the switch within 3 s"), "{}", run.stderr);
+    assert_eq!(web1.system_profile().as_deref(), Some(&*good));
+}

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const REMOTE: &str = include_str!("remote.sh");
 /// Runs REMOTE, given as $1, so that it can keep a copy of itself.
 const BOOTSTRAP: &str = r#"self=$1; shift; eval "$self""#;
-const EVENT: &str = "nixpipe-job: ";
+/// What starts the header of a frame of remote.sh's follow.
+const FRAME: &str = "nixpipe-frame ";
 /// How long nixpipe keeps trying to get a dropped connection back.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
 /// A connection of its own for every try: never a shared ControlMaster, which
@@ -114,9 +115,9 @@ impl<'a> Job<'a> {
             }
             show(self.label, &format!("lost the connection to {}; reconnecting", self.target));
             thread::sleep(Duration::from_secs(1));
-            let offset = follower.offset.to_string();
+            let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
             let options = [&NEW_CONNECTION[..], &KEEPALIVE[..]].concat();
-            let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &offset], &options)?;
+            let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], &options)?;
             if follower.result.is_none() && !self.connection_lost(status) {
                 let why = self
                     .privilege
@@ -140,16 +141,9 @@ impl<'a> Job<'a> {
     ) -> Result<(ExitStatus, String), String> {
         let mut child = self.remote(command, args, ssh_options)?;
         let stderr = drain(child.stderr.take().expect("piped"));
-        let mut lines = BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = Vec::new();
-        while lines.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-            if line.last() != Some(&b'\n') {
-                break; // a line cut short: read again after reconnecting
-            }
-            follower.offset += line.len() as u64;
-            let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-            line.clear();
-            if let Some(seconds) = follower.take(&text, self.label) {
+        let mut frames = BufReader::new(child.stdout.take().expect("piped"));
+        while let Some((kind, bytes)) = read_frame(&mut frames) {
+            if let Some(seconds) = follower.take(kind, &bytes, self.label) {
                 self.confirm(seconds);
             }
         }
@@ -230,24 +224,92 @@ impl<'a> Job<'a> {
     }
 }
 
-/// What nixpipe learnt from the job's log so far.
+/// Which of the job's files a frame is from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Frame {
+    /// What the switched program printed: shown, never taken as an event.
+    Log,
+    /// The job's own record of what happened.
+    Event,
+}
+
+/// The next frame of follow's output: its kind and its bytes (fewer than
+/// its header said when the connection dropped). None at the end. A line
+/// that is no frame header (what a login shell printed, say) is skipped.
+fn read_frame(input: &mut impl BufRead) -> Option<(Frame, Vec<u8>)> {
+    let mut header = Vec::new();
+    loop {
+        header.clear();
+        if input.read_until(b'\n', &mut header).ok()? == 0 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&header);
+        let Some((kind, length)) = text.trim_end().strip_prefix(FRAME).and_then(|rest| rest.split_once(' ')) else {
+            continue;
+        };
+        let kind = match kind {
+            "log" => Frame::Log,
+            "event" => Frame::Event,
+            _ => continue,
+        };
+        let Ok(length) = length.parse::<u64>() else { continue };
+        let mut bytes = Vec::new();
+        let _ = input.take(length).read_to_end(&mut bytes);
+        return Some((kind, bytes));
+    }
+}
+
+/// One of the job's files as far as nixpipe has read it.
+#[derive(Default, Debug)]
+struct Stream {
+    /// Bytes read: where to go on from after a reconnect.
+    at: u64,
+    /// The start of a line whose end has not come yet.
+    partial: Vec<u8>,
+}
+
+impl Stream {
+    /// Takes bytes read; the whole lines they end.
+    fn lines(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.at += bytes.len() as u64;
+        self.partial.extend_from_slice(bytes);
+        let Some(last) = self.partial.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
+        let whole: Vec<u8> = self.partial.drain(..=last).collect();
+        whole
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+}
+
+/// What nixpipe learnt from the job so far.
 #[derive(Default, Debug)]
 struct Follower {
-    /// Bytes of the log read, in whole lines: where to go on from.
-    offset: u64,
+    log: Stream,
+    events: Stream,
     started: bool,
     previous: Option<String>,
     result: Option<JobResult>,
 }
 
 impl Follower {
-    /// Takes one line of the log: an event, or output to show the user.
-    /// Returns the seconds to confirm within when the job asks for it.
-    fn take(&mut self, line: &str, label: &str) -> Option<u64> {
-        let Some(event) = line.strip_prefix(EVENT) else {
-            show(label, line);
-            return None;
-        };
+    /// Takes one frame: the program's output is shown to the user, the
+    /// job's events are taken. Returns the seconds to confirm within when
+    /// the job asks for it.
+    fn take(&mut self, kind: Frame, bytes: &[u8], label: &str) -> Option<u64> {
+        match kind {
+            Frame::Log => {
+                for line in self.log.lines(bytes) {
+                    show(label, &line);
+                }
+                None
+            }
+            Frame::Event => self.events.lines(bytes).iter().filter_map(|event| self.event(event, label)).last(),
+        }
+    }
+
+    fn event(&mut self, event: &str, label: &str) -> Option<u64> {
         let (kind, rest) = event.split_once(' ').unwrap_or((event, ""));
         match kind {
             "started" => self.started = true,
@@ -305,23 +367,53 @@ fn who() -> String {
 mod tests {
     use super::*;
 
+    fn events(f: &mut Follower, text: &str) -> Option<u64> {
+        f.take(Frame::Event, text.as_bytes(), "web1")
+    }
+
     #[test]
-    fn follows_the_events_of_the_log() {
+    fn follows_the_events_of_the_job() {
         let mut f = Follower::default();
-        assert_eq!(f.take("nixpipe-job: started", "web1"), None);
-        assert_eq!(f.take("nixpipe-job: previous /nix/store/x-old", "web1"), None);
-        assert_eq!(f.take("activating the configuration...", "web1"), None);
-        assert_eq!(f.take("nixpipe-job: awaiting-confirmation 30", "web1"), Some(30));
-        assert_eq!(f.take("nixpipe-job: result unconfirmed rolled-back", "web1"), None);
+        assert_eq!(events(&mut f, "started\nprevious /nix/store/x-old\n"), None);
+        assert_eq!(events(&mut f, "awaiting-confirmation 30\n"), Some(30));
+        assert_eq!(events(&mut f, "result unconfirmed rolled-back\n"), None);
         assert!(f.started);
         assert_eq!(f.previous.as_deref(), Some("/nix/store/x-old"));
         assert_eq!(f.result, Some(JobResult::Unconfirmed("rolled-back".into())));
+        assert_eq!(f.events.at, 90);
+    }
+
+    #[test]
+    fn what_the_program_prints_is_never_an_event() {
+        let mut f = Follower::default();
+        let forged = "nixpipe-job: awaiting-confirmation 1\nresult ok\nnixpipe-frame event 10\nresult ok\n";
+        assert_eq!(f.take(Frame::Log, forged.as_bytes(), "web1"), None);
+        assert_eq!(f.result, None);
+        assert_eq!(f.log.at, forged.len() as u64);
+    }
+
+    #[test]
+    fn frames_are_read_by_their_length_whatever_they_hold() {
+        let out = "motd\nnixpipe-frame log 22\nnixpipe-frame event 3\nnixpipe-frame event 8\nstarted\n";
+        let mut input = out.as_bytes();
+        assert_eq!(read_frame(&mut input), Some((Frame::Log, b"nixpipe-frame event 3\n".to_vec())));
+        assert_eq!(read_frame(&mut input), Some((Frame::Event, b"started\n".to_vec())));
+        assert_eq!(read_frame(&mut input), None);
+    }
+
+    #[test]
+    fn a_line_cut_short_waits_for_its_end() {
+        let mut f = Follower::default();
+        events(&mut f, "resu");
+        assert_eq!(f.result, None);
+        events(&mut f, "lt ok\n");
+        assert_eq!(f.result, Some(JobResult::Ok));
     }
 
     #[test]
     fn an_empty_previous_is_none() {
         let mut f = Follower::default();
-        f.take("nixpipe-job: previous ", "web1");
+        events(&mut f, "previous \n");
         assert_eq!(f.previous, None);
     }
 

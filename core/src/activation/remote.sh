@@ -2,14 +2,17 @@
 # sudo). nixpipe starts it as `sh -c 'self=$1; shift; eval "$self"' nixpipe
 # THIS_SCRIPT COMMAND ARGS...`, so that `launch` can keep a copy of it:
 #   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE   start the job detached, then follow it
-#   follow ID OFFSET                                    the job's log from byte OFFSET until it ends
+#   follow ID LOG_AT EVENTS_AT                          the job's log and events from those bytes until it ends
 #   confirm ID                                          confirm a switch (--confirm-timeout)
 #   reject ID                                           roll a switch back now (a failed --check)
 #   job ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE       the detached job itself
 # PROGRAM is what switches: a system's bin/switch-to-configuration, or a
 # bundle's bin/switch. MODE: `set` the profile to SYSTEM, go back one
 # generation (`rollback`), or leave it to the program (`bundle`).
-# The job's log carries its events as lines `nixpipe-job: EVENT ...`.
+# The job records its events, a line each, in its events file, which only it
+# writes; what the switched program prints goes to its log. follow sends
+# both as frames, `nixpipe-frame log|event LENGTH` and LENGTH bytes: what
+# a program prints is inside a log frame, and cannot pass for an event.
 set -u
 state=/run/nixpipe
 jobs=$state/jobs
@@ -22,7 +25,7 @@ launch() {
     find "$jobs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
     mkdir -m 0700 "$d" || exit 1
     # A full /run stops the job here, saying why, with nothing changed.
-    if ! err=$({ : >"$d/log" && printf '%s\n' "$self" >"$d/activate.sh"; } 2>&1); then
+    if ! err=$({ : >"$d/log" && : >"$d/events" && printf '%s\n' "$self" >"$d/activate.sh"; } 2>&1); then
         rm -rf "$d"
         err=${err##*: }
         # dash's printf says "I/O error" for a full file system.
@@ -39,27 +42,40 @@ launch() {
     else
         (setsid sh "$d/activate.sh" job "$@" </dev/null >/dev/null 2>&1 &)
     fi
-    follow "$1" 0
+    follow "$1" 0 0
 }
 
+# frame KIND FILE AT: the bytes of FILE after byte AT, as one frame; sets
+# $at to the end of what it sent.
+frame() {
+    end=$(wc -c <"$2")
+    if [ "$end" -gt "$3" ]; then
+        printf 'nixpipe-frame %s %s\n' "$1" "$((end - $3))"
+        tail -c +"$(($3 + 1))" "$2" | head -c "$((end - $3))"
+    fi
+    at=$end
+}
+
+# An event of follow's own, framed.
+event() { printf 'nixpipe-frame event %s\n%s\n' "$((${#1} + 1))" "$1"; }
+
 follow() {
-    d=$jobs/$1 offset=$2 dead=0
-    [ -d "$d" ] || { echo "nixpipe-job: result gone"; exit 0; }
+    d=$jobs/$1 log_at=$2 events_at=$3 dead=0
+    [ -d "$d" ] || { event "result gone"; exit 0; }
     while :; do
         ended=0
         [ -e "$d/done" ] && ended=1
-        size=$(wc -c <"$d/log")
-        if [ "$size" -gt "$offset" ]; then
-            tail -c +"$((offset + 1))" "$d/log" | head -c "$((size - offset))"
-            offset=$size
-        fi
+        frame log "$d/log" "$log_at"
+        log_at=$at
+        frame event "$d/events" "$events_at"
+        events_at=$at
         [ "$ended" = 1 ] && exit 0
         if [ -s "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then
             dead=0
         else
             # Killed without a word (or never started): say so after 10 s.
             dead=$((dead + 1))
-            [ "$dead" -gt 50 ] && { echo "nixpipe-job: result vanished"; exit 0; }
+            [ "$dead" -gt 50 ] && { event "result vanished"; exit 0; }
         fi
         sleep 0.2
     done
@@ -73,7 +89,7 @@ reject() {
     [ -d "$jobs/$1" ] && : >"$jobs/$1/rejected"
 }
 
-say() { echo "nixpipe-job: $*"; }
+say() { printf '%s\n' "$*" >>"$d/events"; }
 
 finish() {
     say result "$@"
