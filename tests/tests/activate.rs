@@ -531,9 +531,16 @@ fn a_system_that_prints_the_jobs_result_and_fails_is_rolled_back_even_when_the_c
     let t = web1.target();
     tb.sh(&format!("nixpipe-copy --to {t} {liar}")).ok();
     let port = web1.port;
+    let log = web1.dir().join("var-lib/nixpipe-testbed/switch.log");
     let killer = thread::spawn(move || {
-        // Once it has printed its lies: the deployer's ssh, as a dropped link kills it.
-        thread::sleep(Duration::from_millis(1500));
+        // Once the liar's switch has started and printed its lies (the good
+        // system's switch is the first line): the deployer's ssh, as a
+        // dropped link kills it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&log).unwrap_or_default().lines().count() < 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(500));
         std::process::Command::new("pkill").args(["-KILL", "-f", &format!("^ssh .*-p {port} ")]).status().unwrap()
     });
 
