@@ -3,7 +3,7 @@
 //! and the ways to choose what is activated.
 
 use nixpipe_tests::proxy::{Link, Proxy};
-use nixpipe_tests::{Host, Testbed, DEPLOY_PASSWORD};
+use nixpipe_tests::{Host, Run, Testbed, DEPLOY_PASSWORD};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -22,6 +22,27 @@ fn wait_for_switches(host: &Host, lines: usize) {
         assert!(Instant::now() < deadline, "switch-to-configuration did not run on {}", host.hostname);
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Switches `host` (running a system already) to `system` with
+/// `--confirm-timeout 3`, through a proxy that refuses new connections
+/// `after` the switch started, as a new system that locks ssh out does;
+/// `extra` ssh options on top of the testbed's.
+fn switch_then_lock_out(tb: &Testbed, host: &Host, system: &str, extra: &str, after: Duration) -> Run {
+    let proxy = Proxy::start(host.port, Link::Delay(Duration::ZERO));
+    let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{} {extra}", tb.nix_sshopts(), host.port);
+    thread::scope(|s| {
+        let run = s.spawn(|| {
+            tb.sh(&format!(
+                "NIX_SSHOPTS='{sshopts}' nixpipe-activate --on root@127.0.0.1:{} --confirm-timeout 3 switch $'{}\\t{system}'",
+                proxy.port, host.hostname
+            ))
+        });
+        wait_for_switches(host, 2);
+        thread::sleep(after);
+        proxy.refuse_new_connections();
+        run.join().unwrap()
+    })
 }
 
 /// The transient units nixpipe-activate's jobs ran as on `host` (a
@@ -155,26 +176,11 @@ fn the_host_rolls_itself_back_when_no_new_connection_can_confirm() {
     let locks_us_out = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchSleep = 2;"#);
     deploy(&tb, &web1, &good);
     tb.sh(&format!("nixpipe-copy --to {} {locks_us_out}", web1.target())).ok();
-    let proxy = Proxy::start(web1.port, Link::Delay(Duration::ZERO));
     // A shared connection that stays up, as deploy-rs users had (#106): the
     // confirmation must not ride on it.
-    let sshopts = format!(
-        "{} -o HostKeyAlias=[127.0.0.1]:{} -o ControlMaster=auto -o ControlPath={}/cm-%C -o ControlPersist=60",
-        tb.nix_sshopts(),
-        web1.port,
-        tb.path().display()
-    );
-    let run = thread::scope(|s| {
-        let run = s.spawn(|| {
-            tb.sh(&format!(
-                "NIX_SSHOPTS='{sshopts}' nixpipe-activate --on root@127.0.0.1:{} --confirm-timeout 3 switch $'web1\\t{locks_us_out}'",
-                proxy.port
-            ))
-        });
-        wait_for_switches(&web1, 2);
-        proxy.refuse_new_connections();
-        run.join().unwrap()
-    });
+    let shared = format!("-o ControlMaster=auto -o ControlPath={}/cm-%C -o ControlPersist=60", tb.path().display());
+
+    let run = switch_then_lock_out(&tb, &web1, &locks_us_out, &shared, Duration::ZERO);
 
     assert_eq!(run.code, 1);
     let error = run.error_line();
@@ -564,24 +570,11 @@ fn a_system_that_asks_for_its_own_confirmation_is_not_confirmed_before_a_new_log
     );
     deploy(&tb, &web1, &good);
     tb.sh(&format!("nixpipe-copy --to {} {locks_us_out}", web1.target())).ok();
-    let proxy = Proxy::start(web1.port, Link::Delay(Duration::ZERO));
-    let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{}", tb.nix_sshopts(), web1.port);
 
-    let run = thread::scope(|s| {
-        let run = s.spawn(|| {
-            tb.sh(&format!(
-                "NIX_SSHOPTS='{sshopts}' nixpipe-activate --on root@127.0.0.1:{} --confirm-timeout 3 switch $'web1\\t{locks_us_out}'",
-                proxy.port
-            ))
-        });
-        // The switch has printed its lies, and a confirmation taken from
-        // them would have come through by now; then logins stop working,
-        // before the switch ends.
-        wait_for_switches(&web1, 2);
-        thread::sleep(Duration::from_secs(1));
-        proxy.refuse_new_connections();
-        run.join().unwrap()
-    });
+    // A second into the switch it has printed its lies, and a confirmation
+    // taken from them would have come through; then logins stop working,
+    // before the switch ends.
+    let run = switch_then_lock_out(&tb, &web1, &locks_us_out, "", Duration::from_secs(1));
 
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.error_line().contains("no new connection confirmed the switch within 3 s"), "{}", run.stderr);
