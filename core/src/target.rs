@@ -321,12 +321,18 @@ mod tests {
     }
 
     #[test]
-    fn remote_commands_are_quoted_for_the_remote_shell() {
+    fn remote_commands_reach_sh_as_one_line_any_login_shell_passes_through() {
+        use base64::Engine;
         let t = ssh(Some("root"), "web1", Some(2222));
-        let cmd = t.command(&["sh", "-c", "echo $1; id", "x y"]).unwrap();
+        let cmd = t.command(&["sh", "-c", "echo $1\nid", "x y"]).unwrap();
         let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap().to_owned()).collect();
         let tail = &args[args.len() - 4..];
         assert_eq!(tail[0..3], ["2222", "--", "root@web1"]);
-        assert_eq!(shlex::split(&tail[3]).unwrap(), ["sh", "-c", "echo $1; id", "x y"]);
+        let remote = &tail[3];
+        assert!(!remote.contains('\n'), "{remote}");
+        let encoded = remote.strip_prefix("sh -c 'eval \"$(echo ").and_then(|r| r.strip_suffix(" | base64 -d)\"'"));
+        let line = base64::engine::general_purpose::STANDARD.decode(encoded.expect(remote)).unwrap();
+        let words = shlex::split(std::str::from_utf8(&line).unwrap()).unwrap();
+        assert_eq!(words, ["sh", "-c", "echo $1\nid", "x y"]);
     }
 }
