@@ -159,11 +159,10 @@ fn install(
     output: &OutputArgs,
 ) -> Result<Outcome, Error> {
     let records = records.read()?;
-    if let Some(unnamed) = records.iter().find(|r| r.name.is_none()) {
-        return Err(Error::Usage(format!("{}: a runner record needs the VM's NAME", unnamed.label())));
-    }
     for record in &records {
-        let name = record.name.as_deref().expect("checked above");
+        let Some(name) = &record.name else {
+            return Err(Error::Usage(format!("{}: a runner record needs the VM's NAME", record.label())));
+        };
         microvm::parse_vm_name(name).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
     }
     let (target, privilege) = args.open()?;

@@ -48,20 +48,22 @@ pub struct Specialisation(String);
 
 impl Specialisation {
     pub fn parse(name: &str) -> Result<Specialisation, String> {
-        let bad = |why: &str| Err(format!("bad specialisation name {name:?}: {why}"));
-        if name.is_empty() {
-            bad("it is empty")
-        } else if name.contains('/') {
-            bad("a specialisation is one name, not a path")
-        } else if name.len() > crate::store_path::NAME_MAX {
-            bad("it is longer than a store path name may be")
-        } else if name.starts_with('.') {
-            bad("it starts with '.'")
-        } else if let Some(c) = name.chars().find(|&c| !crate::store_path::is_name_char(c)) {
-            bad(&format!("{c:?} is not one of the letters, digits and + - . _ ? = of store names"))
-        } else {
-            Ok(Specialisation(name.to_owned()))
-        }
+        use crate::store_path::StorePathError as E;
+        let why = match name.contains('/') {
+            true => "a specialisation is one name, not a path".to_owned(),
+            // The rules of store names, said of a specialisation.
+            false => match crate::store_path::check_name(name) {
+                Ok(()) => return Ok(Specialisation(name.to_owned())),
+                Err(E::EmptyName) => "it is empty".to_owned(),
+                Err(E::NameTooLong) => "it is longer than a store path name may be".to_owned(),
+                Err(E::LeadingDot) => "it starts with '.'".to_owned(),
+                Err(E::BadNameChar(c)) => {
+                    format!("{c:?} is not one of the letters, digits and + - . _ ? = of store names")
+                }
+                Err(other) => other.to_string(),
+            },
+        };
+        Err(format!("bad specialisation name {name:?}: {why}"))
     }
 
     pub fn as_str(&self) -> &str {

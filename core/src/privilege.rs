@@ -64,8 +64,8 @@ impl Privilege {
         Ok(child)
     }
 
-    /// [`Privilege::spawn`], its stdin left open for the command, after the
-    /// password line sudo reads first.
+    /// [`Privilege::spawn`], its stdin left open for the command (sudo got
+    /// the password first, if it asked for it).
     pub fn spawn_with_stdin(
         &self,
         target: &Target,
@@ -92,6 +92,7 @@ impl Privilege {
         let mut stderr = child.stderr.take().expect("piped");
         let mut said = Vec::new();
         let mut asked = false;
+        let started = format!("{STARTED}\n");
         let mut byte = [0u8; 1];
         // Byte by byte: what follows STARTED must stay unread.
         while stderr.read(&mut byte).unwrap_or(0) == 1 {
@@ -106,7 +107,7 @@ impl Privilege {
                     }
                     true => drop(child.stdin.take()),
                 }
-            } else if said.ends_with(format!("{STARTED}\n").as_bytes()) {
+            } else if said.ends_with(started.as_bytes()) {
                 child.stderr = Some(stderr);
                 return Ok(());
             }
@@ -118,8 +119,9 @@ impl Privilege {
         }))
     }
 
-    /// Runs `argv` as root to its end, `input` on its stdin after the
-    /// password line; what it printed, whatever its status.
+    /// Runs `argv` as root to its end, `input` on its stdin (sudo got the
+    /// password first, if it asked for it); what it printed, whatever its
+    /// status.
     pub fn output(
         &self,
         target: &Target,

@@ -9,7 +9,7 @@ use std::fmt;
 pub const STORE_DIR: &str = "/nix/store";
 const HASH_LEN: usize = 32;
 /// Nix's own limit (`StorePath::MaxPathLen` minus the hash and the dash).
-pub(crate) const NAME_MAX: usize = 211;
+const NAME_MAX: usize = 211;
 /// nix-base32 leaves out e, o, t and u so that hashes never spell words.
 const NIX32_ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
@@ -58,7 +58,8 @@ impl StorePath {
     }
 }
 
-fn check_name(name: &str) -> Result<(), StorePathError> {
+/// Whether `name` may be the name of a store path.
+pub(crate) fn check_name(name: &str) -> Result<(), StorePathError> {
     if name.is_empty() {
         return Err(StorePathError::EmptyName);
     }
@@ -76,7 +77,7 @@ fn check_name(name: &str) -> Result<(), StorePathError> {
 }
 
 /// The characters Nix allows in a store path name.
-pub(crate) fn is_name_char(c: char) -> bool {
+fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "+-._?=".contains(c)
 }
 
