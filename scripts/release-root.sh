@@ -2,11 +2,15 @@
 # release-root.sh DIST DIR: a Debian root of release DIST (bookworm, trixie,
 # sid) in DIR with that release's Nix and what a testbed host runs: OpenSSH,
 # sudo, util-linux, zstd, systemd for hosts booted under systemd-nspawn, and
-# tcsh and fish as other login shells. The testbed calls it when DIR is
-# missing or older than ROOT_VERSION; DIR appears whole or not at all.
+# tcsh and fish as other login shells. A DIR made before stays, unless it
+# is of an older version; DIR appears whole or not at all.
 set -euo pipefail
 
 dist=${1:?usage: release-root.sh DIST DIR} out=${2:?usage: release-root.sh DIST DIR}
+# Written last, once the root has all it needs (tests/src/release.rs:
+# ROOT_VERSION): a root that has it is kept.
+version=.nixpipe-testbed-root-2
+[ ! -e "$out/$version" ] || exit 0
 packages='nix-bin openssh-server openssh-client sudo util-linux procps zstd systemd systemd-sysv dbus libpam-systemd tcsh fish'
 
 # The machine's own Debian mirror, as apt knows it (deb822 or one-line sources).
@@ -51,8 +55,7 @@ chroot "$tmp" apt-get clean
 # Every host brings its own host keys and configuration.
 rm -f "$tmp"/etc/ssh/ssh_host_*
 chmod 755 "$tmp"
-# What the testbed checks for (tests/src/release.rs: ROOT_VERSION).
-echo "tcsh fish" >"$tmp/.nixpipe-testbed-root-2"
+echo "tcsh fish" >"$tmp/$version"
 # A root of an older version goes; nothing uses it while this one is made.
 rm -rf --one-file-system "$out"
 mv "$tmp" "$out"

@@ -27,9 +27,7 @@ fi
 for row in "${rows[@]}"; do
     read -r deployer target _ <<<"$row"
     for release in "$deployer" "$target"; do
-        [ "$release" != machine ] || continue
-        [ -e "/var/cache/nixpipe-testbed/$release/.nixpipe-testbed-root-2" ] \
-            || bash scripts/release-root.sh "$release" "/var/cache/nixpipe-testbed/$release"
+        [ "$release" = machine ] || bash scripts/release-root.sh "$release" "/var/cache/nixpipe-testbed/$release"
     done
 done
 

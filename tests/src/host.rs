@@ -416,7 +416,23 @@ fn lay_out(root: &Path, base: &Path, hostname: &str, testbed: &Testbed) -> Resul
     new_key_pair(&root.join("ssh/host_key"), hostname);
     fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).map_err(io)?;
     write_user_database(root, base, hostname).map_err(io)?;
+    keep_systemd_off_tmp(&root.join("etc")).map_err(io)?;
     fs::File::create(root.join("host.log")).map_err(io)?;
+    Ok(())
+}
+
+/// The machine's /tmp is every host's; a booted systemd must neither mount
+/// a tmpfs over it nor clean it: its units and tmpfiles rules for /tmp are
+/// masked in the host's /etc (inert on a host without systemd).
+fn keep_systemd_off_tmp(etc: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(etc.join("tmpfiles.d"))?;
+    fs::create_dir_all(etc.join("systemd/system"))?;
+    for conf in ["tmp.conf", "x11.conf", "systemd-tmp.conf"] {
+        fs::write(etc.join("tmpfiles.d").join(conf), "")?;
+    }
+    for unit in ["tmp.mount", "systemd-tmpfiles-clean.timer"] {
+        std::os::unix::fs::symlink("/dev/null", etc.join("systemd/system").join(unit))?;
+    }
     Ok(())
 }
 
@@ -531,20 +547,6 @@ fn spawn_nspawn(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<C
     let ssh = root.join("etc/ssh");
     fs::write(ssh.join("sshd_config.d/nixpipe-testbed.conf"), sshd_config(root, port).replace("PidFile none\n", ""))
         .unwrap();
-    // The machine's /tmp is the host's, as on namespace hosts; systemd must
-    // neither mount a tmpfs over it nor clean it.
-    let etc = root.join("etc");
-    fs::create_dir_all(etc.join("tmpfiles.d")).unwrap();
-    fs::create_dir_all(etc.join("systemd/system")).unwrap();
-    for conf in ["tmp.conf", "x11.conf", "systemd-tmp.conf"] {
-        fs::write(etc.join("tmpfiles.d").join(conf), "").unwrap();
-    }
-    for unit in ["tmp.mount", "systemd-tmpfiles-clean.timer"] {
-        let mask = etc.join("systemd/system").join(unit);
-        if fs::symlink_metadata(&mask).is_err() {
-            std::os::unix::fs::symlink("/dev/null", mask).unwrap();
-        }
-    }
     let mut join_cgroups = String::new();
     for cgroup in cgroups_of(root) {
         fs::create_dir_all(&cgroup)
@@ -641,17 +643,17 @@ fn remove_cgroup(cgroup: &Path) {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let _ =
-            run_ok_quiet(Command::new("find").arg(cgroup).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]));
+        let _ = Command::new("find")
+            .arg(cgroup)
+            .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if !cgroup.exists() || Instant::now() > deadline {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn run_ok_quiet(cmd: &mut Command) -> std::io::Result<Output> {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).output()
 }
 
 /// Ready when our own sshd says it listens: a connect alone could reach
