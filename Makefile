@@ -18,6 +18,7 @@ build: setup
 test: build
 	$(CARGO) fmt --all --check
 	$(CARGO) xtask gen --check
+	bash scripts/shellcheck.sh
 	NIX="$(NIX)" TARGET_NIX="$(TARGET_NIX)" TARGET_INIT="$(TARGET_INIT)" bash scripts/test.sh
 
 # web1 boots real systemd and runs sid's Nix (2.34); the deployer runs this

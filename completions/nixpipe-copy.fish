@@ -5,7 +5,7 @@ complete -c nixpipe-copy -l compress -d 'How NARs travel to an ssh target: zstd 
 zstd\t'zstd-compressed by nixpipe, decompressed by the target\'s zstd (or ssh\'s own compression where the target has no zstd)'"
 complete -c nixpipe-copy -l via -d 'Upload once: copy the closures to this relay host or binary cache (file:///DIR, with --sign-key), and let every target fetch them from there' -r
 complete -c nixpipe-copy -l cache-url -d 'Where the targets fetch a --via file:///DIR cache from, e.g. https://cache.example.org [default: the file:// URL itself, for a directory every target mounts]' -r
-complete -c nixpipe-copy -s j -l jobs -d 'Copy to up to N targets at once' -r
+complete -c nixpipe-copy -s j -l jobs -d 'Work on up to N hosts at once' -r
 complete -c nixpipe-copy -s s -l substitute-on-destination -d 'Let the target fetch what it can from its own substituters first'
 complete -c nixpipe-copy -l dry-run -d 'Say on stderr what would be copied; copy nothing, write no records'
 complete -c nixpipe-copy -l json -d 'Write JSON records (one object per line) instead of plain lines'

@@ -7,6 +7,7 @@ set -euo pipefail
 
 config="$FIXTURES/web1/configuration.nix"
 port=${HOST_WEB1##*:}
+# shellcheck disable=SC2086 # NIX_SSHOPTS is a list of words, as Nix splits it
 on_host() { ssh $NIX_SSHOPTS -p "$port" root@127.0.0.1 "$@"; }
 
 say() { printf '\n\033[1m%s\033[0m\n' "$*" >&2; }

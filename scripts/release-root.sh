@@ -41,6 +41,7 @@ install_in_root() {
     mount -t proc proc "$1/proc"
     mount --rbind /dev "$1/dev"
     chroot "$1" apt-get update -qq
+    # shellcheck disable=SC2086 # $2: a list of packages
     DEBIAN_FRONTEND=noninteractive chroot "$1" apt-get install -y -qq --no-install-recommends $2
     umount -R "$1/dev" "$1/proc"
 }
@@ -61,4 +62,5 @@ rm -rf --one-file-system "$out"
 mv "$tmp" "$out"
 trap - EXIT
 rm -f "$log"
+# shellcheck disable=SC2016 # dpkg-query's own ${Version}
 echo "release-root: $dist ready: nix-bin $(chroot "$out" dpkg-query -W -f '${Version}' nix-bin)" >&2

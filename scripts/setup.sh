@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux util-linux-extra procps zstd time
-    debootstrap systemd-container tcsh fish)
+    debootstrap systemd-container tcsh fish shellcheck)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    nixpipe_core::cli::main("nixpipe-activate", nixpipe_activate::run)
+    nixpipe_cli::main("nixpipe-activate", nixpipe_activate::run)
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    nixpipe_core::cli::main("nixpipe-bundle", nixpipe_bundle::run)
+    nixpipe_cli::main("nixpipe-bundle", nixpipe_bundle::run)
 }

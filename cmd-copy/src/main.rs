@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    nixpipe_core::cli::main("nixpipe-copy", nixpipe_copy::run)
+    nixpipe_cli::main("nixpipe-copy", nixpipe_copy::run)
 }

@@ -1,27 +1,12 @@
 //! nixpipe-eval: evaluate NixOS configurations to toplevel store paths.
 
 use clap::Parser;
-use nixpipe_core::cli::{OutputArgs, Results};
-use nixpipe_core::eval::{self, Classic, Evaluated, Flake, Machine, Network, NixArgs, Variant};
-use nixpipe_core::{Error, Outcome, TargetSpec};
+use nixpipe_cli::{OutputArgs, Results};
+use nixpipe_core::eval::{self, Classic, EvalError, Evaluated, Flake, Machine, Network, NixArgs, Variant};
+use nixpipe_core::{Error, Outcome, Target, TargetSpec};
 use std::path::PathBuf;
 
-const EXAMPLES: &str = "\
-Examples:
-  Build a configuration.nix and deploy it:
-    nixpipe-eval -f configuration.nix | nixpipe-copy --to root@web1 | nixpipe-activate --on root@web1 switch
-
-  Pin nixpkgs for the evaluation:
-    nixpipe-eval -f configuration.nix --nixpkgs ~/src/nixpkgs
-
-  Every machine of the flake here, evaluated in one Nix process, built in one more:
-    nixpipe-eval --all | nixpipe-copy --to 'root@{name}' | nixpipe-activate switch
-
-Each record is NAME<TAB>PATH, NAME being the flake attribute name, or for -f
-networking.hostName (no NAME when it is empty). With --json the record also
-carries \"drv\" and \"system\". A machine that fails to evaluate is reported
-with Nix's message; the others still get their records, and the exit status
-is 1.";
+const EXAMPLES: &str = include_str!("../doc/examples.txt");
 
 /// Evaluate and build NixOS configurations, printing their toplevel store paths.
 ///
@@ -95,33 +80,83 @@ pub struct Cli {
     pub output: OutputArgs,
 }
 
+/// What to evaluate.
+enum Input {
+    Classic(Classic),
+    Network(Network),
+    Flakes(Vec<Flake>),
+}
+
+/// Where the machines are built.
+enum Build {
+    Here,
+    /// --drv: not at all; the records are the .drv paths.
+    Nowhere,
+    On(Target),
+}
+
+/// An evaluation, checked: every "bad usage, nothing done" is decided here.
+struct Plan {
+    input: Input,
+    variant: Variant,
+    build: Build,
+}
+
+impl Plan {
+    fn new(cli: &Cli) -> Result<Plan, Error> {
+        // One builder for all: a typo in it is bad usage before any evaluation.
+        let build = match &cli.build_on {
+            _ if cli.drv => Build::Nowhere,
+            Some(spec) => Build::On(spec.resolve(None).map_err(|e| Error::Usage(format!("--build-on: {e}")))?),
+            None => Build::Here,
+        };
+        let input = match (&cli.file, &cli.network) {
+            (Some(file), _) => Input::Classic(Classic::new(file, nix_args(cli)?)?),
+            (None, Some(file)) => Input::Network(Network::new(file, nix_args(cli)?)?),
+            (None, None) => Input::Flakes(match (cli.flakes.is_empty(), cli.all) {
+                (true, true) => Flake::group(&[".".to_owned()], true)?,
+                (true, false) => return Err(Error::Usage("give machines as FLAKEREF#NAME, --all, or -f FILE".into())),
+                (false, all) => Flake::group(&cli.flakes, all)?,
+            }),
+        };
+        Ok(Plan { input, variant: variant(cli), build })
+    }
+
+    /// Evaluates every machine, builds them, writes their records; the
+    /// machines that fail to evaluate are reported.
+    fn run(&self, results: &mut Results) -> Result<(), Error> {
+        let machines = match &self.input {
+            Input::Classic(classic) => classic.evaluate(&self.variant)?,
+            Input::Network(network) => report(network.evaluate(&self.variant)?, results),
+            Input::Flakes(flakes) => {
+                let mut machines = Vec::new();
+                for flake in flakes {
+                    machines.extend(report(flake.evaluate(&self.variant)?, results));
+                }
+                machines
+            }
+        };
+        if machines.is_empty() {
+            return Ok(());
+        }
+        let records = match &self.build {
+            Build::Nowhere => eval::derivations(&machines)?,
+            Build::On(target) => eval::build_on(target, &machines)?,
+            Build::Here => eval::build(&machines)?,
+        };
+        records.iter().try_for_each(|record| results.write(record))
+    }
+}
+
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
-    let variant = variant(&cli);
-    // One builder for all: a typo in it is bad usage before any evaluation.
-    let build_on = cli.build_on.as_ref().map(|spec| spec.resolve(None)).transpose();
-    let build_on = build_on.map_err(|e| Error::Usage(format!("--build-on: {e}")))?;
-    let machines = match (&cli.file, &cli.network) {
-        (Some(file), _) => Classic::new(file, nix_args(&cli)?)?.evaluate(&variant)?,
-        (None, Some(file)) => report(Network::new(file, nix_args(&cli)?)?.evaluate(&variant)?, &mut results),
-        (None, None) => evaluate_flakes(&cli, &variant, &mut results)?,
-    };
-    if !machines.is_empty() {
-        let records = match &build_on {
-            _ if cli.drv => eval::derivations(&machines)?,
-            Some(target) => eval::build_on(target, &machines)?,
-            None => eval::build(&machines)?,
-        };
-        for record in &records {
-            results.record(record, Ok(()))?;
-        }
-    }
+    Plan::new(&cli)?.run(&mut results)?;
     Ok(results.finish())
 }
 
 /// The search path and system of -f and --network, nixpkgs fetched first
 /// when it is pinned by URL.
-fn nix_args(cli: &Cli) -> Result<NixArgs, Error> {
+fn nix_args(cli: &Cli) -> Result<NixArgs, EvalError> {
     let fetched = match (&cli.nixpkgs_url, &cli.nixpkgs_sha256) {
         (Some(url), Some(sha256)) => Some(eval::fetch_nixpkgs(url, sha256)?),
         _ => None,
@@ -139,20 +174,6 @@ fn variant(cli: &Cli) -> Variant {
         None if cli.microvm_runner => Variant::MicrovmRunner,
         None => Variant::Toplevel,
     }
-}
-
-/// Each flake once, for all its machines; a machine that fails is reported.
-fn evaluate_flakes(cli: &Cli, variant: &Variant, results: &mut Results) -> Result<Vec<Machine>, Error> {
-    let flakes = match (cli.flakes.is_empty(), cli.all) {
-        (true, true) => Flake::group(&[".".to_owned()], true)?,
-        (true, false) => return Err(Error::Usage("give machines as FLAKEREF#NAME, --all, or -f FILE".into())),
-        (false, all) => Flake::group(&cli.flakes, all)?,
-    };
-    let mut machines = Vec::new();
-    for flake in flakes {
-        machines.extend(report(flake.evaluate(variant)?, results));
-    }
-    Ok(machines)
 }
 
 /// Reports the machines that failed to evaluate; the others, to build.

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    nixpipe_core::cli::main("nixpipe-eval", nixpipe_eval::run)
+    nixpipe_cli::main("nixpipe-eval", nixpipe_eval::run)
 }

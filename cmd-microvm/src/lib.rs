@@ -2,32 +2,19 @@
 //! microvm.nix's layout.
 
 use clap::{Args, Parser, Subcommand};
+use nixpipe_cli::{JobsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
 use nixpipe_core::activation::{Action, Options};
-use nixpipe_core::cli::{OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::{self, Destination, Route};
-use nixpipe_core::microvm::{self, Host, Restart};
+use nixpipe_core::fleet::{self, Step};
+use nixpipe_core::microvm::{self, Host, MicrovmError, Restart};
 use nixpipe_core::privilege::Privilege;
 use nixpipe_core::record::StdoutLines;
+use nixpipe_core::report::{self, Report};
+use nixpipe_core::session::Session;
 use nixpipe_core::{closure_diff, nix, Error, Outcome, Record, StorePath, Target, TargetSpec};
 
-const EXAMPLES: &str = "\
-Examples:
-  Install or update VMs on a host (restarting the ones that run another runner):
-    nixpipe-eval --microvm-runner .#vm1 .#vm2 | nixpipe-microvm install --on root@host
-
-  Evaluate here, build on the host:
-    nixpipe-eval --microvm-runner --drv .#vm1 | nixpipe-microvm install --on root@host --build-on-host
-
-  What runs, and what needs a restart:
-    nixpipe-microvm list --on root@host";
-
-const LAYOUT: &str = "\
-Layout (microvm.nix's): /var/lib/microvms/NAME/current -> the runner, old ->
-the runner before, booted -> the runner the VM started from (set by
-microvm.nix's units); GC roots /nix/var/nix/gcroots/microvm/NAME,
-booted-NAME and old-NAME; owner microvm:kvm where that user and group
-exist. Links are replaced by rename, never removed first; an unchanged
-runner changes nothing. systemctl is the host's own.";
+const EXAMPLES: &str = include_str!("../doc/examples.txt");
+const LAYOUT: &str = include_str!("../doc/layout.txt");
 
 /// Install MicroVM runners under /var/lib/microvms/NAME, as microvm.nix lays them out.
 #[derive(Parser, Debug)]
@@ -76,13 +63,11 @@ pub enum Command {
         #[arg(long)]
         no_hostname_check: bool,
 
-        /// Ask the sudo password once, on the terminal
-        #[arg(long)]
-        ask_sudo_password: bool,
+        #[command(flatten)]
+        privilege: PrivilegeArgs,
 
-        /// Become root with CMD instead of sudo
-        #[arg(long, value_name = "CMD")]
-        sudo_cmd: Option<String>,
+        #[command(flatten)]
+        jobs: JobsArgs,
 
         #[command(flatten)]
         records: RecordArgs,
@@ -120,19 +105,14 @@ pub struct HostArgs {
     #[arg(long, value_name = "TARGET")]
     pub on: TargetSpec,
 
-    /// Ask the sudo password once, on the terminal
-    #[arg(long)]
-    pub ask_sudo_password: bool,
-
-    /// Become root with CMD instead of sudo
-    #[arg(long, value_name = "CMD")]
-    pub sudo_cmd: Option<String>,
+    #[command(flatten)]
+    pub privilege: PrivilegeArgs,
 }
 
 impl HostArgs {
     fn open(&self) -> Result<(Target, Privilege), Error> {
         let target = self.on.resolve(None).map_err(|e| Error::Usage(format!("--on: {e}")))?;
-        Ok((target, Privilege::new(self.sudo_cmd.as_deref(), self.ask_sudo_password)?))
+        Ok((target, self.privilege.privilege()?))
     }
 }
 
@@ -143,10 +123,9 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Command::List { host, output } => list(&host, &output),
         Command::Remove { host, name, purge } => remove(&host, &name, purge),
-        Command::Switch { vm, action, no_hostname_check, ask_sudo_password, sudo_cmd, records, output } => {
+        Command::Switch { vm, action, no_hostname_check, privilege, jobs, records, output } => {
             let opts = Options { action, hostname_check: !no_hostname_check, ..Options::default() };
-            let privilege = Privilege::new(sudo_cmd.as_deref(), ask_sudo_password)?;
-            switch(&vm, &opts, &privilege, &records, &output)
+            switch(&vm, &opts, &privilege, &jobs, &records, &output)
         }
     }
 }
@@ -166,26 +145,24 @@ fn install(
         microvm::parse_vm_name(name).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
     }
     let (target, privilege) = args.open()?;
-    let runners = runners_on(&target, &records, build_on_host).map_err(Error::Failed)?;
-    let host = Host::connect(&target, &privilege).map_err(Error::Failed)?;
+    let runners = runners_on(&target, &records, build_on_host)?;
+    let session = Session::new(target, &privilege);
+    let host = Host::new(&session);
     let mut results = Results::new(output);
     for (record, runner) in records.iter().zip(runners) {
         let name = record.name.as_deref().expect("checked above");
         let installed = host.install(name, runner.as_str(), restart);
         if let Ok(installed) = &installed {
-            if let Some(Some(previous)) = &installed.previous {
-                closure_diff::show(&target, name, Some(previous), runner.as_str());
+            if let (true, Some(previous)) = (installed.changed, &installed.previous) {
+                closure_diff::report(&session, name, Some(previous), runner.as_str());
             }
             if installed.restarted {
-                nixpipe_core::cli::show(name, &format!("restarted microvm@{name}.service"));
+                report::report(Report::Restarted { label: name.to_owned() });
             }
         }
         let mut record = Record::new(record.name.clone(), runner);
-        if output.json {
-            if let Ok(installed) = &installed {
-                record.extra.insert("changed".into(), installed.previous.is_some().into());
-                record.extra.insert("restarted".into(), installed.restarted.into());
-            }
+        if let (true, Ok(installed)) = (output.json, &installed) {
+            record.add_fields(installed);
         }
         results.record(&record, installed.map(drop))?;
     }
@@ -193,10 +170,10 @@ fn install(
 }
 
 /// The runners, valid on the host: copied there, or built there from .drv records.
-fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Result<Vec<StorePath>, String> {
+fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Result<Vec<StorePath>, Error> {
     let paths: Vec<StorePath> = records.iter().map(|r| r.path.clone()).collect();
     if build_on_host {
-        return nix::realise_on(target, &paths);
+        return Ok(nix::realise_on(target, &paths).map_err(MicrovmError::from)?);
     }
     let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
     let refs: Vec<&StorePath> = paths.iter().collect();
@@ -204,41 +181,53 @@ fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Resul
     Ok(paths)
 }
 
+/// Each VM switched as nixpipe-activate switches hosts, by the same rollout.
 fn switch(
     vm: &TargetSpec,
     opts: &Options,
-    privilege: &Privilege,
+    privilege: &PrivilegeArgs,
+    jobs: &JobsArgs,
     records: &RecordArgs,
     output: &OutputArgs,
 ) -> Result<Outcome, Error> {
-    let records = records.read()?;
-    let planned = nixpipe_core::cli::with_targets(records, Some(vm), None)?;
+    let planned = fleet::with_targets(records.read()?, Some(vm), None)?;
+    let privilege = privilege.privilege()?;
     let mut results = Results::new(output);
-    for (record, target) in &planned {
-        match microvm::switch(target, record, opts, privilege) {
-            Ok(system) => results.record(&system, Ok(()))?,
-            Err(why) => results.failed(record.label(), &why),
-        }
-    }
-    Ok(results.finish())
+    let mut write_error = None;
+    jobs.rollout().run(
+        &planned,
+        |(record, target)| microvm::switch(&Session::new(target.clone(), &privilege), record, opts),
+        |(record, _), switched| switched.is_err().then(|| record.label().to_owned()),
+        |(record, _), step| {
+            let written = match step {
+                Step::Done(Ok(system)) => results.write(&system),
+                Step::Done(Err(why)) => Ok(results.failed(record.label(), &why)),
+                Step::NotReached(_) => Ok(()),
+            };
+            if let Err(e) = written {
+                write_error.get_or_insert(e);
+            }
+        },
+    );
+    write_error.map_or(Ok(results.finish()), Err)
 }
 
 fn list(args: &HostArgs, output: &OutputArgs) -> Result<Outcome, Error> {
     let (target, privilege) = args.open()?;
-    let vms = Host::connect(&target, &privilege).and_then(|host| host.list()).map_err(Error::Failed)?;
+    let vms = Host::new(&Session::new(target, &privilege)).list()?;
     let mut out = StdoutLines::default();
     for vm in vms {
         let line = match output.json {
             true => serde_json::to_string(&vm).expect("a plain struct"),
             false => format!("{}\t{}\t{}", vm.name, vm.state, vm.current),
         };
-        out.line(&line).map_err(|e| Error::Failed(format!("cannot write to stdout: {e}")))?;
+        out.line(&line).map_err(|e| Error::Output(e.to_string()))?;
     }
     Ok(Outcome::default())
 }
 
 fn remove(args: &HostArgs, name: &str, purge: bool) -> Result<Outcome, Error> {
     let (target, privilege) = args.open()?;
-    Host::connect(&target, &privilege).and_then(|host| host.remove(name, purge)).map_err(Error::Failed)?;
+    Host::new(&Session::new(target, &privilege)).remove(name, purge)?;
     Ok(Outcome::default())
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    nixpipe_core::cli::main("nixpipe-microvm", nixpipe_microvm::run)
+    nixpipe_cli::main("nixpipe-microvm", nixpipe_microvm::run)
 }

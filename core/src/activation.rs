@@ -7,11 +7,14 @@
 mod job;
 
 use crate::bundle::PREVIOUS;
-use crate::privilege::Privilege;
+use crate::event::{Event, JobResult, ProbeFacts, Rollback};
 use crate::record::Record;
-use crate::target::Target;
-use job::{Job, JobResult};
-use serde_json::{json, Map, Value};
+use crate::report::{self, Report};
+use crate::session::{Script, Session, SessionError};
+use crate::target::SshError;
+use job::Job;
+use serde::Serialize;
+use std::fmt;
 
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 
@@ -27,6 +30,12 @@ pub enum Action {
     Test,
     /// Show what activating would change, change nothing
     DryActivate,
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl Action {
@@ -101,22 +110,88 @@ pub struct Options {
 /// --confirm-timeout says otherwise.
 pub const CHECK_WINDOW: u64 = 300;
 
+/// Why an activation was refused, or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ActivationError {
+    // Refused: nothing changed.
+    #[error("{path} is not on {target}{}", if *.realise { " nor in its substituters" } else { "; run nixpipe-copy first" })]
+    NotOnTarget { path: String, target: String, realise: bool },
+    #[error("{path} is not a NixOS system (no nixos-version or bin/switch-to-configuration)")]
+    NotNixos { path: String },
+    #[error("{path} is a bundle: its bin/switch activates its system, not a specialisation")]
+    BundleSpecialisation { path: String },
+    #[error("{path} has no specialisation '{name}' (it has: {known})")]
+    NoSpecialisation { path: String, name: String, known: String },
+    #[error("{target} is host '{hostname}', not '{expected}'; nothing changed (--no-hostname-check to deploy anyway)")]
+    WrongHost { target: String, hostname: String, expected: String },
+    #[error("{target} has no previous bundle ({PREVIOUS}) to restore")]
+    NoPreviousBundle { target: String },
+    #[error("{target} has no generation before the current one to go back to")]
+    NoPreviousGeneration { target: String },
+    #[error("cannot fetch {path} from the substituters of {target}: {why}")]
+    Realise { path: String, target: String, why: SshError },
+    #[error("another nixpipe activation is running on {target}: {owner}; nothing changed")]
+    Locked { target: String, owner: String },
+    #[error("{0}; nothing changed")]
+    NotStarted(SessionError),
+    #[error("could not start the activation on {target} ({status}): {why}; nothing changed")]
+    LaunchFailed { target: String, status: String, why: String },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("not reached: the rollout stopped after {0} failed; nothing changed")]
+    NotReached(String),
+    // Failed after changing things.
+    #[error("could not set the system profile on {target}; nothing activated (see {log})")]
+    ProfileNotSet { target: String, log: String },
+    #[error("switch-to-configuration {action} failed on {target}; nothing changed")]
+    DryActivateFailed { action: &'static str, target: String },
+    #[error("switch-to-configuration {action} failed on {target}; {rollback}")]
+    SwitchFailed { action: &'static str, target: String, rollback: Rollback },
+    #[error("no new connection confirmed the switch within {seconds} s; {target} {rollback}")]
+    Unconfirmed { seconds: u64, target: String, rollback: Rollback },
+    #[error("the check failed after the switch; {target} {rollback}")]
+    CheckFailed { target: String, rollback: Rollback },
+    #[error("lost track of the activation on {target}: {why} (see {log})")]
+    Lost { target: String, why: String, log: String },
+}
+
+impl ActivationError {
+    /// Whether the target is back on what it ran before.
+    pub fn rolled_back(&self) -> bool {
+        match self {
+            ActivationError::SwitchFailed { rollback, .. }
+            | ActivationError::Unconfirmed { rollback, .. }
+            | ActivationError::CheckFailed { rollback, .. } => rollback.is_back(),
+            _ => false,
+        }
+    }
+}
+
+/// What became of the rollback, as the errors above say it.
+impl fmt::Display for Rollback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rollback::RolledBack => "rolled back: the previous generation is active again",
+            Rollback::NothingToReactivate => "rolled back the profile (no system ran before to re-activate)",
+            Rollback::ProfileNotSet | Rollback::NothingChanged => "nothing changed",
+            Rollback::RollbackFailed => "the rollback FAILED too: the host needs attention",
+        })
+    }
+}
+
 /// How one activation went.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Verdict {
     Activated,
     /// --dry-run: every check passed, nothing changed.
     Checked,
-    /// Refused before anything changed: why.
-    Refused(String),
-    /// Failed after changing things: why, and whether the target is back
-    /// on the system it ran before.
-    Failed {
-        why: String,
-        rolled_back: bool,
-    },
-    /// Never tried: a rollout stopped before this target (why).
-    Skipped(String),
+    /// Refused before anything changed.
+    Refused(ActivationError),
+    /// Failed after changing things (the error says whether the target is
+    /// back on the system it ran before).
+    Failed(ActivationError),
+    /// Never tried: a rollout stopped before this target.
+    Skipped(ActivationError),
 }
 
 #[derive(Debug)]
@@ -130,94 +205,117 @@ pub struct Activation {
     pub verdict: Verdict,
 }
 
+/// What `--json` adds to an activated (or failed) record.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivationJson {
+    pub target: String,
+    pub action: Action,
+    pub previous: Option<String>,
+    /// activated, checked, refused, failed or skipped.
+    pub result: &'static str,
+    pub rolled_back: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 impl Activation {
-    /// A target a rollout never reached.
-    pub fn skipped(why: String) -> Activation {
+    /// A target a rollout never reached, because `stopped_by` failed.
+    pub fn skipped(stopped_by: &str) -> Activation {
+        let why = ActivationError::NotReached(stopped_by.to_owned());
         Activation { path: None, hostname: None, previous: None, verdict: Verdict::Skipped(why) }
     }
 
-    /// The one line for a failure; None when all went well.
-    pub fn error(&self) -> Option<&str> {
+    /// The error, when it did not go well.
+    pub fn error(&self) -> Option<&ActivationError> {
         match &self.verdict {
             Verdict::Activated | Verdict::Checked => None,
-            Verdict::Refused(why) | Verdict::Failed { why, .. } | Verdict::Skipped(why) => Some(why),
+            Verdict::Refused(e) | Verdict::Failed(e) | Verdict::Skipped(e) => Some(e),
         }
     }
 
     /// What --json adds to the record.
-    pub fn json_fields(&self, target: &Target, action: Action) -> Map<String, Value> {
-        let (result, rolled_back) = match &self.verdict {
-            Verdict::Activated => ("activated", false),
-            Verdict::Checked => ("checked", false),
-            Verdict::Refused(_) => ("refused", false),
-            Verdict::Failed { rolled_back, .. } => ("failed", *rolled_back),
-            Verdict::Skipped(_) => ("skipped", false),
+    pub fn json(&self, target: &str, action: Action) -> ActivationJson {
+        let result = match &self.verdict {
+            Verdict::Activated => "activated",
+            Verdict::Checked => "checked",
+            Verdict::Refused(_) => "refused",
+            Verdict::Failed(_) => "failed",
+            Verdict::Skipped(_) => "skipped",
         };
-        let mut fields = Map::new();
-        fields.insert("target".into(), json!(target.to_string()));
-        fields.insert("action".into(), json!(action.as_str()));
-        fields.insert("previous".into(), json!(self.previous));
-        fields.insert("result".into(), json!(result));
-        fields.insert("rolled_back".into(), json!(rolled_back));
-        if let Some(error) = self.error() {
-            fields.insert("error".into(), json!(error));
+        ActivationJson {
+            target: target.to_owned(),
+            action,
+            previous: self.previous.clone(),
+            result,
+            rolled_back: self.error().is_some_and(ActivationError::rolled_back),
+            error: self.error().map(ToString::to_string),
         }
-        fields
     }
 }
 
-/// Activates the record's system on `target`, or with no record goes back
-/// one generation (--rollback): every check first, then the job.
-pub fn activate(target: &Target, record: Option<&Record>, opts: &Options, privilege: &Privilege) -> Activation {
-    let label = record.map_or_else(|| target.to_string(), |r| r.label().to_owned());
+/// Activates the record's system on the session's host, or with no record
+/// goes back one generation (--rollback): every check first, then the job.
+pub fn activate(session: &Session, record: Option<&Record>, opts: &Options) -> Activation {
+    let label = record.map_or_else(|| session.target.to_string(), |r| r.label().to_owned());
     let mut activation = Activation {
         path: record.map(|r| r.path.to_string()),
         hostname: None,
         previous: None,
         verdict: Verdict::Checked,
     };
-    activation.verdict = match run(target, record, opts, privilege, &label, &mut activation) {
+    activation.verdict = match run(session, record, opts, &label, &mut activation) {
         Ok(verdict) => verdict,
         Err(why) => Verdict::Refused(why),
     };
     activation
 }
 
-/// Err: refused, nothing changed.
-fn run(
-    target: &Target,
-    record: Option<&Record>,
-    opts: &Options,
-    privilege: &Privilege,
-    label: &str,
-    activation: &mut Activation,
-) -> Result<Verdict, String> {
-    let which = match record {
+/// What to activate, as probe.sh takes it.
+fn which(record: Option<&Record>, opts: &Options) -> &'static str {
+    match record {
         Some(_) => "given",
         None if opts.restore_bundle => "previous-bundle",
         None => "rollback",
-    };
-    let mut probe = Probe::read(target, activation.path.as_deref(), which, opts)?;
+    }
+}
+
+/// Err: refused, nothing changed.
+fn run(
+    session: &Session,
+    record: Option<&Record>,
+    opts: &Options,
+    label: &str,
+    activation: &mut Activation,
+) -> Result<Verdict, ActivationError> {
+    let target = session.target.to_string();
+    let which = which(record, opts);
+    let mut probe = probe(session, activation.path.as_deref(), which, opts)?;
     let path = match (&probe.resolved, which) {
         (Some(path), _) => path.clone(),
-        (None, "previous-bundle") => return Err(format!("{target} has no previous bundle ({PREVIOUS}) to restore")),
-        (None, _) => return Err(format!("{target} has no generation before the current one to go back to")),
+        (None, "previous-bundle") => return Err(ActivationError::NoPreviousBundle { target }),
+        (None, _) => return Err(ActivationError::NoPreviousGeneration { target }),
     };
     if !probe.valid && opts.realise {
-        realise(target, &path)?;
-        probe = Probe::read(target, Some(&path), "given", opts)?;
+        session.run(&["nix-store", "--realise", &path]).map_err(|why| ActivationError::Realise {
+            path: path.clone(),
+            target: target.clone(),
+            why,
+        })?;
+        probe = self::probe(session, Some(&path), "given", opts)?;
     }
     activation.path = Some(path.clone());
     activation.hostname = Some(probe.hostname.clone());
     activation.previous = probe.current.clone();
-    check(target, record, &probe, opts)?;
+    check(&target, record, &probe, opts)?;
     // A bundle carries its system as toplevel and switches with bin/switch.
     let system = if probe.bundle { format!("{path}/toplevel") } else { path.clone() };
     if opts.diff {
-        crate::closure_diff::show(target, label, probe.current.as_deref(), &system);
+        crate::closure_diff::report(session, label, probe.current.as_deref(), &system);
     }
     if opts.dry_run {
-        crate::cli::note(&format!("{label}: would {} {target} to {path}", opts.action.as_str()));
+        let (label, action) = (label.to_owned(), opts.action.as_str());
+        report::report(Report::WouldActivate { label, action, target, path });
         return Ok(Verdict::Checked);
     }
     let program = match &opts.specialisation {
@@ -237,139 +335,65 @@ fn run(
         confirm: opts.confirm_timeout.or(opts.check.as_ref().map(|_| CHECK_WINDOW)).unwrap_or(0),
         mode,
     };
-    let end = Job::new(target, privilege, &probe.uid, label, opts.check.as_deref()).run(&args)?;
+    let end = Job::new(session, label, opts.check.as_deref()).run(&args)?;
     if end.previous.is_some() {
         activation.previous = end.previous.clone();
     }
-    Ok(verdict(target, opts, &end))
+    Ok(verdict(&target, opts, &end))
 }
 
 /// The job's result as the user reads it: what failed, and whether the
 /// target is back on what it ran before.
-fn verdict(target: &Target, opts: &Options, end: &job::JobEnd) -> Verdict {
+fn verdict(target: &str, opts: &Options, end: &job::JobEnd) -> Verdict {
     let action = opts.action.as_str();
     let log = format!("/run/nixpipe/jobs/{}/log", end.id);
-    let failed = |why: String, rolled_back: bool| Verdict::Failed { why, rolled_back };
-    match &end.result {
-        JobResult::Ok => Verdict::Activated,
-        JobResult::Locked(owner) => {
-            Verdict::Refused(format!("another nixpipe activation is running on {target}: {owner}; nothing changed"))
+    let target = target.to_owned();
+    Verdict::Failed(match end.result.clone() {
+        JobResult::Ok => return Verdict::Activated,
+        JobResult::Locked(owner) => return Verdict::Refused(ActivationError::Locked { target, owner }),
+        JobResult::Failed(Rollback::ProfileNotSet) => ActivationError::ProfileNotSet { target, log },
+        JobResult::Failed(Rollback::NothingChanged) => ActivationError::DryActivateFailed { action, target },
+        JobResult::Failed(rollback) => ActivationError::SwitchFailed { action, target, rollback },
+        JobResult::Unconfirmed(rollback) => {
+            ActivationError::Unconfirmed { seconds: opts.confirm_timeout.unwrap_or(0), target, rollback }
         }
-        JobResult::Failed(what) if what == "profile" => {
-            failed(format!("could not set the system profile on {target}; nothing activated (see {log})"), false)
-        }
-        JobResult::Failed(what) if what == "nothing-changed" => {
-            failed(format!("switch-to-configuration {action} failed on {target}; nothing changed"), false)
-        }
-        JobResult::Failed(what) => failed(
-            format!("switch-to-configuration {action} failed on {target}; {}", rollback_outcome(what)),
-            rolled_back(what),
-        ),
-        JobResult::Unconfirmed(what) => failed(
-            format!(
-                "no new connection confirmed the switch within {} s; {target} {}",
-                opts.confirm_timeout.unwrap_or(0),
-                rollback_outcome(what)
-            ),
-            rolled_back(what),
-        ),
-        JobResult::Rejected(what) => {
-            failed(format!("the check failed after the switch; {target} {}", rollback_outcome(what)), rolled_back(what))
-        }
-        JobResult::Lost(why) => failed(format!("lost track of the activation on {target}: {why} (see {log})"), false),
-    }
+        JobResult::Rejected(rollback) => ActivationError::CheckFailed { target, rollback },
+        JobResult::Lost(why) => ActivationError::Lost { target, why, log },
+    })
 }
 
-fn rolled_back(what: &str) -> bool {
-    matches!(what, "rolled-back" | "nothing-to-reactivate")
-}
-
-fn rollback_outcome(what: &str) -> &'static str {
-    match what {
-        "rolled-back" => "rolled back: the previous generation is active again",
-        "nothing-to-reactivate" => "rolled back the profile (no system ran before to re-activate)",
-        _ => "the rollback FAILED too: the host needs attention",
-    }
-}
-
-/// `nix-store --realise` on the target: it fetches the system from its own
-/// substituters (a pull deployment).
-fn realise(target: &Target, path: &str) -> Result<(), String> {
-    target
-        .run(&["nix-store", "--realise", path])
-        .map(drop)
-        .map_err(|e| format!("cannot fetch {path} from the substituters of {target}: {e}"))
-}
-
-const PROBE_SCRIPT: &str = include_str!("activation/probe.sh");
-
-/// Facts read from the target in one read-only round trip.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Probe {
-    hostname: String,
-    uid: String,
-    valid: bool,
-    nixos: bool,
-    /// The hostname the system itself is configured with (`etc/hostname`).
-    configured: Option<String>,
-    /// The running system.
-    current: Option<String>,
-    /// The path to activate: the one given, the generation before the
-    /// current one, or the previous bundle; None when there is none.
-    resolved: Option<String>,
-    /// Whether it is a bundle (nixpipe-bundle) rather than a system.
-    bundle: bool,
-    /// Whether the system has the specialisation asked for.
-    specialisation: Option<bool>,
-    specialisations: String,
-}
-
-impl Probe {
-    /// `which`: what to activate, as probe.sh takes it.
-    fn read(target: &Target, path: Option<&str>, which: &str, opts: &Options) -> Result<Probe, String> {
-        let spec = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
-        Ok(Probe::parse(&target.run(&["sh", "-c", PROBE_SCRIPT, "sh", path.unwrap_or(""), spec, which])?))
-    }
-
-    fn parse(output: &str) -> Probe {
-        let mut probe = Probe::default();
-        let some = |v: &str| Some(v.to_owned()).filter(|v| !v.is_empty());
-        for (key, value) in output.lines().filter_map(|l| l.split_once('=')) {
-            match key {
-                "hostname" => probe.hostname = value.to_owned(),
-                "uid" => probe.uid = value.to_owned(),
-                "valid" => probe.valid = value == "1",
-                "nixos" => probe.nixos = value == "1",
-                "configured" => probe.configured = some(value),
-                "current" => probe.current = some(value),
-                "resolved" => probe.resolved = some(value),
-                "bundle" => probe.bundle = value == "1",
-                "specialisation" => probe.specialisation = Some(value == "1"),
-                "specialisations" => probe.specialisations = value.trim().to_owned(),
-                _ => {}
-            }
-        }
-        probe
-    }
+/// The facts of the target, read in one read-only round trip (the
+/// session learns its own from it too).
+fn probe(session: &Session, path: Option<&str>, which: &str, opts: &Options) -> Result<ProbeFacts, ActivationError> {
+    let spec = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
+    let events = session.script(Script::Probe, &[path.unwrap_or(""), spec, which])?;
+    events
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Probe(probe) => Some(probe),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            SessionError::from(SshError::NoAnswer { target: session.target.to_string(), what: "probe".into() }).into()
+        })
 }
 
 /// Everything that must hold before anything on the target changes.
-fn check(target: &Target, record: Option<&Record>, probe: &Probe, opts: &Options) -> Result<(), String> {
-    let path = probe.resolved.as_deref().or(record.map(|r| r.path.as_str())).unwrap_or_default();
+fn check(target: &str, record: Option<&Record>, probe: &ProbeFacts, opts: &Options) -> Result<(), ActivationError> {
+    let path = probe.resolved.as_deref().or(record.map(|r| r.path.as_str())).unwrap_or_default().to_owned();
     if !probe.valid {
-        let hint = if opts.realise { " nor in its substituters" } else { "; run nixpipe-copy first" };
-        return Err(format!("{path} is not on {target}{hint}"));
+        return Err(ActivationError::NotOnTarget { path, target: target.to_owned(), realise: opts.realise });
     }
     if !probe.nixos {
-        return Err(format!("{path} is not a NixOS system (no nixos-version or bin/switch-to-configuration)"));
+        return Err(ActivationError::NotNixos { path });
     }
     if probe.bundle && opts.specialisation.is_some() {
-        return Err(format!("{path} is a bundle: its bin/switch activates its system, not a specialisation"));
+        return Err(ActivationError::BundleSpecialisation { path });
     }
     if probe.specialisation == Some(false) {
-        let name = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
-        let known = if probe.specialisations.is_empty() { "none" } else { &probe.specialisations };
-        return Err(format!("{path} has no specialisation '{name}' (it has: {known})"));
+        let name = opts.specialisation.as_ref().map_or("", Specialisation::as_str).to_owned();
+        let known = if probe.specialisations.is_empty() { "none".to_owned() } else { probe.specialisations.clone() };
+        return Err(ActivationError::NoSpecialisation { path, name, known });
     }
     if opts.hostname_check {
         check_hostname(target, record, probe)?;
@@ -380,19 +404,23 @@ fn check(target: &Target, record: Option<&Record>, probe: &Probe, opts: &Options
 /// The host must be the one the record is for: its NAME, or for a record
 /// without one, the hostname the system is configured with (etc/hostname).
 /// A record with neither is not checked.
-fn check_hostname(target: &Target, record: Option<&Record>, probe: &Probe) -> Result<(), String> {
+fn check_hostname(target: &str, record: Option<&Record>, probe: &ProbeFacts) -> Result<(), ActivationError> {
     let Some(expected) = record.and_then(|r| r.name.as_ref()).or(probe.configured.as_ref()) else {
         return Ok(());
     };
-    if *expected == probe.hostname {
-        return Ok(());
-    }
-    Err(wrong_host(target, &probe.hostname, expected))
+    check_host_is(target, &probe.hostname, expected)
 }
 
-/// The one line for a target that is not the host a record is for.
-pub fn wrong_host(target: &Target, hostname: &str, expected: &str) -> String {
-    format!("{target} is host '{hostname}', not '{expected}'; nothing changed (--no-hostname-check to deploy anyway)")
+/// The error for a target that is not the host a record is for.
+pub fn check_host_is(target: &str, hostname: &str, expected: &str) -> Result<(), ActivationError> {
+    match hostname == expected {
+        true => Ok(()),
+        false => Err(ActivationError::WrongHost {
+            target: target.to_owned(),
+            hostname: hostname.to_owned(),
+            expected: expected.to_owned(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -405,29 +433,16 @@ mod tests {
         Record::new(name.map(Into::into), p)
     }
 
-    fn ready(hostname: &str) -> Probe {
-        Probe { hostname: hostname.into(), uid: "0".into(), valid: true, nixos: true, ..Probe::default() }
+    fn ready(hostname: &str) -> ProbeFacts {
+        ProbeFacts { hostname: hostname.into(), valid: true, nixos: true, ..ProbeFacts::default() }
     }
 
     fn opts() -> Options {
         Options { hostname_check: true, ..Options::default() }
     }
 
-    fn check_web1(record: &Record, probe: &Probe) -> Result<(), String> {
-        check(&Target::Local, Some(record), probe, &opts())
-    }
-
-    #[test]
-    fn parses_the_probe() {
-        let p = Probe::parse("hostname=web1\nuid=0\ncurrent=\nvalid=1\nnixos=0\nconfigured=web1\nspecialisation=0\nspecialisations=a b \n");
-        let expected = Probe {
-            nixos: false,
-            configured: Some("web1".into()),
-            specialisation: Some(false),
-            specialisations: "a b".into(),
-            ..ready("web1")
-        };
-        assert_eq!(p, expected);
+    fn check_web1(record: &Record, probe: &ProbeFacts) -> Result<(), String> {
+        check("local", Some(record), probe, &opts()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -435,19 +450,19 @@ mod tests {
         let e = check_web1(&record(Some("web1")), &ready("db1")).unwrap_err();
         assert!(e.contains("is host 'db1', not 'web1'"), "{e}");
         let off = Options { hostname_check: false, ..opts() };
-        assert!(check(&Target::Local, Some(&record(Some("web1"))), &ready("db1"), &off).is_ok());
+        assert!(check("local", Some(&record(Some("web1"))), &ready("db1"), &off).is_ok());
     }
 
     #[test]
     fn the_record_name_decides_over_the_configured_hostname() {
-        let web1_system_on_web1 = Probe { configured: Some("web1".into()), ..ready("web1") };
+        let web1_system_on_web1 = ProbeFacts { configured: Some("web1".into()), ..ready("web1") };
         assert!(check_web1(&record(Some("db1")), &web1_system_on_web1).is_err());
         assert!(check_web1(&record(Some("web1")), &web1_system_on_web1).is_ok());
     }
 
     #[test]
     fn unnamed_records_are_checked_against_the_configured_hostname() {
-        let on = |host: &str| Probe { configured: Some("web1".into()), ..ready(host) };
+        let on = |host: &str| ProbeFacts { configured: Some("web1".into()), ..ready(host) };
         assert!(check_web1(&record(None), &on("web1")).is_ok());
         assert!(check_web1(&record(None), &on("db1")).is_err());
         assert!(check_web1(&record(None), &ready("db1")).is_ok(), "nothing to check against");
@@ -455,33 +470,39 @@ mod tests {
 
     #[test]
     fn refuses_missing_and_non_nixos_paths() {
-        let missing = Probe { valid: false, ..ready("web1") };
+        let missing = ProbeFacts { valid: false, ..ready("web1") };
         assert!(check_web1(&record(Some("web1")), &missing).unwrap_err().contains("run nixpipe-copy first"));
-        let not_nixos = Probe { nixos: false, ..ready("web1") };
+        let not_nixos = ProbeFacts { nixos: false, ..ready("web1") };
         assert!(check_web1(&record(Some("web1")), &not_nixos).unwrap_err().contains("not a NixOS system"));
     }
 
     #[test]
     fn refuses_a_specialisation_the_system_does_not_have() {
-        let probe = Probe { specialisation: Some(false), specialisations: "gpu".into(), ..ready("web1") };
+        let probe = ProbeFacts { specialisation: Some(false), specialisations: "gpu".into(), ..ready("web1") };
         let opts = Options { specialisation: Some(Specialisation::parse("nogpu").unwrap()), ..opts() };
-        let e = check(&Target::Local, Some(&record(Some("web1"))), &probe, &opts).unwrap_err();
+        let e = check("local", Some(&record(Some("web1"))), &probe, &opts).unwrap_err().to_string();
         assert!(e.ends_with("has no specialisation 'nogpu' (it has: gpu)"), "{e}");
     }
 
     #[test]
     fn a_failed_switch_says_whether_the_rollback_worked() {
-        let end = |what: &str| job::JobEnd { id: "1".into(), previous: None, result: JobResult::Failed(what.into()) };
-        let v = verdict(&Target::Local, &opts(), &end("rolled-back"));
+        let end = |r: Rollback| job::JobEnd { id: "1".into(), previous: None, result: JobResult::Failed(r) };
+        let Verdict::Failed(e) = verdict("local", &opts(), &end(Rollback::RolledBack)) else { panic!() };
         assert_eq!(
-            v,
-            Verdict::Failed {
-                why: "switch-to-configuration switch failed on local; rolled back: the previous generation is active again"
-                    .into(),
-                rolled_back: true
-            }
+            e.to_string(),
+            "switch-to-configuration switch failed on local; rolled back: the previous generation is active again"
         );
-        let v = verdict(&Target::Local, &opts(), &end("rollback-failed"));
-        assert!(matches!(v, Verdict::Failed { rolled_back: false, ref why } if why.contains("rollback FAILED")));
+        assert!(e.rolled_back());
+        let Verdict::Failed(e) = verdict("local", &opts(), &end(Rollback::RollbackFailed)) else { panic!() };
+        assert!(!e.rolled_back() && e.to_string().contains("rollback FAILED"), "{e}");
+    }
+
+    #[test]
+    fn json_fields_are_camel_case() {
+        let a = Activation::skipped("web1");
+        let json = serde_json::to_value(a.json("root@web2", Action::Switch)).unwrap();
+        assert_eq!(json["rolledBack"], false);
+        assert_eq!(json["result"], "skipped");
+        assert_eq!(json["action"], "switch");
     }
 }

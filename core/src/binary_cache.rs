@@ -6,8 +6,8 @@
 //! its hash checked out; the narinfo comes last, also by rename. A reader
 //! (or an interrupted copy) never sees a narinfo without its whole NAR.
 
-use crate::nar::NarHash;
-use crate::serve::PathInfo;
+use crate::path_info::PathInfo;
+use crate::store_path::StorePath;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
@@ -36,8 +36,11 @@ impl BinaryCache {
     }
 
     /// Creates the directory layout if it is not there yet.
-    pub fn create(&self) -> Result<(), String> {
-        let fail = |e: std::io::Error| format!("cannot create binary cache in {}: {e}", self.dir.display());
+    pub fn create(&self) -> Result<(), crate::copy::CopyError> {
+        let fail = |e: std::io::Error| crate::copy::CopyError::CacheCreate {
+            dir: self.dir.display().to_string(),
+            why: e.to_string(),
+        };
         fs::create_dir_all(self.dir.join("nar")).map_err(fail)?;
         let info = self.dir.join("nix-cache-info");
         if !info.exists() {
@@ -47,61 +50,51 @@ impl BinaryCache {
     }
 
     /// The paths the cache already has a narinfo for.
-    pub fn present(&self, paths: &[String]) -> BTreeSet<String> {
+    pub fn present(&self, paths: &[StorePath]) -> BTreeSet<StorePath> {
         paths.iter().filter(|p| self.narinfo_path(p).is_file()).cloned().collect()
     }
 
-    fn narinfo_path(&self, path: &str) -> PathBuf {
-        self.dir.join(format!("{}.narinfo", hash_part(path)))
+    fn narinfo_path(&self, path: &StorePath) -> PathBuf {
+        self.dir.join(format!("{}.narinfo", path.hash_part()))
     }
 
-    /// Adds one path whose NAR `fill` writes, and has checked against
-    /// `expected` (as [`crate::nar::relay`] does). The cache's own I/O
-    /// errors become `E` too.
+    /// Adds one path whose NAR `fill` writes, and has checked against its
+    /// narHash (as [`crate::nar::relay`] does). The cache's own I/O errors
+    /// become `E` too.
     pub fn add<E: From<io::Error>>(
         &self,
         info: &PathInfo,
-        expected: &NarHash,
         fill: impl FnOnce(&mut fs::File) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut file = tempfile::NamedTempFile::new_in(self.dir.join("nar"))?;
         fill(file.as_file_mut())?;
         file.as_file().sync_all()?;
         // Uncompressed: the file is the NAR, its hash the NAR's.
-        let url = format!("nar/{}.nar", expected.nix32());
+        let url = format!("nar/{}.nar", info.nar_hash.nix32());
         persist_readable(file, &self.dir.join(&url))?;
-        let narinfo = narinfo(info, &url, expected);
+        let narinfo = narinfo(info, &url);
         Ok(write_atomically(&self.dir, &self.narinfo_path(&info.path), narinfo.as_bytes())?)
     }
 }
 
 /// The narinfo of an uncompressed NAR at `url`.
-fn narinfo(info: &PathInfo, url: &str, hash: &NarHash) -> String {
+fn narinfo(info: &PathInfo, url: &str) -> String {
+    let hash = info.nar_hash;
     let mut text = format!("StorePath: {}\nURL: {url}\nCompression: none\n", info.path);
     let _ = writeln!(text, "FileHash: {hash}\nFileSize: {}", info.nar_size);
     let _ = writeln!(text, "NarHash: {hash}\nNarSize: {}", info.nar_size);
-    let references: Vec<&str> = info.references.iter().map(|r| base_name(r)).collect();
+    let references: Vec<&str> = info.references.iter().map(StorePath::base_name).collect();
     let _ = writeln!(text, "References: {}", references.join(" "));
-    if !info.deriver.is_empty() {
-        let _ = writeln!(text, "Deriver: {}", base_name(&info.deriver));
+    if let Some(deriver) = &info.deriver {
+        let _ = writeln!(text, "Deriver: {}", deriver.base_name());
     }
     for sig in &info.sigs {
         let _ = writeln!(text, "Sig: {sig}");
     }
-    if !info.ca.is_empty() {
-        let _ = writeln!(text, "CA: {}", info.ca);
+    if let Some(ca) = &info.ca {
+        let _ = writeln!(text, "CA: {ca}");
     }
     text
-}
-
-fn base_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
-/// The 32 characters of a store path's base name before the first '-'.
-fn hash_part(path: &str) -> &str {
-    let base = base_name(path);
-    base.split_once('-').map_or(base, |(hash, _)| hash)
 }
 
 fn write_atomically(dir: &Path, to: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -124,6 +117,7 @@ fn persist_readable(file: tempfile::NamedTempFile, to: &Path) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nar::NarHash;
 
     #[test]
     fn only_file_urls_are_caches() {
@@ -134,21 +128,21 @@ mod tests {
 
     #[test]
     fn narinfo_has_what_nix_reads() {
+        let path = |p: &str| StorePath::parse(p).unwrap();
         let info = PathInfo {
-            path: "/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello".into(),
-            deriver: "/nix/store/3bc1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello.drv".into(),
-            references: vec!["/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello".into()],
+            path: path("/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello"),
+            deriver: Some(path("/nix/store/3bc1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello.drv")),
+            references: vec![path("/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello")],
             nar_size: 0,
-            nar_hash: String::new(),
-            ca: String::new(),
+            nar_hash: NarHash::of(b""),
+            ca: None,
             sigs: vec!["k:c2ln".into()],
         };
-        let hash = NarHash::of(b"");
-        let text = narinfo(&info, "nar/x.nar", &hash);
+        let text = narinfo(&info, "nar/x.nar");
         assert!(text.contains("References: 2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello\n"));
         assert!(text.contains("Deriver: 3bc1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello.drv\n"));
         assert!(text.contains("Sig: k:c2ln\n"));
         assert!(!text.contains("CA:"));
-        assert_eq!(hash_part(&info.path), "2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y");
+        assert_eq!(info.path.hash_part(), "2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y");
     }
 }

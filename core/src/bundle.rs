@@ -3,7 +3,7 @@
 //! manifest and `bin/switch`, built by nix-build (core/nix/bundle.nix).
 //! Once activated, the bundle is the GC root /etc/nixos/current-configuration.
 
-use crate::error::Error;
+use crate::eval::EvalError;
 use crate::process;
 use crate::record::Record;
 use crate::store_path::StorePath;
@@ -25,12 +25,13 @@ pub struct Contents {
 
 impl Contents {
     /// `nixpkgs` defaults to `<nixpkgs>` from NIX_PATH, as nix-build finds it.
-    pub fn new(config: &Path, nixpkgs: Option<&Path>) -> Result<Contents, Error> {
-        let config = std::fs::canonicalize(config).map_err(|e| Error::Usage(format!("{}: {e}", config.display())))?;
+    pub fn new(config: &Path, nixpkgs: Option<&Path>) -> Result<Contents, EvalError> {
+        let config = std::fs::canonicalize(config).map_err(|e| EvalError::bad_input(config, e))?;
         let nixpkgs = match nixpkgs {
-            Some(path) => {
-                std::fs::canonicalize(path).map_err(|e| Error::Usage(format!("--nixpkgs {}: {e}", path.display())))?
-            }
+            Some(path) => std::fs::canonicalize(path).map_err(|e| EvalError::BadInput {
+                path: format!("--nixpkgs {}", path.display()),
+                why: e.to_string(),
+            })?,
             None => find_nixpkgs()?,
         };
         Ok(Contents { config, nixpkgs })
@@ -38,7 +39,7 @@ impl Contents {
 
     /// Builds one bundle per record in one nix-build; bundle records with
     /// the same NAME (and the toplevel in JSON records).
-    pub fn build(&self, records: &[Record]) -> Result<Vec<Record>, Error> {
+    pub fn build(&self, records: &[Record]) -> Result<Vec<Record>, EvalError> {
         let machines: Vec<_> = records
             .iter()
             .map(|r| json!({ "name": r.name.clone().unwrap_or_default(), "toplevel": r.path.as_str() }))
@@ -53,32 +54,42 @@ impl Contents {
         });
         let mut cmd = Command::new("nix-build");
         cmd.args(["--no-out-link", "-E", BUNDLE_NIX, "--argstr", "request", &request.to_string()]);
-        let output = process::capture_stdout(&mut cmd).map_err(Error::Failed)?;
+        let output = process::capture_stdout(&mut cmd)?;
         if !output.status.success() {
-            return Err(Error::Failed("building the bundles failed (Nix's message is above)".into()));
+            return Err(EvalError::BundleBuild);
         }
         let paths = String::from_utf8_lossy(&output.stdout);
         let paths: Vec<&str> = paths.lines().collect();
         if paths.len() != records.len() {
-            return Err(Error::Failed(format!("nix-build gave {} paths for {} bundles", paths.len(), records.len())));
+            return Err(EvalError::BundleCount { got: paths.len(), want: records.len() });
         }
         records.iter().zip(paths).map(|(record, path)| bundle_record(record, path)).collect()
     }
 }
 
-fn bundle_record(toplevel: &Record, path: &str) -> Result<Record, Error> {
-    let path = StorePath::parse(path).map_err(|e| Error::Failed(format!("nix-build gave {path:?}: {e}")))?;
+/// What nixpipe-bundle's JSON records add to the toplevel's fields.
+#[derive(serde::Serialize)]
+struct BundleJson<'a> {
+    toplevel: &'a StorePath,
+}
+
+fn bundle_record(toplevel: &Record, path: &str) -> Result<Record, EvalError> {
+    let name = toplevel.label().to_owned();
+    let path = StorePath::parse(path).map_err(|e| EvalError::BadPath {
+        machine: name,
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
     let mut record = Record::new(toplevel.name.clone(), path);
     record.extra = toplevel.extra.clone();
-    record.extra.insert("toplevel".into(), toplevel.path.as_str().into());
+    record.add_fields(&BundleJson { toplevel: &toplevel.path });
     Ok(record)
 }
 
-fn find_nixpkgs() -> Result<PathBuf, Error> {
-    let output =
-        process::capture(Command::new("nix-instantiate").args(["--find-file", "nixpkgs"])).map_err(Error::Failed)?;
+fn find_nixpkgs() -> Result<PathBuf, EvalError> {
+    let output = process::capture(Command::new("nix-instantiate").args(["--find-file", "nixpkgs"]))?;
     if !output.status.success() {
-        return Err(Error::Usage("no <nixpkgs> in NIX_PATH: give --nixpkgs PATH".into()));
+        return Err(EvalError::NoNixpkgs);
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }

@@ -1,14 +1,16 @@
 //! What changes between two systems, by package name and version, as nvd
 //! shows it: packages upgraded or downgraded, added, removed.
 
-use crate::target::Target;
+use crate::event::Event;
+use crate::report::{self, Report};
+use crate::session::{Script, Session};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Package name → versions, in one closure.
 type Packages = BTreeMap<String, BTreeSet<String>>;
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClosureDiff {
     /// name, versions before, versions after
     pub changed: Vec<(String, String, String)>,
@@ -63,25 +65,27 @@ impl fmt::Display for ClosureDiff {
     }
 }
 
-/// Prints on stderr, marked with `label`, what changes on `target` from
-/// `current` (None: nothing runs yet) to `new`; both must be there.
-pub fn show(target: &Target, label: &str, current: Option<&str>, new: &str) {
-    let show = |line: &str| crate::cli::show(label, line);
+/// Reports what changes on the session's host from `current` (None:
+/// nothing runs yet) to `new`, both there, for the record `label`.
+pub fn report(session: &Session, label: &str, current: Option<&str>, new: &str) {
+    let label = label.to_owned();
     let Some(current) = current else {
-        show(&format!("nothing on {target} yet to compare with"));
+        report::report(Report::NothingToCompare { label, target: session.target.to_string() });
         return;
     };
-    let both = r#"nix-store --query --requisites "$1" && echo --- && nix-store --query --requisites "$2""#;
-    match target.run(&["sh", "-c", both, "sh", current, new]) {
-        Ok(out) => {
-            let (before, after) = out.split_once("---\n").unwrap_or((&out, ""));
-            let (before, after): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
-            show(&format!("{current} -> {new}"));
-            for line in ClosureDiff::new(&before, &after).to_string().lines() {
-                show(line);
+    let (before, after) = (current.to_owned(), new.to_owned());
+    match session.script(Script::Requisites, &[current, new]) {
+        Ok(events) => {
+            let mut closures: [Vec<&str>; 2] = Default::default();
+            for event in &events {
+                if let Event::Requisite { after, path } = event {
+                    closures[*after as usize].push(path);
+                }
             }
+            let diff = ClosureDiff::new(&closures[0], &closures[1]);
+            report::report(Report::ClosureDiff { label, before, after, diff });
         }
-        Err(e) => crate::cli::note(&format!("{label}: cannot compare {current} with {new}: {e}")),
+        Err(e) => report::report(Report::CannotCompare { label, before, after, why: e.to_string() }),
     }
 }
 

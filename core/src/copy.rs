@@ -15,20 +15,84 @@
 //! matches (see [`nar::relay`]).
 
 use crate::binary_cache::BinaryCache;
-use crate::cli;
 use crate::nar::{self, NarHash, RelayError};
-use crate::progress::Progress;
+use crate::path_info::PathInfo;
 use crate::record::Record;
-use crate::serve::{self, Connection, Mode, PathInfo, Replies, Requests, Server};
+use crate::report::{self, CopyProgress, Report};
+use crate::serve::{self, Client, Connection, Mode, Replies, Requests, Server};
 use crate::signing::SecretKey;
 use crate::store_path::StorePath;
-use crate::target::{self, Target, TargetSpec};
+use crate::target::{self, SshError, Target, TargetSpec};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::Instant;
+
+/// Why a copy failed, or was refused before it began.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("connection to the store on {store} broke: {why}")]
+    Broken { store: String, why: String },
+    #[error("nix-store on {store}: {why}")]
+    Unsupported { store: String, why: String },
+    #[error("{path} is not valid in the store on {store}")]
+    NotValid { path: StorePath, store: String },
+    #[error("the source store has no path info for {0}")]
+    NoPathInfo(StorePath),
+    #[error(
+        "{path}: the NAR from {from} has hash {got}, not {expected} as its store records; stopped before the target registered it"
+    )]
+    Corrupt { path: StorePath, from: String, got: NarHash, expected: NarHash },
+    #[error(
+        "{target} does not trust unsigned paths from {user}: copy as root, add {user} to trusted-users in its nix.conf, \
+         or sign with --sign-key FILE and add the public key to its trusted-public-keys"
+    )]
+    Untrusted { target: String, user: String },
+    #[error("cannot read {path}: {why}")]
+    ReadLocal { path: StorePath, why: String },
+    #[error("cannot create binary cache in {dir}: {why}")]
+    CacheCreate { dir: String, why: String },
+    #[error("cannot write to {dir}: {why}")]
+    CacheWrite { dir: String, why: String },
+    #[error(transparent)]
+    CannotRun(#[from] crate::process::CannotRun),
+    #[error(transparent)]
+    Nix(#[from] crate::nix::NixError),
+    #[error(transparent)]
+    HostKey(#[from] crate::host_key::HostKeyError),
+    #[error("upload to {via} failed, nothing went further: {error}")]
+    Upload { via: String, error: Box<CopyError> },
+    #[error("{relay} cannot reach {target}: {why} (the relay logs in with your ssh agent, forwarded to it: is the key in it? ssh-add -l)")]
+    RelayCannotReach { relay: String, target: String, why: String },
+    #[error("cannot make a directory for the ssh control socket: {0}")]
+    ControlDir(String),
+    /// Bad usage, refused before anything is read.
+    #[error("--substitute-on-destination is for stores; file://{0} is a binary cache")]
+    SubstituteIntoCache(String),
+    #[error("--via file:///DIR needs --sign-key: targets substitute signed paths only")]
+    ViaNeedsSignKey,
+    #[error("--via is for copies to stores, not to {0}")]
+    ViaToCache(String),
+    #[error("--via HOST: the relay cannot reach `local`; copy to this machine without --via")]
+    ViaToLocal,
+}
+
+impl CopyError {
+    /// Refused before anything was read or sent: bad usage.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            CopyError::SubstituteIntoCache(_)
+                | CopyError::ViaNeedsSignKey
+                | CopyError::ViaToCache(_)
+                | CopyError::ViaToLocal
+        )
+    }
+}
 
 /// Where a copy goes, as the user wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,12 +169,11 @@ impl Options {
     }
 
     /// Refuses options that cannot work with `to`, before anything is read.
-    pub fn check(&self, to: Option<&DestinationSpec>) -> Result<(), String> {
+    pub fn check(&self, to: Option<&DestinationSpec>) -> Result<(), CopyError> {
         match to {
-            Some(DestinationSpec::Cache(cache)) if self.substitute => Err(format!(
-                "--substitute-on-destination is for stores; file://{} is a binary cache",
-                cache.dir().display()
-            )),
+            Some(DestinationSpec::Cache(cache)) if self.substitute => {
+                Err(CopyError::SubstituteIntoCache(cache.dir().display().to_string()))
+            }
             _ => Ok(()),
         }
     }
@@ -171,12 +234,12 @@ pub struct Summary {
 }
 
 /// Makes the closures of `paths` valid at the route's destination.
-pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> Result<Summary, String> {
+pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> Result<Summary, CopyError> {
     let Route { from, to } = route;
     let started = Instant::now();
     // Once each: records often share a path, and the serve protocol's
     // replies would not line up with repeated asks.
-    let wanted: Vec<String> = paths.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
+    let wanted: Vec<StorePath> = paths.iter().map(|&p| p.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     // Both servers start before either is waited for: two ssh handshakes
     // at once.
     let mut source = Connection::start(from, Mode::Read, &[], &[])?;
@@ -189,23 +252,22 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
         .into_iter()
         .filter(|info| !present.contains(&info.path))
         .map(|info| Transfer::new(info, options.sign_key.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     if options.substitute && !missing.is_empty() {
-        cli::show(&to.to_string(), &format!("{} paths not substituted: sending them from here", missing.len()));
+        report::report(Report::NotSubstituted { to: to.to_string(), paths: missing.len() });
     }
     let bytes = missing.iter().map(|t| t.info.nar_size).sum();
     if options.dry_run || missing.is_empty() {
         for t in missing.iter().filter(|_| options.dry_run) {
-            cli::note(&format!("would copy {} ({} bytes) to {to}", t.info.path, t.info.nar_size));
+            let (path, bytes) = (t.info.path.to_string(), t.info.nar_size);
+            report::report(Report::WouldCopy { path, bytes, to: to.to_string() });
         }
         source.close()?;
         sink.close()?;
     } else {
         let sink = sink.for_stream(options)?;
-        let progress = Progress::new(&to.to_string(), missing.len() as u64, bytes);
-        let sent = sink.receive(source, &missing, &progress);
-        progress.finish();
-        sent?;
+        let progress = report::copy_progress(&to.to_string(), missing.len() as u64, bytes);
+        sink.receive(source, &missing, progress.as_ref())?;
     }
     Ok(Summary {
         from: from.to_string(),
@@ -217,23 +279,20 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
     })
 }
 
-/// One path to send, its hash checked and its signature added up front,
-/// so a bad path info stops the copy before any byte moves.
+/// One path to send, its signature added up front.
 struct Transfer {
     info: PathInfo,
-    hash: NarHash,
 }
 
 impl Transfer {
-    fn new(mut info: PathInfo, key: Option<&SecretKey>) -> Result<Transfer, String> {
-        let hash = NarHash::parse(&info.nar_hash).map_err(|e| format!("{}: {e}", info.path))?;
+    fn new(mut info: PathInfo, key: Option<&SecretKey>) -> Transfer {
         if let Some(key) = key {
-            let signature = key.sign(&info)?;
+            let signature = key.sign(&info);
             if !info.sigs.contains(&signature) {
                 info.sigs.push(signature);
             }
         }
-        Ok(Transfer { info, hash })
+        Transfer { info }
     }
 }
 
@@ -248,7 +307,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn start(to: &Destination, options: &Options) -> Result<Sink, String> {
+    fn start(to: &Destination, options: &Options) -> Result<Sink, CopyError> {
         match to {
             Destination::Store(target) => {
                 let probe = options.compression == Compression::Zstd && !target.is_local();
@@ -264,7 +323,7 @@ impl Sink {
     }
 
     /// The paths of `closure` already there; greets a store first.
-    fn present(&mut self, closure: &[String], substitute: bool) -> Result<BTreeSet<String>, String> {
+    fn present(&mut self, closure: &[StorePath], substitute: bool) -> Result<BTreeSet<StorePath>, CopyError> {
         match self {
             Sink::Store { conn, .. } => {
                 conn.greet()?;
@@ -278,7 +337,7 @@ impl Sink {
     /// The session the NARs go over. Compressed, to an ssh target: a second
     /// session whose input the target's zstd decompresses; where the target
     /// has no zstd, one that ssh compresses (zlib, slower).
-    fn for_stream(self, options: &Options) -> Result<Sink, String> {
+    fn for_stream(self, options: &Options) -> Result<Sink, CopyError> {
         let Sink::Store { conn, .. } = self else { return Ok(self) };
         if options.compression != Compression::Zstd || conn.server.target.is_local() {
             return Ok(Sink::Store { conn, zstd: false });
@@ -291,7 +350,7 @@ impl Sink {
                 Connection::start(&target, Mode::WriteZstd, &options.ssh_options(&[]), &options.target_nix_args)?;
             return Ok(Sink::Store { conn, zstd: true });
         }
-        cli::note(&format!("{target} has no zstd: compressing with ssh's own compression instead"));
+        report::report(Report::NoZstd { target: target.to_string() });
         let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
         let mut conn = Connection::start(&target, Mode::Write, &ssh_options, &options.target_nix_args)?;
         conn.greet()?;
@@ -300,8 +359,8 @@ impl Sink {
 
     /// Streams the NARs of `missing` from `source` into the sink, then ends
     /// both sessions.
-    fn receive(self, source: Connection, missing: &[Transfer], progress: &Progress) -> Result<(), String> {
-        let Connection { server: mut source_server, requests: asks, replies, .. } = source;
+    fn receive(self, source: Connection, missing: &[Transfer], progress: &dyn CopyProgress) -> Result<(), CopyError> {
+        let Connection { server: mut source_server, client: Client { requests: asks, replies }, .. } = source;
         // The local store is read directly: one process less on the way.
         let local = source_server.target.is_local();
         let (asks, mut nars) = match local {
@@ -312,7 +371,10 @@ impl Sink {
             false => (Some(asks), Nars::Server(replies)),
         };
         match self {
-            Sink::Store { conn: Connection { server: mut target_server, requests, replies: mut acks, .. }, zstd } => {
+            Sink::Store {
+                conn: Connection { server: mut target_server, client: Client { requests, replies: mut acks }, .. },
+                zstd,
+            } => {
                 let adds = Outgoing::new(requests, zstd).map_err(|e| target_server.broken(e))?;
                 std::thread::scope(|s| {
                     let asking = s.spawn(move || ask_for_nars(asks, missing));
@@ -345,7 +407,7 @@ impl Sink {
         source_server.finish()
     }
 
-    fn close(self) -> Result<(), String> {
+    fn close(self) -> Result<(), CopyError> {
         match self {
             Sink::Store { conn, .. } => conn.close(),
             Sink::Cache(_) => Ok(()),
@@ -359,12 +421,12 @@ enum Failure {
     Target(io::Error),
     /// A NAR did not match its narHash.
     Corrupt {
-        path: String,
+        path: StorePath,
         expected: NarHash,
         got: NarHash,
     },
     /// Anything else, already said.
-    Other(String),
+    Other(CopyError),
 }
 
 /// An I/O error of the destination: writing to the target or the cache.
@@ -379,30 +441,29 @@ impl Failure {
         match error {
             RelayError::Read(e) => Failure::Source(e),
             RelayError::Write(e) => Failure::Target(e),
-            RelayError::Mismatch(got) => Failure::Corrupt { path: t.info.path.clone(), expected: t.hash, got },
+            RelayError::Mismatch(got) => Failure::Corrupt { path: t.info.path.clone(), expected: t.info.nar_hash, got },
         }
     }
 }
 
-/// Turns the first failure into its one line, then stops the source so
-/// that no thread waits on it any more. The target's input is closed by
-/// then (see [`send_nars`]), so it ends by itself.
-fn settle(sent: Result<(), Failure>, source: &mut Server, target: Option<&mut Server>) -> Result<(), String> {
+/// Turns the first failure into its error, then stops the source so that
+/// no thread waits on it any more. The target's input is closed by then
+/// (see [`send_nars`]), so it ends by itself.
+fn settle(sent: Result<(), Failure>, source: &mut Server, target: Option<&mut Server>) -> Result<(), CopyError> {
     let Err(failure) = sent else { return Ok(()) };
-    let message = match failure {
-        Failure::Corrupt { path, expected, got } => format!(
-            "{path}: the NAR from {} has hash {got}, not {expected} as its store records; stopped before the target registered it",
-            source.target
-        ),
+    let error = match failure {
+        Failure::Corrupt { path, expected, got } => {
+            CopyError::Corrupt { path, from: source.target.to_string(), got, expected }
+        }
         Failure::Source(e) => source.broken(e),
         Failure::Target(e) => match target {
             Some(target) => target_failed(target, e),
-            None => e.to_string(),
+            None => CopyError::Broken { store: "the destination".into(), why: e.to_string() },
         },
-        Failure::Other(message) => message,
+        Failure::Other(error) => error,
     };
     source.kill();
-    Err(message)
+    Err(error)
 }
 
 /// How Nix words its refusal of a path for want of a trusted signature:
@@ -412,27 +473,25 @@ const UNSIGNED_REFUSALS: [&str; 2] = ["lacks a valid signature", "lacks a signat
 
 /// What the target said when it hung up; its refusal of unsigned paths
 /// said with the three ways out.
-fn target_failed(target: &mut Server, error: io::Error) -> String {
+fn target_failed(target: &mut Server, error: io::Error) -> CopyError {
     let said = target.broken(error);
     let stderr = target.stderr();
     explain_unsigned_refusal(&target.target, said, &stderr)
 }
 
 /// `said`, or, when the target refused a path for want of a signature it
-/// trusts (`said` or the target's `stderr` says so), that with the three
-/// ways out.
-fn explain_unsigned_refusal(target: &Target, said: String, stderr: &str) -> String {
-    if !UNSIGNED_REFUSALS.iter().any(|refusal| said.contains(refusal) || stderr.contains(refusal)) {
+/// trusts (Nix's words in `said` or the target's `stderr`), that refusal
+/// with the three ways out.
+fn explain_unsigned_refusal(target: &Target, said: CopyError, stderr: &str) -> CopyError {
+    let text = said.to_string();
+    if !UNSIGNED_REFUSALS.iter().any(|refusal| text.contains(refusal) || stderr.contains(refusal)) {
         return said;
     }
     let user = match target {
         Target::Ssh(host) => host.user.clone().unwrap_or_else(|| "the ssh user".to_owned()),
         Target::Local => "this user".to_owned(),
     };
-    format!(
-        "{target} does not trust unsigned paths from {user}: copy as root, add {user} to trusted-users in its nix.conf, \
-         or sign with --sign-key FILE and add the public key to its trusted-public-keys"
-    )
+    CopyError::Untrusted { target: target.to_string(), user }
 }
 
 /// Asks the source for every NAR at once; the replies come in order. Then
@@ -449,7 +508,7 @@ fn ask_for_nars(asks: Option<Requests>, missing: &[Transfer]) -> io::Result<()> 
 
 /// Reads the target's confirmation of each path as it arrives, after its
 /// greeting when that is still unread.
-fn confirm_added(acks: &mut Replies, greeting: bool, count: usize, progress: &Progress) -> io::Result<()> {
+fn confirm_added(acks: &mut Replies, greeting: bool, count: usize, progress: &dyn CopyProgress) -> io::Result<()> {
     if greeting {
         serve::read_hello(acks)?;
     }
@@ -464,7 +523,12 @@ fn confirm_added(acks: &mut Replies, greeting: bool, count: usize, progress: &Pr
 /// target's input however that ends. After a failure the target sees its
 /// last NAR cut short: it registers nothing of that one, and everything
 /// before it.
-fn send_nars(nars: &mut Nars, mut adds: Outgoing, missing: &[Transfer], progress: &Progress) -> Result<(), Failure> {
+fn send_nars(
+    nars: &mut Nars,
+    mut adds: Outgoing,
+    missing: &[Transfer],
+    progress: &dyn CopyProgress,
+) -> Result<(), Failure> {
     let sent = missing.iter().try_for_each(|t| {
         serve::write_add_to_store_nar(&mut adds, &t.info).map_err(Failure::Target)?;
         nars.send(t, &mut adds, progress)
@@ -521,10 +585,17 @@ impl Write for Outgoing {
 }
 
 /// Writes every missing path into a binary cache, in dependency order.
-fn write_nars(nars: &mut Nars, cache: &BinaryCache, missing: &[Transfer], progress: &Progress) -> Result<(), Failure> {
+fn write_nars(
+    nars: &mut Nars,
+    cache: &BinaryCache,
+    missing: &[Transfer],
+    progress: &dyn CopyProgress,
+) -> Result<(), Failure> {
     for (done, t) in missing.iter().enumerate() {
-        cache.add(&t.info, &t.hash, |file| nars.send(t, file, progress)).map_err(|failure| match failure {
-            Failure::Target(e) => Failure::Other(format!("cannot write to {}: {e}", cache.dir().display())),
+        cache.add(&t.info, |file| nars.send(t, file, progress)).map_err(|failure| match failure {
+            Failure::Target(e) => {
+                Failure::Other(CopyError::CacheWrite { dir: cache.dir().display().to_string(), why: e.to_string() })
+            }
             other => other,
         })?;
         progress.path_done(done as u64 + 1);
@@ -541,15 +612,18 @@ enum Nars {
 
 impl Nars {
     /// Writes the NAR of `t` to `to`, checked against its narHash.
-    fn send(&mut self, t: &Transfer, to: &mut impl Write, progress: &Progress) -> Result<(), Failure> {
-        let size = t.info.nar_size;
+    fn send(&mut self, t: &Transfer, to: &mut impl Write, progress: &dyn CopyProgress) -> Result<(), Failure> {
+        let (size, hash) = (t.info.nar_size, &t.info.nar_hash);
         match self {
             Nars::Server(replies) => {
-                nar::relay(replies, to, size, &t.hash, |n| progress.sent(n)).map_err(|e| Failure::of_relay(e, t))
+                nar::relay(replies, to, size, hash, |n| progress.sent(n)).map_err(|e| Failure::of_relay(e, t))
             }
             Nars::Dump => {
-                nar::send_dump(Path::new(&t.info.path), to, size, &t.hash, |n| progress.sent(n)).map_err(|e| match e {
-                    RelayError::Read(e) => Failure::Other(format!("cannot read {}: {e}", t.info.path)),
+                let path = Path::new(t.info.path.as_str());
+                nar::send_dump(path, to, size, hash, |n| progress.sent(n)).map_err(|e| match e {
+                    RelayError::Read(e) => {
+                        Failure::Other(CopyError::ReadLocal { path: t.info.path.clone(), why: e.to_string() })
+                    }
                     other => Failure::of_relay(other, t),
                 })
             }
@@ -558,19 +632,19 @@ impl Nars {
 }
 
 /// The path infos of `closure`, every path after everything it refers to.
-fn dependency_order(closure: &[String], infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, String> {
-    let mut by_path: BTreeMap<String, PathInfo> = infos.into_iter().map(|i| (i.path.clone(), i)).collect();
+fn dependency_order(closure: &[StorePath], infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, CopyError> {
+    let mut by_path: BTreeMap<StorePath, PathInfo> = infos.into_iter().map(|i| (i.path.clone(), i)).collect();
     if let Some(unknown) = closure.iter().find(|p| !by_path.contains_key(*p)) {
-        return Err(format!("the source store has no path info for {unknown}"));
+        return Err(CopyError::NoPathInfo(unknown.clone()));
     }
-    let mut order: Vec<String> = Vec::with_capacity(by_path.len());
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut order: Vec<StorePath> = Vec::with_capacity(by_path.len());
+    let mut seen: BTreeSet<&StorePath> = BTreeSet::new();
     // Depth first without recursion: closures can be long chains.
     for root in by_path.keys() {
         if !seen.insert(root) {
             continue;
         }
-        let mut stack: Vec<(&str, usize)> = vec![(root, 0)];
+        let mut stack: Vec<(&StorePath, usize)> = vec![(root, 0)];
         while let Some((path, next)) = stack.last_mut() {
             let references = &by_path[*path].references;
             match references.get(*next) {
@@ -582,7 +656,7 @@ fn dependency_order(closure: &[String], infos: Vec<PathInfo>) -> Result<Vec<Path
                     }
                 }
                 None => {
-                    order.push(path.to_string());
+                    order.push((*path).clone());
                     stack.pop();
                 }
             }
@@ -595,45 +669,46 @@ fn dependency_order(closure: &[String], infos: Vec<PathInfo>) -> Result<Vec<Path
 mod tests {
     use super::*;
 
-    fn info(path: &str, references: &[&str]) -> PathInfo {
+    fn path(n: usize) -> StorePath {
+        StorePath::parse(&format!("/nix/store/36m5mhfn262qgji13vrgp907an576qjz-p{n:06}")).unwrap()
+    }
+
+    fn info(n: usize, references: &[usize]) -> PathInfo {
         PathInfo {
-            path: path.into(),
-            deriver: String::new(),
-            references: references.iter().map(|r| r.to_string()).collect(),
+            path: path(n),
+            deriver: None,
+            references: references.iter().map(|&r| path(r)).collect(),
             nar_size: 8,
-            nar_hash: String::new(),
-            ca: String::new(),
+            nar_hash: NarHash::of(b""),
+            ca: None,
             sigs: Vec::new(),
         }
     }
 
-    fn order(infos: Vec<PathInfo>) -> Vec<String> {
-        let closure: Vec<String> = infos.iter().map(|i| i.path.clone()).collect();
+    fn order(infos: Vec<PathInfo>) -> Vec<StorePath> {
+        let closure: Vec<StorePath> = infos.iter().map(|i| i.path.clone()).collect();
         dependency_order(&closure, infos).unwrap().into_iter().map(|i| i.path).collect()
     }
 
     #[test]
     fn references_come_first() {
-        let got = order(vec![info("a", &["b", "c", "a"]), info("b", &["c"]), info("c", &[]), info("d", &["a"])]);
-        assert_eq!(got, ["c", "b", "a", "d"]);
+        let got = order(vec![info(1, &[2, 3, 1]), info(2, &[3]), info(3, &[]), info(4, &[1])]);
+        assert_eq!(got, [path(3), path(2), path(1), path(4)]);
     }
 
     #[test]
     fn long_chains_do_not_recurse() {
-        let names: Vec<String> = (0..100_000).map(|i| format!("p{i:06}")).collect();
-        let infos = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| info(n, &names.get(i + 1).map(|r| vec![r.as_str()]).unwrap_or_default()));
-        let got = order(infos.collect());
-        assert_eq!(got.first().unwrap(), "p099999");
-        assert_eq!(got.last().unwrap(), "p000000");
+        const N: usize = 100_000;
+        let chain = (0..N).map(|i| info(i, &(i + 1..N).take(1).collect::<Vec<_>>())).collect();
+        let got = order(chain);
+        assert_eq!(got.first().unwrap(), &path(N - 1));
+        assert_eq!(got.last().unwrap(), &path(0));
     }
 
     #[test]
     fn a_path_without_info_is_an_error() {
-        let err = dependency_order(&["a".into(), "b".into()], vec![info("a", &[])]).unwrap_err();
-        assert_eq!(err, "the source store has no path info for b");
+        let err = dependency_order(&[path(1), path(2)], vec![info(1, &[])]).unwrap_err();
+        assert_eq!(err.to_string(), format!("the source store has no path info for {}", path(2)));
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! machine is evaluated on its own to tell which ones fail, so that the
 //! others still get their records.
 
-use crate::error::Error;
-use crate::process;
+use crate::nix::NixError;
+use crate::process::{self, CannotRun};
 use crate::record::Record;
+use crate::report::{self, Report};
 use crate::store_path::StorePath;
 use crate::target::Target;
 use serde::Deserialize;
@@ -18,6 +19,50 @@ use std::process::{Command, Output};
 const CLASSIC_NIX: &str = include_str!("../nix/classic.nix");
 const MACHINE_NIX: &str = include_str!("../nix/machine.nix");
 const NETWORK_NIX: &str = include_str!("../nix/network.nix");
+
+/// Why an evaluation or a build did not give records.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EvalError {
+    /// Bad usage: an input that is not there.
+    #[error("{path}: {why}")]
+    BadInput { path: String, why: String },
+    /// Bad usage.
+    #[error("{0}: no flake.nix there")]
+    NoFlake(String),
+    /// Bad usage.
+    #[error("no <nixpkgs> in NIX_PATH: give --nixpkgs PATH")]
+    NoNixpkgs,
+    #[error("cannot fetch nixpkgs from {url}: {why}")]
+    FetchNixpkgs { url: String, why: String },
+    #[error("{input}: {why}")]
+    Evaluation { input: String, why: String },
+    #[error("evaluation failed (Nix's message is above)")]
+    Failed,
+    #[error("unexpected output from Nix: {0}")]
+    UnexpectedOutput(String),
+    #[error("{machine}: evaluation gave {path:?}: {why}")]
+    BadPath { machine: String, path: String, why: String },
+    #[error("building the bundles failed (Nix's message is above)")]
+    BundleBuild,
+    #[error("nix-build gave {got} paths for {want} bundles")]
+    BundleCount { got: usize, want: usize },
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    #[error(transparent)]
+    CannotRun(#[from] CannotRun),
+}
+
+impl EvalError {
+    /// Refused before anything was evaluated: bad usage.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, EvalError::BadInput { .. } | EvalError::NoFlake(_) | EvalError::NoNixpkgs)
+    }
+
+    /// The error for an input path that cannot be used.
+    pub fn bad_input(path: &Path, why: impl ToString) -> EvalError {
+        EvalError::BadInput { path: path.display().to_string(), why: why.to_string() }
+    }
+}
 
 /// Which derivation of each machine a record is for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +103,7 @@ impl Variant {
 #[derive(Debug, Default)]
 pub struct Evaluated {
     pub machines: Vec<Machine>,
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(String, EvalError)>,
 }
 
 /// A classic `configuration.nix`, evaluated with `<nixpkgs/nixos>`.
@@ -79,11 +124,13 @@ pub struct NixArgs {
 
 impl NixArgs {
     /// `--nixpkgs PATH` is `-I nixpkgs=PATH` ahead of the -I entries.
-    pub fn new(nixpkgs: Option<&Path>, include: &[String], system: Option<String>) -> Result<NixArgs, Error> {
+    pub fn new(nixpkgs: Option<&Path>, include: &[String], system: Option<String>) -> Result<NixArgs, EvalError> {
         let mut search_path = Vec::new();
         if let Some(nixpkgs) = nixpkgs {
-            let nixpkgs = std::fs::canonicalize(nixpkgs)
-                .map_err(|e| Error::Usage(format!("--nixpkgs {}: {e}", nixpkgs.display())))?;
+            let nixpkgs = std::fs::canonicalize(nixpkgs).map_err(|e| EvalError::BadInput {
+                path: format!("--nixpkgs {}", nixpkgs.display()),
+                why: e.to_string(),
+            })?;
             search_path.push(format!("nixpkgs={}", nixpkgs.display()));
         }
         search_path.extend(include.iter().cloned());
@@ -93,7 +140,7 @@ impl NixArgs {
     /// `nix-instantiate --eval` of `expr` with `--argstr` arguments (and
     /// `system` when given); read-write, so that the .drv files exist for the
     /// build step.
-    fn instantiate(&self, expr: &str, args: &[(&str, &str)]) -> Result<Output, String> {
+    fn instantiate(&self, expr: &str, args: &[(&str, &str)]) -> Result<Output, CannotRun> {
         let mut cmd = Command::new("nix-instantiate");
         cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", expr]);
         for entry in &self.search_path {
@@ -109,17 +156,17 @@ impl NixArgs {
 
 /// nixpkgs pinned as people pin it: a tarball URL and its sha256, fetched
 /// (once, and checked) by Nix's builtins.fetchTarball. Its store path.
-pub fn fetch_nixpkgs(url: &str, sha256: &str) -> Result<PathBuf, Error> {
+pub fn fetch_nixpkgs(url: &str, sha256: &str) -> Result<PathBuf, EvalError> {
     let expr = format!("builtins.fetchTarball {{ url = {}; sha256 = {}; }}", nix_string(url), nix_string(sha256));
     let mut cmd = Command::new("nix-instantiate");
     cmd.args(["--eval", "--json", "-E", &expr]);
-    let output = process::capture(&mut cmd).map_err(Error::Failed)?;
+    let output = process::capture(&mut cmd)?;
     if !output.status.success() {
         let why = process::summarize(&output.stderr);
-        return Err(Error::Failed(format!("cannot fetch nixpkgs from {url}: {why}")));
+        return Err(EvalError::FetchNixpkgs { url: url.to_owned(), why });
     }
-    let path: String = serde_json::from_slice(&output.stdout)
-        .map_err(|e| Error::Failed(format!("unexpected output from nix-instantiate: {e}")))?;
+    let path: String =
+        serde_json::from_slice(&output.stdout).map_err(|e| EvalError::UnexpectedOutput(e.to_string()))?;
     Ok(PathBuf::from(path))
 }
 
@@ -136,21 +183,21 @@ pub struct Machine {
 
 impl Classic {
     /// `--nixpkgs PATH` is `-I nixpkgs=PATH` ahead of any other entry.
-    pub fn new(file: &Path, nix: NixArgs) -> Result<Classic, Error> {
-        let file = std::fs::canonicalize(file).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
+    pub fn new(file: &Path, nix: NixArgs) -> Result<Classic, EvalError> {
+        let file = std::fs::canonicalize(file).map_err(|e| EvalError::bad_input(file, e))?;
         if !file.is_file() {
-            return Err(Error::Usage(format!("{}: not a file", file.display())));
+            return Err(EvalError::bad_input(&file, "not a file"));
         }
         Ok(Classic { file, nix })
     }
 
-    /// Evaluates the configuration; Nix's own messages go to stderr.
-    pub fn evaluate(&self, variant: &Variant) -> Result<Vec<Machine>, Error> {
+    /// Evaluates the configuration; Nix's own messages are reported.
+    pub fn evaluate(&self, variant: &Variant) -> Result<Vec<Machine>, EvalError> {
         let expr = format!("({CLASSIC_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
-        let output = self.nix.instantiate(&expr, &[("configuration", &file)]).map_err(Error::Failed)?;
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        nix_json(&output, EVALUATION_FAILED).map_err(|why| Error::Failed(format!("{file}: {why}")))
+        let output = self.nix.instantiate(&expr, &[("configuration", &file)])?;
+        pass_on_nix_log(&output);
+        nix_json(&output).map_err(|why| EvalError::Evaluation { input: file, why: why.to_string() })
     }
 }
 
@@ -162,17 +209,20 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(file: &Path, nix: NixArgs) -> Result<Network, Error> {
-        let file = std::fs::canonicalize(file).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
+    pub fn new(file: &Path, nix: NixArgs) -> Result<Network, EvalError> {
+        let file = std::fs::canonicalize(file).map_err(|e| EvalError::bad_input(file, e))?;
         Ok(Network { file, nix })
     }
 
     /// Every machine in one nix-instantiate; on failure, each on its own.
-    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, Error> {
+    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, EvalError> {
         let expr = format!("({NETWORK_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
         let names = || self.nix.instantiate(&expr, &[("network", &file), ("namesOnly", "1")]);
-        let no_names = format!("{file}: not a network of machines (Nix's message is above)");
+        let no_names = EvalError::Evaluation {
+            input: file.clone(),
+            why: "not a network of machines (Nix's message is above)".into(),
+        };
         evaluate_all_or_each(None, (names, no_names), |only| {
             let only = serde_json::to_string(&only).expect("strings serialise");
             self.nix.instantiate(&expr, &[("network", &file), ("only", &only)])
@@ -192,7 +242,7 @@ pub struct Flake {
 impl Flake {
     /// Groups `ref#name` arguments by flake, so that each flake is evaluated
     /// once for all its machines. `ref#` (or `--all`) is every machine.
-    pub fn group(args: &[String], all: bool) -> Result<Vec<Flake>, Error> {
+    pub fn group(args: &[String], all: bool) -> Result<Vec<Flake>, EvalError> {
         let mut flakes: Vec<Flake> = Vec::new();
         for arg in args {
             let (reference, name) = arg.split_once('#').unwrap_or((arg, ""));
@@ -211,9 +261,12 @@ impl Flake {
     }
 
     /// Evaluates the machines in one `nix eval`; on failure, each on its own.
-    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, Error> {
+    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, EvalError> {
         let names = || self.nix_eval("builtins.attrNames");
-        let no_names = format!("{}: no nixosConfigurations (Nix's message is above)", self.reference);
+        let no_names = EvalError::Evaluation {
+            input: self.reference.clone(),
+            why: "no nixosConfigurations (Nix's message is above)".into(),
+        };
         evaluate_all_or_each(self.names.as_deref(), (names, no_names), |only| {
             let only = serde_json::to_string(&only).expect("strings serialise");
             let apply = format!(
@@ -227,7 +280,7 @@ impl Flake {
         })
     }
 
-    fn nix_eval(&self, apply: &str) -> Result<Output, String> {
+    fn nix_eval(&self, apply: &str) -> Result<Output, CannotRun> {
         let installable = format!("{}#nixosConfigurations", self.reference);
         let mut cmd = Command::new("nix");
         cmd.args(["--extra-experimental-features", "nix-command flakes", "eval", "--json", &installable]);
@@ -236,14 +289,19 @@ impl Flake {
     }
 }
 
-const EVALUATION_FAILED: &str = "evaluation failed (Nix's message is above)";
-
-/// Nix's JSON answer, or `failed` when Nix did not succeed.
-fn nix_json<T: serde::de::DeserializeOwned>(output: &Output, failed: &str) -> Result<T, String> {
-    if !output.status.success() {
-        return Err(failed.to_owned());
+/// Passes Nix's own messages (warnings, errors) on to the user.
+fn pass_on_nix_log(output: &Output) {
+    if !output.stderr.is_empty() {
+        report::report(Report::NixLog(output.stderr.clone()));
     }
-    serde_json::from_slice(&output.stdout).map_err(|e| format!("unexpected output from Nix: {e}"))
+}
+
+/// Nix's JSON answer, or why there is none.
+fn nix_json<T: serde::de::DeserializeOwned>(output: &Output) -> Result<T, EvalError> {
+    if !output.status.success() {
+        return Err(EvalError::Failed);
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| EvalError::UnexpectedOutput(e.to_string()))
 }
 
 /// One evaluation for all the machines (`only` None: every one); when it
@@ -252,31 +310,31 @@ fn nix_json<T: serde::de::DeserializeOwned>(output: &Output, failed: &str) -> Re
 /// machines (for the fallback), with the error for when it cannot.
 fn evaluate_all_or_each(
     only: Option<&[String]>,
-    all_names: (impl FnOnce() -> Result<Output, String>, String),
-    evaluate: impl Fn(Option<&[String]>) -> Result<Output, String>,
-) -> Result<Evaluated, Error> {
-    let output = evaluate(only).map_err(Error::Failed)?;
+    all_names: (impl FnOnce() -> Result<Output, CannotRun>, EvalError),
+    evaluate: impl Fn(Option<&[String]>) -> Result<Output, CannotRun>,
+) -> Result<Evaluated, EvalError> {
+    let output = evaluate(only)?;
     if output.status.success() {
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        let machines = nix_json(&output, EVALUATION_FAILED).map_err(Error::Failed)?;
-        return Ok(Evaluated { machines, failed: Vec::new() });
+        pass_on_nix_log(&output);
+        return Ok(Evaluated { machines: nix_json(&output)?, failed: Vec::new() });
     }
     let names = match only {
         Some(names) => names.to_vec(),
         None => {
             let (list, cannot) = all_names;
-            let output = list().map_err(Error::Failed)?;
+            let output = list()?;
             if !output.status.success() {
-                eprint!("{}", String::from_utf8_lossy(&output.stderr));
+                pass_on_nix_log(&output);
+                return Err(cannot);
             }
-            nix_json(&output, &cannot).map_err(Error::Failed)?
+            nix_json(&output)?
         }
     };
     let mut evaluated = Evaluated::default();
     for name in names {
-        let output = evaluate(Some(std::slice::from_ref(&name))).map_err(Error::Failed)?;
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        match nix_json::<Vec<Machine>>(&output, EVALUATION_FAILED) {
+        let output = evaluate(Some(std::slice::from_ref(&name)))?;
+        pass_on_nix_log(&output);
+        match nix_json::<Vec<Machine>>(&output) {
             Ok(machines) => evaluated.machines.extend(machines),
             Err(why) => evaluated.failed.push((name, why)),
         }
@@ -286,15 +344,15 @@ fn evaluate_all_or_each(
 
 /// A path (`.`, `../x`, `/x`, or empty for `.`) made absolute; any other
 /// flake reference (`github:...`) as it is.
-fn resolve_flake_reference(reference: &str) -> Result<String, Error> {
+fn resolve_flake_reference(reference: &str) -> Result<String, EvalError> {
     let is_path = reference.is_empty() || reference.starts_with('.') || reference.starts_with('/');
     if !is_path {
         return Ok(reference.to_owned());
     }
     let dir = if reference.is_empty() { "." } else { reference };
-    let dir = std::fs::canonicalize(dir).map_err(|e| Error::Usage(format!("{dir}: {e}")))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| EvalError::bad_input(Path::new(dir), e))?;
     if !dir.join("flake.nix").is_file() {
-        return Err(Error::Usage(format!("{}: no flake.nix there", dir.display())));
+        return Err(EvalError::NoFlake(dir.display().to_string()));
     }
     Ok(dir.display().to_string())
 }
@@ -306,45 +364,55 @@ fn nix_string(text: &str) -> String {
 }
 
 /// Builds every machine in one Nix call and returns their records.
-pub fn build(machines: &[Machine]) -> Result<Vec<Record>, Error> {
+pub fn build(machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
     let drvs: Vec<&str> = machines.iter().map(|m| m.drv_path.as_str()).collect();
-    crate::nix::realise(&drvs).map_err(Error::Failed)?;
+    crate::nix::realise(&drvs)?;
     machines.iter().map(|m| m.record(&m.out)).collect()
 }
 
 /// Builds every machine on `target` (evaluate here, build there); the
 /// outputs stay there.
-pub fn build_on(target: &Target, machines: &[Machine]) -> Result<Vec<Record>, Error> {
-    let drvs = machines
-        .iter()
-        .map(|m| StorePath::parse(&m.drv_path).map_err(|e| Error::Failed(format!("{}: {e}", m.name))))
-        .collect::<Result<Vec<_>, _>>()?;
-    crate::nix::realise_on(target, &drvs).map_err(Error::Failed)?;
+pub fn build_on(target: &Target, machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
+    let drvs = machines.iter().map(|m| m.store_path(&m.drv_path)).collect::<Result<Vec<_>, _>>()?;
+    crate::nix::realise_on(target, &drvs)?;
     machines.iter().map(|m| m.record(&m.out)).collect()
 }
 
 /// Records of the .drv paths, for a build elsewhere (--drv).
-pub fn derivations(machines: &[Machine]) -> Result<Vec<Record>, Error> {
+pub fn derivations(machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
     machines.iter().map(|m| m.record(&m.drv_path)).collect()
 }
 
 impl Machine {
     /// `NAME<TAB>PATH`; a configuration with an empty hostName gives a
     /// record without a name. drv and system travel in JSON records.
-    fn record(&self, path: &str) -> Result<Record, Error> {
-        let path = StorePath::parse(path)
-            .map_err(|e| Error::Failed(format!("{}: evaluation gave {path:?}: {e}", self.name)))?;
+    fn record(&self, path: &str) -> Result<Record, EvalError> {
         let name = Some(self.name.clone()).filter(|n| !n.is_empty());
-        let mut record = Record::new(name, path);
-        record.extra.insert("drv".into(), self.drv_path.clone().into());
-        if let Some(system) = &self.system {
-            record.extra.insert("system".into(), system.clone().into());
-        }
-        if let Some(host) = &self.target_host {
-            record.extra.insert("targetHost".into(), host.clone().into());
-        }
+        let mut record = Record::new(name, self.store_path(path)?);
+        let fields =
+            EvalJson { drv: &self.drv_path, system: self.system.as_deref(), target_host: self.target_host.as_deref() };
+        record.add_fields(&fields);
         Ok(record)
     }
+
+    fn store_path(&self, path: &str) -> Result<StorePath, EvalError> {
+        StorePath::parse(path).map_err(|e| EvalError::BadPath {
+            machine: self.name.clone(),
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
+    }
+}
+
+/// What nixpipe-eval's JSON records carry beside name and path.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EvalJson<'a> {
+    drv: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_host: Option<&'a str>,
 }
 
 #[cfg(test)]

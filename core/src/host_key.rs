@@ -2,9 +2,22 @@
 //! machine can check that host with the same trust: never by turning host
 //! key checking off.
 
-use crate::process;
-use crate::target::SshHost;
+use crate::process::{self, CannotRun};
+use crate::target::{SshError, SshHost};
 use std::process::Command;
+
+/// Why this machine cannot say which keys it trusts for a host.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HostKeyError {
+    #[error("this machine knows no host key for {name}, so no other machine can check it: connect once with ssh {destination}")]
+    Unknown { name: String, destination: String },
+    #[error("{0}")]
+    SshConfig(String),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error(transparent)]
+    CannotRun(#[from] CannotRun),
+}
 
 /// The known_hosts lines this machine's ssh (its configuration,
 /// NIX_SSHOPTS) has for a host, and the name it looks them up by: another
@@ -19,7 +32,7 @@ pub struct Trust {
 }
 
 /// What this machine's ssh trusts for `host`.
-pub fn trusted_for(host: &SshHost) -> Result<Trust, String> {
+pub fn trusted_for(host: &SshHost) -> Result<Trust, HostKeyError> {
     let config = resolved_config(host)?;
     let name = lookup_name(&config);
     let mut lines = String::new();
@@ -31,20 +44,17 @@ pub fn trusted_for(host: &SshHost) -> Result<Trust, String> {
         lines.push_str(&known_lines(&String::from_utf8_lossy(&found.stdout)));
     }
     if !lines.lines().any(|line| !line.starts_with("@revoked")) {
-        return Err(format!(
-            "this machine knows no host key for {name}, so no other machine can check it: connect once with ssh {}",
-            host.destination()
-        ));
+        return Err(HostKeyError::Unknown { name, destination: host.destination() });
     }
     Ok(Trust { name, known_hosts: lines })
 }
 
 /// `ssh -G`: the settings ssh would use for `host`, as `(key, value)`.
-fn resolved_config(host: &SshHost) -> Result<Vec<(String, String)>, String> {
+fn resolved_config(host: &SshHost) -> Result<Vec<(String, String)>, HostKeyError> {
     let mut cmd = host.ssh_command(&["-G"])?;
     let output = process::capture(&mut cmd)?;
     if !output.status.success() {
-        return Err(process::failure(&cmd, &output));
+        return Err(HostKeyError::SshConfig(process::failure(&cmd, &output)));
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()

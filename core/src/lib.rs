@@ -1,32 +1,42 @@
-//! nixpipe-core: everything the nixpipe commands share.
+//! nixpipe-core: everything the nixpipe commands share, one module per
+//! concept, none of which prints (the commands' edge, nixpipe-cli, renders
+//! what they [`report`]).
 //!
-//! Each module holds one concept, named after it: [`store_path`],
-//! [`record`] (the pipe contract), [`target`] (local or ssh), [`process`]
-//! (running programs and reporting their failures), [`nix`] (running Nix),
-//! and one module per step: [`eval`], [`copy`], [`activation`].
+//! - The pipe contract: [`store_path`], [`record`], [`error`].
+//! - Acting on hosts: [`target`] (local or ssh), [`privilege`] (becoming
+//!   root), [`session`] (one typed way to run programs and scripts on a
+//!   host), [`event`] (what scripts answer), [`process`] (local programs).
+//! - Wire formats: [`wire`] below [`serve`] (Nix's serve protocol) and
+//!   [`nar`]; [`path_info`], [`signing`], [`binary_cache`].
+//! - The steps: [`eval`] and [`nix`], [`copy`] and [`via`], [`bundle`],
+//!   [`activation`] and [`closure_diff`], [`microvm`]; [`fleet`] runs them
+//!   on many hosts (rollouts, `--via`).
 
 pub mod activation;
 pub mod binary_cache;
 pub mod bundle;
-pub mod cli;
 pub mod closure_diff;
 pub mod copy;
 pub mod error;
 pub mod eval;
+pub mod event;
 pub mod fleet;
 pub mod host_key;
 pub mod microvm;
 pub mod nar;
 pub mod nix;
+pub mod path_info;
 pub mod privilege;
 pub mod process;
-pub mod progress;
 pub mod record;
+pub mod report;
 pub mod serve;
+pub mod session;
 pub mod signing;
 pub mod store_path;
 pub mod target;
 pub mod via;
+pub mod wire;
 
 pub use error::{Error, Outcome};
 pub use record::{Record, RecordWriter};

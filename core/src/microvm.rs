@@ -3,17 +3,34 @@
 //! so that microvm.nix's own units and `microvm -l` keep working. The host's
 //! side is microvm/host.sh, run as root.
 
-use crate::activation::{self, Options};
-use crate::nix;
-use crate::privilege::Privilege;
-use crate::process;
+use crate::activation::{self, ActivationError, Options};
+use crate::event::{Event, VmState};
+use crate::nix::{self, NixError};
+use crate::process::{self, CannotRun};
 use crate::record::Record;
+use crate::session::{Script, Session, SessionError};
 use crate::store_path::StorePath;
-use crate::target::Target;
 use serde::Serialize;
 use std::process::Command;
 
-const HOST_SH: &str = include_str!("microvm/host.sh");
+/// Why a MicroVM step failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MicrovmError {
+    #[error("{target} has no MicroVM '{name}' (no /var/lib/microvms/{name})")]
+    NoSuchVm { target: String, name: String },
+    #[error("{link}: {why}")]
+    BadGuestSystem { link: String, why: String },
+    #[error("nix-store --dump-db failed: {0}")]
+    DumpDb(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    #[error(transparent)]
+    CannotRun(#[from] CannotRun),
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+}
 
 /// When `nixpipe-microvm install` restarts microvm@NAME.service.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -28,7 +45,7 @@ pub enum Restart {
 }
 
 impl Restart {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Restart::Auto => "auto",
             Restart::Always => "always",
@@ -38,10 +55,14 @@ impl Restart {
 }
 
 /// What one install did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Installed {
-    /// None: the runner was already current, nothing changed.
-    pub previous: Option<Option<String>>,
+    /// Whether `current` moved; false: the runner was already current.
+    pub changed: bool,
+    /// The runner before, when it moved.
+    #[serde(skip)]
+    pub previous: Option<String>,
     pub restarted: bool,
 }
 
@@ -56,6 +77,18 @@ pub struct Vm {
     /// a restart); not booted: not running; stale: its current runner is
     /// gone from the store.
     pub state: &'static str,
+}
+
+impl From<VmState> for Vm {
+    fn from(vm: VmState) -> Vm {
+        let state = match (vm.valid, vm.running, &vm.booted) {
+            (false, _, _) => "stale",
+            (true, false, _) | (true, true, None) => "not booted",
+            (true, true, Some(b)) if *b == vm.current => "current",
+            (true, true, Some(_)) => "outdated",
+        };
+        Vm { name: vm.name, current: vm.current, booted: vm.booted, running: vm.running, state }
+    }
 }
 
 /// The longest VM name whose files all fit in a file name (255 bytes): the
@@ -76,66 +109,57 @@ pub fn parse_vm_name(name: &str) -> Result<String, String> {
 
 /// A host of MicroVMs, reached as root.
 pub struct Host<'a> {
-    target: &'a Target,
-    privilege: &'a Privilege,
-    uid: String,
+    session: &'a Session<'a>,
 }
 
 impl<'a> Host<'a> {
-    /// Reads the login's uid, to know whether sudo is needed.
-    pub fn connect(target: &'a Target, privilege: &'a Privilege) -> Result<Host<'a>, String> {
-        let uid = target.run(&["id", "-u"])?.trim().to_owned();
-        Ok(Host { target, privilege, uid })
-    }
-
-    /// Runs host.sh COMMAND ARGS as root; its stdout, or one line why not.
-    fn run(&self, command: &str, args: &[&str]) -> Result<String, String> {
-        let argv: Vec<&str> =
-            ["sh", "-c", HOST_SH, "nixpipe", command].into_iter().chain(args.iter().copied()).collect();
-        let output = self.privilege.output(self.target, &self.uid, &argv, &[], &[])?;
-        if !output.status.success() {
-            return Err(self.privilege.failure(self.target, command, &output));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    pub fn new(session: &'a Session<'a>) -> Host<'a> {
+        Host { session }
     }
 
     /// Points /var/lib/microvms/NAME/current at `runner` (keeping `old`),
     /// makes the GC roots, and restarts the VM as `restart` says.
-    pub fn install(&self, name: &str, runner: &str, restart: Restart) -> Result<Installed, String> {
-        let out = self.run("install", &[name, runner, restart.as_str()])?;
-        let mut installed = Installed::default();
-        for line in out.lines() {
-            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-            match key {
-                "previous" => installed.previous = Some(Some(value.to_owned()).filter(|v| !v.is_empty())),
-                "restarted" => installed.restarted = true,
-                _ => {}
-            }
-        }
-        Ok(installed)
+    pub fn install(&self, name: &str, runner: &str, restart: Restart) -> Result<Installed, MicrovmError> {
+        let events = self.session.script_as_root(Script::MicrovmHost, &["install", name, runner, restart.as_str()])?;
+        Ok(events
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Installed { changed, previous, restarted } => Some(Installed { changed, previous, restarted }),
+                _ => None,
+            })
+            .unwrap_or_default())
     }
 
-    pub fn list(&self) -> Result<Vec<Vm>, String> {
-        Ok(self.run("list", &[])?.lines().filter_map(parse_vm).collect())
+    pub fn list(&self) -> Result<Vec<Vm>, MicrovmError> {
+        let events = self.session.script_as_root(Script::MicrovmHost, &["list"])?;
+        Ok(events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Vm(vm) => Some(vm.into()),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Stops the VM and removes its links and GC roots; its state too with
     /// `purge`. Err when there is no such VM.
-    pub fn remove(&self, name: &str, purge: bool) -> Result<(), String> {
-        let out = self.run("remove", &[name, if purge { "1" } else { "0" }])?;
-        if out.trim() == "missing" {
-            return Err(format!("{} has no MicroVM '{name}' (no /var/lib/microvms/{name})", self.target));
+    pub fn remove(&self, name: &str, purge: bool) -> Result<(), MicrovmError> {
+        let events =
+            self.session.script_as_root(Script::MicrovmHost, &["remove", name, if purge { "1" } else { "0" }])?;
+        match events.contains(&Event::Removed { found: true }) {
+            true => Ok(()),
+            false => Err(MicrovmError::NoSuchVm { target: self.session.target.to_string(), name: name.to_owned() }),
         }
-        Ok(())
     }
 }
 
 /// The guest system a runner record carries (share/microvm/system), or the
 /// record's own path when it is a system already.
-pub fn guest_system(path: &StorePath) -> Result<StorePath, String> {
+pub fn guest_system(path: &StorePath) -> Result<StorePath, MicrovmError> {
     let link = std::path::Path::new(path.as_str()).join("share/microvm/system");
     match std::fs::read_link(&link) {
-        Ok(system) => StorePath::parse(&system.to_string_lossy()).map_err(|e| format!("{}: {e}", link.display())),
+        Ok(system) => StorePath::parse(&system.to_string_lossy())
+            .map_err(|e| MicrovmError::BadGuestSystem { link: link.display().to_string(), why: e.to_string() }),
         Err(_) => Ok(path.clone()),
     }
 }
@@ -144,16 +168,15 @@ pub fn guest_system(path: &StorePath) -> Result<StorePath, String> {
 /// the host's store (the files are there, its database does not know them),
 /// as microvm.nix's sshSwitch does: `nix-store --dump-db` here, `nix-store
 /// --load-db` there, as root.
-pub fn load_db(vm: &Target, privilege: &Privilege, system: &StorePath) -> Result<(), String> {
-    let closure = nix::requisites(&[system]).map_err(|e| format!("{system}: {e}"))?;
+pub fn load_db(vm: &Session, system: &StorePath) -> Result<(), MicrovmError> {
+    let closure = nix::requisites(&[system])?;
     let dump = process::capture(Command::new("nix-store").arg("--dump-db").args(&closure))?;
     if !dump.status.success() {
-        return Err(format!("nix-store --dump-db failed: {}", process::summarize(&dump.stderr)));
+        return Err(MicrovmError::DumpDb(process::summarize(&dump.stderr)));
     }
-    let uid = vm.run(&["id", "-u"])?.trim().to_owned();
-    let output = privilege.output(vm, &uid, &["nix-store", "--load-db"], &[], &dump.stdout)?;
+    let output = vm.output_as_root(&["nix-store", "--load-db"], &[], &dump.stdout)?;
     if !output.status.success() {
-        return Err(privilege.failure(vm, "nix-store --load-db", &output));
+        return Err(vm.root_failure("nix-store --load-db", &output).into());
     }
     Ok(())
 }
@@ -162,37 +185,18 @@ pub fn load_db(vm: &Target, privilege: &Privilege, system: &StorePath) -> Result
 /// runner record (microvm.nix's sshSwitch): the hostname first, so that a
 /// wrong VM is not even written to; then the registration ([`load_db`]);
 /// then the activation with all its checks. The record of the system.
-pub fn switch(vm: &Target, record: &Record, opts: &Options, privilege: &Privilege) -> Result<Record, String> {
+pub fn switch(vm: &Session, record: &Record, opts: &Options) -> Result<Record, MicrovmError> {
     let system = guest_system(&record.path)?;
     if let (true, Some(name)) = (opts.hostname_check, &record.name) {
-        let hostname = vm.run(&["cat", "/proc/sys/kernel/hostname"])?;
-        if hostname.trim() != name {
-            return Err(activation::wrong_host(vm, hostname.trim(), name));
-        }
+        let hostname = vm.run(&["cat", "/proc/sys/kernel/hostname"]).map_err(SessionError::from)?;
+        activation::check_host_is(&vm.target.to_string(), hostname.trim(), name)?;
     }
-    load_db(vm, privilege, &system)?;
+    load_db(vm, &system)?;
     let system = Record::new(record.name.clone(), system);
-    match activation::activate(vm, Some(&system), opts, privilege).error() {
+    match activation::activate(vm, Some(&system), opts).error() {
         None => Ok(system),
-        Some(why) => Err(why.to_owned()),
+        Some(why) => Err(why.clone().into()),
     }
-}
-
-/// `vm NAME CURRENT VALID BOOTED RUNNING`, BOOTED `-` for none.
-fn parse_vm(line: &str) -> Option<Vm> {
-    let [_, name, current, valid, booted, running] = line.split(' ').collect::<Vec<_>>()[..] else {
-        return None;
-    };
-    let booted = Some(booted.to_owned()).filter(|b| b != "-");
-    let running = running == "1";
-    let state = match (valid == "1", running, &booted) {
-        (false, _, _) => "stale",
-        (true, false, _) | (true, true, None) => "not booted",
-        (true, true, Some(b)) if b == current => "current",
-        (true, true, Some(_)) => "outdated",
-    };
-    let name = parse_vm_name(name).ok()?;
-    Some(Vm { name, current: current.to_owned(), booted, running, state })
 }
 
 #[cfg(test)]
@@ -201,11 +205,19 @@ mod tests {
 
     #[test]
     fn tells_current_outdated_not_booted_and_stale() {
-        let state = |l: &str| parse_vm(l).unwrap().state;
-        assert_eq!(state("vm a /nix/store/r1 1 /nix/store/r1 1"), "current");
-        assert_eq!(state("vm a /nix/store/r2 1 /nix/store/r1 1"), "outdated");
-        assert_eq!(state("vm a /nix/store/r2 1 - 0"), "not booted");
-        assert_eq!(state("vm a /nix/store/r2 0 - 0"), "stale");
-        assert!(parse_vm("garbage").is_none());
+        let state = |valid, booted: Option<&str>, running| {
+            let vm = VmState {
+                name: "a".into(),
+                current: "/nix/store/r2".into(),
+                booted: booted.map(Into::into),
+                running,
+                valid,
+            };
+            Vm::from(vm).state
+        };
+        assert_eq!(state(true, Some("/nix/store/r2"), true), "current");
+        assert_eq!(state(true, Some("/nix/store/r1"), true), "outdated");
+        assert_eq!(state(true, None, false), "not booted");
+        assert_eq!(state(false, None, false), "stale");
     }
 }

@@ -213,7 +213,7 @@ fn node(path: &Path, out: &mut impl Write) -> io::Result<()> {
 
 /// A file's contents as a NAR string: its length, the bytes, padding.
 fn contents(path: &Path, len: u64, out: &mut impl Write) -> io::Result<()> {
-    crate::serve::wire::write_u64(out, len)?;
+    crate::wire::write_u64(out, len)?;
     let mut file = std::fs::File::open(path)?.take(len);
     let mut buf = vec![0; CHUNK.min(len as usize)];
     let mut left = len;
@@ -228,11 +228,11 @@ fn contents(path: &Path, len: u64, out: &mut impl Write) -> io::Result<()> {
         out.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    out.write_all(&[0; 8][..((8 - len % 8) % 8) as usize])
+    crate::wire::write_padding(out, len)
 }
 
 fn str(out: &mut impl Write, s: &[u8]) -> io::Result<()> {
-    crate::serve::wire::write_bytes(out, s)
+    crate::wire::write_bytes(out, s)
 }
 
 fn strs(out: &mut impl Write, items: &[&[u8]]) -> io::Result<()> {
@@ -352,7 +352,7 @@ mod tests {
             ")",
             ")",
         ] {
-            crate::serve::wire::write_str(&mut expected, s).unwrap();
+            crate::wire::write_str(&mut expected, s).unwrap();
         }
         assert_eq!(ours, expected);
     }

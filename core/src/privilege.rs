@@ -8,7 +8,8 @@
 //! sudo runs with `-n`, so it fails at once instead of waiting for an
 //! answer nobody can give.
 
-use crate::target::Target;
+use crate::session::SessionError;
+use crate::target::{SshError, Target};
 use std::io::{Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use zeroize::Zeroizing;
@@ -18,6 +19,25 @@ const PROMPT: &str = "[nixpipe: sudo asks]";
 /// What the command's wrapper prints on stderr once sudo let it run: from
 /// then on, stdin is the command's.
 const STARTED: &str = "[nixpipe: sudo ran it]";
+
+/// Why a privileged step did not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("{sudo} on {target} needs a password: pass --ask-sudo-password to be asked once on the terminal")]
+    NeedsPassword { sudo: String, target: String },
+    #[error("{sudo} on {target} refused the password")]
+    WrongPassword { sudo: String, target: String },
+    #[error("{sudo} on {target} does not let this user become root")]
+    NotAllowed { sudo: String, target: String },
+    #[error("sudo on {target} did not run the command: {why}")]
+    DidNotRun { target: String, why: String },
+    /// Bad usage: found before anything was done.
+    #[error("--ask-sudo-password needs a terminal to ask on (/dev/tty): {0}")]
+    NoTerminal(String),
+    /// Bad usage: found before anything was done.
+    #[error("--sudo-cmd '{0}' is not a command")]
+    BadSudoCmd(String),
+}
 
 /// How the privileged steps of a run become root.
 #[derive(Default)]
@@ -29,11 +49,11 @@ pub struct Privilege {
 
 impl Privilege {
     /// `sudo_cmd` split as a shell would; `ask` asks the password now.
-    pub fn new(sudo_cmd: Option<&str>, ask: bool) -> Result<Privilege, crate::Error> {
+    pub fn new(sudo_cmd: Option<&str>, ask: bool) -> Result<Privilege, PrivilegeError> {
         let custom = sudo_cmd
             .map(|cmd| match shlex::split(cmd) {
                 Some(words) if !words.is_empty() => Ok(words),
-                _ => Err(crate::Error::Usage(format!("--sudo-cmd '{cmd}' is not a command"))),
+                _ => Err(PrivilegeError::BadSudoCmd(cmd.to_owned())),
             })
             .transpose()?;
         let password = ask.then(ask_password).transpose()?;
@@ -41,9 +61,9 @@ impl Privilege {
     }
 
     /// The argv that runs `argv` as root for a login with uid `uid`.
-    fn argv(&self, uid: &str, argv: &[&str]) -> Vec<String> {
+    fn argv(&self, uid: u32, argv: &[&str]) -> Vec<String> {
         let prefix: Vec<String> = match (uid, &self.custom, &self.password) {
-            ("0", _, _) => Vec::new(),
+            (0, _, _) => Vec::new(),
             (_, Some(custom), _) => custom.clone(),
             // -k: always read the password we send, never a cached ticket
             // that would leave it unread on the command's stdin.
@@ -58,7 +78,7 @@ impl Privilege {
 
     /// Starts `argv` as root on `target` (logged in as `uid`), stdout and
     /// stderr piped, the password (if sudo is used) on its stdin.
-    pub fn spawn(&self, target: &Target, uid: &str, argv: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
+    pub fn spawn(&self, target: &Target, uid: u32, argv: &[&str], ssh_options: &[&str]) -> Result<Child, SessionError> {
         let mut child = self.spawn_with_stdin(target, uid, argv, ssh_options)?;
         drop(child.stdin.take());
         Ok(child)
@@ -69,17 +89,17 @@ impl Privilege {
     pub fn spawn_with_stdin(
         &self,
         target: &Target,
-        uid: &str,
+        uid: u32,
         argv: &[&str],
         ssh_options: &[&str],
-    ) -> Result<Child, String> {
+    ) -> Result<Child, SessionError> {
         let argv = self.argv(uid, argv);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd: Command = target.command_with(&argv, ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
-        match self.password.as_ref().filter(|_| uid != "0" && self.custom.is_none()) {
-            Some(password) => self.answer_sudo(target, &mut child, password).map(|()| child),
+        let mut child = cmd.spawn().map_err(|e| SshError::from(crate::process::CannotRun::of(&cmd, e)))?;
+        match self.password.as_ref().filter(|_| uid != 0 && self.custom.is_none()) {
+            Some(password) => Ok(self.answer_sudo(target, &mut child, password).map(|()| child)?),
             None => Ok(child),
         }
     }
@@ -88,7 +108,7 @@ impl Privilege {
     /// command runs: its stderr from then on is the command's. A sudo that
     /// did not ask never gets it (its stdin is the command's input); one
     /// that asks again (a wrong password) gets end of input instead.
-    fn answer_sudo(&self, target: &Target, child: &mut Child, password: &str) -> Result<(), String> {
+    fn answer_sudo(&self, target: &Target, child: &mut Child, password: &str) -> Result<(), PrivilegeError> {
         let mut stderr = child.stderr.take().expect("piped");
         let mut said = Vec::new();
         let mut asked = false;
@@ -114,8 +134,9 @@ impl Privilege {
         }
         let _ = child.wait();
         let said = String::from_utf8_lossy(&said);
-        Err(self.explain_refusal(target, &said).unwrap_or_else(|| {
-            format!("sudo on {target} did not run the command: {}", crate::process::summarize(said.as_bytes()))
+        Err(self.refusal(target, &said).unwrap_or_else(|| PrivilegeError::DidNotRun {
+            target: target.to_string(),
+            why: crate::process::summarize(said.as_bytes()),
         }))
     }
 
@@ -125,50 +146,55 @@ impl Privilege {
     pub fn output(
         &self,
         target: &Target,
-        uid: &str,
+        uid: u32,
         argv: &[&str],
         ssh_options: &[&str],
         input: &[u8],
-    ) -> Result<Output, String> {
+    ) -> Result<Output, SessionError> {
         let mut child = self.spawn_with_stdin(target, uid, argv, ssh_options)?;
         if let Some(mut stdin) = child.stdin.take() {
             // A command that died early is reported from its stderr.
             let _ = stdin.write_all(input);
         }
-        child.wait_with_output().map_err(|e| format!("cannot wait for ssh: {e}"))
+        child
+            .wait_with_output()
+            .map_err(|e| SshError::from(crate::process::CannotRun { program: "ssh".into(), why: e.to_string() }).into())
     }
 
-    /// One line for a privileged `program` that failed: sudo's refusal,
+    /// The error of a privileged `program` that failed: sudo's refusal,
     /// else the program's own failure.
-    pub fn failure(&self, target: &Target, program: &str, output: &Output) -> String {
+    pub fn failure(&self, target: &Target, program: &str, output: &Output) -> SessionError {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        self.explain_refusal(target, &stderr).unwrap_or_else(|| target.failure(program, output))
+        match self.refusal(target, &stderr) {
+            Some(refusal) => refusal.into(),
+            None => target.failure(program, output).into(),
+        }
     }
 
-    /// Turns what sudo said about a refusal into one line, or None when it
-    /// was not sudo's doing.
-    pub fn explain_refusal(&self, target: &Target, stderr: &str) -> Option<String> {
-        let sudo = self.custom.as_ref().map_or("sudo", |c| c[0].as_str());
-        if stderr.contains("a password is required") || stderr.contains("a terminal is required") {
-            return Some(format!(
-                "{sudo} on {target} needs a password: pass --ask-sudo-password to be asked once on the terminal"
-            ));
+    /// What sudo's words on stderr say of a refusal (read here, once), or
+    /// None when it was not sudo's doing.
+    pub fn refusal(&self, target: &Target, stderr: &str) -> Option<PrivilegeError> {
+        let sudo = self.custom.as_ref().map_or("sudo", |c| c[0].as_str()).to_owned();
+        let target = target.to_string();
+        let said = |words: [&str; 2]| words.iter().any(|w| stderr.contains(w));
+        if said(["a password is required", "a terminal is required"]) {
+            return Some(PrivilegeError::NeedsPassword { sudo, target });
         }
-        if stderr.contains("incorrect password") || stderr.contains("Sorry, try again") {
-            return Some(format!("{sudo} on {target} refused the password"));
+        if said(["incorrect password", "Sorry, try again"]) {
+            return Some(PrivilegeError::WrongPassword { sudo, target });
         }
-        if stderr.contains("is not in the sudoers file") || stderr.contains("not allowed to execute") {
-            return Some(format!("{sudo} on {target} does not let this user become root"));
+        if said(["is not in the sudoers file", "not allowed to execute"]) {
+            return Some(PrivilegeError::NotAllowed { sudo, target });
         }
         None
     }
 }
 
 /// Asks on the terminal, never on stdin (the pipe); no terminal is an error.
-fn ask_password() -> Result<Zeroizing<String>, crate::Error> {
+fn ask_password() -> Result<Zeroizing<String>, PrivilegeError> {
     rpassword::prompt_password("[nixpipe] sudo password: ")
         .map(Zeroizing::new)
-        .map_err(|e| crate::Error::Usage(format!("--ask-sudo-password needs a terminal to ask on (/dev/tty): {e}")))
+        .map_err(|e| PrivilegeError::NoTerminal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -181,28 +207,28 @@ mod tests {
 
     #[test]
     fn root_needs_no_sudo() {
-        assert_eq!(with_password().argv("0", &["id"]), ["id"]);
+        assert_eq!(with_password().argv(0, &["id"]), ["id"]);
     }
 
     #[test]
     fn sudo_reads_the_password_from_stdin_or_never_asks() {
         let started = format!("echo '{STARTED}' >&2; exec \"$@\"");
         assert_eq!(
-            with_password().argv("1000", &["id"]),
+            with_password().argv(1000, &["id"]),
             ["sudo", "-S", "-k", "-p", PROMPT, "--", "sh", "-c", &started, "nixpipe", "id"]
         );
-        assert_eq!(Privilege::default().argv("1000", &["id"]), ["sudo", "-n", "--", "id"]);
+        assert_eq!(Privilege::default().argv(1000, &["id"]), ["sudo", "-n", "--", "id"]);
     }
 
     #[test]
     fn the_password_is_never_in_argv() {
-        assert!(!with_password().argv("1000", &["id"]).iter().any(|a| a.contains("secret")));
+        assert!(!with_password().argv(1000, &["id"]).iter().any(|a| a.contains("secret")));
     }
 
     #[test]
     fn a_custom_command_is_used_as_given() {
         let doas = Privilege::new(Some("doas -n"), false).unwrap();
-        assert_eq!(doas.argv("1000", &["id"]), ["doas", "-n", "id"]);
+        assert_eq!(doas.argv(1000, &["id"]), ["doas", "-n", "id"]);
         assert!(Privilege::new(Some(""), false).is_err());
     }
 }

@@ -1,9 +1,22 @@
 //! Running programs: capturing what they say and turning a failure into one
 //! readable line.
 
-use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::io;
 use std::process::{ChildStdin, Command, ExitStatus, Output, Stdio};
+
+/// A program that could not be started (or waited for).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot run {program}: {why}")]
+pub struct CannotRun {
+    pub program: String,
+    pub why: String,
+}
+
+impl CannotRun {
+    pub fn of(cmd: &Command, e: io::Error) -> CannotRun {
+        CannotRun { program: program_name(cmd), why: e.to_string() }
+    }
+}
 
 /// What the user sees of a failing program's stderr: Nix's `error:` line if
 /// there is one, else the last line; control characters dropped, bounded.
@@ -31,52 +44,28 @@ fn program_name(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to the end with stdout and stderr captured.
-pub fn capture(cmd: &mut Command) -> Result<Output, String> {
-    cmd.output().map_err(|e| cannot_run(cmd, e))
-}
-
-/// Runs `cmd` to the end with `input` on its stdin, stdout and stderr
-/// captured.
-pub fn capture_with_input(cmd: &mut Command, input: &[u8]) -> Result<Output, String> {
-    capture_feeding(cmd, |stdin| {
-        let _ = stdin.write_all(input);
-    })
+pub fn capture(cmd: &mut Command) -> Result<Output, CannotRun> {
+    cmd.output().map_err(|e| CannotRun::of(cmd, e))
 }
 
 /// Runs `cmd` to the end, stdout and stderr captured, with `feed` writing
 /// its stdin as it goes (closed once `feed` returns). A program that exits
 /// without reading is reported by its status, so writes may fail quietly.
 /// `feed` must not wait on the program's output: it is read only after.
-pub fn capture_feeding(cmd: &mut Command, feed: impl FnOnce(&mut ChildStdin)) -> Result<Output, String> {
+pub fn capture_feeding(cmd: &mut Command, feed: impl FnOnce(&mut ChildStdin)) -> Result<Output, CannotRun> {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| cannot_run(cmd, e))?;
+    let mut child = cmd.spawn().map_err(|e| CannotRun::of(cmd, e))?;
     if let Some(mut stdin) = child.stdin.take() {
         feed(&mut stdin);
     }
-    child.wait_with_output().map_err(|e| cannot_run(cmd, e))
+    child.wait_with_output().map_err(|e| CannotRun::of(cmd, e))
 }
 
 /// Runs `cmd` with stdout captured and stderr passed through to ours, for
-/// programs whose log the user should watch (nix-build).
-pub fn capture_stdout(cmd: &mut Command) -> Result<Output, String> {
+/// programs whose log the user should watch as it comes (nix-build).
+pub fn capture_stdout(cmd: &mut Command) -> Result<Output, CannotRun> {
     cmd.stderr(Stdio::inherit());
     capture(cmd)
-}
-
-/// Runs `cmd` with its stdout sent to our stderr: stdout is the pipe and
-/// carries records only.
-pub fn run_logging(cmd: &mut Command) -> Result<ExitStatus, String> {
-    cmd.stdout(stderr_as_stdio()?).stderr(Stdio::inherit());
-    cmd.status().map_err(|e| cannot_run(cmd, e))
-}
-
-fn stderr_as_stdio() -> Result<Stdio, String> {
-    let fd = io::stderr().as_fd().try_clone_to_owned().map_err(|e| format!("cannot duplicate stderr: {e}"))?;
-    Ok(Stdio::from(fd))
-}
-
-fn cannot_run(cmd: &Command, e: io::Error) -> String {
-    format!("cannot run {}: {e}", program_name(cmd))
 }
 
 /// The one line for a program that ran and failed.
@@ -113,6 +102,6 @@ mod tests {
     #[test]
     fn reports_a_missing_program() {
         let mut cmd = Command::new("/nonexistent/program");
-        assert!(capture(&mut cmd).unwrap_err().starts_with("cannot run /nonexistent/program:"));
+        assert!(capture(&mut cmd).unwrap_err().to_string().starts_with("cannot run /nonexistent/program:"));
     }
 }

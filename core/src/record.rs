@@ -84,6 +84,14 @@ impl Record {
         }
     }
 
+    /// Adds the fields of a command's typed JSON (a struct serialised with
+    /// the camelCase rule of Nix's own JSON) to the record.
+    pub fn add_fields(&mut self, fields: &impl serde::Serialize) {
+        if let Ok(Value::Object(fields)) = serde_json::to_value(fields) {
+            self.extra.extend(fields);
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         let mut obj = Map::new();
         if let Some(name) = &self.name {

@@ -1,8 +1,7 @@
 //! Signing path infos the way Nix does, with keys from
 //! `nix-store --generate-binary-cache-key`.
 
-use crate::nar::NarHash;
-use crate::serve::PathInfo;
+use crate::path_info::PathInfo;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ed25519_dalek::Signer;
@@ -46,19 +45,10 @@ impl SecretKey {
     }
 
     /// The signature Nix checks for this path: `NAME:BASE64`.
-    pub fn sign(&self, info: &PathInfo) -> Result<String, String> {
-        let signature = self.key.sign(fingerprint(info)?.as_bytes());
-        Ok(format!("{}:{}", self.name, BASE64.encode(signature.to_bytes())))
+    pub fn sign(&self, info: &PathInfo) -> String {
+        let signature = self.key.sign(info.fingerprint().as_bytes());
+        format!("{}:{}", self.name, BASE64.encode(signature.to_bytes()))
     }
-}
-
-/// What a signature covers: `1;PATH;NARHASH;NARSIZE;REF,REF,...`, the
-/// hash in nix32 and the references sorted, exactly as Nix builds it.
-pub fn fingerprint(info: &PathInfo) -> Result<String, String> {
-    let hash = NarHash::parse(&info.nar_hash)?;
-    let mut references = info.references.clone();
-    references.sort();
-    Ok(format!("1;{};{hash};{};{}", info.path, info.nar_size, references.join(",")))
 }
 
 #[cfg(test)]
@@ -71,16 +61,17 @@ mod tests {
     const PUBLIC: &str = "test.key-1:b6Z81UYkgWMoNeqetbXdL7ZK4kKNbJDQkRKGvbJPcEk=";
 
     fn info() -> PathInfo {
+        let path = |p: &str| crate::store_path::StorePath::parse(p).unwrap();
         PathInfo {
-            path: "/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello".into(),
-            deriver: String::new(),
+            path: path("/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello"),
+            deriver: None,
             references: vec![
-                "/nix/store/z9z1cq7y4k7zmjzgyqv9yq4d3wzabc9y-b".into(),
-                "/nix/store/0a1cq7y4k7zmjzgyqv9yq4d3wzabc9y-a".into(),
+                path("/nix/store/z9z1cq7y4k7zmjzgyqv9yq4d3wzabc9y-b"),
+                path("/nix/store/0aa1cq7y4k7zmjzgyqv9yq4d3wzabc9y-a"),
             ],
             nar_size: 120,
-            nar_hash: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
-            ca: String::new(),
+            nar_hash: crate::nar::NarHash::of(b""),
+            ca: None,
             sigs: Vec::new(),
         }
     }
@@ -102,9 +93,9 @@ mod tests {
     #[test]
     fn fingerprint_has_nix32_hash_and_sorted_references() {
         assert_eq!(
-            fingerprint(&info()).unwrap(),
+            info().fingerprint(),
             "1;/nix/store/2ac1cq7y4k7zmjzgyqv9yq4d3wzabc9y-hello;sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73;120;\
-             /nix/store/0a1cq7y4k7zmjzgyqv9yq4d3wzabc9y-a,/nix/store/z9z1cq7y4k7zmjzgyqv9yq4d3wzabc9y-b"
+             /nix/store/0aa1cq7y4k7zmjzgyqv9yq4d3wzabc9y-a,/nix/store/z9z1cq7y4k7zmjzgyqv9yq4d3wzabc9y-b"
         );
     }
 
@@ -112,10 +103,10 @@ mod tests {
     fn signatures_verify_with_the_public_key() {
         use ed25519_dalek::Verifier;
         let key = SecretKey::parse(SECRET).unwrap();
-        let sig = key.sign(&info()).unwrap();
+        let sig = key.sign(&info());
         let (name, b64) = sig.split_once(':').unwrap();
         assert_eq!(name, "test.key-1");
         let sig = ed25519_dalek::Signature::from_slice(&BASE64.decode(b64).unwrap()).unwrap();
-        key.key.verifying_key().verify(fingerprint(&info()).unwrap().as_bytes(), &sig).unwrap();
+        key.key.verifying_key().verify(info().fingerprint().as_bytes(), &sig).unwrap();
     }
 }

@@ -56,6 +56,25 @@ impl StorePath {
     pub fn name(&self) -> &str {
         &self.0[STORE_DIR.len() + 1 + HASH_LEN + 1..]
     }
+
+    /// The 32 nix-base32 characters that name a path in a binary cache.
+    pub fn hash_part(&self) -> &str {
+        &self.0[STORE_DIR.len() + 1..STORE_DIR.len() + 1 + HASH_LEN]
+    }
+
+    /// `HASH-NAME`, the path without the store directory, as narinfo files
+    /// list references.
+    pub fn base_name(&self) -> &str {
+        &self.0[STORE_DIR.len() + 1..]
+    }
+}
+
+impl std::str::FromStr for StorePath {
+    type Err = StorePathError;
+
+    fn from_str(s: &str) -> Result<StorePath, StorePathError> {
+        StorePath::parse(s)
+    }
 }
 
 /// Whether `name` may be the name of a store path.
@@ -84,6 +103,18 @@ fn is_name_char(c: char) -> bool {
 impl fmt::Display for StorePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for StorePath {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl serde::Serialize for StorePath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 

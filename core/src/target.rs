@@ -4,10 +4,35 @@
 //! `[v6addr]` for IPv6. A target may hold `{name}`, replaced by the record's
 //! NAME, so `--to 'root@{name}'` fans records out to their machines.
 
-use crate::process;
+use crate::process::{self, CannotRun};
 use crate::record::Record;
 use std::fmt;
 use std::process::{Command, Output, Stdio};
+
+/// Why running something on a target failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshError {
+    /// ssh could not connect (no route, refused, wrong host key): what it said.
+    #[error("cannot reach {target}: {why}")]
+    Unreachable { target: String, why: String },
+    /// The connection (or a control master) died without a word.
+    #[error("the ssh connection to {target} dropped")]
+    Dropped { target: String },
+    /// The program ran there and failed.
+    #[error("{program} failed on {target} ({status}): {why}")]
+    Failed { program: String, target: String, status: String, why: String },
+    #[error("{program} on {target} printed something that is not UTF-8")]
+    NotUtf8 { program: String, target: String },
+    /// A script ended without the answer it gives.
+    #[error("{target} did not say its {what}")]
+    NoAnswer { target: String, what: String },
+    #[error("cannot quote the remote command: {0}")]
+    Quote(String),
+    #[error("NIX_SSHOPTS: unbalanced quotes")]
+    BadSshOpts,
+    #[error(transparent)]
+    CannotRun(#[from] CannotRun),
+}
 
 const NAME_PLACEHOLDER: &str = "{name}";
 
@@ -88,14 +113,14 @@ impl Target {
 
     /// A command that runs `argv` on the target: directly when local,
     /// through ssh otherwise. stdin is closed: it belongs to the pipe.
-    pub fn command(&self, argv: &[&str]) -> Result<Command, String> {
+    pub fn command(&self, argv: &[&str]) -> Result<Command, SshError> {
         self.command_with(argv, &[])
     }
 
     /// [`Target::command`], with more ssh options. They come before
     /// NIX_SSHOPTS, because ssh takes the first value it is given: a
     /// ControlPath=none of ours must win over the user's ControlPath.
-    pub fn command_with(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Command, String> {
+    pub fn command_with(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Command, SshError> {
         let mut cmd = match self {
             Target::Local => {
                 let mut cmd = Command::new(argv[0]);
@@ -113,30 +138,31 @@ impl Target {
     }
 
     /// Runs `argv` on the target and returns what it printed on stdout.
-    pub fn run(&self, argv: &[&str]) -> Result<String, String> {
+    pub fn run(&self, argv: &[&str]) -> Result<String, SshError> {
         let mut cmd = self.command(argv)?;
         let output = process::capture(&mut cmd)?;
         if !output.status.success() {
             return Err(self.failure(argv[0], &output));
         }
         String::from_utf8(output.stdout)
-            .map_err(|_| format!("{} on {self} printed something that is not UTF-8", argv[0]))
+            .map_err(|_| SshError::NotUtf8 { program: argv[0].to_owned(), target: self.to_string() })
     }
 
-    /// One line for a failed remote program, telling an ssh failure (exit
+    /// The error of a failed remote program, telling an ssh failure (exit
     /// 255: no route, refused, wrong host key) from the program's own.
-    pub fn failure(&self, program: &str, output: &Output) -> String {
-        let summary = process::summarize(&output.stderr);
+    pub fn failure(&self, program: &str, output: &Output) -> SshError {
+        let why = process::summarize(&output.stderr);
+        let target = self.to_string();
         if !self.is_local() && output.status.code() == Some(255) {
             // ssh says why it could not connect; a connection that drops
             // later, or a control master that dies, leaves it silent.
-            return match summary.is_empty() {
-                true => format!("the ssh connection to {self} dropped"),
-                false => format!("cannot reach {self}: {summary}"),
+            return match why.is_empty() {
+                true => SshError::Dropped { target },
+                false => SshError::Unreachable { target, why },
             };
         }
         let status = process::describe_status(output.status);
-        format!("{program} failed on {self} ({status}): {summary}")
+        SshError::Failed { program: program.to_owned(), target, status, why }
     }
 }
 
@@ -198,7 +224,7 @@ impl SshHost {
     }
 
     /// The ssh options for this host: NIX_SSHOPTS, then the port.
-    pub fn ssh_options(&self) -> Result<Vec<String>, String> {
+    pub fn ssh_options(&self) -> Result<Vec<String>, SshError> {
         let mut opts = nix_sshopts()?;
         if let Some(port) = self.port {
             opts.extend(["-p".to_owned(), port.to_string()]);
@@ -207,7 +233,7 @@ impl SshHost {
     }
 
     /// `ssh EXTRA OPTIONS -- user@host`, ready for the remote command.
-    pub fn ssh_command(&self, extra: &[&str]) -> Result<Command, String> {
+    pub fn ssh_command(&self, extra: &[&str]) -> Result<Command, SshError> {
         let mut cmd = Command::new("ssh");
         cmd.args(extra).args(self.ssh_options()?).arg("--").arg(self.destination());
         Ok(cmd)
@@ -219,18 +245,18 @@ impl SshHost {
 /// quoted for sh, from base64 and runs it. A quoted multi-line script is not
 /// something every login shell passes through (tcsh rejects it, then runs
 /// pieces of it); `sh -c` and a quoted line of base64 and `$(...)` are.
-fn remote_command(argv: &[&str]) -> Result<String, String> {
+fn remote_command(argv: &[&str]) -> Result<String, SshError> {
     use base64::Engine;
-    let line = shlex::try_join(argv.iter().copied()).map_err(|e| format!("cannot quote remote command: {e}"))?;
+    let line = shlex::try_join(argv.iter().copied()).map_err(|e| SshError::Quote(e.to_string()))?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(line);
     Ok(format!("sh -c 'eval \"$(echo {encoded} | base64 -d)\"'"))
 }
 
 /// Extra ssh options from NIX_SSHOPTS, split as a shell would.
-pub fn nix_sshopts() -> Result<Vec<String>, String> {
+pub fn nix_sshopts() -> Result<Vec<String>, SshError> {
     match std::env::var("NIX_SSHOPTS") {
         Err(_) => Ok(Vec::new()),
-        Ok(opts) => shlex::split(&opts).ok_or_else(|| "NIX_SSHOPTS: unbalanced quotes".to_owned()),
+        Ok(opts) => shlex::split(&opts).ok_or(SshError::BadSshOpts),
     }
 }
 

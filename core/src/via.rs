@@ -17,10 +17,12 @@
 //!   sent from here, and said.
 
 use crate::binary_cache::BinaryCache;
-use crate::copy::{self, Destination, Options, Route, Summary};
+use crate::copy::{self, CopyError, Destination, Options, Route, Summary};
+use crate::event::Event;
 use crate::host_key;
 use crate::nix;
 use crate::process;
+use crate::session::Script;
 use crate::store_path::StorePath;
 use crate::target::Target;
 use std::fmt;
@@ -31,8 +33,6 @@ use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 use tempfile::TempDir;
-
-const RELAY_SCRIPT: &str = include_str!("via/relay.sh");
 
 /// Where the closures go first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,16 +59,14 @@ impl Via {
     }
 
     /// Refuses what cannot work before anything moves.
-    pub fn check(&self, options: &Options, destinations: &[&Destination]) -> Result<(), String> {
+    pub fn check(&self, options: &Options, destinations: &[&Destination]) -> Result<(), CopyError> {
         if matches!(self, Via::Cache { .. }) && options.sign_key.is_none() {
-            return Err("--via file:///DIR needs --sign-key: targets substitute signed paths only".into());
+            return Err(CopyError::ViaNeedsSignKey);
         }
         for to in destinations {
             match (self, to) {
-                (_, Destination::Cache(_)) => return Err(format!("--via is for copies to stores, not to {to}")),
-                (Via::Relay(_), Destination::Store(Target::Local)) => {
-                    return Err("--via HOST: the relay cannot reach `local`; copy to this machine without --via".into())
-                }
+                (_, Destination::Cache(_)) => return Err(CopyError::ViaToCache(to.to_string())),
+                (Via::Relay(_), Destination::Store(Target::Local)) => return Err(CopyError::ViaToLocal),
                 _ => {}
             }
         }
@@ -77,7 +75,7 @@ impl Via {
 
     /// Copies the closures of `paths` from this machine to the relay or the
     /// cache: the one time they cross this machine's uplink.
-    pub fn upload(&self, paths: &[&StorePath], options: &Options) -> Result<Summary, String> {
+    pub fn upload(&self, paths: &[&StorePath], options: &Options) -> Result<Summary, CopyError> {
         let to = match self {
             Via::Relay(relay) => Destination::Store(relay.clone()),
             Via::Cache { cache, .. } => Destination::Cache(cache.clone()),
@@ -94,7 +92,7 @@ impl Via {
         paths: &[&StorePath],
         options: &Options,
         fetch_all: impl FnOnce(&Fetcher) -> R,
-    ) -> Result<R, String> {
+    ) -> Result<R, CopyError> {
         let from = self.source(options)?;
         // The upload to a relay goes over the connection already open.
         let upload_options = match &from {
@@ -117,7 +115,7 @@ impl Via {
     }
 
     /// Where the targets fetch from.
-    fn source(&self, options: &Options) -> Result<Source, String> {
+    fn source(&self, options: &Options) -> Result<Source, CopyError> {
         match self {
             Via::Relay(relay) => RelayConnection::open(relay).map(Source::Relay),
             Via::Cache { url, .. } => {
@@ -158,12 +156,12 @@ enum Source {
 pub enum Missed {
     /// The upload failed: said once, not for each target.
     NoUpload,
-    Failed(String),
+    Failed(CopyError),
 }
 
-impl From<String> for Missed {
-    fn from(why: String) -> Missed {
-        Missed::Failed(why)
+impl<E: Into<CopyError>> From<E> for Missed {
+    fn from(error: E) -> Missed {
+        Missed::Failed(error.into())
     }
 }
 
@@ -223,24 +221,24 @@ pub struct RelayConnection {
 }
 
 impl RelayConnection {
-    fn open(relay: &Target) -> Result<RelayConnection, String> {
+    fn open(relay: &Target) -> Result<RelayConnection, CopyError> {
         let Target::Ssh(host) = relay else { unreachable!("Via::parse refuses local") };
         let dir = tempfile::Builder::new()
             .prefix("nixpipe-relay.")
             .tempdir()
-            .map_err(|e| format!("cannot make a directory for the ssh control socket: {e}"))?;
+            .map_err(|e| CopyError::ControlDir(e.to_string()))?;
         let mut options = Self::options(dir.path());
         options.extend(["-o", "ControlMaster=yes", "-N"].map(String::from));
         let mut cmd = host.ssh_command(&options.iter().map(String::as_str).collect::<Vec<_>>())?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut master = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
+        let mut master = cmd.spawn().map_err(|e| crate::target::SshError::from(process::CannotRun::of(&cmd, e)))?;
         // Ready once the control socket is there; an ssh that exits first
         // could not connect.
         while !dir.path().join(SOCKET).exists() {
             if let Ok(Some(status)) = master.try_wait() {
                 let mut stderr = Vec::new();
                 master.stderr.take().map(|mut e| e.read_to_end(&mut stderr));
-                return Err(relay.failure("ssh", &Output { status, stdout: Vec::new(), stderr }));
+                return Err(relay.failure("ssh", &Output { status, stdout: Vec::new(), stderr }).into());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -278,7 +276,8 @@ impl RelayConnection {
         input.push('\n');
         let port = host.port.map(|p| p.to_string()).unwrap_or_default();
         let destination = host.destination();
-        let argv = ["sh", "-c", RELAY_SCRIPT, "nixpipe-relay", &destination, &port, &trust.name];
+        let argv = Script::Relay.argv(&[&destination, &port, &trust.name]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let options = Self::options(self.dir.path());
         let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;
         let mut go = false;
@@ -296,18 +295,23 @@ impl RelayConnection {
         match output.status.code() {
             Some(0) => {}
             Some(TARGET_UNREACHABLE) => {
-                return Err(Missed::Failed(format!(
-                    "{relay} cannot reach {target}: {} (the relay logs in with your ssh agent, forwarded to it: \
-                     is the key in it? ssh-add -l)",
-                    process::summarize(&output.stderr)
-                )))
+                return Err(Missed::Failed(CopyError::RelayCannotReach {
+                    relay: relay.to_string(),
+                    target: target.to_string(),
+                    why: process::summarize(&output.stderr),
+                }))
             }
-            _ => return Err(Missed::Failed(relay.failure("the relay's copy", &output))),
+            _ => return Err(relay.failure("the relay's copy", &output).into()),
         }
-        let report = String::from_utf8_lossy(&output.stdout);
-        let mut lines = report.lines();
-        let closure_paths = lines.next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
-        let sent: Vec<u64> = lines.filter_map(|l| l.rsplit_once(' ')?.1.parse().ok()).collect();
+        let mut closure_paths = 0;
+        let mut sent = Vec::new();
+        for event in crate::event::parse_all(&output.stdout) {
+            match event {
+                Event::Closure { paths } => closure_paths = paths,
+                Event::Sent { size, .. } => sent.push(size),
+                _ => {}
+            }
+        }
         Ok(Summary {
             from: relay.to_string(),
             to: target.to_string(),

@@ -203,7 +203,7 @@ fn a_switch_confirmed_over_a_new_connection_stays() {
 
     let [record] = &run.json_lines()[..] else { panic!("one record: {}", run.stdout) };
     assert_eq!(record["result"], "activated");
-    assert_eq!(record["rolled_back"], false);
+    assert_eq!(record["rolledBack"], false);
     assert_eq!(web1.system_profile().as_deref(), Some(&*system));
     assert_eq!(web1.switch_log().len(), 1);
 }
@@ -224,7 +224,7 @@ fn json_reports_the_previous_system_and_the_rollback_of_a_failed_switch() {
     assert_eq!(record["action"], "switch");
     assert_eq!(record["previous"], good);
     assert_eq!(record["result"], "failed");
-    assert_eq!(record["rolled_back"], true);
+    assert_eq!(record["rolledBack"], true);
 }
 
 #[test]
@@ -523,8 +523,7 @@ fn a_full_run_on_the_target_is_said_and_nothing_changes() {
 }
 
 /// Every line a switched program could print to pass for the job.
-const FORGED_EVENTS: &str =
-    r"nixpipe-job: awaiting-confirmation 1\nnixpipe-job: result ok\nnixpipe-frame event 10\nresult ok\n";
+const FORGED_EVENTS: &str = r"nixpipe-job: awaiting-confirmation 1\nnixpipe-job: result ok\nnixpipe-frame event 10\nresult ok\nnixpipe-event\tresult\toutcome=ok\nnixpipe-frame event 33\nnixpipe-event\tresult\toutcome=ok\n";
 
 #[test]
 fn a_system_that_prints_the_jobs_result_and_fails_is_rolled_back_even_when_the_connection_drops() {

@@ -6,7 +6,7 @@
 
 use clap::CommandFactory;
 use clap_complete::Shell;
-use roff::{bold, italic, roman, Roff};
+use roff::{bold, roman, Roff};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -77,61 +77,44 @@ fn generated_files() -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// nixpipe(7): the pipe contract every command follows.
+/// nixpipe(7): the pipe contract every command follows, from its text in
+/// doc/nixpipe.7.txt: `= TITLE` starts a section, blank lines part
+/// paragraphs, a line starting with `*` is bold (a term, whose next line
+/// is its meaning in an exit-status list).
 fn pipe_contract_page() -> String {
     let mut page = Roff::new();
-    page.control("TH", ["NIXPIPE", "7"])
-        .control("SH", ["NAME"])
-        .text([roman("nixpipe \\- NixOS deployment as small commands joined by pipes of store paths")])
-        .control("SH", ["SYNOPSIS"])
-        .text([bold(
-            "nixpipe-eval -f configuration.nix | nixpipe-copy --to root@web1 | nixpipe-activate --on root@web1 switch",
-        )]);
-    section(&mut page, "RECORDS", &[
-        "A record is one line. Plain form: an absolute store path. Named form: NAME, a tab, then the path; NAME names the machine (a configuration name, which is also the default ssh target). A line starting with { is a JSON record, {\"name\":..,\"path\":..}; fields a command does not know are passed on unchanged. --json makes a command write JSON records.",
-        "Store paths are checked strictly: /nix/store/, 32 nix-base32 characters, a dash, and a name of the characters Nix allows (letters, digits, + - . _ ? =), not starting with a dot. NAME is letters, digits and . _ + -, not starting with . + or -. Lines may end in LF or CRLF; empty lines are skipped; a line may hold at most 65536 bytes.",
-    ]);
-    section(&mut page, "INPUT AND OUTPUT", &[
-        "A command reads records from its arguments, or from stdin when it has none, and reads all of them before it acts: one bad line means nothing is done, and the error names the line. No records at all is an error too, so that a failed step before it in the pipe does not look like success.",
-        "stdout carries records only: those the command handled successfully, so the next command can go on (one exception: nixpipe-activate --json also writes the failed records, marked with their result). Logs, progress and errors go to stderr. Nothing reads a password or an answer from stdin, which is the pipe.",
-    ]);
-    section(&mut page, "TARGETS", &[
-        "local, [user@]host[:port], ssh://[user@]host[:port], with [addr] for IPv6. A target may hold {name}, replaced by each record's NAME. Without a target a record goes to its NAME over ssh. ssh is the system OpenSSH client: ~/.ssh/config, the agent, ProxyJump and ControlMaster keep working, host keys are always checked, and NIX_SSHOPTS adds options as it does for nix-copy-closure.",
-    ]);
-    page.control("SH", ["EXIT STATUS"])
-        .control("TP", [])
-        .text([bold("0")])
-        .text([roman("every record was done.")])
-        .control("TP", [])
-        .text([bold("1")])
-        .text([roman("some record failed; the records that succeeded were still written to stdout.")])
-        .control("TP", [])
-        .text([bold("2")])
-        .text([roman("bad usage or bad input; nothing was done.")]);
-    section(&mut page, "ERRORS", &[
-        "An error is one line on stderr that names the command and the record, host or input line: nixpipe-copy: web1: ...",
-    ]);
-    page.control("SH", ["SEE ALSO"]).text([
-        italic("nixpipe-eval"),
-        roman("(1), "),
-        italic("nixpipe-copy"),
-        roman("(1), "),
-        italic("nixpipe-activate"),
-        roman("(1), "),
-        italic("nixpipe-bundle"),
-        roman("(1), "),
-        italic("nixpipe-microvm"),
-        roman("(1)"),
-    ]);
-    page.render()
-}
-
-fn section(page: &mut Roff, title: &str, paragraphs: &[&str]) {
-    page.control("SH", [title]);
-    for (i, text) in paragraphs.iter().enumerate() {
-        if i > 0 {
-            page.control("PP", []);
+    page.control("TH", ["NIXPIPE", "7"]);
+    // Whether the section has text yet, and whether a blank line followed it.
+    let (mut written, mut blank) = (false, false);
+    let mut lines = include_str!("../doc/nixpipe.7.txt").lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(title) = line.strip_prefix("= ") {
+            page.control("SH", [title]);
+            (written, blank) = (false, false);
+            continue;
         }
-        page.text([roman(*text)]);
+        if line.is_empty() {
+            blank = written;
+            continue;
+        }
+        if blank {
+            page.control("PP", []);
+            blank = false;
+        }
+        written = true;
+        match line.strip_prefix('*') {
+            // A short term with its meaning on the next line: a list item.
+            Some(term) if term.len() <= 2 => {
+                page.control("TP", []).text([bold(term)]);
+                page.text([roman(lines.next().unwrap_or_default())]);
+            }
+            Some(text) => {
+                page.text([bold(text)]);
+            }
+            None => {
+                page.text([roman(line)]);
+            }
+        }
     }
+    page.render()
 }

@@ -5,20 +5,18 @@
 //! the connection drops it reconnects and follows on from the last byte it
 //! read, so the user always gets the real result.
 
-use crate::cli::show;
-use crate::privilege::Privilege;
+use super::ActivationError;
+use crate::event::{self, Event, JobEvent, JobResult};
 use crate::process;
-use crate::target::Target;
+use crate::report::{self, Report};
+use crate::session::{Script, Session, SessionError};
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ExitStatus, Output};
+use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const REMOTE: &str = include_str!("remote.sh");
-/// Runs REMOTE, given as $1, so that it can keep a copy of itself.
-const BOOTSTRAP: &str = r#"self=$1; shift; eval "$self""#;
-/// What starts the header of a frame of remote.sh's follow.
+/// What starts the header of a frame of job.sh's follow.
 const FRAME: &str = "nixpipe-frame ";
 /// How long nixpipe keeps trying to get a dropped connection back.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
@@ -43,22 +41,6 @@ pub struct Args<'a> {
     pub mode: &'a str,
 }
 
-/// How the job ended, as it said in its `result` event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum JobResult {
-    Ok,
-    /// switch-to-configuration failed; what the rollback did (or `profile`).
-    Failed(String),
-    /// Nobody confirmed in time; what the rollback did.
-    Unconfirmed(String),
-    /// The --check command failed after the switch; what the rollback did.
-    Rejected(String),
-    /// Another activation holds the lock: who.
-    Locked(String),
-    /// The job cannot be followed any more: why.
-    Lost(String),
-}
-
 pub struct JobEnd {
     pub id: String,
     /// The system that ran before, as the job saw it.
@@ -68,10 +50,7 @@ pub struct JobEnd {
 
 /// One activation job on one target.
 pub struct Job<'a> {
-    target: &'a Target,
-    privilege: &'a Privilege,
-    /// The login's uid on the target: "0" needs no sudo.
-    uid: &'a str,
+    session: &'a Session<'a>,
     label: &'a str,
     /// Run on the target after the switch (--check); its failure rolls back.
     check: Option<&'a str>,
@@ -79,26 +58,24 @@ pub struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    pub fn new(
-        target: &'a Target,
-        privilege: &'a Privilege,
-        uid: &'a str,
-        label: &'a str,
-        check: Option<&'a str>,
-    ) -> Job<'a> {
-        Job { target, privilege, uid, label, check, id: new_id() }
+    pub fn new(session: &'a Session<'a>, label: &'a str, check: Option<&'a str>) -> Job<'a> {
+        Job { session, label, check, id: new_id() }
+    }
+
+    fn target(&self) -> String {
+        self.session.target.to_string()
     }
 
     /// Starts the job and follows it to its end, through dropped connections.
     /// Err: it never started, and nothing changed.
-    pub fn run(self, args: &Args) -> Result<JobEnd, String> {
+    pub fn run(self, args: &Args) -> Result<JobEnd, ActivationError> {
         let confirm = args.confirm.to_string();
         let who = who();
         let launch = [&*self.id, &who, args.action, args.system, args.program, &confirm, args.mode];
         let mut follower = Follower::default();
         // A sudo that refused runs nothing: nothing changed.
         let (status, stderr) =
-            self.follow(&mut follower, "launch", &launch, &KEEPALIVE).map_err(|e| format!("{e}; nothing changed"))?;
+            self.follow(&mut follower, "launch", &launch, &KEEPALIVE).map_err(ActivationError::NotStarted)?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
             return Err(self.launch_failure(status, &stderr));
         }
@@ -107,22 +84,22 @@ impl<'a> Job<'a> {
             if Instant::now() > give_up {
                 let why = format!(
                     "no connection to {} for {} s; the job goes on there",
-                    self.target,
+                    self.target(),
                     RECONNECT_FOR.as_secs()
                 );
                 follower.result = Some(JobResult::Lost(why));
                 break;
             }
-            show(self.label, &format!("lost the connection to {}; reconnecting", self.target));
+            report::report(Report::Reconnecting { label: self.label.to_owned(), target: self.target() });
             thread::sleep(Duration::from_secs(1));
             let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
             let options = [&NEW_CONNECTION[..], &KEEPALIVE[..]].concat();
             let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], &options)?;
             if follower.result.is_none() && !self.connection_lost(status) {
-                let why = self
-                    .privilege
-                    .explain_refusal(self.target, &stderr)
-                    .unwrap_or(process::summarize(stderr.as_bytes()));
+                let why = match self.session.refusal(&stderr) {
+                    Some(refusal) => refusal.to_string(),
+                    None => process::summarize(stderr.as_bytes()),
+                };
                 follower.result = Some(JobResult::Lost(why));
             }
         }
@@ -130,7 +107,7 @@ impl<'a> Job<'a> {
         Ok(JobEnd { id: self.id, previous: follower.previous, result })
     }
 
-    /// Runs one remote.sh COMMAND as root and feeds its output to `follower`,
+    /// Runs one job.sh COMMAND as root and feeds its output to `follower`,
     /// confirming the switch when the job asks for it.
     fn follow(
         &self,
@@ -138,8 +115,8 @@ impl<'a> Job<'a> {
         command: &str,
         args: &[&str],
         ssh_options: &[&str],
-    ) -> Result<(ExitStatus, String), String> {
-        let mut child = self.remote(command, args, ssh_options)?;
+    ) -> Result<(ExitStatus, String), SessionError> {
+        let mut child = self.session.spawn_script_as_root(Script::Job, &Self::job_args(command, args), ssh_options)?;
         let stderr = drain(child.stderr.take().expect("piped"));
         let mut frames = BufReader::new(child.stdout.take().expect("piped"));
         while let Some((kind, bytes)) = read_frame(&mut frames) {
@@ -147,19 +124,22 @@ impl<'a> Job<'a> {
                 self.confirm(seconds);
             }
         }
-        let status = child.wait().map_err(|e| format!("cannot wait for ssh: {e}"))?;
+        let status = child.wait().map_err(|e| {
+            crate::target::SshError::from(process::CannotRun { program: "ssh".into(), why: e.to_string() })
+        })?;
         Ok((status, stderr.join().unwrap_or_default()))
     }
 
     /// Confirms the switch over a new connection, trying until the job's
     /// deadline, once the --check command (if any) passed there; a failed
-    /// check tells the job to roll back now. Failures are only noted: the
-    /// job's result tells the rest.
+    /// check tells the job to roll back now. Failures are only reported:
+    /// the job's result tells the rest.
     fn confirm(&self, seconds: u64) {
+        let label = self.label.to_owned();
         if let Some(check) = self.check {
             if let Err(why) = self.run_check(check) {
-                show(self.label, &format!("the check failed: {why}"));
-                let _ = self.remote_output("reject", &[&self.id], &NEW_CONNECTION);
+                report::report(Report::CheckFailed { label, why });
+                let _ = self.job_output("reject", &NEW_CONNECTION);
                 return;
             }
         }
@@ -168,59 +148,54 @@ impl<'a> Job<'a> {
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
             let timeout = format!("ConnectTimeout={}", left.as_secs().max(1));
             let options = [&NEW_CONNECTION[..], &["-o", &timeout]].concat();
-            let output = self.remote_output("confirm", &[&self.id], &options);
-            match output {
+            match self.job_output("confirm", &options) {
                 Ok(out) if out.status.success() => return,
                 Ok(out) => why = process::summarize(&out.stderr),
-                Err(e) => why = e,
+                Err(e) => why = e.to_string(),
             }
             thread::sleep(Duration::from_millis(500));
         }
-        show(self.label, &format!("no new connection to {} could confirm the switch: {why}", self.target));
+        report::report(Report::Unconfirmed { label, target: self.target(), why });
     }
 
     /// Runs the --check command on the target over a new connection, as
-    /// the login user, its output shown.
+    /// the login user, its output reported.
     fn run_check(&self, check: &str) -> Result<(), String> {
-        let output = process::capture(&mut self.target.command_with(&["sh", "-c", check], &NEW_CONNECTION)?)?;
+        let mut cmd = self.session.command(&["sh", "-c", check], &NEW_CONNECTION).map_err(|e| e.to_string())?;
+        let output = process::capture(&mut cmd).map_err(|e| e.to_string())?;
         for line in String::from_utf8_lossy(&output.stdout).lines() {
-            show(self.label, line);
+            report::step(self.label, line);
         }
         if output.status.success() {
             return Ok(());
         }
-        Err(self.target.failure(check, &output))
+        Err(self.session.target.failure(check, &output).to_string())
     }
 
-    /// Starts remote.sh COMMAND ARGS as root on the target.
-    fn remote(&self, command: &str, args: &[&str], ssh_options: &[&str]) -> Result<Child, String> {
-        self.privilege.spawn(self.target, self.uid, &Self::remote_argv(command, args), ssh_options)
+    /// Runs job.sh COMMAND ID as root on the target to its end.
+    fn job_output(&self, command: &str, ssh_options: &[&str]) -> Result<Output, SessionError> {
+        let argv = Script::Job.argv(&Self::job_args(command, &[&self.id]));
+        self.session.output_as_root(&argv.iter().map(String::as_str).collect::<Vec<_>>(), ssh_options, &[])
     }
 
-    /// Runs remote.sh COMMAND ARGS as root on the target to its end.
-    fn remote_output(&self, command: &str, args: &[&str], ssh_options: &[&str]) -> Result<Output, String> {
-        self.privilege.output(self.target, self.uid, &Self::remote_argv(command, args), ssh_options, &[])
-    }
-
-    fn remote_argv<'s>(command: &'s str, args: &[&'s str]) -> Vec<&'s str> {
-        ["sh", "-c", BOOTSTRAP, "nixpipe", REMOTE, command].into_iter().chain(args.iter().copied()).collect()
+    fn job_args<'s>(command: &'s str, args: &[&'s str]) -> Vec<&'s str> {
+        std::iter::once(command).chain(args.iter().copied()).collect()
     }
 
     /// ssh gave up (255), or was killed: the connection, not the job, ended.
     fn connection_lost(&self, status: ExitStatus) -> bool {
-        !self.target.is_local() && matches!(status.code(), Some(255) | None)
+        !self.session.target.is_local() && matches!(status.code(), Some(255) | None)
     }
 
-    fn launch_failure(&self, status: ExitStatus, stderr: &str) -> String {
-        if let Some(why) = self.privilege.explain_refusal(self.target, stderr) {
-            return format!("{why}; nothing changed");
+    fn launch_failure(&self, status: ExitStatus, stderr: &str) -> ActivationError {
+        if let Some(refusal) = self.session.refusal(stderr) {
+            return ActivationError::NotStarted(refusal.into());
         }
-        format!(
-            "could not start the activation on {} ({}): {}; nothing changed",
-            self.target,
-            process::describe_status(status),
-            process::summarize(stderr.as_bytes())
-        )
+        ActivationError::LaunchFailed {
+            target: self.target(),
+            status: process::describe_status(status),
+            why: process::summarize(stderr.as_bytes()),
+        }
     }
 }
 
@@ -294,48 +269,36 @@ struct Follower {
 }
 
 impl Follower {
-    /// Takes one frame: the program's output is shown to the user, the
-    /// job's events are taken. Returns the seconds to confirm within when
-    /// the job asks for it.
+    /// Takes one frame: the program's output is reported, the job's
+    /// events are taken. Returns the seconds to confirm within when the job
+    /// asks for it.
     fn take(&mut self, kind: Frame, bytes: &[u8], label: &str) -> Option<u64> {
         match kind {
             Frame::Log => {
                 for line in self.log.lines(bytes) {
-                    show(label, &line);
+                    report::step(label, &line);
                 }
                 None
             }
-            Frame::Event => self.events.lines(bytes).iter().filter_map(|event| self.event(event, label)).last(),
+            Frame::Event => {
+                let lines = self.events.lines(bytes);
+                lines.iter().filter_map(|line| event::parse_line(line)).filter_map(|e| self.event(e, label)).last()
+            }
         }
     }
 
-    fn event(&mut self, event: &str, label: &str) -> Option<u64> {
-        let (kind, rest) = event.split_once(' ').unwrap_or((event, ""));
-        match kind {
-            "started" => self.started = true,
-            "previous" => self.previous = Some(rest.to_owned()).filter(|p| !p.is_empty()),
-            "switching" => show(label, &format!("switch-to-configuration {rest}")),
-            "rolling-back" => show(label, "rolling back"),
-            "awaiting-confirmation" => return rest.parse().ok(),
-            "result" => self.result = Some(parse_result(rest)),
-            _ => {}
+    fn event(&mut self, event: Event, label: &str) -> Option<u64> {
+        let Event::Job(event) = event else { return None };
+        let label = label.to_owned();
+        match event {
+            JobEvent::Started => self.started = true,
+            JobEvent::Previous(previous) => self.previous = previous,
+            JobEvent::Switching { action, system } => report::report(Report::Switching { label, action, system }),
+            JobEvent::RollingBack => report::report(Report::RollingBack { label }),
+            JobEvent::AwaitingConfirmation { seconds } => return Some(seconds),
+            JobEvent::Result(result) => self.result = Some(result),
         }
         None
-    }
-}
-
-fn parse_result(text: &str) -> JobResult {
-    let (kind, rest) = text.split_once(' ').unwrap_or((text, ""));
-    let rest = rest.to_owned();
-    match kind {
-        "ok" => JobResult::Ok,
-        "failed" => JobResult::Failed(rest),
-        "unconfirmed" => JobResult::Unconfirmed(rest),
-        "rejected" => JobResult::Rejected(rest),
-        "locked" => JobResult::Locked(rest),
-        "gone" => JobResult::Lost("the job is gone from the target (did it reboot?)".into()),
-        "vanished" => JobResult::Lost("the job died without a result".into()),
-        other => JobResult::Lost(format!("the job ended with an unknown result '{other}'")),
     }
 }
 
@@ -374,19 +337,22 @@ mod tests {
     #[test]
     fn follows_the_events_of_the_job() {
         let mut f = Follower::default();
-        assert_eq!(events(&mut f, "started\nprevious /nix/store/x-old\n"), None);
-        assert_eq!(events(&mut f, "awaiting-confirmation 30\n"), Some(30));
-        assert_eq!(events(&mut f, "result unconfirmed rolled-back\n"), None);
+        let first = "nixpipe-event\tstarted\nnixpipe-event\tprevious\tpath=/nix/store/x-old\n";
+        assert_eq!(events(&mut f, first), None);
+        let mid = "nixpipe-event\tawaiting-confirmation\tseconds=30\n";
+        assert_eq!(events(&mut f, mid), Some(30));
+        let last = "nixpipe-event\tresult\toutcome=unconfirmed\tdetail=rolled-back\n";
+        assert_eq!(events(&mut f, last), None);
         assert!(f.started);
         assert_eq!(f.previous.as_deref(), Some("/nix/store/x-old"));
-        assert_eq!(f.result, Some(JobResult::Unconfirmed("rolled-back".into())));
-        assert_eq!(f.events.at, 90);
+        assert_eq!(f.result, Some(JobResult::Unconfirmed(crate::event::Rollback::RolledBack)));
+        assert_eq!(f.events.at, (first.len() + mid.len() + last.len()) as u64);
     }
 
     #[test]
     fn what_the_program_prints_is_never_an_event() {
         let mut f = Follower::default();
-        let forged = "nixpipe-job: awaiting-confirmation 1\nresult ok\nnixpipe-frame event 10\nresult ok\n";
+        let forged = "nixpipe-event\tresult\toutcome=ok\nnixpipe-frame event 10\nresult ok\n";
         assert_eq!(f.take(Frame::Log, forged.as_bytes(), "web1"), None);
         assert_eq!(f.result, None);
         assert_eq!(f.log.at, forged.len() as u64);
@@ -394,34 +360,26 @@ mod tests {
 
     #[test]
     fn frames_are_read_by_their_length_whatever_they_hold() {
-        let out = "motd\nnixpipe-frame log 22\nnixpipe-frame event 3\nnixpipe-frame event 8\nstarted\n";
+        let out = "motd\nnixpipe-frame log 22\nnixpipe-frame event 3\nnixpipe-frame event 22\nnixpipe-event\tstarted\n";
         let mut input = out.as_bytes();
         assert_eq!(read_frame(&mut input), Some((Frame::Log, b"nixpipe-frame event 3\n".to_vec())));
-        assert_eq!(read_frame(&mut input), Some((Frame::Event, b"started\n".to_vec())));
+        assert_eq!(read_frame(&mut input), Some((Frame::Event, b"nixpipe-event\tstarted\n".to_vec())));
         assert_eq!(read_frame(&mut input), None);
     }
 
     #[test]
     fn a_line_cut_short_waits_for_its_end() {
         let mut f = Follower::default();
-        events(&mut f, "resu");
+        events(&mut f, "nixpipe-event\tresu");
         assert_eq!(f.result, None);
-        events(&mut f, "lt ok\n");
+        events(&mut f, "lt\toutcome=ok\n");
         assert_eq!(f.result, Some(JobResult::Ok));
     }
 
     #[test]
     fn an_empty_previous_is_none() {
         let mut f = Follower::default();
-        events(&mut f, "previous \n");
+        events(&mut f, "nixpipe-event\tprevious\tpath=\n");
         assert_eq!(f.previous, None);
-    }
-
-    #[test]
-    fn parses_every_result() {
-        assert_eq!(parse_result("ok"), JobResult::Ok);
-        assert_eq!(parse_result("failed rollback-failed"), JobResult::Failed("rollback-failed".into()));
-        assert_eq!(parse_result("locked alice@laptop since x"), JobResult::Locked("alice@laptop since x".into()));
-        assert!(matches!(parse_result("gone"), JobResult::Lost(_)));
     }
 }

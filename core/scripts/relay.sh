@@ -1,5 +1,5 @@
 # Runs on the relay of `nixpipe-copy --via HOST`, as
-#   sh -c SCRIPT nixpipe-relay DESTINATION PORT KNOWN_AS
+#   relay.sh DESTINATION PORT KNOWN_AS
 # Makes a closure valid on DESTINATION (user@host as the deployer wrote it,
 # resolved by this host's own ssh configuration), at PORT unless it is
 # empty, from this host's store. KNOWN_AS is the name the deployer's ssh
@@ -17,8 +17,9 @@
 # then "go" once the closure is valid here (end of input: the upload
 # failed, and nothing is copied).
 #
-# Prints the closure's size in paths, then "PATH NARSIZE" for each path it
-# sent. Exit 3: the target could not be reached from here; exit 4: no go.
+# Answers with a `closure paths=N` event, then a `sent path=P size=BYTES`
+# event per path it sent. Exit 3: the target could not be reached from
+# here; exit 4: no go.
 set -euf # -f: KNOWN_AS may look like a glob ([127.0.0.1]:2222)
 destination=$1 port=$2 known_as=$3
 scratch=$(mktemp -d)
@@ -38,7 +39,7 @@ ssh_options="-o BatchMode=yes -o StrictHostKeyChecking=yes -o HostKeyAlias=$know
 -o UserKnownHostsFile=$scratch/known_hosts -o GlobalKnownHostsFile=/dev/null \
 -o ControlMaster=auto -o ControlPath=$scratch/target -o ControlPersist=yes ${port:+-p $port}"
 on_target() {
-  # shellcheck disable=SC2086 # split on purpose: ssh_options is a list
+  # shellcheck disable=SC2086,SC2029 # ssh_options is a list; "$@" is for the target
   ssh $ssh_options "$@"
 }
 # Under set -e a failing command in the trap would replace the exit status.
@@ -50,7 +51,7 @@ unreachable() {
   exit "$1"
 }
 
-echo "$closure" | wc -l
+emit closure paths="$(echo "$closure" | wc -l)"
 # -n: ssh would read the deployer's "go" meant for this script.
 # shellcheck disable=SC2086 # one argument per path
 missing=$(on_target -n -- "$destination" nix-store --check-validity --print-invalid $closure) || unreachable $?
@@ -65,5 +66,8 @@ NIX_SSHOPTS=$ssh_options nix-copy-closure --to "$destination" $missing </dev/nul
   cat "$scratch/copy.log" >&2
   exit 1
 }
+# shellcheck disable=SC2086
 printf '%s\n' $missing >"$scratch/sent"
-nix-store --query --size $missing | paste -d ' ' "$scratch/sent" -
+# shellcheck disable=SC2086
+nix-store --query --size $missing | paste "$scratch/sent" - |
+    awk -F '\t' '{ printf "nixpipe-event\tsent\tpath=%s\tsize=%s\n", $1, $2 }' >&3

@@ -1,6 +1,7 @@
 # The target's side of nixpipe-activate, run as root (directly or through
-# sudo). nixpipe starts it as `sh -c 'self=$1; shift; eval "$self"' nixpipe
-# THIS_SCRIPT COMMAND ARGS...`, so that `launch` can keep a copy of it:
+# sudo). nixpipe starts it, as every script, with `sh -c 'self=$1; shift;
+# eval "$self"' nixpipe SCRIPT COMMAND ARGS...`, so that `launch` can keep a
+# copy of it:
 #   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE   start the job detached, then follow it
 #   follow ID LOG_AT EVENTS_AT                          the job's log and events from those bytes until it ends
 #   confirm ID                                          confirm a switch (--confirm-timeout)
@@ -9,10 +10,11 @@
 # PROGRAM is what switches: a system's bin/switch-to-configuration, or a
 # bundle's bin/switch. MODE: `set` the profile to SYSTEM, go back one
 # generation (`rollback`), or leave it to the program (`bundle`).
-# The job records its events, a line each, in its events file, which only it
-# writes; what the switched program prints goes to its log. follow sends
-# both as frames, `nixpipe-frame log|event LENGTH` and LENGTH bytes: what
-# a program prints is inside a log frame, and cannot pass for an event.
+# The job records its events (prelude.sh's format) in its events file,
+# which only it writes; what the switched program prints goes to its log.
+# follow sends both on the event channel as frames, `nixpipe-frame
+# log|event LENGTH` and LENGTH bytes: what a program prints is inside a log
+# frame, and cannot pass for an event.
 set -u
 state=/run/nixpipe
 jobs=$state/jobs
@@ -20,11 +22,13 @@ profile=/nix/var/nix/profiles/system
 
 launch() {
     d=$jobs/$1
-    mkdir -p -m 0700 "$state" "$jobs"
+    mkdir -p "$state" "$jobs"
+    chmod 0700 "$state" "$jobs"
     # Jobs older than a day have long been reported.
     find "$jobs" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null
     mkdir -m 0700 "$d" || exit 1
     # A full /run stops the job here, saying why, with nothing changed.
+    # shellcheck disable=SC2154 # $self: this script, set by session.rs's bootstrap
     if ! err=$({ : >"$d/log" && : >"$d/events" && printf '%s\n' "$self" >"$d/activate.sh"; } 2>&1); then
         rm -rf "$d"
         err=${err##*: }
@@ -38,9 +42,9 @@ launch() {
     # does), else a session of its own whose parent is init.
     if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
         systemd-run --unit="nixpipe-activate-$1" --description="nixpipe-activate $3 $4" --collect --quiet \
-            --setenv=PATH="$PATH" -- "$(command -v sh)" "$d/activate.sh" job "$@" || exit 1
+            --setenv=PATH="$PATH" -- "$(command -v sh)" "$d/activate.sh" job "$@" 3>&- || exit 1
     else
-        (setsid sh "$d/activate.sh" job "$@" </dev/null >/dev/null 2>&1 &)
+        (setsid sh "$d/activate.sh" job "$@" </dev/null >/dev/null 2>&1 3>&- &)
     fi
     follow "$1" 0 0
 }
@@ -50,18 +54,21 @@ launch() {
 frame() {
     end=$(wc -c <"$2")
     if [ "$end" -gt "$3" ]; then
-        printf 'nixpipe-frame %s %s\n' "$1" "$((end - $3))"
-        tail -c +"$(($3 + 1))" "$2" | head -c "$((end - $3))"
+        printf 'nixpipe-frame %s %s\n' "$1" "$((end - $3))" >&3
+        tail -c +"$(($3 + 1))" "$2" | head -c "$((end - $3))" >&3
     fi
     at=$end
 }
 
-# An event of follow's own, framed.
-event() { printf 'nixpipe-frame event %s\n%s\n' "$((${#1} + 1))" "$1"; }
+# An event of follow's own (KIND KEY=VALUE...), framed.
+event() {
+    line=$(event_line "$@")
+    printf 'nixpipe-frame event %s\n%s\n' "$((${#line} + 1))" "$line" >&3
+}
 
 follow() {
     d=$jobs/$1 log_at=$2 events_at=$3 dead=0
-    [ -d "$d" ] || { event "result gone"; exit 0; }
+    [ -d "$d" ] || { event result outcome=gone; exit 0; }
     while :; do
         ended=0
         [ -e "$d/done" ] && ended=1
@@ -75,7 +82,7 @@ follow() {
         else
             # Killed without a word (or never started): say so after 10 s.
             dead=$((dead + 1))
-            [ "$dead" -gt 50 ] && { event "result vanished"; exit 0; }
+            [ "$dead" -gt 50 ] && { event result outcome=vanished; exit 0; }
         fi
         sleep 0.2
     done
@@ -89,19 +96,22 @@ reject() {
     [ -d "$jobs/$1" ] && : >"$jobs/$1/rejected"
 }
 
-say() { printf '%s\n' "$*" >>"$d/events"; }
+# say KIND KEY=VALUE...: an event of the job, in its events file.
+say() { event_line "$@" >>"$d/events"; }
 
+# finish OUTCOME [ROLLBACK]: the job's result, its last event.
 finish() {
-    say result "$@"
+    say result outcome="$1" detail="${2:-}"
     : >"$d/done"
     exit 0
 }
 
 # switch PROGRAM ACTION
 switch() {
-    say switching "$2" "${1%/bin/*}"
-    # The lock stays with this job, not with what the switch starts.
-    "$1" "$2" 9>&-
+    say switching action="$2" system="${1%/bin/*}"
+    # The lock stays with this job, not with what the switch starts; the
+    # switch never sees the event channel.
+    "$1" "$2" 3>&- 9>&-
 }
 
 generation() {
@@ -117,9 +127,9 @@ roll_back() {
     now=$(readlink "$profile" 2>/dev/null) || now=
     if [ "$now" != "$previous_link" ]; then
         if [ -n "$previous_link" ]; then
-            nix-env -p "$profile" --switch-generation "$(generation "$previous_link")" || rollback=rollback-failed
+            nix-env -p "$profile" --switch-generation "$(generation "$previous_link")" || rollback='rollback-failed'
         else
-            rm -f "$profile" || rollback=rollback-failed
+            rm -f "$profile" || rollback='rollback-failed'
         fi
         # A generation that failed leaves the profile, and so the boot menu.
         if [ "$mode" = set ] && [ -n "$now" ]; then rm -f "${profile%/*}/$now"; fi
@@ -132,7 +142,7 @@ roll_back() {
         [ "$rollback" = rolled-back ] && rollback=nothing-to-reactivate
         return
     fi
-    switch "$back/bin/switch-to-configuration" "$action" || rollback=rollback-failed
+    switch "$back/bin/switch-to-configuration" "$action" || rollback='rollback-failed'
 }
 
 confirmed_within() {
@@ -162,7 +172,7 @@ job() {
     # /run/current-system (a first deploy), nothing ran before.
     previous=
     [ -e /run/current-system ] && previous=$(readlink -f /run/current-system)
-    say previous "$previous"
+    say previous path="$previous"
     case $mode in
         set)
             case $action in
@@ -181,7 +191,7 @@ job() {
         finish failed "$rollback"
     fi
     if [ "$confirm" -gt 0 ]; then
-        say awaiting-confirmation "$confirm"
+        say awaiting-confirmation seconds="$confirm"
         if ! confirmed_within "$confirm"; then
             roll_back
             [ -e "$d/rejected" ] && finish rejected "$rollback"

@@ -98,17 +98,20 @@ impl Progress {
         progress.bar.set_message(format!("0/{paths} paths"));
         progress
     }
+}
 
-    pub fn sent(&self, bytes: u64) {
+impl nixpipe_core::report::CopyProgress for Progress {
+    fn sent(&self, bytes: u64) {
         self.bar.inc(bytes);
     }
 
-    /// Called as the target confirms each path.
-    pub fn path_done(&self, done: u64) {
+    fn path_done(&self, done: u64) {
         self.bar.set_message(format!("{done}/{} paths", self.paths));
     }
+}
 
-    pub fn finish(&self) {
+impl Drop for Progress {
+    fn drop(&mut self) {
         self.bar.finish_and_clear();
         bars().remove(&self.bar);
     }

@@ -1,9 +1,9 @@
 # The host's side of nixpipe-microvm, run as root: microvm.nix's layout of
 # /var/lib/microvms, kept as microvm.nix keeps it. Entry points:
 #   install NAME RUNNER RESTART   point NAME/current at RUNNER (auto|always|never restart)
-#   list                          one line per VM: NAME CURRENT BOOTED RUNNING
+#   list                          a `vm` event per VM: name current valid booted running
 #   remove NAME PURGE             stop NAME, drop its links and GC roots (and its state if PURGE=1)
-# Output lines are `key value`, for nixpipe to read.
+# The answers are events (prelude.sh): `installed`, `vm`, `removed`.
 set -eu
 dir=/var/lib/microvms
 roots=/nix/var/nix/gcroots/microvm
@@ -33,16 +33,15 @@ install() {
     chmod 0775 "$dir"
     own "$dir"
     current=$(readlink "$d/current" 2>/dev/null || true)
-    if [ "$current" = "$runner" ]; then
-        echo "unchanged"
-    else
+    changed=0
+    if [ "$current" != "$runner" ]; then
+        changed=1
         if [ -n "$current" ]; then
             link "$current" "$d/old"
             own "$d/old"
         fi
         link "$runner" "$d/current"
         own "$d/current"
-        echo "previous $current"
     fi
     link "$d/current" "$roots/$name"
     link "$d/booted" "$roots/booted-$name"
@@ -53,10 +52,8 @@ install() {
         never) go=0 ;;
         auto) if running "$name" && [ "$booted" != "$runner" ]; then go=1; else go=0; fi ;;
     esac
-    if [ "$go" = 1 ]; then
-        systemctl restart "$(unit "$name")"
-        echo "restarted"
-    fi
+    [ "$go" = 1 ] && systemctl restart "$(unit "$name")"
+    emit installed changed="$changed" previous="$current" restarted="$go"
 }
 
 list() {
@@ -71,17 +68,17 @@ list() {
         booted=$(readlink "$d/booted" 2>/dev/null || true)
         run=0
         running "$name" && run=1
-        printf 'vm %s %s %s %s %s\n' "$name" "$current" "$valid" "${booted:--}" "$run"
+        emit vm name="$name" current="$current" valid="$valid" booted="$booted" running="$run"
     done
 }
 
 remove() {
     name=$1 purge=$2 d=$dir/$1
-    [ -d "$d" ] || { echo "missing"; return 0; }
+    [ -d "$d" ] || { emit removed found=0; return 0; }
     if running "$name"; then systemctl stop "$(unit "$name")"; fi
     rm -f "$roots/$name" "$roots/booted-$name" "$roots/old-$name" "$d/current" "$d/old" "$d/booted"
     if [ "$purge" = 1 ]; then rm -rf "$d"; fi
-    echo "removed"
+    emit removed found=1
 }
 
 "$@"

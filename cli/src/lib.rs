@@ -1,0 +1,164 @@
+//! nixpipe-cli: what every nixpipe command does the same way at its edge:
+//! its name in messages, one-line errors on stderr, exit statuses, the flag
+//! groups commands share, writing records, and the one [`reporter`] that
+//! renders what the core reports (on stderr, progress lines on a terminal
+//! only). The core never prints; this crate is where printing happens.
+
+pub mod progress;
+pub mod reporter;
+
+use nixpipe_core::fleet::{self, Rollout};
+use nixpipe_core::privilege::Privilege;
+use nixpipe_core::{Error, Outcome, Record, RecordWriter};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+static PROGRAM: OnceLock<&'static str> = OnceLock::new();
+
+/// The name messages start with: `nixpipe-copy: web1: ...`.
+pub fn program() -> &'static str {
+    PROGRAM.get().copied().unwrap_or("nixpipe")
+}
+
+/// Parses the command line, runs the command with the reporter installed,
+/// and turns its result into the exit status of the pipe contract: 0 all
+/// done, 1 some record failed, 2 bad usage or input.
+pub fn main<C: clap::Parser>(program: &'static str, run: impl FnOnce(C) -> Result<Outcome, Error>) -> ExitCode {
+    let _ = PROGRAM.set(program);
+    nixpipe_core::report::install(Box::new(reporter::Terminal));
+    let cli = match C::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(program, e),
+    };
+    match run(cli) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            progress::println(&format!("{program}: {e}"));
+            e.exit_code()
+        }
+    }
+}
+
+/// clap's own errors in the one line of the pipe contract, naming the flag
+/// (`nixpipe-copy: unexpected argument '--too' found (--help for more)`),
+/// exit 2; --help and --version as clap shows them.
+fn usage_error(program: &str, e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    progress::println(&format!("{program}: {} (--help for more)", one_line(&e.render().to_string())));
+    ExitCode::from(2)
+}
+
+/// clap's message without its usage and hints, its lines joined.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+/// The records a command works on.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RecordArgs {
+    /// Store paths or records; read from stdin when none are given
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+impl RecordArgs {
+    /// The records, from the arguments or else stdin, checked whole.
+    pub fn read(&self) -> Result<Vec<Record>, Error> {
+        nixpipe_core::record::from_args_or_stdin(&self.paths)
+    }
+}
+
+/// --json, as every command takes it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OutputArgs {
+    /// Write JSON records (one object per line) instead of plain lines
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How the privileged steps become root, as every command that has them
+/// takes it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PrivilegeArgs {
+    /// Ask the sudo password once, on the terminal, for every host of the run
+    #[arg(long)]
+    pub ask_sudo_password: bool,
+
+    /// Become root with CMD instead of sudo (e.g. doas)
+    #[arg(long, value_name = "CMD")]
+    pub sudo_cmd: Option<String>,
+}
+
+impl PrivilegeArgs {
+    /// The privilege of the run; asks the password now when told to.
+    pub fn privilege(&self) -> Result<Privilege, Error> {
+        Ok(Privilege::new(self.sudo_cmd.as_deref(), self.ask_sudo_password)?)
+    }
+}
+
+/// How many hosts at once, as every command over many hosts takes it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JobsArgs {
+    /// Work on up to N hosts at once
+    #[arg(long, short = 'j', value_name = "N", default_value_t = fleet::DEFAULT_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub jobs: usize,
+}
+
+impl JobsArgs {
+    /// Every host as soon as a slot is free, whatever fails.
+    pub fn rollout(&self) -> Rollout {
+        Rollout { jobs: self.jobs, ..Rollout::default() }
+    }
+}
+
+/// Passes on the records that succeeded and reports the ones that failed.
+pub struct Results {
+    writer: RecordWriter,
+    outcome: Outcome,
+}
+
+impl Results {
+    pub fn new(output: &OutputArgs) -> Results {
+        Results { writer: RecordWriter::new(output.json), outcome: Outcome::default() }
+    }
+
+    /// Writes the record when `result` is Ok, reports the failure otherwise.
+    pub fn record<E: std::fmt::Display>(&mut self, record: &Record, result: Result<(), E>) -> Result<(), Error> {
+        match result {
+            Ok(()) => self.write(record),
+            Err(why) => {
+                self.failed(record.label(), &why);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes a record to stdout, whatever became of it.
+    pub fn write(&mut self, record: &Record) -> Result<(), Error> {
+        progress::suspend(|| self.writer.write(record)).map_err(|e| Error::Output(e.to_string()))
+    }
+
+    /// Reports one failure, naming what failed; the run goes on.
+    pub fn failed(&mut self, who: &str, why: &dyn std::fmt::Display) {
+        progress::println(&format!("{}: {who}: {why}", program()));
+        self.outcome.failed += 1;
+    }
+
+    pub fn finish(self) -> Outcome {
+        self.outcome
+    }
+}

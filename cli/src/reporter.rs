@@ -1,0 +1,72 @@
+//! The one reporter: what the core reports, rendered for the person at the
+//! terminal, on stderr. Lines about a host are marked with its record
+//! (`web1 | ...`) and also shown as its latest step on its progress line;
+//! notes start with the command's name.
+
+use crate::progress;
+use nixpipe_core::report::{CopyProgress, Report, Reporter};
+
+pub struct Terminal;
+
+impl Reporter for Terminal {
+    fn report(&self, report: Report) {
+        match report {
+            Report::Step { label, line } => show(&label, &line),
+            Report::NixLog(bytes) => progress::suspend(|| eprint!("{}", String::from_utf8_lossy(&bytes))),
+            Report::NotSubstituted { to, paths } => {
+                show(&to, &format!("{paths} paths not substituted: sending them from here"))
+            }
+            Report::NoZstd { target } => {
+                note(&format!("{target} has no zstd: compressing with ssh's own compression instead"))
+            }
+            Report::WouldCopy { path, bytes, to } => note(&format!("would copy {path} ({bytes} bytes) to {to}")),
+            Report::WouldActivate { label, action, target, path } => {
+                note(&format!("{label}: would {action} {target} to {path}"))
+            }
+            Report::ClosureDiff { label, before, after, diff } => {
+                show(&label, &format!("{before} -> {after}"));
+                for line in diff.to_string().lines() {
+                    show(&label, line);
+                }
+            }
+            Report::NothingToCompare { label, target } => {
+                show(&label, &format!("nothing on {target} yet to compare with"))
+            }
+            Report::CannotCompare { label, before, after, why } => {
+                note(&format!("{label}: cannot compare {before} with {after}: {why}"))
+            }
+            Report::Switching { label, action, system } => {
+                show(&label, &format!("switch-to-configuration {action} {system}"))
+            }
+            Report::RollingBack { label } => show(&label, "rolling back"),
+            Report::Reconnecting { label, target } => {
+                show(&label, &format!("lost the connection to {target}; reconnecting"))
+            }
+            Report::CheckFailed { label, why } => show(&label, &format!("the check failed: {why}")),
+            Report::Unconfirmed { label, target, why } => {
+                show(&label, &format!("no new connection to {target} could confirm the switch: {why}"))
+            }
+            Report::Restarted { label } => show(&label, &format!("restarted microvm@{label}.service")),
+        }
+    }
+
+    fn copy_progress(&self, label: &str, paths: u64, bytes: u64) -> Box<dyn CopyProgress + '_> {
+        Box::new(progress::Progress::new(label, paths, bytes))
+    }
+
+    fn host_line(&self, label: &str, step: &str) -> Box<dyn Send + '_> {
+        Box::new(progress::HostLine::new(label, step))
+    }
+}
+
+/// A line of what happens on a host, marked with the record it is about;
+/// never an error line. On a terminal it is also the host's latest step.
+fn show(label: &str, line: &str) {
+    progress::println(&format!("{label} | {line}"));
+    progress::step(label, line);
+}
+
+/// A note for the person at the terminal.
+fn note(what: &str) {
+    progress::println(&format!("{}: {what}", crate::program()));
+}

@@ -1,0 +1,2 @@
+# The facts of a session (host_facts in prelude.sh), and nothing else.
+host_facts

@@ -1,0 +1,36 @@
+# What every script nixpipe runs on a host starts with (session.rs puts it
+# in front). The script's answer is a list of events on the channel that was
+# stdout, now fd 3; stdout itself goes to stderr, so that what the programs
+# a script runs print can never pass for an event. An event is one line:
+#   nixpipe-event<TAB>KIND<TAB>KEY=VALUE<TAB>...
+# with tabs and newlines in values turned into spaces.
+exec 3>&1 1>&2
+event_tab=$(printf '\t')
+event_newline='
+'
+
+# emit KIND KEY=VALUE...: one event on the event channel.
+emit() {
+    event_line "$@" >&3
+}
+
+# event_line KIND KEY=VALUE...: one event, on stdout.
+event_line() {
+    printf 'nixpipe-event\t%s' "$1"
+    shift
+    for field; do
+        case $field in
+            *"$event_tab"* | *"$event_newline"*) field=$(printf '%s' "$field" | tr '\t\n' '  ') ;;
+        esac
+        printf '\t%s' "$field"
+    done
+    printf '\n'
+}
+
+# What every session learns once: who logs in, which init runs, which Nix.
+host_facts() {
+    init=other
+    [ -d /run/systemd/system ] && init=systemd
+    nix=$(nix-store --version 2>/dev/null | sed -n 's/.* \([0-9][0-9.]*[^ ]*\)$/\1/p')
+    emit host uid="$(id -u)" init="$init" nix="$nix" machine="$(uname -m)"
+}

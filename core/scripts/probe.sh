@@ -1,0 +1,51 @@
+# Facts nixpipe-activate needs from the target, read as the login user, in
+# one round trip, changing nothing: the session's facts (a `host` event),
+# then one `probe` event. Arguments: PATH, SPECIALISATION (may be empty),
+# and WHICH: `given` (PATH), `rollback` (the generation before the current
+# one) or `previous-bundle` (/etc/nixos/previous-configuration).
+p=$1 spec=$2 which=$3
+profile=/nix/var/nix/profiles/system
+host_facts
+# readlink -f prints a path that does not exist too: with no
+# /run/current-system (a first deploy), nothing ran before.
+current=
+[ -e /run/current-system ] && current=$(readlink -f /run/current-system)
+hostname=$(cat /proc/sys/kernel/hostname)
+case $which in
+    rollback)
+        # What `nix-env --rollback` goes back to: the highest generation below the current one.
+        n=$(readlink "$profile" 2>/dev/null | sed -n 's/^system-\([0-9]*\)-link$/\1/p')
+        prev=$(find "${profile%/*}" -maxdepth 1 -name 'system-*-link' 2>/dev/null |
+            sed -n 's|.*/system-\([0-9]*\)-link$|\1|p' | sort -n | awk -v n="${n:-0}" '$1 < n' | tail -n 1)
+        p=
+        [ -n "$prev" ] && p=$(readlink -f "$profile-$prev-link")
+        ;;
+    previous-bundle)
+        p=
+        [ -e /etc/nixos/previous-configuration ] && p=$(readlink -f /etc/nixos/previous-configuration)
+        ;;
+esac
+if [ -z "$p" ]; then
+    emit probe hostname="$hostname" current="$current"
+    exit 0
+fi
+valid=0
+nix-store --check-validity "$p" 2>/dev/null && valid=1
+system=$p bundle=0
+# A bundle (nixpipe-bundle) carries its system as toplevel, and bin/switch.
+if [ -f "$p/manifest.json" ] && [ -x "$p/bin/switch" ] && [ -e "$p/toplevel" ]; then
+    bundle=1
+    system=$p/toplevel
+fi
+nixos=0
+[ -f "$system/nixos-version" ] && [ -x "$system/bin/switch-to-configuration" ] && nixos=1
+configured=
+[ -f "$system/etc/hostname" ] && configured=$(cat "$system/etc/hostname")
+has_spec='' specs=''
+if [ -n "$spec" ]; then
+    has_spec=0
+    [ -x "$system/specialisation/$spec/bin/switch-to-configuration" ] && has_spec=1
+    specs=$(find "$system/specialisation/" -mindepth 1 -maxdepth 1 2>/dev/null | sed 's|.*/||' | sort | tr '\n' ' ')
+fi
+emit probe hostname="$hostname" current="$current" resolved="$p" valid="$valid" bundle="$bundle" nixos="$nixos" \
+    configured="$configured" specialisation="$has_spec" specialisations="$specs"

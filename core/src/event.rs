@@ -1,0 +1,257 @@
+//! The events nixpipe's scripts answer with (core/scripts/prelude.sh),
+//! parsed once into types: a line `nixpipe-event<TAB>KIND<TAB>KEY=VALUE...`.
+//! Lines that are not events (what a login shell printed, say) are
+//! skipped; so are events of an unknown kind or missing a field.
+
+use crate::store_path::StorePath;
+use std::collections::HashMap;
+
+const MARK: &str = "nixpipe-event\t";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// What a session learns about its host once.
+    Host(HostFacts),
+    /// What nixpipe-activate checks before anything changes.
+    Probe(ProbeFacts),
+    /// A step of the activation job.
+    Job(JobEvent),
+    /// One MicroVM on a host.
+    Vm(VmState),
+    /// What installing a MicroVM runner did.
+    Installed { changed: bool, previous: Option<String>, restarted: bool },
+    /// Whether a MicroVM that was to be removed was there.
+    Removed { found: bool },
+    /// A path of a system's closure (`before` or `after`).
+    Requisite { after: bool, path: String },
+    /// The relay's closure has this many paths.
+    Closure { paths: usize },
+    /// The relay sent a path of this many bytes.
+    Sent { path: String, size: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The login user's uid: 0 needs no sudo.
+    pub uid: u32,
+    /// Whether systemd runs as init.
+    pub systemd: bool,
+    /// The version of the host's nix-store; None where it has none on PATH.
+    pub nix: Option<String>,
+    /// `uname -m`.
+    pub machine: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeFacts {
+    pub hostname: String,
+    /// The running system.
+    pub current: Option<String>,
+    /// The path to activate: the one given, the generation before the
+    /// current one, or the previous bundle; None when there is none.
+    pub resolved: Option<String>,
+    pub valid: bool,
+    /// A bundle (nixpipe-bundle) rather than a system.
+    pub bundle: bool,
+    pub nixos: bool,
+    /// The hostname the system itself is configured with (`etc/hostname`).
+    pub configured: Option<String>,
+    /// Whether the system has the specialisation asked for.
+    pub specialisation: Option<bool>,
+    pub specialisations: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    Started,
+    /// The system that ran before; None on a first deploy.
+    Previous(Option<String>),
+    Switching {
+        action: String,
+        system: String,
+    },
+    RollingBack,
+    AwaitingConfirmation {
+        seconds: u64,
+    },
+    Result(JobResult),
+}
+
+/// How the job ended, as it said in its `result` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobResult {
+    Ok,
+    /// switch-to-configuration failed; what became of it.
+    Failed(Rollback),
+    /// Nobody confirmed in time; what the rollback did.
+    Unconfirmed(Rollback),
+    /// The --check command failed after the switch; what the rollback did.
+    Rejected(Rollback),
+    /// Another activation holds the lock: who.
+    Locked(String),
+    /// The job cannot be followed any more: why.
+    Lost(String),
+}
+
+/// What came of a failed switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollback {
+    /// The previous generation is active again.
+    RolledBack,
+    /// The profile went back; no system ran before to re-activate.
+    NothingToReactivate,
+    /// The rollback failed too.
+    RollbackFailed,
+    /// The profile could not be set: nothing was activated.
+    ProfileNotSet,
+    /// A dry activation failed: nothing changed.
+    NothingChanged,
+}
+
+impl Rollback {
+    fn parse(text: &str) -> Rollback {
+        match text {
+            "rolled-back" => Rollback::RolledBack,
+            "nothing-to-reactivate" => Rollback::NothingToReactivate,
+            "profile" => Rollback::ProfileNotSet,
+            "nothing-changed" => Rollback::NothingChanged,
+            _ => Rollback::RollbackFailed,
+        }
+    }
+
+    /// Whether the host runs what it ran before.
+    pub fn is_back(self) -> bool {
+        matches!(self, Rollback::RolledBack | Rollback::NothingToReactivate)
+    }
+}
+
+/// One VM on a host, as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VmState {
+    pub name: String,
+    pub current: String,
+    pub booted: Option<String>,
+    pub running: bool,
+    /// Whether its current runner is still in the store.
+    #[serde(skip)]
+    pub valid: bool,
+}
+
+/// Every event in a script's output, in order.
+pub fn parse_all(output: &[u8]) -> Vec<Event> {
+    String::from_utf8_lossy(output).lines().filter_map(parse_line).collect()
+}
+
+/// The event a line holds, if it is one.
+pub fn parse_line(line: &str) -> Option<Event> {
+    let mut words = line.strip_prefix(MARK)?.split('\t');
+    let kind = words.next()?;
+    let fields: HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+    let get = |key: &str| fields.get(key).copied();
+    let flag = |key: &str| get(key) == Some("1");
+    let some = |key: &str| get(key).filter(|v| !v.is_empty()).map(str::to_owned);
+    Some(match kind {
+        "host" => Event::Host(HostFacts {
+            uid: get("uid")?.parse().ok()?,
+            systemd: get("init") == Some("systemd"),
+            nix: some("nix"),
+            machine: get("machine")?.to_owned(),
+        }),
+        "probe" => Event::Probe(ProbeFacts {
+            hostname: get("hostname")?.to_owned(),
+            current: some("current"),
+            resolved: some("resolved"),
+            valid: flag("valid"),
+            bundle: flag("bundle"),
+            nixos: flag("nixos"),
+            configured: some("configured"),
+            specialisation: some("specialisation").map(|v| v == "1"),
+            specialisations: get("specialisations").unwrap_or("").trim().to_owned(),
+        }),
+        "started" => Event::Job(JobEvent::Started),
+        "previous" => Event::Job(JobEvent::Previous(some("path"))),
+        "switching" => Event::Job(JobEvent::Switching { action: get("action")?.into(), system: get("system")?.into() }),
+        "rolling-back" => Event::Job(JobEvent::RollingBack),
+        "awaiting-confirmation" => {
+            Event::Job(JobEvent::AwaitingConfirmation { seconds: get("seconds")?.parse().ok()? })
+        }
+        "result" => Event::Job(JobEvent::Result(job_result(get("outcome")?, get("detail").unwrap_or("")))),
+        "vm" => Event::Vm(VmState {
+            name: crate::microvm::parse_vm_name(get("name")?).ok()?,
+            current: get("current")?.to_owned(),
+            booted: some("booted"),
+            running: flag("running"),
+            valid: flag("valid"),
+        }),
+        "installed" => {
+            Event::Installed { changed: flag("changed"), previous: some("previous"), restarted: flag("restarted") }
+        }
+        "removed" => Event::Removed { found: flag("found") },
+        "requisite" => Event::Requisite { after: get("of")? == "after", path: get("path")?.to_owned() },
+        "closure" => Event::Closure { paths: get("paths")?.trim().parse().ok()? },
+        "sent" => Event::Sent {
+            path: StorePath::parse(get("path")?).ok()?.to_string(),
+            size: get("size")?.trim().parse().ok()?,
+        },
+        _ => return None,
+    })
+}
+
+fn job_result(outcome: &str, detail: &str) -> JobResult {
+    match outcome {
+        "ok" => JobResult::Ok,
+        "failed" => JobResult::Failed(Rollback::parse(detail)),
+        "unconfirmed" => JobResult::Unconfirmed(Rollback::parse(detail)),
+        "rejected" => JobResult::Rejected(Rollback::parse(detail)),
+        "locked" => JobResult::Locked(detail.to_owned()),
+        "gone" => JobResult::Lost("the job is gone from the target (did it reboot?)".into()),
+        "vanished" => JobResult::Lost("the job died without a result".into()),
+        other => JobResult::Lost(format!("the job ended with an unknown result '{other}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Script;
+    use std::process::Command;
+
+    #[test]
+    fn parses_what_the_scripts_emit() {
+        let out = "motd line\nnixpipe-event\thost\tuid=1000\tinit=systemd\tnix=2.34.0\tmachine=x86_64\n\
+                   nixpipe-event\tresult\toutcome=failed\tdetail=rolled-back\n\
+                   nixpipe-event\tprobe\thostname=web1\tcurrent=\tspecialisation=0\tspecialisations=a b \n";
+        let events = parse_all(out.as_bytes());
+        assert_eq!(
+            events[0],
+            Event::Host(HostFacts { uid: 1000, systemd: true, nix: Some("2.34.0".into()), machine: "x86_64".into() })
+        );
+        assert_eq!(events[1], Event::Job(JobEvent::Result(JobResult::Failed(Rollback::RolledBack))));
+        let Event::Probe(probe) = &events[2] else { panic!("{events:?}") };
+        assert_eq!((probe.current.as_ref(), probe.specialisation), (None, Some(false)));
+        assert_eq!(probe.specialisations, "a b");
+    }
+
+    #[test]
+    fn junk_and_unknown_events_are_skipped() {
+        for line in ["result outcome=ok", "nixpipe-event\tnonsense", "nixpipe-event\thost\tuid=x\tmachine=m", ""] {
+            assert_eq!(parse_line(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_script_answers_in_events_whatever_its_programs_print() {
+        let argv = Script::Facts.argv(&[] as &[&str]);
+        let output = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.lines().all(|l| l.starts_with(MARK)), "{text}");
+        assert!(matches!(parse_all(&output.stdout)[..], [Event::Host(_)]), "{text}");
+    }
+
+    #[test]
+    fn values_with_tabs_and_newlines_stay_one_field() {
+        let script = format!("{}\nemit previous path=\"$1\"", include_str!("../scripts/prelude.sh"));
+        let output = Command::new("sh").args(["-c", &script, "sh", "a\tb\nc"]).output().unwrap();
+        assert_eq!(parse_all(&output.stdout), [Event::Job(JobEvent::Previous(Some("a b c".into())))]);
+    }
+}
