@@ -118,7 +118,9 @@ impl Plan {
             check: cli.check.clone(),
         };
         let work = match cli.rollback || cli.restore_bundle {
-            true => Work::GoBack(cli.on.as_ref().expect("clap requires --on").resolve(None).map_err(Error::Usage)?),
+            true => Work::GoBack(
+                cli.on.as_ref().expect("clap requires --on").resolve(None).map_err(|e| Error::Usage(e.to_string()))?,
+            ),
             false => Work::Records(fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))?),
         };
         let rollout = Rollout { jobs: cli.jobs.jobs, batch: cli.batch, fail_fast: cli.fail_fast };

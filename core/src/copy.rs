@@ -113,7 +113,7 @@ impl std::str::FromStr for DestinationSpec {
                 "{scheme}:// stores are not supported: copy to file:///DIR, an ssh host or local, or use `nix copy --to {s}`"
             ));
         }
-        s.parse().map(DestinationSpec::Store)
+        s.parse().map(DestinationSpec::Store).map_err(|e: target::TargetError| e.to_string())
     }
 }
 
@@ -208,7 +208,11 @@ pub fn routes(
 
 /// The source defaults to the local store; the destination to the machine
 /// the record names.
-fn route_for(record: &Record, from: Option<&TargetSpec>, to: Option<&DestinationSpec>) -> Result<Route, String> {
+fn route_for(
+    record: &Record,
+    from: Option<&TargetSpec>,
+    to: Option<&DestinationSpec>,
+) -> Result<Route, target::TargetError> {
     let from = match from {
         Some(spec) => spec.resolve(record.name.as_deref())?,
         None => Target::Local,

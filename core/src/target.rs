@@ -9,6 +9,17 @@ use crate::record::Record;
 use std::fmt;
 use std::process::{Command, Output, Stdio};
 
+/// A target the user wrote that cannot be one: bad usage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("bad target '{spec}': {why}")]
+    Bad { spec: String, why: String },
+    #[error("the record has no name to fill {{name}} in '{0}'")]
+    NoNameToFill(String),
+    #[error("the record has no name and no target was given")]
+    NoTarget,
+}
+
 /// Why running something on a target failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SshError {
@@ -54,11 +65,11 @@ pub struct SshHost {
 pub struct TargetSpec(String);
 
 impl std::str::FromStr for TargetSpec {
-    type Err = String;
+    type Err = TargetError;
 
     /// Checks the form up front, with a stand-in name, so that a typo is
     /// bad usage before any record is touched.
-    fn from_str(s: &str) -> Result<TargetSpec, String> {
+    fn from_str(s: &str) -> Result<TargetSpec, TargetError> {
         let spec = TargetSpec(s.to_owned());
         spec.resolve(Some("name"))?;
         Ok(spec)
@@ -67,10 +78,9 @@ impl std::str::FromStr for TargetSpec {
 
 impl TargetSpec {
     /// The target for one record: `{name}` replaced by its NAME.
-    pub fn resolve(&self, name: Option<&str>) -> Result<Target, String> {
+    pub fn resolve(&self, name: Option<&str>) -> Result<Target, TargetError> {
         let text = if self.0.contains(NAME_PLACEHOLDER) {
-            let name =
-                name.ok_or_else(|| format!("the record has no name to fill {NAME_PLACEHOLDER} in '{}'", self.0))?;
+            let name = name.ok_or_else(|| TargetError::NoNameToFill(self.0.clone()))?;
             self.0.replace(NAME_PLACEHOLDER, name)
         } else {
             self.0.clone()
@@ -81,16 +91,16 @@ impl TargetSpec {
 
 /// The target of each record: `spec` when given; otherwise the record's
 /// NAME as an ssh host, or `unnamed` for a record without one.
-pub fn for_record(spec: Option<&TargetSpec>, record: &Record, unnamed: Option<Target>) -> Result<Target, String> {
+pub fn for_record(spec: Option<&TargetSpec>, record: &Record, unnamed: Option<Target>) -> Result<Target, TargetError> {
     match (spec, &record.name) {
         (Some(spec), name) => spec.resolve(name.as_deref()),
         (None, Some(name)) => Target::parse(name),
-        (None, None) => unnamed.ok_or_else(|| "the record has no name and no target was given".to_owned()),
+        (None, None) => unnamed.ok_or(TargetError::NoTarget),
     }
 }
 
 impl Target {
-    pub fn parse(s: &str) -> Result<Target, String> {
+    pub fn parse(s: &str) -> Result<Target, TargetError> {
         if s == "local" {
             return Ok(Target::Local);
         }
@@ -99,11 +109,11 @@ impl Target {
             Some((user, hostport)) => (Some(user), hostport),
             None => (None, rest),
         };
-        let (host, port) = split_port(hostport).map_err(|e| format!("bad target '{s}': {e}"))?;
+        let (host, port) = split_port(hostport).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
         if let Some(user) = user {
-            check_user(user).map_err(|e| format!("bad target '{s}': {e}"))?;
+            check_user(user).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
         }
-        check_host(host).map_err(|e| format!("bad target '{s}': {e}"))?;
+        check_host(host).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
         Ok(Target::Ssh(SshHost { user: user.map(str::to_owned), host: host.to_owned(), port }))
     }
 
@@ -332,7 +342,7 @@ mod tests {
     fn fills_in_the_record_name() {
         let spec: TargetSpec = "root@{name}:2222".parse().unwrap();
         assert_eq!(spec.resolve(Some("web1")), Ok(ssh(Some("root"), "web1", Some(2222))));
-        assert!(spec.resolve(None).unwrap_err().contains("has no name"));
+        assert!(spec.resolve(None).unwrap_err().to_string().contains("has no name"));
         assert!("root@{name}:x".parse::<TargetSpec>().is_err());
     }
 

@@ -52,7 +52,7 @@ impl Via {
         if cache_url.is_some() {
             return Err("--cache-url is for --via file:///DIR".into());
         }
-        match Target::parse(spec)? {
+        match Target::parse(spec).map_err(|e| e.to_string())? {
             Target::Local => Err("--via local: this machine is where the copy starts; name a relay host".into()),
             relay => Ok(Via::Relay(relay)),
         }

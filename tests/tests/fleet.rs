@@ -91,7 +91,7 @@ fn a_rolling_batch_stops_at_a_failed_check_which_rolls_that_host_back() {
 
     assert_eq!(run.code, 1);
     let results: Vec<String> =
-        run.json_lines().iter().map(|r| format!("{} {} {}", r["name"], r["result"], r["rolled_back"])).collect();
+        run.json_lines().iter().map(|r| format!("{} {} {}", r["name"], r["result"], r["rolledBack"])).collect();
     assert_eq!(results, [r#""web1" "activated" false"#, r#""web2" "failed" true"#, r#""web3" "skipped" false"#]);
     let running: Vec<String> = hosts.iter().map(|h| h.sh("readlink /run/current-system").trim().to_owned()).collect();
     assert_eq!(running, [new.clone(), old.clone(), old.clone()], "web2 rolled back, web3 never reached");

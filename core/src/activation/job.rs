@@ -138,7 +138,7 @@ impl<'a> Job<'a> {
         let label = self.label.to_owned();
         if let Some(check) = self.check {
             if let Err(why) = self.run_check(check) {
-                report::report(Report::CheckFailed { label, why });
+                report::report(Report::CheckFailed { label, why: why.to_string() });
                 let _ = self.job_output("reject", &NEW_CONNECTION);
                 return;
             }
@@ -160,16 +160,16 @@ impl<'a> Job<'a> {
 
     /// Runs the --check command on the target over a new connection, as
     /// the login user, its output reported.
-    fn run_check(&self, check: &str) -> Result<(), String> {
-        let mut cmd = self.session.command(&["sh", "-c", check], &NEW_CONNECTION).map_err(|e| e.to_string())?;
-        let output = process::capture(&mut cmd).map_err(|e| e.to_string())?;
+    fn run_check(&self, check: &str) -> Result<(), crate::target::SshError> {
+        let mut cmd = self.session.command(&["sh", "-c", check], &NEW_CONNECTION)?;
+        let output = process::capture(&mut cmd)?;
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             report::step(self.label, line);
         }
         if output.status.success() {
             return Ok(());
         }
-        Err(self.session.target.failure(check, &output).to_string())
+        Err(self.session.target.failure(check, &output))
     }
 
     /// Runs job.sh COMMAND ID as root on the target to its end.
