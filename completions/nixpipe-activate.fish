@@ -4,6 +4,9 @@ complete -c nixpipe-activate -l confirm-timeout -d 'Roll back unless a new ssh c
 complete -c nixpipe-activate -l sudo-cmd -d 'Become root with CMD instead of sudo (e.g. doas)' -r
 complete -c nixpipe-activate -s j -l jobs -d 'Work on up to N hosts at once' -r
 complete -c nixpipe-activate -l batch -d 'Roll out N hosts at a time; a failed host (switch or --check) stops the rollout' -r
+complete -c nixpipe-activate -l if-inhibited -d 'When the system\'s switch inhibitors forbid a switch (critical components changed): refuse it, or make it the boot default instead (boot), to run at the next reboot' -r -f -a "refuse\t'Refuse it, changing nothing'
+boot\t'Make it the boot default instead (boot), to activate at the next reboot'"
+complete -c nixpipe-activate -l reboot-timeout -d 'How long a rebooted target may take to answer again' -r
 complete -c nixpipe-activate -l check -d 'Run COMMAND on each target after switching (e.g. \'curl -fsS localhost/health\'); when it fails, that target rolls back' -r
 complete -c nixpipe-activate -l no-hostname-check -d 'Activate even when the target\'s hostname is not the record\'s'
 complete -c nixpipe-activate -l dry-run -d 'Check everything on the target, change nothing'
@@ -13,6 +16,9 @@ complete -c nixpipe-activate -l ask-sudo-password -d 'Ask the sudo password once
 complete -c nixpipe-activate -l realise -d 'Let the target fetch a missing system from its own substituters first'
 complete -c nixpipe-activate -l diff -d 'Show what changes (packages upgraded, added, removed) before activating, on stderr'
 complete -c nixpipe-activate -l fail-fast -d 'Start no more hosts once one has failed'
+complete -c nixpipe-activate -l reboot -d 'Reboot into the new system when it is the boot default but does not run yet (boot, an inhibited switch, a changed init interface or kernel), and check that it comes back running it'
+complete -c nixpipe-activate -l keep-on-unit-failure -d 'Keep a new system whose switch left units failed (exit 4) instead of rolling back'
+complete -c nixpipe-activate -l install-bootloader -d '(Re)install the boot loader (NIXOS_INSTALL_BOOTLOADER=1), as nixos-rebuild --install-bootloader'
 complete -c nixpipe-activate -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-activate -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-activate -s V -l version -d 'Print version'

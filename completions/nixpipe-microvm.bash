@@ -221,7 +221,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__switch)
-            opts="-j -h --vm --no-hostname-check --ask-sudo-password --sudo-cmd --jobs --json --help switch boot test dry-activate"
+            opts="-j -h --vm --no-hostname-check --ask-sudo-password --sudo-cmd --jobs --json --help switch boot test dry-activate check"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -47,6 +47,23 @@ impl Reporter for Terminal {
                 show(&label, &format!("no new connection to {target} could confirm the switch: {why}"))
             }
             Report::Restarted { label } => show(&label, &format!("restarted microvm@{label}.service")),
+            Report::BootingInstead { label, keys } => show(
+                &label,
+                &format!("switch inhibited ({} changed): making it the boot default instead", keys.join(", ")),
+            ),
+            Report::NeedsReboot { label, target } => show(
+                &label,
+                &format!(
+                    "reboot needed: {target} booted another kernel, initrd or kernel modules than the new system's"
+                ),
+            ),
+            Report::InitChanged { label, target } => show(
+                &label,
+                &format!("the init interface changed: {target} boots the new system next; reboot it to activate it"),
+            ),
+            Report::WaitingForLock { label, holder } => {
+                show(&label, &format!("waiting for NixOS's switch lock, held by {holder}"))
+            }
         }
     }
 
@@ -56,6 +73,10 @@ impl Reporter for Terminal {
 
     fn host_line(&self, label: &str, step: &str) -> Box<dyn Send + '_> {
         Box::new(progress::HostLine::new(label, step))
+    }
+
+    fn paused(&self, f: &mut dyn FnMut()) {
+        progress::suspend(f)
     }
 }
 

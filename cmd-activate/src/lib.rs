@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use nixpipe_cli::{JobsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
-use nixpipe_core::activation::{self, Action, Activation, Options, Specialisation};
+use nixpipe_core::activation::{self, Action, Activation, IfInhibited, Options, Specialisation};
 use nixpipe_core::fleet::{self, Rollout, Step};
 use nixpipe_core::privilege::Privilege;
 use nixpipe_core::report;
@@ -80,6 +80,28 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch: Option<usize>,
 
+    /// When the system's switch inhibitors forbid a switch (critical components changed): refuse it, or
+    /// make it the boot default instead (boot), to run at the next reboot
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t)]
+    pub if_inhibited: IfInhibited,
+
+    /// Reboot into the new system when it is the boot default but does not run yet (boot, an inhibited
+    /// switch, a changed init interface or kernel), and check that it comes back running it
+    #[arg(long)]
+    pub reboot: bool,
+
+    /// How long a rebooted target may take to answer again
+    #[arg(long, value_name = "SECONDS", default_value_t = activation::REBOOT_WAIT, requires = "reboot", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reboot_timeout: u64,
+
+    /// Keep a new system whose switch left units failed (exit 4) instead of rolling back
+    #[arg(long)]
+    pub keep_on_unit_failure: bool,
+
+    /// (Re)install the boot loader (NIXOS_INSTALL_BOOTLOADER=1), as nixos-rebuild --install-bootloader
+    #[arg(long)]
+    pub install_bootloader: bool,
+
     /// Run COMMAND on each target after switching (e.g. 'curl -fsS localhost/health'); when it fails, that target rolls back
     #[arg(long, value_name = "COMMAND")]
     pub check: Option<String>,
@@ -116,6 +138,10 @@ impl Plan {
             diff: cli.diff,
             restore_bundle: cli.restore_bundle,
             check: cli.check.clone(),
+            if_inhibited: cli.if_inhibited,
+            keep_on_unit_failure: cli.keep_on_unit_failure,
+            install_bootloader: cli.install_bootloader,
+            reboot: cli.reboot.then_some(cli.reboot_timeout),
         };
         let work = match cli.rollback || cli.restore_bundle {
             true => Work::GoBack(
@@ -174,8 +200,17 @@ fn check_combinations(cli: &Cli) -> Result<(), Error> {
     if cli.specialisation.is_some() && cli.action == Action::Boot {
         return usage("--specialisation cannot be used with boot, as with nixos-rebuild");
     }
-    if (cli.confirm_timeout.is_some() || cli.check.is_some()) && !matches!(cli.action, Action::Switch | Action::Test) {
-        return usage("--confirm-timeout and --check need switch or test: nothing else changes the running system");
+    if cli.reboot && !matches!(cli.action, Action::Switch | Action::Boot) {
+        return usage("--reboot needs boot or switch: nothing else makes a system the boot default");
+    }
+    let changes_running = matches!(cli.action, Action::Switch | Action::Test) || cli.reboot;
+    if (cli.confirm_timeout.is_some() || cli.check.is_some()) && !changes_running {
+        return usage(
+            "--confirm-timeout and --check need switch, test or --reboot: nothing else changes the running system",
+        );
+    }
+    if cli.install_bootloader && !matches!(cli.action, Action::Switch | Action::Boot) {
+        return usage("--install-bootloader needs switch or boot: nothing else touches the boot loader");
     }
     Ok(())
 }

@@ -45,6 +45,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "HOW", default_value_t = Compression::None)]
     pub compress: Compression,
 
+    /// Keep no GC root on the target for the records copied (by default each record's path is one, under
+    /// /nix/var/nix/gcroots/nixpipe/NAME, until nixpipe-activate has put it in the system profile)
+    #[arg(long)]
+    pub no_gc_root: bool,
+
     /// Say on stderr what would be copied; copy nothing, write no records
     #[arg(long)]
     pub dry_run: bool,
@@ -90,6 +95,7 @@ impl Plan {
             dry_run: cli.dry_run,
             target_nix_args: Vec::new(),
             target_ssh_options: Vec::new(),
+            no_gc_roots: cli.no_gc_root,
         };
         let via = cli.via.as_deref().map(|spec| Via::parse(spec, cli.cache_url.as_deref()));
         let via = via.transpose().map_err(Error::Usage)?;

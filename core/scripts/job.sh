@@ -2,14 +2,19 @@
 # sudo). nixpipe starts it, as every script, with `sh -c 'self=$1; shift;
 # eval "$self"' nixpipe SCRIPT COMMAND ARGS...`, so that `launch` can keep a
 # copy of it:
-#   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE   start the job detached, then follow it
+#   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE ROOT BOOTLOADER UNITS LOCK_WAIT
+#                                                       start the job detached, then follow it
 #   follow ID LOG_AT EVENTS_AT                          the job's log and events from those bytes until it ends
 #   confirm ID                                          confirm a switch (--confirm-timeout)
 #   reject ID                                           roll a switch back now (a failed --check)
-#   job ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE       the detached job itself
+#   job ID WHO ... (as launch)                          the detached job itself
 # PROGRAM is what switches: a system's bin/switch-to-configuration, or a
 # bundle's bin/switch. MODE: `set` the profile to SYSTEM, go back one
-# generation (`rollback`), or leave it to the program (`bundle`).
+# generation (`rollback`), or leave it to the program (`bundle`). ROOT:
+# NAME=PATH of the record's GC root (nixpipe-copy's), dropped once the
+# profile holds PATH; empty for none. BOOTLOADER: 1 to pass
+# NIXOS_INSTALL_BOOTLOADER=1. UNITS: `keep` or `roll-back` the system when
+# some units failed (exit 4). LOCK_WAIT: seconds to wait for NixOS's lock.
 # The job records its events (prelude.sh's format) in its events file,
 # which only it writes; what the switched program prints goes to its log.
 # follow sends both on the event channel as frames, `nixpipe-frame
@@ -99,19 +104,26 @@ reject() {
 # say KIND KEY=VALUE...: an event of the job, in its events file.
 say() { event_line "$@" >>"$d/events"; }
 
-# finish OUTCOME [ROLLBACK]: the job's result, its last event.
+# finish OUTCOME [DETAIL [KEY=VALUE...]]: the job's result, its last event.
 finish() {
-    say result outcome="$1" detail="${2:-}"
+    outcome=$1 detail=${2:-}
+    shift $(($# < 2 ? $# : 2))
+    say result outcome="$outcome" detail="$detail" "$@"
     : >"$d/done"
     exit 0
 }
 
-# switch PROGRAM ACTION
+# switch PROGRAM ACTION [BOOTLOADER]: runs the switch; its exit status.
 switch() {
     say switching action="$2" system="${1%/bin/*}"
     # The lock stays with this job, not with what the switch starts; the
-    # switch never sees the event channel.
-    "$1" "$2" 3>&- 9>&-
+    # switch never sees the event channel. NIXOS_INSTALL_BOOTLOADER: only
+    # when asked (--install-bootloader), as nixos-rebuild passes it.
+    if [ "${3:-0}" = 1 ]; then
+        NIXOS_INSTALL_BOOTLOADER=1 "$1" "$2" 3>&- 9>&-
+    else
+        "$1" "$2" 3>&- 9>&-
+    fi
 }
 
 generation() {
@@ -119,21 +131,26 @@ generation() {
     echo "${n%-link}"
 }
 
-# Puts the profile back where it was and activates what ran before; sets
+# Puts the profile back where it was, without the failed generation; sets
 # $rollback to what came of it.
-roll_back() {
-    say rolling-back
+put_profile_back() {
     rollback=rolled-back
     now=$(readlink "$profile" 2>/dev/null) || now=
-    if [ "$now" != "$previous_link" ]; then
-        if [ -n "$previous_link" ]; then
-            nix-env -p "$profile" --switch-generation "$(generation "$previous_link")" || rollback='rollback-failed'
-        else
-            rm -f "$profile" || rollback='rollback-failed'
-        fi
-        # A generation that failed leaves the profile, and so the boot menu.
-        if [ "$mode" = set ] && [ -n "$now" ]; then rm -f "${profile%/*}/$now"; fi
+    [ "$now" = "$previous_link" ] && return
+    if [ -n "$previous_link" ]; then
+        nix-env -p "$profile" --switch-generation "$(generation "$previous_link")" || rollback='rollback-failed'
+    else
+        rm -f "$profile" || rollback='rollback-failed'
     fi
+    # A generation that failed leaves the profile, and so the boot menu.
+    if [ "$mode" = set ] && [ -n "$now" ]; then rm -f "${profile%/*}/$now"; fi
+}
+
+# Puts the profile back and activates what ran before; sets $rollback to
+# what came of it.
+roll_back() {
+    say rolling-back
+    put_profile_back
     case $action in
         switch | test) back=$previous ;;
         boot) back=; [ -e "$profile" ] && back=$(readlink -f "$profile") ;;
@@ -156,8 +173,99 @@ confirmed_within() {
     [ -e "$d/confirmed" ]
 }
 
+nixos_lock=/run/nixos/switch-to-configuration.lock
+
+# Who holds NixOS's own lock: its pid and command, from /proc/locks.
+lock_holder() {
+    inode=$(stat -c %i "$nixos_lock" 2>/dev/null) || return 0
+    pid=$(awk -v inode="$inode" '$2 == "FLOCK" { n = split($6, f, ":"); if (f[n] == inode) { print $5; exit } }' /proc/locks)
+    [ -n "$pid" ] && printf 'pid %s (%s)' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+}
+
+# Waits up to $lock_wait seconds for NixOS's lock to be free (another
+# switch-to-configuration runs: nixos-rebuild, an auto-upgrade), saying who
+# holds it once. Fails when it stays taken.
+wait_for_nixos_lock() {
+    [ -e "$nixos_lock" ] || return 0
+    waited=0
+    until flock -n "$nixos_lock" true 2>/dev/null; do
+        [ "$waited" = 0 ] && say waiting-for-lock holder="$(lock_holder)"
+        waited=$((waited + 1))
+        [ "$waited" -gt "$lock_wait" ] && return 1
+        sleep 1
+    done
+}
+
+# The units switch-to-configuration said failed, as it says them.
+failed_units() {
+    sed -n 's/.*the following units failed: //p' "$d/log" | tail -n 1
+}
+
+# Whether a reboot is needed to run SYSTEM fully: the booted kernel,
+# initrd or kernel modules are not its own. unknown without /run/booted-system.
+needs_reboot() {
+    [ -e /run/booted-system ] || { echo unknown; return; }
+    for part in kernel initrd kernel-modules; do
+        [ "$(readlink -f "/run/booted-system/$part")" = "$(readlink -f "$1/$part")" ] || { echo 1; return; }
+    done
+    echo 0
+}
+
+# The record's GC root (nixpipe-copy's), once the profile holds its path.
+drop_gc_root() {
+    [ -n "$root" ] || return 0
+    name=${root%%=*} path=${root#*=}
+    for link in "/nix/var/nix/gcroots/nixpipe/$name" /nix/var/nix/gcroots/per-user/*/"nixpipe-$name"; do
+        [ "$(readlink "$link" 2>/dev/null)" = "$path" ] && rm -f "$link"
+    done
+}
+
+# What a switch's exit status means (switch-to-configuration-ng's codes);
+# finishes the job unless it went well or its failed units are kept.
+judge() {
+    case $1 in
+        0) return ;;
+        # The init interface changed: nothing activated, and the new system
+        # is the boot default: a reboot activates it.
+        100) finish reboot-needed ;;
+        # Its own lock was taken after all: nothing activated.
+        11)
+            put_profile_back
+            finish busy "$(lock_holder)"
+            ;;
+    esac
+    case $action in
+        dry-activate | check)
+            [ "$action" = check ] && grep -q 'Usage:' "$d/log" && finish no-check-action
+            finish failed nothing-changed
+            ;;
+    esac
+    case $1 in
+        # A pre-switch check or the bootloader failed: nothing was activated,
+        # so only the profile goes back.
+        1)
+            put_profile_back
+            finish not-activated "$rollback"
+            ;;
+        # Active, but some units failed: kept or rolled back, as asked.
+        4)
+            units=$(failed_units)
+            if [ "$units_policy" = keep ]; then
+                kept_units=$units
+                return
+            fi
+            roll_back
+            finish units-failed "$rollback" units="$units"
+            ;;
+    esac
+    roll_back
+    finish failed "$rollback"
+}
+
 job() {
-    id=$1 who=$2 action=$3 system=$4 program=$5 confirm=$6 mode=$7
+    id=$1 who=$2 action=$3 system=$4 program=$5 confirm=$6 mode=$7 root=$8 bootloader=$9
+    shift 9
+    units_policy=$1 lock_wait=$2
     d=$jobs/$id
     exec >>"$d/log" 2>&1 </dev/null
     echo $$ >"$d/pid"
@@ -173,6 +281,8 @@ job() {
     previous=
     [ -e /run/current-system ] && previous=$(readlink -f /run/current-system)
     say previous path="$previous"
+    # Before the profile changes: a busy NixOS lock changes nothing.
+    wait_for_nixos_lock || finish busy "$(lock_holder)"
     case $mode in
         set)
             case $action in
@@ -185,11 +295,9 @@ job() {
             program=$system/bin/switch-to-configuration
             ;;
     esac
-    if ! switch "$program" "$action"; then
-        [ "$action" = dry-activate ] && finish failed nothing-changed
-        roll_back
-        finish failed "$rollback"
-    fi
+    kept_units=
+    switch "$program" "$action" "$bootloader"
+    judge "$?"
     if [ "$confirm" -gt 0 ]; then
         say awaiting-confirmation seconds="$confirm"
         if ! confirmed_within "$confirm"; then
@@ -198,6 +306,13 @@ job() {
             finish unconfirmed "$rollback"
         fi
     fi
+    case $action in
+        switch | boot) drop_gc_root ;;
+    esac
+    case $action in
+        switch | boot | test) say needs-reboot value="$(needs_reboot "$system")" ;;
+    esac
+    [ -n "$kept_units" ] && finish units-failed kept units="$kept_units"
     finish ok
 }
 

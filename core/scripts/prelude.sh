@@ -27,10 +27,15 @@ event_line() {
     printf '\n'
 }
 
-# What every session learns once: who logs in, which init runs, which Nix.
+# What every session learns once: who logs in, whether sudo lets that
+# user in without a password, which init runs, which Nix.
 host_facts() {
     init=other
     [ -d /run/systemd/system ] && init=systemd
     nix=$(nix-store --version 2>/dev/null | sed -n 's/.* \([0-9][0-9.]*[^ ]*\)$/\1/p')
-    emit host uid="$(id -u)" init="$init" nix="$nix" machine="$(uname -m)"
+    uid=$(id -u) sudo=
+    if [ "$uid" != 0 ] && command -v sudo >/dev/null 2>&1; then
+        if sudo -n true 2>/dev/null; then sudo=1; else sudo=0; fi
+    fi
+    emit host uid="$uid" init="$init" nix="$nix" machine="$(uname -m)" sudo="$sudo"
 }

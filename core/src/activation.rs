@@ -5,6 +5,7 @@
 //! new connection confirms the switch in time (see `job`).
 
 mod job;
+mod reboot;
 
 use crate::bundle::PREVIOUS;
 use crate::event::{Event, JobResult, ProbeFacts, Rollback};
@@ -30,6 +31,18 @@ pub enum Action {
     Test,
     /// Show what activating would change, change nothing
     DryActivate,
+    /// Run the system's pre-switch checks only, change nothing
+    Check,
+}
+
+/// What to do with a switch its inhibitors forbid (--if-inhibited).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IfInhibited {
+    /// Refuse it, changing nothing
+    #[default]
+    Refuse,
+    /// Make it the boot default instead (boot), to activate at the next reboot
+    Boot,
 }
 
 impl Serialize for Action {
@@ -45,6 +58,7 @@ impl Action {
             Action::Boot => "boot",
             Action::Test => "test",
             Action::DryActivate => "dry-activate",
+            Action::Check => "check",
         }
     }
 }
@@ -104,7 +118,23 @@ pub struct Options {
     pub restore_bundle: bool,
     /// Run on the target after switching; when it fails, the target rolls back.
     pub check: Option<String>,
+    /// What to do when the system's switch inhibitors forbid the switch.
+    pub if_inhibited: IfInhibited,
+    /// Keep a system whose switch left units failed (exit 4).
+    pub keep_on_unit_failure: bool,
+    /// Pass NIXOS_INSTALL_BOOTLOADER=1 to the switch.
+    pub install_bootloader: bool,
+    /// Reboot into the new system when it is the boot default but does not
+    /// run yet (boot, an inhibited switch, a changed init interface, a new
+    /// kernel), waiting for it at most this many seconds.
+    pub reboot: Option<u64>,
 }
+
+pub use reboot::REBOOT_WAIT;
+
+/// How long the job waits for NixOS's own lock (another
+/// switch-to-configuration) before it gives up, changing nothing.
+pub const NIXOS_LOCK_WAIT: u64 = 60;
 
 /// How long the target waits for a --check to pass when no
 /// --confirm-timeout says otherwise.
@@ -140,6 +170,26 @@ pub enum ActivationError {
     Session(#[from] SessionError),
     #[error("not reached: the rollout stopped after {0} failed; nothing changed")]
     NotReached(String),
+    #[error("{path} is built for {system}, and {target} runs {platforms}; nothing changed")]
+    WrongPlatform { path: String, system: String, target: String, platforms: String },
+    #[error(
+        "{target}: {action} to {path} is inhibited: {} changed (its switch inhibitors); nothing changed \
+         (activate it at the next boot: nixpipe-activate --reboot boot, or --if-inhibited boot)",
+        keys.join(", ")
+    )]
+    Inhibited { action: &'static str, path: String, target: String, keys: Vec<String> },
+    #[error("{target} did not answer within {seconds} s of its reboot; its boot default is the new system")]
+    NeverCameBack { target: String, seconds: u64 },
+    #[error("{target} came back from its reboot running {running}, not {system}")]
+    CameBackOnOther { target: String, running: String, system: String },
+    #[error("{error}; {rollback}")]
+    RebootRolledBack { error: Box<ActivationError>, rollback: String, rolled_back: bool },
+    #[error("NixOS's own lock on {target} stayed taken ({holder}); nothing activated")]
+    Busy { target: String, holder: String },
+    #[error(
+        "the switch-to-configuration of {path} has no check action (NixOS 25.05 and later have it); nothing changed"
+    )]
+    NoCheckAction { path: String },
     // Failed after changing things.
     #[error("could not set the system profile on {target}; nothing activated (see {log})")]
     ProfileNotSet { target: String, log: String },
@@ -147,6 +197,18 @@ pub enum ActivationError {
     DryActivateFailed { action: &'static str, target: String },
     #[error("switch-to-configuration {action} failed on {target}; {rollback}")]
     SwitchFailed { action: &'static str, target: String, rollback: Rollback },
+    #[error(
+        "switch-to-configuration {action} failed on {target} before activating anything (a pre-switch check or the \
+         bootloader); {}",
+        if rollback.is_back() { "the profile is back on the previous generation" } else { "putting the profile back FAILED: the host needs attention" }
+    )]
+    NotActivated { action: &'static str, target: String, rollback: Rollback },
+    #[error(
+        "switch-to-configuration {action} on {target} left units failed: {}; {}",
+        units.join(", "),
+        match rollback { Some(r) => r.to_string(), None => "kept (--keep-on-unit-failure): the new system stays active".into() }
+    )]
+    UnitsFailed { action: &'static str, target: String, units: Vec<String>, rollback: Option<Rollback> },
     #[error("no new connection confirmed the switch within {seconds} s; {target} {rollback}")]
     Unconfirmed { seconds: u64, target: String, rollback: Rollback },
     #[error("the check failed after the switch; {target} {rollback}")]
@@ -160,8 +222,10 @@ impl ActivationError {
     pub fn rolled_back(&self) -> bool {
         match self {
             ActivationError::SwitchFailed { rollback, .. }
+            | ActivationError::UnitsFailed { rollback: Some(rollback), .. }
             | ActivationError::Unconfirmed { rollback, .. }
             | ActivationError::CheckFailed { rollback, .. } => rollback.is_back(),
+            ActivationError::RebootRolledBack { rolled_back, .. } => *rolled_back,
             _ => false,
         }
     }
@@ -185,6 +249,9 @@ pub enum Verdict {
     Activated,
     /// --dry-run: every check passed, nothing changed.
     Checked,
+    /// The init interface changed (exit 100): nothing activated, the new
+    /// system is the boot default; a reboot activates it.
+    RebootNeeded,
     /// Refused before anything changed.
     Refused(ActivationError),
     /// Failed after changing things (the error says whether the target is
@@ -202,6 +269,16 @@ pub struct Activation {
     pub hostname: Option<String>,
     /// The system that ran before.
     pub previous: Option<String>,
+    /// What switch-to-configuration was asked to do: the action given, or
+    /// boot for a switch its inhibitors forbid (--if-inhibited boot).
+    pub action: Option<Action>,
+    /// The switch inhibitors that differ from the running system's.
+    pub inhibitors: Vec<String>,
+    /// Whether the booted kernel, initrd or modules are not the new
+    /// system's (None: not known, or not switched).
+    pub needs_reboot: Option<bool>,
+    /// Whether the target was rebooted into it (--reboot).
+    pub rebooted: bool,
     pub verdict: Verdict,
 }
 
@@ -212,9 +289,16 @@ pub struct ActivationJson {
     pub target: String,
     pub action: Action,
     pub previous: Option<String>,
-    /// activated, checked, refused, failed or skipped.
+    /// activated, checked, reboot-needed, refused, units-failed, failed or
+    /// skipped.
     pub result: &'static str,
     pub rolled_back: bool,
+    pub needs_reboot: Option<bool>,
+    pub rebooted: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub switch_inhibitors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_units: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -223,13 +307,18 @@ impl Activation {
     /// A target a rollout never reached, because `stopped_by` failed.
     pub fn skipped(stopped_by: &str) -> Activation {
         let why = ActivationError::NotReached(stopped_by.to_owned());
-        Activation { path: None, hostname: None, previous: None, verdict: Verdict::Skipped(why) }
+        Activation::new(None, Verdict::Skipped(why))
+    }
+
+    fn new(path: Option<String>, verdict: Verdict) -> Activation {
+        let (hostname, previous, action, inhibitors, needs_reboot) = (None, None, None, Vec::new(), None);
+        Activation { path, hostname, previous, action, inhibitors, needs_reboot, rebooted: false, verdict }
     }
 
     /// The error, when it did not go well.
     pub fn error(&self) -> Option<&ActivationError> {
         match &self.verdict {
-            Verdict::Activated | Verdict::Checked => None,
+            Verdict::Activated | Verdict::Checked | Verdict::RebootNeeded => None,
             Verdict::Refused(e) | Verdict::Failed(e) | Verdict::Skipped(e) => Some(e),
         }
     }
@@ -239,16 +328,26 @@ impl Activation {
         let result = match &self.verdict {
             Verdict::Activated => "activated",
             Verdict::Checked => "checked",
+            Verdict::RebootNeeded => "reboot-needed",
             Verdict::Refused(_) => "refused",
+            Verdict::Failed(ActivationError::UnitsFailed { .. }) => "units-failed",
             Verdict::Failed(_) => "failed",
             Verdict::Skipped(_) => "skipped",
         };
+        let failed_units = match self.error() {
+            Some(ActivationError::UnitsFailed { units, .. }) => units.clone(),
+            _ => Vec::new(),
+        };
         ActivationJson {
             target: target.to_owned(),
-            action,
+            action: self.action.unwrap_or(action),
             previous: self.previous.clone(),
             result,
             rolled_back: self.error().is_some_and(ActivationError::rolled_back),
+            needs_reboot: self.needs_reboot.or(matches!(self.verdict, Verdict::RebootNeeded).then_some(true)),
+            rebooted: self.rebooted,
+            switch_inhibitors: self.inhibitors.clone(),
+            failed_units,
             error: self.error().map(ToString::to_string),
         }
     }
@@ -258,12 +357,7 @@ impl Activation {
 /// goes back one generation (--rollback): every check first, then the job.
 pub fn activate(session: &Session, record: Option<&Record>, opts: &Options) -> Activation {
     let label = record.map_or_else(|| session.target.to_string(), |r| r.label().to_owned());
-    let mut activation = Activation {
-        path: record.map(|r| r.path.to_string()),
-        hostname: None,
-        previous: None,
-        verdict: Verdict::Checked,
-    };
+    let mut activation = Activation::new(record.map(|r| r.path.to_string()), Verdict::Checked);
     activation.verdict = match run(session, record, opts, &label, &mut activation) {
         Ok(verdict) => verdict,
         Err(why) => Verdict::Refused(why),
@@ -308,13 +402,20 @@ fn run(
     activation.hostname = Some(probe.hostname.clone());
     activation.previous = probe.current.clone();
     check(&target, record, &probe, opts)?;
+    activation.inhibitors = probe.changed_inhibitors();
+    let action = action_allowed(&target, &path, &activation.inhibitors, opts)?;
+    activation.action = Some(action);
+    if action != opts.action {
+        let keys = activation.inhibitors.clone();
+        report::report(Report::BootingInstead { label: label.to_owned(), keys });
+    }
     // A bundle carries its system as toplevel and switches with bin/switch.
     let system = if probe.bundle { format!("{path}/toplevel") } else { path.clone() };
     if opts.diff {
         crate::closure_diff::report(session, label, probe.current.as_deref(), &system);
     }
     if opts.dry_run {
-        let (label, action) = (label.to_owned(), opts.action.as_str());
+        let (label, action) = (label.to_owned(), action.as_str());
         report::report(Report::WouldActivate { label, action, target, path });
         return Ok(Verdict::Checked);
     }
@@ -328,29 +429,106 @@ fn run(
         "given" => "set",
         _ => "rollback",
     };
+    let root = record.map(|r| format!("{}={}", crate::copy::gc_root_name(r), r.path)).unwrap_or_default();
     let args = job::Args {
-        action: opts.action.as_str(),
+        action: action.as_str(),
         system: &system,
         program: &program,
         confirm: opts.confirm_timeout.or(opts.check.as_ref().map(|_| CHECK_WINDOW)).unwrap_or(0),
         mode,
+        root: &root,
+        install_bootloader: opts.install_bootloader,
+        keep_on_unit_failure: opts.keep_on_unit_failure,
     };
     let end = Job::new(session, label, opts.check.as_deref()).run(&args)?;
     if end.previous.is_some() {
         activation.previous = end.previous.clone();
     }
-    Ok(verdict(&target, opts, &end))
+    activation.needs_reboot = end.needs_reboot;
+    if end.needs_reboot == Some(true) {
+        report::report(Report::NeedsReboot { label: label.to_owned(), target: target.clone() });
+    }
+    let verdict = verdict(&target, &path, action, opts, &end);
+    if matches!(verdict, Verdict::RebootNeeded) {
+        report::report(Report::InitChanged { label: label.to_owned(), target: target.clone() });
+    }
+    let waiting = matches!(verdict, Verdict::RebootNeeded) || action == Action::Boot || end.needs_reboot == Some(true);
+    match (opts.reboot, &verdict) {
+        (Some(wait), Verdict::Activated | Verdict::RebootNeeded) if waiting => {
+            activation.rebooted = true;
+            Ok(rebooted(session, label, &system, wait, opts))
+        }
+        _ => Ok(verdict),
+    }
+}
+
+/// Reboots into `system`; with --confirm-timeout, a host that comes back on
+/// another system within it is made to boot the previous generation again
+/// (it is the boot default again, then the host is rebooted once more).
+fn rebooted(session: &Session, label: &str, system: &str, wait: u64, opts: &Options) -> Verdict {
+    let wait = opts.confirm_timeout.unwrap_or(wait);
+    let error = match reboot::reboot(session, label, wait).and_then(|state| reboot::runs(session, &state, system)) {
+        Ok(()) => return Verdict::Activated,
+        Err(error) => error,
+    };
+    if opts.confirm_timeout.is_none() || !matches!(error, ActivationError::CameBackOnOther { .. }) {
+        return Verdict::Failed(error);
+    }
+    let back = Options {
+        action: Action::Boot,
+        confirm_timeout: None,
+        reboot: None,
+        check: None,
+        diff: false,
+        hostname_check: false,
+        restore_bundle: false,
+        ..opts.clone()
+    };
+    let (rollback, rolled_back) = match activate(session, None, &back).error() {
+        Some(why) => (format!("making the previous generation the boot default again failed: {why}"), false),
+        None => match reboot::reboot(session, label, wait) {
+            Ok(state) => {
+                let running = state.current.unwrap_or_else(|| "nothing".into());
+                (format!("rolled back: the previous generation is the boot default again, and runs ({running})"), true)
+            }
+            Err(again) => (format!("the previous generation is the boot default again, but {again}"), false),
+        },
+    };
+    Verdict::Failed(ActivationError::RebootRolledBack { error: Box::new(error), rollback, rolled_back })
+}
+
+/// The action to run: the one asked for, unless the system's switch
+/// inhibitors forbid it: then refused, or with --if-inhibited boot, boot.
+fn action_allowed(target: &str, path: &str, changed: &[String], opts: &Options) -> Result<Action, ActivationError> {
+    // Only boot is never inhibited.
+    if changed.is_empty() || opts.action == Action::Boot {
+        return Ok(opts.action);
+    }
+    match (opts.action, opts.if_inhibited) {
+        (Action::Switch, IfInhibited::Boot) => Ok(Action::Boot),
+        (action, _) => Err(ActivationError::Inhibited {
+            action: action.as_str(),
+            path: path.to_owned(),
+            target: target.to_owned(),
+            keys: changed.to_vec(),
+        }),
+    }
 }
 
 /// The job's result as the user reads it: what failed, and whether the
 /// target is back on what it ran before.
-fn verdict(target: &str, opts: &Options, end: &job::JobEnd) -> Verdict {
-    let action = opts.action.as_str();
+fn verdict(target: &str, path: &str, action: Action, opts: &Options, end: &job::JobEnd) -> Verdict {
+    let action = action.as_str();
     let log = format!("/run/nixpipe/jobs/{}/log", end.id);
     let target = target.to_owned();
     Verdict::Failed(match end.result.clone() {
         JobResult::Ok => return Verdict::Activated,
+        JobResult::RebootNeeded => return Verdict::RebootNeeded,
         JobResult::Locked(owner) => return Verdict::Refused(ActivationError::Locked { target, owner }),
+        JobResult::Busy(holder) => return Verdict::Refused(ActivationError::Busy { target, holder }),
+        JobResult::NoCheckAction => return Verdict::Refused(ActivationError::NoCheckAction { path: path.to_owned() }),
+        JobResult::NotActivated(rollback) => ActivationError::NotActivated { action, target, rollback },
+        JobResult::UnitsFailed { rollback, units } => ActivationError::UnitsFailed { action, target, units, rollback },
         JobResult::Failed(Rollback::ProfileNotSet) => ActivationError::ProfileNotSet { target, log },
         JobResult::Failed(Rollback::NothingChanged) => ActivationError::DryActivateFailed { action, target },
         JobResult::Failed(rollback) => ActivationError::SwitchFailed { action, target, rollback },
@@ -386,6 +564,10 @@ fn check(target: &str, record: Option<&Record>, probe: &ProbeFacts, opts: &Optio
     }
     if !probe.nixos {
         return Err(ActivationError::NotNixos { path });
+    }
+    if let Some(system) = probe.platform_mismatch() {
+        let platforms = probe.platforms.join(", ");
+        return Err(ActivationError::WrongPlatform { path, system, target: target.to_owned(), platforms });
     }
     if probe.bundle && opts.specialisation.is_some() {
         return Err(ActivationError::BundleSpecialisation { path });
@@ -486,15 +668,64 @@ mod tests {
 
     #[test]
     fn a_failed_switch_says_whether_the_rollback_worked() {
-        let end = |r: Rollback| job::JobEnd { id: "1".into(), previous: None, result: JobResult::Failed(r) };
-        let Verdict::Failed(e) = verdict("local", &opts(), &end(Rollback::RolledBack)) else { panic!() };
+        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, result };
+        let verdict = |r: JobResult| verdict("local", "/nix/store/x", Action::Switch, &opts(), &end(r));
+        let Verdict::Failed(e) = verdict(JobResult::Failed(Rollback::RolledBack)) else { panic!() };
         assert_eq!(
             e.to_string(),
             "switch-to-configuration switch failed on local; rolled back: the previous generation is active again"
         );
         assert!(e.rolled_back());
-        let Verdict::Failed(e) = verdict("local", &opts(), &end(Rollback::RollbackFailed)) else { panic!() };
+        let Verdict::Failed(e) = verdict(JobResult::Failed(Rollback::RollbackFailed)) else { panic!() };
         assert!(!e.rolled_back() && e.to_string().contains("rollback FAILED"), "{e}");
+    }
+
+    #[test]
+    fn each_exit_of_the_switch_is_told_apart() {
+        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, result };
+        let verdict = |r: JobResult| verdict("web1", "/nix/store/x", Action::Switch, &opts(), &end(r));
+        assert!(matches!(verdict(JobResult::RebootNeeded), Verdict::RebootNeeded));
+        let Verdict::Failed(e) = verdict(JobResult::NotActivated(Rollback::RolledBack)) else { panic!() };
+        assert!(e.to_string().contains("before activating anything") && !e.rolled_back(), "{e}");
+        let units = vec!["a.service".to_owned(), "b.service".to_owned()];
+        let kept = JobResult::UnitsFailed { rollback: None, units: units.clone() };
+        let Verdict::Failed(e) = verdict(kept) else { panic!() };
+        assert!(e.to_string().contains("left units failed: a.service, b.service; kept"), "{e}");
+        let back = JobResult::UnitsFailed { rollback: Some(Rollback::RolledBack), units };
+        let Verdict::Failed(e) = verdict(back) else { panic!() };
+        assert!(e.rolled_back());
+        let Verdict::Refused(e) = verdict(JobResult::Busy("pid 7 (nixos-rebuild)".into())) else { panic!() };
+        assert!(e.to_string().contains("stayed taken (pid 7 (nixos-rebuild)); nothing activated"), "{e}");
+    }
+
+    #[test]
+    fn only_the_inhibitors_that_differ_are_named() {
+        let probe = |new: &str, current: &str| ProbeFacts {
+            current: Some("/nix/store/old".into()),
+            inhibitors_new: Some(new.into()).filter(|s: &String| !s.is_empty()),
+            inhibitors_current: Some(current.into()).filter(|s: &String| !s.is_empty()),
+            ..ready("web1")
+        };
+        assert_eq!(probe(r#"{"dbus":"broker","x":"1"}"#, r#"{"dbus":"dbus","x":"1"}"#).changed_inhibitors(), ["dbus"]);
+        assert_eq!(probe(r#"{"kernel":"6"}"#, "").changed_inhibitors(), ["kernel"]);
+        assert!(probe("", "").changed_inhibitors().is_empty());
+        let first_deploy = ProbeFacts { current: None, ..probe(r#"{"a":"b"}"#, "") };
+        assert!(first_deploy.changed_inhibitors().is_empty());
+    }
+
+    #[test]
+    fn a_system_for_another_platform_is_refused() {
+        let probe = |system: &str| ProbeFacts {
+            system: Some(system.into()),
+            platforms: vec!["x86_64-linux".into(), "i686-linux".into()],
+            ..ready("web1")
+        };
+        let e = check("root@web1", None, &probe("aarch64-linux"), &opts()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("is built for aarch64-linux, and root@web1 runs x86_64-linux, i686-linux; nothing changed"),
+            "{e}"
+        );
+        assert!(check("root@web1", None, &probe("i686-linux"), &opts()).is_ok());
     }
 
     #[test]

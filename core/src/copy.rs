@@ -19,7 +19,7 @@ use crate::nar::{self, NarHash, RelayError};
 use crate::path_info::PathInfo;
 use crate::record::Record;
 use crate::report::{self, CopyProgress, Report};
-use crate::serve::{self, Client, Connection, Mode, Replies, Requests, Server};
+use crate::serve::{self, Client, Connection, GcRoot, Mode, Replies, Requests, Server};
 use crate::signing::SecretKey;
 use crate::store_path::StorePath;
 use crate::target::{self, SshError, Target, TargetSpec};
@@ -160,6 +160,8 @@ pub struct Options {
     /// More ssh options for the sessions to the destination, such as the
     /// control socket of a connection already open to it.
     pub target_ssh_options: Vec<String>,
+    /// --no-gc-root: keep no GC root for the records copied.
+    pub no_gc_roots: bool,
 }
 
 impl Options {
@@ -239,6 +241,29 @@ pub struct Summary {
 
 /// Makes the closures of `paths` valid at the route's destination.
 pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> Result<Summary, CopyError> {
+    copy_rooted(route, paths, &[], options)
+}
+
+/// Makes the closures of the records' paths valid at the route's
+/// destination, each record's path kept there as a GC root named after
+/// the record (unless `options.no_gc_roots`), until nixpipe-activate puts
+/// it in the system profile.
+pub fn copy_records(route: &Route, records: &[Record], options: &Options) -> Result<Summary, CopyError> {
+    let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
+    let roots: Vec<GcRoot> = match options.no_gc_roots {
+        true => Vec::new(),
+        false => records.iter().map(|r| GcRoot { name: gc_root_name(r), path: r.path.clone() }).collect(),
+    };
+    copy_rooted(route, &paths, &roots, options)
+}
+
+/// The name of a record's GC root on its target: its NAME, else its path's
+/// hash part (both safe as file names).
+pub fn gc_root_name(record: &Record) -> String {
+    record.name.clone().unwrap_or_else(|| record.path.hash_part().to_owned())
+}
+
+fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &Options) -> Result<Summary, CopyError> {
     let Route { from, to } = route;
     let started = Instant::now();
     // Once each: records often share a path, and the serve protocol's
@@ -246,8 +271,8 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
     let wanted: Vec<StorePath> = paths.iter().map(|&p| p.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     // Both servers start before either is waited for: two ssh handshakes
     // at once.
-    let mut source = Connection::start(from, Mode::Read, &[], &[])?;
-    let mut sink = Sink::start(to, options)?;
+    let mut source = Connection::start(from, Mode::Read, &[], &[], &[])?;
+    let mut sink = Sink::start(to, options, roots)?;
     source.greet()?;
     let closure = source.query_closure(&wanted)?;
     let ordered = dependency_order(&closure, source.query_path_infos(&closure)?)?;
@@ -269,7 +294,7 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
         source.close()?;
         sink.close()?;
     } else {
-        let sink = sink.for_stream(options)?;
+        let sink = sink.for_stream(options, roots)?;
         let progress = report::copy_progress(&to.to_string(), missing.len() as u64, bytes);
         sink.receive(source, &missing, progress.as_ref())?;
     }
@@ -311,12 +336,12 @@ enum Sink {
 }
 
 impl Sink {
-    fn start(to: &Destination, options: &Options) -> Result<Sink, CopyError> {
+    fn start(to: &Destination, options: &Options, roots: &[GcRoot]) -> Result<Sink, CopyError> {
         match to {
             Destination::Store(target) => {
                 let probe = options.compression == Compression::Zstd && !target.is_local();
                 let mode = if probe { Mode::WriteProbingZstd } else { Mode::Write };
-                let conn = Connection::start(target, mode, &options.ssh_options(&[]), &options.target_nix_args)?;
+                let conn = Connection::start(target, mode, &options.ssh_options(&[]), &options.target_nix_args, roots)?;
                 Ok(Sink::Store { conn, zstd: false })
             }
             Destination::Cache(cache) => {
@@ -341,7 +366,7 @@ impl Sink {
     /// The session the NARs go over. Compressed, to an ssh target: a second
     /// session whose input the target's zstd decompresses; where the target
     /// has no zstd, one that ssh compresses (zlib, slower).
-    fn for_stream(self, options: &Options) -> Result<Sink, CopyError> {
+    fn for_stream(self, options: &Options, roots: &[GcRoot]) -> Result<Sink, CopyError> {
         let Sink::Store { conn, .. } = self else { return Ok(self) };
         if options.compression != Compression::Zstd || conn.server.target.is_local() {
             return Ok(Sink::Store { conn, zstd: false });
@@ -350,13 +375,18 @@ impl Sink {
         let has_zstd = conn.has_zstd == Some(true);
         conn.close()?;
         if has_zstd {
-            let conn =
-                Connection::start(&target, Mode::WriteZstd, &options.ssh_options(&[]), &options.target_nix_args)?;
+            let conn = Connection::start(
+                &target,
+                Mode::WriteZstd,
+                &options.ssh_options(&[]),
+                &options.target_nix_args,
+                roots,
+            )?;
             return Ok(Sink::Store { conn, zstd: true });
         }
         report::report(Report::NoZstd { target: target.to_string() });
         let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
-        let mut conn = Connection::start(&target, Mode::Write, &ssh_options, &options.target_nix_args)?;
+        let mut conn = Connection::start(&target, Mode::Write, &ssh_options, &options.target_nix_args, roots)?;
         conn.greet()?;
         Ok(Sink::Store { conn, zstd: false })
     }

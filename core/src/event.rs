@@ -4,7 +4,8 @@
 //! skipped; so are events of an unknown kind or missing a field.
 
 use crate::store_path::StorePath;
-use std::collections::HashMap;
+use base64::Engine;
+use std::collections::{BTreeMap, HashMap};
 
 const MARK: &str = "nixpipe-event\t";
 
@@ -24,6 +25,9 @@ pub enum Event {
     Removed { found: bool },
     /// A path of a system's closure (`before` or `after`).
     Requisite { after: bool, path: String },
+    /// Which boot of the host this is (its boot id, and PID 1's start
+    /// time), and what runs.
+    Boot(BootState),
     /// The relay's closure has this many paths.
     Closure { paths: usize },
     /// The relay sent a path of this many bytes.
@@ -40,6 +44,9 @@ pub struct HostFacts {
     pub nix: Option<String>,
     /// `uname -m`.
     pub machine: String,
+    /// For a login other than root: whether `sudo -n true` works (None:
+    /// no sudo there, or root).
+    pub sudo_without_password: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +66,40 @@ pub struct ProbeFacts {
     /// Whether the system has the specialisation asked for.
     pub specialisation: Option<bool>,
     pub specialisations: String,
+    /// The toplevel's own `system` file: the platform it is built for.
+    pub system: Option<String>,
+    /// What the host's Nix runs: its `system` and `extra-platforms`.
+    pub platforms: Vec<String>,
+    /// The switch inhibitors of the new system and of the running one
+    /// (JSON objects, name -> string), where they have them.
+    pub inhibitors_new: Option<String>,
+    pub inhibitors_current: Option<String>,
+}
+
+impl ProbeFacts {
+    /// The toplevel's platform, when the host's Nix runs another one.
+    pub fn platform_mismatch(&self) -> Option<String> {
+        let system = self.system.as_ref()?;
+        match self.platforms.is_empty() || self.platforms.contains(system) {
+            true => None,
+            false => Some(system.clone()),
+        }
+    }
+
+    /// The names of the switch inhibitors that differ between the running
+    /// system and the new one (either may lack the file: no inhibitors).
+    /// Nothing runs yet: nothing to differ from.
+    pub fn changed_inhibitors(&self) -> Vec<String> {
+        if self.current.is_none() {
+            return Vec::new();
+        }
+        let parse = |json: &Option<String>| -> BTreeMap<String, serde_json::Value> {
+            json.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default()
+        };
+        let (new, current) = (parse(&self.inhibitors_new), parse(&self.inhibitors_current));
+        let names: std::collections::BTreeSet<&String> = new.keys().chain(current.keys()).collect();
+        names.into_iter().filter(|n| new.get(*n) != current.get(*n)).cloned().collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +115,13 @@ pub enum JobEvent {
     AwaitingConfirmation {
         seconds: u64,
     },
+    /// NixOS's own lock is taken: by whom.
+    WaitingForLock {
+        holder: String,
+    },
+    /// Whether the booted kernel, initrd or modules are not the new
+    /// system's; None where nothing says what was booted.
+    NeedsReboot(Option<bool>),
     Result(JobResult),
 }
 
@@ -83,6 +131,22 @@ pub enum JobResult {
     Ok,
     /// switch-to-configuration failed; what became of it.
     Failed(Rollback),
+    /// A pre-switch check or the bootloader failed (exit 1): nothing was
+    /// activated; what became of the profile.
+    NotActivated(Rollback),
+    /// Active, but these units failed (exit 4); what the rollback did, or
+    /// None when the system was kept (--keep-on-unit-failure).
+    UnitsFailed {
+        rollback: Option<Rollback>,
+        units: Vec<String>,
+    },
+    /// The init interface changed (exit 100): nothing activated, the new
+    /// system boots next.
+    RebootNeeded,
+    /// NixOS's own lock stayed taken: by whom; nothing activated.
+    Busy(String),
+    /// The system's switch-to-configuration has no `check` action.
+    NoCheckAction,
     /// Nobody confirmed in time; what the rollback did.
     Unconfirmed(Rollback),
     /// The --check command failed after the switch; what the rollback did.
@@ -125,6 +189,14 @@ impl Rollback {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootState {
+    /// The boot id and PID 1's start time: another after a restart.
+    pub boot: (String, String),
+    pub current: Option<String>,
+    pub booted: Option<String>,
+}
+
 /// One VM on a host, as `list` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VmState {
@@ -156,6 +228,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
             systemd: get("init") == Some("systemd"),
             nix: some("nix"),
             machine: get("machine")?.to_owned(),
+            sudo_without_password: some("sudo").map(|v| v == "1"),
         }),
         "probe" => Event::Probe(ProbeFacts {
             hostname: get("hostname")?.to_owned(),
@@ -167,6 +240,10 @@ pub fn parse_line(line: &str) -> Option<Event> {
             configured: some("configured"),
             specialisation: some("specialisation").map(|v| v == "1"),
             specialisations: get("specialisations").unwrap_or("").trim().to_owned(),
+            system: some("system"),
+            platforms: get("platforms").unwrap_or("").split_whitespace().map(str::to_owned).collect(),
+            inhibitors_new: get("inhibitors").and_then(decode),
+            inhibitors_current: get("inhibitors-current").and_then(decode),
         }),
         "started" => Event::Job(JobEvent::Started),
         "previous" => Event::Job(JobEvent::Previous(some("path"))),
@@ -175,7 +252,17 @@ pub fn parse_line(line: &str) -> Option<Event> {
         "awaiting-confirmation" => {
             Event::Job(JobEvent::AwaitingConfirmation { seconds: get("seconds")?.parse().ok()? })
         }
-        "result" => Event::Job(JobEvent::Result(job_result(get("outcome")?, get("detail").unwrap_or("")))),
+        "waiting-for-lock" => Event::Job(JobEvent::WaitingForLock { holder: get("holder").unwrap_or("").to_owned() }),
+        "needs-reboot" => Event::Job(JobEvent::NeedsReboot(match get("value")? {
+            "1" => Some(true),
+            "0" => Some(false),
+            _ => None,
+        })),
+        "result" => {
+            let units = get("units").unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty());
+            let units = units.map(str::to_owned).collect();
+            Event::Job(JobEvent::Result(job_result(get("outcome")?, get("detail").unwrap_or(""), units)))
+        }
         "vm" => Event::Vm(VmState {
             name: crate::microvm::parse_vm_name(get("name")?).ok()?,
             current: get("current")?.to_owned(),
@@ -188,6 +275,11 @@ pub fn parse_line(line: &str) -> Option<Event> {
         }
         "removed" => Event::Removed { found: flag("found") },
         "requisite" => Event::Requisite { after: get("of")? == "after", path: get("path")?.to_owned() },
+        "boot" => Event::Boot(BootState {
+            boot: (get("id")?.to_owned(), get("pid1")?.to_owned()),
+            current: some("current"),
+            booted: some("booted"),
+        }),
         "closure" => Event::Closure { paths: get("paths")?.trim().parse().ok()? },
         "sent" => Event::Sent {
             path: StorePath::parse(get("path")?).ok()?.to_string(),
@@ -197,10 +289,23 @@ pub fn parse_line(line: &str) -> Option<Event> {
     })
 }
 
-fn job_result(outcome: &str, detail: &str) -> JobResult {
+/// A value the script sent in base64 (a file's contents, whatever it holds).
+fn decode(b64: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned()).filter(|s| !s.is_empty())
+}
+
+fn job_result(outcome: &str, detail: &str, units: Vec<String>) -> JobResult {
     match outcome {
         "ok" => JobResult::Ok,
         "failed" => JobResult::Failed(Rollback::parse(detail)),
+        "not-activated" => JobResult::NotActivated(Rollback::parse(detail)),
+        "units-failed" => {
+            JobResult::UnitsFailed { rollback: (detail != "kept").then(|| Rollback::parse(detail)), units }
+        }
+        "reboot-needed" => JobResult::RebootNeeded,
+        "busy" => JobResult::Busy(detail.to_owned()),
+        "no-check-action" => JobResult::NoCheckAction,
         "unconfirmed" => JobResult::Unconfirmed(Rollback::parse(detail)),
         "rejected" => JobResult::Rejected(Rollback::parse(detail)),
         "locked" => JobResult::Locked(detail.to_owned()),
@@ -224,7 +329,13 @@ mod tests {
         let events = parse_all(out.as_bytes());
         assert_eq!(
             events[0],
-            Event::Host(HostFacts { uid: 1000, systemd: true, nix: Some("2.34.0".into()), machine: "x86_64".into() })
+            Event::Host(HostFacts {
+                uid: 1000,
+                systemd: true,
+                nix: Some("2.34.0".into()),
+                machine: "x86_64".into(),
+                sudo_without_password: None
+            })
         );
         assert_eq!(events[1], Event::Job(JobEvent::Result(JobResult::Failed(Rollback::RolledBack))));
         let Event::Probe(probe) = &events[2] else { panic!("{events:?}") };

@@ -153,7 +153,7 @@ pub fn copy_routes(
                         let _line = report::host_line(&route.to.to_string(), &fetching);
                         fetcher.fetch(&route.to, &paths)
                     }
-                    None => copy::copy_closures(route, &paths, options).map_err(Missed::Failed),
+                    None => copy::copy_records(route, records, options).map_err(Missed::Failed),
                 }
             },
             |(route, records), copied| {

@@ -1,6 +1,11 @@
 //! Becoming root on a target: directly when logged in as root, otherwise
 //! through sudo (or the program given with --sudo-cmd).
 //!
+//! What each host needs is learnt once, with the session's facts: a login
+//! as root needs nothing, a sudo that lets the user in without a password
+//! (`sudo -n true`) needs none. The password is asked only when a host of
+//! the run needs it, and then once for all of them.
+//!
 //! The password, when there is one, is asked once on /dev/tty and written
 //! to the stdin of a sudo of the run only when that sudo asks for it (its
 //! prompt is a marker we watch for on its stderr): never to the command's
@@ -8,10 +13,12 @@
 //! sudo runs with `-n`, so it fails at once instead of waiting for an
 //! answer nobody can give.
 
+use crate::event::HostFacts;
 use crate::session::SessionError;
 use crate::target::{SshError, Target};
 use std::io::{Read, Write};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use zeroize::Zeroizing;
 
 /// What sudo prints (on stderr, with -S) when it asks for the password.
@@ -44,11 +51,17 @@ pub enum PrivilegeError {
 pub struct Privilege {
     /// The program and its arguments from --sudo-cmd; None for sudo.
     custom: Option<Vec<String>>,
-    password: Option<Zeroizing<String>>,
+    /// --ask-sudo-password: ask when a host needs it.
+    ask: bool,
+    /// The password, once asked.
+    password: OnceLock<Zeroizing<String>>,
+    /// Held while asking, so that hosts needing it at once ask once.
+    asking: Mutex<()>,
 }
 
 impl Privilege {
-    /// `sudo_cmd` split as a shell would; `ask` asks the password now.
+    /// `sudo_cmd` split as a shell would; `ask`: ask the password when a
+    /// host needs it (a terminal to ask on must be there now).
     pub fn new(sudo_cmd: Option<&str>, ask: bool) -> Result<Privilege, PrivilegeError> {
         let custom = sudo_cmd
             .map(|cmd| match shlex::split(cmd) {
@@ -56,30 +69,54 @@ impl Privilege {
                 _ => Err(PrivilegeError::BadSudoCmd(cmd.to_owned())),
             })
             .transpose()?;
-        let password = ask.then(ask_password).transpose()?;
-        Ok(Privilege { custom, password })
+        if ask {
+            std::fs::File::open("/dev/tty").map_err(|e| PrivilegeError::NoTerminal(e.to_string()))?;
+        }
+        Ok(Privilege { custom, ask, ..Privilege::default() })
     }
 
-    /// The argv that runs `argv` as root for a login with uid `uid`.
-    fn argv(&self, uid: u32, argv: &[&str]) -> Vec<String> {
-        let prefix: Vec<String> = match (uid, &self.custom, &self.password) {
+    /// The password for a host, asked now if it is the first to need it;
+    /// None when the host needs none (root, passwordless sudo, --sudo-cmd)
+    /// or none was to be asked.
+    fn password_for(&self, facts: &HostFacts) -> Result<Option<&str>, PrivilegeError> {
+        if facts.uid == 0 || self.custom.is_some() || !self.ask || facts.sudo_without_password == Some(true) {
+            return Ok(None);
+        }
+        let _asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
+        if self.password.get().is_none() {
+            let password = crate::report::while_paused(ask_password)?;
+            let _ = self.password.set(password);
+        }
+        Ok(self.password.get().map(|p| p.as_str()))
+    }
+
+    /// The argv that runs `argv` as root on a host with `facts`, with or
+    /// without a password to give sudo.
+    fn argv(&self, facts: &HostFacts, password: bool, argv: &[&str]) -> Vec<String> {
+        let prefix: Vec<String> = match (facts.uid, &self.custom, password) {
             (0, _, _) => Vec::new(),
             (_, Some(custom), _) => custom.clone(),
             // -k: always read the password we send, never a cached ticket
             // that would leave it unread on the command's stdin.
-            (_, None, Some(_)) => {
+            (_, None, true) => {
                 let started = format!("echo '{STARTED}' >&2; exec \"$@\"");
                 ["sudo", "-S", "-k", "-p", PROMPT, "--", "sh", "-c", &started, "nixpipe"].map(String::from).to_vec()
             }
-            (_, None, None) => ["sudo", "-n", "--"].map(String::from).to_vec(),
+            (_, None, false) => ["sudo", "-n", "--"].map(String::from).to_vec(),
         };
         prefix.into_iter().chain(argv.iter().map(|s| s.to_string())).collect()
     }
 
-    /// Starts `argv` as root on `target` (logged in as `uid`), stdout and
-    /// stderr piped, the password (if sudo is used) on its stdin.
-    pub fn spawn(&self, target: &Target, uid: u32, argv: &[&str], ssh_options: &[&str]) -> Result<Child, SessionError> {
-        let mut child = self.spawn_with_stdin(target, uid, argv, ssh_options)?;
+    /// Starts `argv` as root on `target` (a host with `facts`), stdout and
+    /// stderr piped, the password (if sudo needs it) on its stdin.
+    pub fn spawn(
+        &self,
+        target: &Target,
+        facts: &HostFacts,
+        argv: &[&str],
+        ssh_options: &[&str],
+    ) -> Result<Child, SessionError> {
+        let mut child = self.spawn_with_stdin(target, facts, argv, ssh_options)?;
         drop(child.stdin.take());
         Ok(child)
     }
@@ -89,16 +126,17 @@ impl Privilege {
     pub fn spawn_with_stdin(
         &self,
         target: &Target,
-        uid: u32,
+        facts: &HostFacts,
         argv: &[&str],
         ssh_options: &[&str],
     ) -> Result<Child, SessionError> {
-        let argv = self.argv(uid, argv);
+        let password = self.password_for(facts)?;
+        let argv = self.argv(facts, password.is_some(), argv);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd: Command = target.command_with(&argv, ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| SshError::from(crate::process::CannotRun::of(&cmd, e)))?;
-        match self.password.as_ref().filter(|_| uid != 0 && self.custom.is_none()) {
+        match password {
             Some(password) => Ok(self.answer_sudo(target, &mut child, password).map(|()| child)?),
             None => Ok(child),
         }
@@ -146,12 +184,12 @@ impl Privilege {
     pub fn output(
         &self,
         target: &Target,
-        uid: u32,
+        facts: &HostFacts,
         argv: &[&str],
         ssh_options: &[&str],
         input: &[u8],
     ) -> Result<Output, SessionError> {
-        let mut child = self.spawn_with_stdin(target, uid, argv, ssh_options)?;
+        let mut child = self.spawn_with_stdin(target, facts, argv, ssh_options)?;
         if let Some(mut stdin) = child.stdin.take() {
             // A command that died early is reported from its stderr.
             let _ = stdin.write_all(input);
@@ -201,34 +239,49 @@ fn ask_password() -> Result<Zeroizing<String>, PrivilegeError> {
 mod tests {
     use super::*;
 
-    fn with_password() -> Privilege {
-        Privilege { custom: None, password: Some(Zeroizing::new("secret".into())) }
+    fn host(uid: u32, sudo_without_password: Option<bool>) -> HostFacts {
+        HostFacts { uid, systemd: true, nix: None, machine: "x86_64".into(), sudo_without_password }
+    }
+
+    fn asked() -> Privilege {
+        let privilege = Privilege { ask: true, ..Privilege::default() };
+        let _ = privilege.password.set(Zeroizing::new("secret".into()));
+        privilege
     }
 
     #[test]
     fn root_needs_no_sudo() {
-        assert_eq!(with_password().argv(0, &["id"]), ["id"]);
+        assert_eq!(asked().argv(&host(0, None), false, &["id"]), ["id"]);
     }
 
     #[test]
     fn sudo_reads_the_password_from_stdin_or_never_asks() {
         let started = format!("echo '{STARTED}' >&2; exec \"$@\"");
         assert_eq!(
-            with_password().argv(1000, &["id"]),
+            asked().argv(&host(1000, Some(false)), true, &["id"]),
             ["sudo", "-S", "-k", "-p", PROMPT, "--", "sh", "-c", &started, "nixpipe", "id"]
         );
-        assert_eq!(Privilege::default().argv(1000, &["id"]), ["sudo", "-n", "--", "id"]);
+        assert_eq!(Privilege::default().argv(&host(1000, Some(false)), false, &["id"]), ["sudo", "-n", "--", "id"]);
     }
 
     #[test]
     fn the_password_is_never_in_argv() {
-        assert!(!with_password().argv(1000, &["id"]).iter().any(|a| a.contains("secret")));
+        assert!(!asked().argv(&host(1000, Some(false)), true, &["id"]).iter().any(|a| a.contains("secret")));
+    }
+
+    #[test]
+    fn a_host_that_needs_no_password_is_given_none() {
+        let privilege = asked();
+        assert_eq!(privilege.password_for(&host(0, None)).unwrap(), None);
+        assert_eq!(privilege.password_for(&host(1000, Some(true))).unwrap(), None);
+        assert_eq!(privilege.password_for(&host(1000, Some(false))).unwrap(), Some("secret"));
+        assert_eq!(Privilege::default().password_for(&host(1000, Some(false))).unwrap(), None);
     }
 
     #[test]
     fn a_custom_command_is_used_as_given() {
         let doas = Privilege::new(Some("doas -n"), false).unwrap();
-        assert_eq!(doas.argv(1000, &["id"]), ["doas", "-n", "id"]);
+        assert_eq!(doas.argv(&host(1000, None), false, &["id"]), ["doas", "-n", "id"]);
         assert!(Privilege::new(Some(""), false).is_err());
     }
 }

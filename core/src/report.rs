@@ -87,6 +87,28 @@ pub enum Report {
     Restarted {
         label: String,
     },
+    /// --if-inhibited boot: the switch its inhibitors forbid became a boot.
+    BootingInstead {
+        label: String,
+        keys: Vec<String>,
+    },
+    /// After a switch: the booted kernel, initrd or modules are not the new
+    /// system's.
+    NeedsReboot {
+        label: String,
+        target: String,
+    },
+    /// The switch said the init interface changed (exit 100): the new
+    /// system is the boot default, nothing was activated.
+    InitChanged {
+        label: String,
+        target: String,
+    },
+    /// The job waits for NixOS's own lock.
+    WaitingForLock {
+        label: String,
+        holder: String,
+    },
 }
 
 /// A byte bar for one copy.
@@ -104,6 +126,8 @@ pub trait Reporter: Sync + Send {
     fn copy_progress(&self, label: &str, paths: u64, bytes: u64) -> Box<dyn CopyProgress + '_>;
     /// A line that shows what `label` is doing while the guard lives.
     fn host_line(&self, label: &str, step: &str) -> Box<dyn Send + '_>;
+    /// Runs `f` with the terminal free of progress lines (a prompt).
+    fn paused(&self, f: &mut dyn FnMut());
 }
 
 static REPORTER: OnceLock<Box<dyn Reporter>> = OnceLock::new();
@@ -145,6 +169,15 @@ pub fn host_line(label: &str, step: &str) -> Box<dyn Send> {
         Some(r) => r.host_line(label, step),
         None => Box::new(()),
     }
+}
+
+/// Runs `f` (a prompt on the terminal) with the installed reporter's
+/// progress lines out of the way.
+pub fn while_paused<T>(f: impl FnOnce() -> T) -> T {
+    let Some(r) = reporter() else { return f() };
+    let (mut f, mut out) = (Some(f), None);
+    r.paused(&mut || out = f.take().map(|f| f()));
+    out.expect("paused runs it")
 }
 
 /// A step of `label`'s work.

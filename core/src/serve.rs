@@ -263,23 +263,35 @@ pub enum Mode {
     WriteZstd,
 }
 
+/// A GC root the destination keeps for a copied record, named after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcRoot {
+    /// The record's NAME, or its path's hash part.
+    pub name: String,
+    pub path: StorePath,
+}
+
 impl Mode {
-    /// The server's command line; `nix_args` (`--option NAME VALUE`...)
-    /// go to its nix-store (through a script, as its arguments: never
-    /// parsed as shell).
-    fn argv(self, nix_args: &[String]) -> Vec<String> {
-        let serve = |write: bool| {
-            let mut argv = vec!["nix-store".to_owned(), "--serve".to_owned()];
-            argv.extend(write.then(|| "--write".to_owned()));
-            argv.extend(nix_args.iter().cloned());
-            argv
+    /// The server's command line: `nix_args` (`--option NAME VALUE`...) go
+    /// to its nix-store, and a writer first makes `roots` (through a
+    /// script, as its arguments: never parsed as shell).
+    fn argv(self, nix_args: &[String], roots: &[GcRoot]) -> Vec<String> {
+        let how = match self {
+            Mode::Read => {
+                let serve = ["nix-store".to_owned(), "--serve".to_owned()];
+                return serve.into_iter().chain(nix_args.iter().cloned()).collect();
+            }
+            Mode::Write => "plain",
+            Mode::WriteProbingZstd => "probe-zstd",
+            Mode::WriteZstd => "zstd",
         };
-        match self {
-            Mode::Read => serve(false),
-            Mode::Write => serve(true),
-            Mode::WriteProbingZstd => Script::ServeProbingZstd.argv(nix_args),
-            Mode::WriteZstd => Script::ServeZstd.argv(nix_args),
-        }
+        let roots = roots.iter().map(|root| format!("{}={}", root.name, root.path));
+        let args: Vec<String> = std::iter::once(how.to_owned())
+            .chain(roots)
+            .chain(std::iter::once("--".to_owned()))
+            .chain(nix_args.iter().cloned())
+            .collect();
+        Script::Serve.argv(&args)
     }
 }
 
@@ -361,7 +373,7 @@ impl Drop for Server {
 
 impl Connection {
     /// Starts `nix-store --serve` on `target`, ssh with `ssh_options`,
-    /// nix-store with `nix_args`. Nothing is waited for, so that several
+    /// nix-store with `nix_args`, a writer after making `roots`. Nothing is waited for, so that several
     /// servers start at once and their ssh connections are made side by
     /// side; greet them after.
     pub fn start(
@@ -369,8 +381,9 @@ impl Connection {
         mode: Mode,
         ssh_options: &[&str],
         nix_args: &[String],
+        roots: &[GcRoot],
     ) -> Result<Connection, CopyError> {
-        let argv = mode.argv(nix_args);
+        let argv = mode.argv(nix_args, roots);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd = target.command_with(&argv, ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -35,10 +35,11 @@ pub enum Script {
     Relay,
     /// The closures of two systems, for --diff.
     Requisites,
-    /// nix-store --serve --write after a byte saying whether zstd is there.
-    ServeProbingZstd,
-    /// nix-store --serve --write behind zstd.
-    ServeZstd,
+    /// Which boot this is, and what runs (--reboot).
+    BootState,
+    /// nix-store --serve --write after the copy's GC roots (and for zstd,
+    /// a byte saying whether it is there, or zstd in front).
+    Serve,
 }
 
 impl Script {
@@ -51,15 +52,15 @@ impl Script {
             Script::MicrovmHost => include_str!("../scripts/microvm-host.sh"),
             Script::Relay => include_str!("../scripts/relay.sh"),
             Script::Requisites => include_str!("../scripts/requisites.sh"),
-            Script::ServeProbingZstd => include_str!("../scripts/serve-probing-zstd.sh"),
-            Script::ServeZstd => include_str!("../scripts/serve-zstd.sh"),
+            Script::BootState => include_str!("../scripts/boot-state.sh"),
+            Script::Serve => include_str!("../scripts/serve.sh"),
         }
     }
 
-    /// Whether it answers in events; the serve scripts' stdout is the
-    /// protocol's, and stays theirs.
+    /// Whether it answers in events; the serve script's stdout is the
+    /// protocol's, and stays its.
     fn answers_in_events(self) -> bool {
-        !matches!(self, Script::ServeProbingZstd | Script::ServeZstd)
+        self != Script::Serve
     }
 
     /// The whole text that runs: the prelude, then the script.
@@ -131,9 +132,20 @@ impl<'a> Session<'a> {
 
     /// Runs `script` as the login user; its events.
     pub fn script<S: AsRef<str>>(&self, script: Script, args: &[S]) -> Result<Vec<Event>, SessionError> {
+        self.script_with(script, args, &[])
+    }
+
+    /// [`Session::script`] with more ssh options (a new connection, a
+    /// timeout).
+    pub fn script_with<S: AsRef<str>>(
+        &self,
+        script: Script,
+        args: &[S],
+        ssh_options: &[&str],
+    ) -> Result<Vec<Event>, SessionError> {
         let argv = script.argv(args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let output = process::capture(&mut self.target.command(&argv)?).map_err(SshError::from)?;
+        let output = process::capture(&mut self.target.command_with(&argv, ssh_options)?).map_err(SshError::from)?;
         if !output.status.success() {
             return Err(self.target.failure(script.name(), &output).into());
         }
@@ -155,8 +167,7 @@ impl<'a> Session<'a> {
     /// Runs `argv` as root to its end with `input` on its stdin; what it
     /// printed, whatever its status.
     pub fn output_as_root(&self, argv: &[&str], ssh_options: &[&str], input: &[u8]) -> Result<Output, SessionError> {
-        let uid = self.facts()?.uid;
-        self.privilege.output(&self.target, uid, argv, ssh_options, input)
+        self.privilege.output(&self.target, self.facts()?, argv, ssh_options, input)
     }
 
     /// Starts `script` as root, stdout and stderr piped, stdin closed.
@@ -166,9 +177,9 @@ impl<'a> Session<'a> {
         args: &[S],
         ssh_options: &[&str],
     ) -> Result<Child, SessionError> {
-        let uid = self.facts()?.uid;
         let argv = script.argv(args);
-        self.privilege.spawn(&self.target, uid, &argv.iter().map(String::as_str).collect::<Vec<_>>(), ssh_options)
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.privilege.spawn(&self.target, self.facts()?, &argv, ssh_options)
     }
 
     /// One line for a privileged program that failed (sudo's refusal, or
@@ -194,7 +205,8 @@ impl Script {
             Script::MicrovmHost => "the microvm host script",
             Script::Relay => "the relay's copy",
             Script::Requisites => "nix-store --query --requisites",
-            Script::ServeProbingZstd | Script::ServeZstd => "nix-store --serve",
+            Script::BootState => "the boot state script",
+            Script::Serve => "nix-store --serve",
         }
     }
 }
@@ -209,6 +221,6 @@ mod tests {
         assert_eq!(argv[..4], ["sh", "-c", BOOTSTRAP, "nixpipe"]);
         assert!(argv[4].starts_with(PRELUDE));
         assert_eq!(argv[5..], ["/nix/store/x y", "$(id)"]);
-        assert!(!Script::ServeZstd.argv(&[] as &[&str])[4].contains("emit"));
+        assert!(!Script::Serve.argv(&[] as &[&str])[4].contains("emit"));
     }
 }

@@ -170,6 +170,14 @@ impl Host {
         self.machine.exec(script)
     }
 
+    /// [`Host::exec`]'s stdout when it succeeded; None when it failed or the
+    /// host is not up (rebooting).
+    pub fn try_sh(&self, script: &str) -> Option<String> {
+        self.machine.init_pid()?;
+        let out = self.exec(script);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// [`Host::exec`] that must succeed; its stdout.
     pub fn sh(&self, script: &str) -> String {
         let out = self.exec(script);
@@ -318,8 +326,8 @@ impl Machine {
         let first = child(self.namespace.id())?;
         let init = match self.init {
             Init::None => first,
-            // unshare -> systemd-nspawn -> systemd
-            Init::Systemd => child(first)?,
+            // unshare -> sh (boots again after a reboot) -> systemd-nspawn -> systemd
+            Init::Systemd => child(child(first)?)?,
         };
         Some(init as i32)
     }
@@ -417,6 +425,7 @@ fn lay_out(root: &Path, base: &Path, hostname: &str, testbed: &Testbed) -> Resul
     fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).map_err(io)?;
     write_user_database(root, base, hostname).map_err(io)?;
     keep_systemd_off_tmp(&root.join("etc")).map_err(io)?;
+    boot_the_system_profile(&root.join("etc"), &root.join("sbin")).map_err(io)?;
     fs::File::create(root.join("host.log")).map_err(io)?;
     Ok(())
 }
@@ -435,6 +444,48 @@ fn keep_systemd_off_tmp(etc: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// What NixOS's boot loader and stage 2 do, for systemd hosts: at boot, the
+/// system profile's generation (the boot default) is what runs, and what
+/// was booted: /run/current-system and /run/booted-system.
+fn boot_the_system_profile(etc: &Path, sbin: &Path) -> std::io::Result<()> {
+    let units = etc.join("systemd/system");
+    fs::create_dir_all(units.join("sysinit.target.wants"))?;
+    fs::write(units.join("nixpipe-testbed-boot.service"), BOOT_UNIT)?;
+    fs::write(sbin.join("nixpipe-testbed-boot"), BOOT_SCRIPT)?;
+    fs::set_permissions(sbin.join("nixpipe-testbed-boot"), fs::Permissions::from_mode(0o755))?;
+    let wants = units.join("sysinit.target.wants/nixpipe-testbed-boot.service");
+    std::os::unix::fs::symlink("../nixpipe-testbed-boot.service", wants)
+}
+
+const BOOT_UNIT: &str = "[Unit]
+Description=Boot the system profile's generation, as NixOS boots its default entry
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/nixpipe-testbed-boot
+";
+
+/// The testbed's boot loader. A test makes it fall back once to the
+/// generation before the default, as a boot loader does when the new entry
+/// does not boot, by creating BOOT_FALLBACK.
+const BOOT_SCRIPT: &str = r#"#!/bin/sh
+profile=/nix/var/nix/profiles/system
+p=$(readlink -e $profile) || exit 0
+if [ -e /var/lib/nixpipe-testbed/boot-falls-back ]; then
+    rm -f /var/lib/nixpipe-testbed/boot-falls-back
+    n=$(readlink $profile | sed -n 's/^system-\([0-9]*\)-link$/\1/p')
+    p=$(readlink -e "$profile-$((n - 1))-link") || exit 0
+fi
+ln -sfn "$p" /run/current-system
+ln -sfn "$p" /run/booted-system
+"#;
+
+/// Created on a systemd host, its next boot falls back to the generation
+/// before the boot default.
+pub const BOOT_FALLBACK: &str = "/var/lib/nixpipe-testbed/boot-falls-back";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -571,10 +622,17 @@ fn spawn_nspawn(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<C
         "set -e
 {mounts}{join_cgroups}mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn
 {unified}export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
-exec systemd-nspawn --quiet --directory=$m --machine={machine} --hostname={hostname} \
-  --register=no --keep-unit --console=pipe --link-journal=no \
-  --bind={r}/nix:/nix --bind={r}/var-lib:/var/lib --bind={r}/sbin:/usr/local/sbin --bind=/tmp:/tmp \
-  -- /usr/bin/setpriv --pdeathsig KILL /lib/systemd/systemd",
+# A reboot (systemctl reboot) ends systemd-nspawn with 133: boot again, on
+# the same root and disk, as a machine that restarts.
+status=133
+while [ $status = 133 ]; do
+  status=0
+  systemd-nspawn --quiet --directory=$m --machine={machine} --hostname={hostname} \
+    --register=no --keep-unit --console=pipe --link-journal=no \
+    --bind={r}/nix:/nix --bind={r}/var-lib:/var/lib --bind={r}/sbin:/usr/local/sbin --bind=/tmp:/tmp \
+    -- /usr/bin/setpriv --pdeathsig KILL /lib/systemd/systemd || status=$?
+done
+exit $status",
         mounts = mount_root_script(root, base),
     );
     let mut cmd = Command::new("unshare");

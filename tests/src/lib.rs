@@ -12,7 +12,7 @@ pub mod http;
 pub mod proxy;
 pub mod release;
 
-pub use host::{Host, HostKind, Init, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR};
+pub use host::{Host, HostKind, Init, BOOT_FALLBACK, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR};
 pub use release::Release;
 
 use std::fs;

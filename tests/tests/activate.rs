@@ -402,6 +402,33 @@ fn a_user_without_passwordless_sudo_gets_a_clear_error_and_nothing_changes() {
 }
 
 #[test]
+fn hosts_that_need_no_password_are_never_asked_for_one() {
+    let tb = Testbed::new();
+    let (web1, web2) = (tb.host("web1"), tb.host("web2"));
+    let system = tb.system("web1");
+    for host in [&web1, &web2] {
+        host.start_nix_daemon();
+        tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
+    }
+    // web1: deploy with passwordless sudo; web2: root itself.
+    web1.sh("echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' >> /etc/sudoers");
+    tb.alias("web1", &web1, "deploy");
+    tb.alias("web2", &web2, "root");
+
+    // On a terminal, with nothing typed: a prompt would wait for ever.
+    let run = tb.sh(&format!(
+        "script --quiet --echo never --return --command \
+         \"printf 'web1\t%s\nweb2\t%s\n' {system} {system} | nixpipe-activate --ask-sudo-password switch\" /dev/null </dev/null"
+    ));
+
+    let run = run.ok();
+    assert!(!run.stdout.contains("sudo password"), "{}", run.stdout);
+    for host in [&web1, &web2] {
+        assert_eq!(host.system_profile().as_deref(), Some(&*system));
+    }
+}
+
+#[test]
 fn a_wrong_sudo_password_is_refused_in_one_line_and_nothing_changes() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");

@@ -30,8 +30,9 @@ fn activate_refuses_flags_that_make_no_sense_together() {
         (format!("nixpipe-activate --specialisation gpu boot {path}"), "--specialisation cannot be used with boot"),
         (
             format!("nixpipe-activate --confirm-timeout 30 boot {path}"),
-            "--confirm-timeout and --check need switch or test",
+            "--confirm-timeout and --check need switch, test or --reboot",
         ),
+        (format!("nixpipe-activate --reboot test {path}"), "--reboot needs boot or switch"),
         (format!("nixpipe-activate --confirm-timeout 0 switch {path}"), "0 is not in 1.."),
     ] {
         let run = tb.sh(&line);

@@ -78,12 +78,14 @@ fn the_stand_in_nixpkgs_has_the_entry_points_of_real_nixpkgs() {
     assert_eq!(std::fs::read_link(format!("{vm}/system")).unwrap().to_str(), Some(&*vm_system));
     assert!(std::path::Path::new(&format!("{vm}/bin/run-web1-vm")).exists());
 
-    for file in ["nixos-version", "etc/hostname", "init", "bin/switch-to-configuration", "specialisation"] {
+    let files = ["nixos-version", "etc/hostname", "init", "bin/switch-to-configuration", "specialisation", "system"];
+    for file in files.into_iter().chain(["kernel", "initrd", "kernel-modules"]) {
         assert!(std::path::Path::new(&format!("{system}/{file}")).exists(), "{file}");
     }
-    // testbed.closure = 3 extra paths, plus busybox, hello, system-path and the toplevel.
+    // testbed.closure = 3 extra paths, plus busybox, hello, system-path, the
+    // kernel, the initrd and the toplevel.
     let closure = tb.sh(&format!("nix-store --query --requisites {system}")).ok().stdout_lines().len();
-    assert_eq!(closure, 7);
+    assert_eq!(closure, 9);
 }
 
 #[test]
@@ -142,4 +144,30 @@ fn a_missing_prerequisite_is_one_line_naming_it_and_its_package() {
     let [line] = stderr.lines().collect::<Vec<_>>()[..] else { panic!("one line: {stderr}") };
     assert!(line.starts_with("nixpipe-testbed: missing ssh (openssh-client), "), "{line}");
     assert!(line.ends_with("scripts/setup.sh installs them (make test and make demo run it)"), "{line}");
+}
+
+#[test]
+fn a_systemd_host_reboots_into_its_system_profile_on_the_same_disk() {
+    let tb = Testbed::new();
+    let web1 = tb.systemd_host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system} | nixpipe-activate --on {t} boot")).ok();
+    let started = web1.sh("cut -d' ' -f22 /proc/1/stat");
+
+    web1.sh("systemctl reboot");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let pid1_started = || {
+        let run =
+            tb.sh(&format!("ssh {} -p {} root@127.0.0.1 cut -d\\' \\' -f22 /proc/1/stat", tb.nix_sshopts(), web1.port));
+        Some(run.stdout).filter(|_| run.code == 0)
+    };
+    while !matches!(pid1_started(), Some(now) if now != started) {
+        assert!(std::time::Instant::now() < deadline, "web1 did not come back");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    assert_eq!(web1.sh("readlink /run/booted-system").trim(), system);
+    assert_eq!(web1.sh("readlink /run/current-system").trim(), system);
+    assert!(web1.has(&system), "the same disk");
 }

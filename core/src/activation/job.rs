@@ -39,12 +39,21 @@ pub struct Args<'a> {
     /// `set` the profile to `system`, `rollback` one generation, or leave it
     /// to the program (`bundle`).
     pub mode: &'a str,
+    /// NAME=PATH of the record's GC root on the target, dropped once the
+    /// profile holds PATH; empty for none.
+    pub root: &'a str,
+    /// Pass NIXOS_INSTALL_BOOTLOADER=1.
+    pub install_bootloader: bool,
+    /// Keep a system whose switch left units failed.
+    pub keep_on_unit_failure: bool,
 }
 
 pub struct JobEnd {
     pub id: String,
     /// The system that ran before, as the job saw it.
     pub previous: Option<String>,
+    /// Whether a reboot is needed to run the new system fully.
+    pub needs_reboot: Option<bool>,
     pub result: JobResult,
 }
 
@@ -71,7 +80,22 @@ impl<'a> Job<'a> {
     pub fn run(self, args: &Args) -> Result<JobEnd, ActivationError> {
         let confirm = args.confirm.to_string();
         let who = who();
-        let launch = [&*self.id, &who, args.action, args.system, args.program, &confirm, args.mode];
+        let bootloader = if args.install_bootloader { "1" } else { "0" };
+        let units = if args.keep_on_unit_failure { "keep" } else { "roll-back" };
+        let lock_wait = super::NIXOS_LOCK_WAIT.to_string();
+        let launch = [
+            &*self.id,
+            &who,
+            args.action,
+            args.system,
+            args.program,
+            &confirm,
+            args.mode,
+            args.root,
+            bootloader,
+            units,
+            &lock_wait,
+        ];
         let mut follower = Follower::default();
         // A sudo that refused runs nothing: nothing changed.
         let (status, stderr) =
@@ -104,7 +128,7 @@ impl<'a> Job<'a> {
             }
         }
         let result = follower.result.take().expect("the loop ends with a result");
-        Ok(JobEnd { id: self.id, previous: follower.previous, result })
+        Ok(JobEnd { id: self.id, previous: follower.previous, needs_reboot: follower.needs_reboot, result })
     }
 
     /// Runs one job.sh COMMAND as root and feeds its output to `follower`,
@@ -265,6 +289,7 @@ struct Follower {
     events: Stream,
     started: bool,
     previous: Option<String>,
+    needs_reboot: Option<bool>,
     result: Option<JobResult>,
 }
 
@@ -296,6 +321,8 @@ impl Follower {
             JobEvent::Switching { action, system } => report::report(Report::Switching { label, action, system }),
             JobEvent::RollingBack => report::report(Report::RollingBack { label }),
             JobEvent::AwaitingConfirmation { seconds } => return Some(seconds),
+            JobEvent::WaitingForLock { holder } => report::report(Report::WaitingForLock { label, holder }),
+            JobEvent::NeedsReboot(needs) => self.needs_reboot = needs,
             JobEvent::Result(result) => self.result = Some(result),
         }
         None
