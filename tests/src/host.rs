@@ -170,12 +170,11 @@ impl Host {
         self.machine.exec(script)
     }
 
-    /// [`Host::exec`]'s stdout when it succeeded; None when it failed or the
-    /// host is not up (rebooting).
-    pub fn try_sh(&self, script: &str) -> Option<String> {
-        self.machine.init_pid()?;
-        let out = self.exec(script);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    /// Which boot of the host runs, seen from outside (never entering a
+    /// host that may be shutting down, which would hold its shutdown up):
+    /// the pid of its PID 1, another after a reboot; None between two.
+    pub fn boot(&self) -> Option<i32> {
+        self.machine.init_pid()
     }
 
     /// [`Host::exec`] that must succeed; its stdout.

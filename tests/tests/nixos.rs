@@ -352,7 +352,7 @@ fn a_host_that_never_comes_back_is_named_within_the_reboot_timeout() {
     // the reboot was asked for.
     let proxy = Proxy::start(web1.port, Link::Delay(std::time::Duration::ZERO));
     let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{}", tb.nix_sshopts(), web1.port);
-    let before = pid1_started(&web1);
+    let before = web1.boot();
 
     let run = std::thread::scope(|s| {
         let run = s.spawn(|| {
@@ -362,7 +362,7 @@ fn a_host_that_never_comes_back_is_named_within_the_reboot_timeout() {
             ))
         });
         // Once it went down for the reboot.
-        while web1.try_sh("cut -d' ' -f22 /proc/1/stat").is_some_and(|now| now.trim() == before) {
+        while web1.boot() == before {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         proxy.refuse_new_connections();
