@@ -129,11 +129,22 @@ impl JobsArgs {
 pub struct Results {
     writer: RecordWriter,
     outcome: Outcome,
+    /// The first record that could not be written from a callback of a
+    /// run over many hosts, which cannot stop there: said at the end.
+    unwritten: Option<Error>,
 }
 
 impl Results {
     pub fn new(output: &OutputArgs) -> Results {
-        Results { writer: RecordWriter::new(output.json), outcome: Outcome::default() }
+        Results { writer: RecordWriter::new(output.json), outcome: Outcome::default(), unwritten: None }
+    }
+
+    /// Keeps the first error of `written` for [`Results::finish`], where a
+    /// run over many hosts cannot return it at once.
+    pub fn keep(&mut self, written: Result<(), Error>) {
+        if let Err(e) = written {
+            self.unwritten.get_or_insert(e);
+        }
     }
 
     /// Writes the record when `result` is Ok, reports the failure otherwise.
@@ -158,7 +169,8 @@ impl Results {
         self.outcome.failed += 1;
     }
 
-    pub fn finish(self) -> Outcome {
-        self.outcome
+    /// What the run came to, or the first record that could not be written.
+    pub fn finish(self) -> Result<Outcome, Error> {
+        self.unwritten.map_or(Ok(self.outcome), Err)
     }
 }

@@ -163,7 +163,6 @@ impl Plan {
             }
             Work::Records(records) => records,
         };
-        let mut write_error = None;
         self.rollout.run(
             records,
             |(record, target)| {
@@ -176,19 +175,18 @@ impl Plan {
                     Step::Done(activation) => activation,
                     Step::NotReached(stopped_by) => Activation::skipped(&stopped_by),
                 };
-                if let Err(e) = report(results, Some(record), target, &activation, self.opts.action, json) {
-                    write_error.get_or_insert(e);
-                }
+                let written = report(results, Some(record), target, &activation, self.opts.action, json);
+                results.keep(written);
             },
         );
-        write_error.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
     Plan::new(&cli)?.run(&mut results, cli.output.json)?;
-    Ok(results.finish())
+    results.finish()
 }
 
 /// What makes no sense together is bad usage, before anything is done.

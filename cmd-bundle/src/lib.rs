@@ -38,5 +38,5 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     for bundle in contents.build(&records)? {
         results.write(&bundle)?;
     }
-    Ok(results.finish())
+    results.finish()
 }

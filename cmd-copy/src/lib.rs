@@ -111,13 +111,11 @@ impl Plan {
     /// done (with --dry-run: none).
     fn run(self, results: &mut Results, json: bool) -> Result<(), Error> {
         let Plan { routes, via, options, jobs } = self;
-        let mut write_error = None;
         fleet::copy_routes(&routes, via.as_ref(), &options, jobs, |route, records, copied| {
-            if let Err(e) = report(results, route, records, &copied, options.dry_run, json) {
-                write_error.get_or_insert(e);
-            }
+            let written = report(results, route, records, &copied, options.dry_run, json);
+            results.keep(written);
         })?;
-        write_error.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 
@@ -125,7 +123,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
     let json = cli.output.json;
     Plan::new(cli)?.run(&mut results, json)?;
-    Ok(results.finish())
+    results.finish()
 }
 
 /// Passes on a route's records once its copy is done, or reports why not.

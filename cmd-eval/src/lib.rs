@@ -151,7 +151,7 @@ impl Plan {
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
     Plan::new(&cli)?.run(&mut results)?;
-    Ok(results.finish())
+    results.finish()
 }
 
 /// The search path and system of -f and --network, nixpkgs fetched first

@@ -166,7 +166,7 @@ fn install(
         }
         results.record(&record, installed.map(drop))?;
     }
-    Ok(results.finish())
+    results.finish()
 }
 
 /// The runners, valid on the host: copied there, or built there from .drv records.
@@ -193,7 +193,6 @@ fn switch(
     let planned = fleet::with_targets(records.read()?, Some(vm), None)?;
     let privilege = privilege.privilege()?;
     let mut results = Results::new(output);
-    let mut write_error = None;
     jobs.rollout().run(
         &planned,
         |(record, target)| microvm::switch(&Session::new(target.clone(), &privilege), record, opts),
@@ -204,12 +203,10 @@ fn switch(
                 Step::Done(Err(why)) => Ok(results.failed(record.label(), &why)),
                 Step::NotReached(_) => Ok(()),
             };
-            if let Err(e) = written {
-                write_error.get_or_insert(e);
-            }
+            results.keep(written);
         },
     );
-    write_error.map_or(Ok(results.finish()), Err)
+    results.finish()
 }
 
 fn list(args: &HostArgs, output: &OutputArgs) -> Result<Outcome, Error> {

@@ -544,16 +544,11 @@ fn verdict(target: &str, path: &str, action: Action, opts: &Options, end: &job::
 /// session learns its own from it too).
 fn probe(session: &Session, path: Option<&str>, which: &str, opts: &Options) -> Result<ProbeFacts, ActivationError> {
     let spec = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
-    let events = session.script(Script::Probe, &[path.unwrap_or(""), spec, which])?;
-    events
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Probe(probe) => Some(probe),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            SessionError::from(SshError::NoAnswer { target: session.target.to_string(), what: "probe".into() }).into()
-        })
+    let args = [path.unwrap_or(""), spec, which];
+    Ok(session.answer(Script::Probe, &args, &[], "probe", |e| match e {
+        Event::Probe(probe) => Some(probe),
+        _ => None,
+    })?)
 }
 
 /// Everything that must hold before anything on the target changes.

@@ -20,7 +20,7 @@ pub enum Event {
     /// One MicroVM on a host.
     Vm(VmState),
     /// What installing a MicroVM runner did.
-    Installed { changed: bool, previous: Option<String>, restarted: bool },
+    Installed(crate::microvm::Installed),
     /// Whether a MicroVM that was to be removed was there.
     Removed { found: bool },
     /// A path of a system's closure (`before` or `after`).
@@ -197,15 +197,14 @@ pub struct BootState {
     pub booted: Option<String>,
 }
 
-/// One VM on a host, as `list` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One VM on a host, as the host script reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmState {
     pub name: String,
     pub current: String,
     pub booted: Option<String>,
     pub running: bool,
     /// Whether its current runner is still in the store.
-    #[serde(skip)]
     pub valid: bool,
 }
 
@@ -270,9 +269,11 @@ pub fn parse_line(line: &str) -> Option<Event> {
             running: flag("running"),
             valid: flag("valid"),
         }),
-        "installed" => {
-            Event::Installed { changed: flag("changed"), previous: some("previous"), restarted: flag("restarted") }
-        }
+        "installed" => Event::Installed(crate::microvm::Installed {
+            changed: flag("changed"),
+            previous: some("previous"),
+            restarted: flag("restarted"),
+        }),
         "removed" => Event::Removed { found: flag("found") },
         "requisite" => Event::Requisite { after: get("of")? == "after", path: get("path")?.to_owned() },
         "boot" => Event::Boot(BootState {

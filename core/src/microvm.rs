@@ -55,7 +55,7 @@ impl Restart {
 }
 
 /// What one install did.
-#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Installed {
     /// Whether `current` moved; false: the runner was already current.
@@ -124,7 +124,7 @@ impl<'a> Host<'a> {
         Ok(events
             .into_iter()
             .find_map(|e| match e {
-                Event::Installed { changed, previous, restarted } => Some(Installed { changed, previous, restarted }),
+                Event::Installed(installed) => Some(installed),
                 _ => None,
             })
             .unwrap_or_default())

@@ -15,6 +15,10 @@ use crate::target::{SshError, Target};
 use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
 
+/// ssh options for a connection of its own: never a shared ControlMaster,
+/// which would prove nothing about whether the host lets anyone in now.
+pub const NEW_CONNECTION: [&str; 4] = ["-o", "ControlMaster=no", "-o", "ControlPath=none"];
+
 /// Runs the script given as $1 with the arguments after it, so that a
 /// script can keep a copy of itself ($self: the job does).
 const BOOTSTRAP: &str = r#"self=$1; shift; eval "$self""#;
@@ -106,10 +110,11 @@ impl<'a> Session<'a> {
         if let Some(facts) = self.facts.get() {
             return Ok(facts);
         }
-        self.script(Script::Facts, &[] as &[&str])?;
-        self.facts
-            .get()
-            .ok_or_else(|| SshError::NoAnswer { target: self.target.to_string(), what: "facts".into() }.into())
+        let facts = self.answer(Script::Facts, &[] as &[&str], &[], "facts", |e| match e {
+            Event::Host(facts) => Some(facts),
+            _ => None,
+        })?;
+        Ok(self.facts.get_or_init(|| facts))
     }
 
     /// Keeps the host facts among `events`.
@@ -152,6 +157,24 @@ impl<'a> Session<'a> {
         let events = crate::event::parse_all(&output.stdout);
         self.learn(&events);
         Ok(events)
+    }
+
+    /// Runs `script` as the login user (ssh with `ssh_options`) for the one
+    /// answer `pick` takes from its events; a script that did not give it
+    /// is an error naming `what`.
+    pub fn answer<S: AsRef<str>, T>(
+        &self,
+        script: Script,
+        args: &[S],
+        ssh_options: &[&str],
+        what: &str,
+        pick: impl FnMut(Event) -> Option<T>,
+    ) -> Result<T, SessionError> {
+        let events = self.script_with(script, args, ssh_options)?;
+        events
+            .into_iter()
+            .find_map(pick)
+            .ok_or_else(|| SshError::NoAnswer { target: self.target.to_string(), what: what.to_owned() }.into())
     }
 
     /// Runs `script` as root to its end; its events, or why not.

@@ -9,7 +9,7 @@ use super::ActivationError;
 use crate::event::{self, Event, JobEvent, JobResult};
 use crate::process;
 use crate::report::{self, Report};
-use crate::session::{Script, Session, SessionError};
+use crate::session::{Script, Session, SessionError, NEW_CONNECTION};
 use std::io::{BufRead, BufReader, Read};
 use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,9 +20,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const FRAME: &str = "nixpipe-frame ";
 /// How long nixpipe keeps trying to get a dropped connection back.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
-/// A connection of its own for every try: never a shared ControlMaster, which
-/// would prove nothing about whether the new system lets anyone in.
-const NEW_CONNECTION: [&str; 4] = ["-o", "ControlMaster=no", "-o", "ControlPath=none"];
 /// A link that died without a word is noticed within 15 s, not hours.
 const KEEPALIVE: [&str; 4] = ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"];
 

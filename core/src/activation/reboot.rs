@@ -7,15 +7,14 @@
 use super::ActivationError;
 use crate::event::{BootState, Event};
 use crate::report;
-use crate::session::{Script, Session, SessionError};
-use crate::target::SshError;
+use crate::session::{Script, Session, SessionError, NEW_CONNECTION};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// How long a target may take to come back when nothing says otherwise.
 pub const REBOOT_WAIT: u64 = 300;
-/// A connection of its own for every try, given up on after 5 s.
-const NEW_CONNECTION: [&str; 6] = ["-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ConnectTimeout=5"];
+/// Every try gives up after 5 s.
+const TRY_FOR: [&str; 2] = ["-o", "ConnectTimeout=5"];
 
 /// Reboots the session's host and waits up to `wait` seconds for it to
 /// answer from its next boot; what it runs then.
@@ -40,14 +39,10 @@ pub(super) fn runs(session: &Session, state: &BootState, system: &str) -> Result
 
 /// Which boot the host is in, and what it runs.
 fn boot_state(session: &Session, ssh_options: &[&str]) -> Result<BootState, SessionError> {
-    let events = session.script_with(Script::BootState, &[] as &[&str], ssh_options)?;
-    events
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Boot(state) => Some(state),
-            _ => None,
-        })
-        .ok_or_else(|| SshError::NoAnswer { target: session.target.to_string(), what: "boot state".into() }.into())
+    session.answer(Script::BootState, &[] as &[&str], ssh_options, "boot state", |e| match e {
+        Event::Boot(state) => Some(state),
+        _ => None,
+    })
 }
 
 /// `systemctl reboot` as root. The connection may die with the host before
@@ -71,7 +66,7 @@ fn wait_for_restart(session: &Session, label: &str, before: &BootState, wait: u6
         thread::sleep(Duration::from_secs(1));
         let waited = started.elapsed().as_secs();
         report::step(label, &format!("rebooting {}: waiting for it to answer ({waited} s of {wait})", session.target));
-        match boot_state(session, &NEW_CONNECTION) {
+        match boot_state(session, &[&NEW_CONNECTION[..], &TRY_FOR[..]].concat()) {
             Ok(state) if state.boot != before.boot => return Some(state),
             _ => continue,
         }
