@@ -7,6 +7,7 @@ complete -c nixpipe-activate -l batch -d 'Roll out N hosts at a time; a failed h
 complete -c nixpipe-activate -l if-inhibited -d 'When the system\'s switch inhibitors forbid a switch (critical components changed): refuse it, or make it the boot default instead (boot), to run at the next reboot' -r -f -a "refuse\t'Refuse it, changing nothing'
 boot\t'Make it the boot default instead (boot), to activate at the next reboot'"
 complete -c nixpipe-activate -l reboot-timeout -d 'How long a rebooted target may take to answer again' -r
+complete -c nixpipe-activate -l lock-timeout -d 'How long to wait for NixOS\'s own switch lock when another switch holds it (nixos-rebuild, an auto-upgrade); then the target is left as it is' -r
 complete -c nixpipe-activate -l check -d 'Run COMMAND on each target after switching (e.g. \'curl -fsS localhost/health\'); when it fails, that target rolls back' -r
 complete -c nixpipe-activate -l no-hostname-check -d 'Activate even when the target\'s hostname is not the record\'s'
 complete -c nixpipe-activate -l dry-run -d 'Check everything on the target, change nothing'

@@ -94,6 +94,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = activation::REBOOT_WAIT, requires = "reboot", value_parser = clap::value_parser!(u64).range(1..))]
     pub reboot_timeout: u64,
 
+    /// How long to wait for NixOS's own switch lock when another switch holds it (nixos-rebuild, an
+    /// auto-upgrade); then the target is left as it is
+    #[arg(long, value_name = "SECONDS", default_value_t = activation::NIXOS_LOCK_WAIT)]
+    pub lock_timeout: u64,
+
     /// Keep a new system whose switch left units failed (exit 4) instead of rolling back
     #[arg(long)]
     pub keep_on_unit_failure: bool,
@@ -142,6 +147,7 @@ impl Plan {
             keep_on_unit_failure: cli.keep_on_unit_failure,
             install_bootloader: cli.install_bootloader,
             reboot: cli.reboot.then_some(cli.reboot_timeout),
+            lock_timeout: Some(cli.lock_timeout),
         };
         let work = match cli.rollback || cli.restore_bundle {
             true => Work::GoBack(

@@ -1,9 +1,11 @@
 # Runs on the relay of `nixpipe-copy --via HOST`, as
-#   relay.sh DESTINATION PORT KNOWN_AS
+#   relay.sh DESTINATION PORT KNOWN_AS MAKING_ROOTS
 # Makes a closure valid on DESTINATION (user@host as the deployer wrote it,
 # resolved by this host's own ssh configuration), at PORT unless it is
 # empty, from this host's store. KNOWN_AS is the name the deployer's ssh
-# looks the target's host key up by.
+# looks the target's host key up by. MAKING_ROOTS, unless empty, is the
+# command (from the deployer, for the target's login shell) that makes the
+# copied records' GC roots there before anything is copied.
 #
 # It starts while the closure is still being uploaded here: it logs in to
 # the target and asks what the target lacks meanwhile, then waits for the
@@ -21,7 +23,7 @@
 # event per path it sent. Exit 3: the target could not be reached from
 # here; exit 4: no go.
 set -euf # -f: KNOWN_AS may look like a glob ([127.0.0.1]:2222)
-destination=$1 port=$2 known_as=$3
+destination=$1 port=$2 known_as=$3 making_roots=$4
 scratch=$(mktemp -d)
 
 # Reads stdin up to the next empty line (or its end).
@@ -54,7 +56,9 @@ unreachable() {
 emit closure paths="$(echo "$closure" | wc -l)"
 # -n: ssh would read the deployer's "go" meant for this script.
 # shellcheck disable=SC2086 # one argument per path
-missing=$(on_target -n -- "$destination" nix-store --check-validity --print-invalid $closure) || unreachable $?
+# The roots come first, in the same round trip.
+missing=$(on_target -n -- "$destination" ${making_roots:+"$making_roots;"} \
+    nix-store --check-validity --print-invalid $closure) || unreachable $?
 read -r go || exit 4
 [ "$go" = go ] || exit 4
 [ -n "$missing" ] || exit 0

@@ -3,8 +3,9 @@
 # this copy and the activation cannot delete it: the serve session's own
 # temporary roots die with it), and for --compress zstd, one byte saying
 # whether zstd is on the PATH.
-#   serve.sh plain|probe-zstd|zstd NAME=PATH... -- NIX-STORE-OPTIONS...
-# zstd: every request arrives zstd-compressed. A root is made before its
+#   serve.sh plain|probe-zstd|zstd|roots NAME=PATH... -- NIX-STORE-OPTIONS...
+# zstd: every request arrives zstd-compressed; roots: the roots only, for a
+# copy another program makes (nix-copy-closure on a --via relay). A root is made before its
 # path is valid (a root to a missing path protects nothing, and costs
 # nothing), in /nix/var/nix/gcroots/nixpipe as root, else in the login
 # user's per-user GC root directory; where neither can be written, none.
@@ -24,6 +25,7 @@ while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
 done
 [ "$#" -gt 0 ] && shift
 case $how in
+    roots) exit 0 ;;
     plain) exec nix-store --serve --write "$@" ;;
     probe-zstd)
         if command -v zstd >/dev/null 2>&1; then printf Z; else printf N; fi

@@ -128,12 +128,16 @@ pub struct Options {
     /// run yet (boot, an inhibited switch, a changed init interface, a new
     /// kernel), waiting for it at most this many seconds.
     pub reboot: Option<u64>,
+    /// How long the job waits for NixOS's own lock (another
+    /// switch-to-configuration) before it gives up, changing nothing; None
+    /// for [`NIXOS_LOCK_WAIT`].
+    pub lock_timeout: Option<u64>,
 }
 
 pub use reboot::REBOOT_WAIT;
 
-/// How long the job waits for NixOS's own lock (another
-/// switch-to-configuration) before it gives up, changing nothing.
+/// The default of [`Options::lock_timeout`]: an auto-upgrade's switch
+/// takes about that long.
 pub const NIXOS_LOCK_WAIT: u64 = 60;
 
 /// How long the target waits for a --check to pass when no
@@ -439,6 +443,7 @@ fn run(
         root: &root,
         install_bootloader: opts.install_bootloader,
         keep_on_unit_failure: opts.keep_on_unit_failure,
+        lock_timeout: opts.lock_timeout.unwrap_or(NIXOS_LOCK_WAIT),
     };
     let end = Job::new(session, label, opts.check.as_deref()).run(&args)?;
     if end.previous.is_some() {

@@ -250,11 +250,15 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
 /// it in the system profile.
 pub fn copy_records(route: &Route, records: &[Record], options: &Options) -> Result<Summary, CopyError> {
     let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
-    let roots: Vec<GcRoot> = match options.no_gc_roots {
+    copy_rooted(route, &paths, &gc_roots(records, options), options)
+}
+
+/// The GC roots a copy of `records` leaves on its target.
+pub fn gc_roots(records: &[Record], options: &Options) -> Vec<GcRoot> {
+    match options.no_gc_roots {
         true => Vec::new(),
         false => records.iter().map(|r| GcRoot { name: gc_root_name(r), path: r.path.clone() }).collect(),
-    };
-    copy_rooted(route, &paths, &roots, options)
+    }
 }
 
 /// The name of a record's GC root on its target: its NAME, else its path's

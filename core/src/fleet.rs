@@ -146,15 +146,12 @@ pub fn copy_routes(
         each(
             routes,
             jobs,
-            |(route, records)| {
-                let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
-                match fetcher {
-                    Some(fetcher) => {
-                        let _line = report::host_line(&route.to.to_string(), &fetching);
-                        fetcher.fetch(&route.to, &paths)
-                    }
-                    None => copy::copy_records(route, records, options).map_err(Missed::Failed),
+            |(route, records)| match fetcher {
+                Some(fetcher) => {
+                    let _line = report::host_line(&route.to.to_string(), &fetching);
+                    fetcher.fetch(&route.to, records, options)
                 }
+                None => copy::copy_records(route, records, options).map_err(Missed::Failed),
             },
             |(route, records), copied| {
                 match copied {

@@ -285,14 +285,24 @@ impl Mode {
             Mode::WriteProbingZstd => "probe-zstd",
             Mode::WriteZstd => "zstd",
         };
-        let roots = roots.iter().map(|root| format!("{}={}", root.name, root.path));
-        let args: Vec<String> = std::iter::once(how.to_owned())
-            .chain(roots)
-            .chain(std::iter::once("--".to_owned()))
-            .chain(nix_args.iter().cloned())
-            .collect();
-        Script::Serve.argv(&args)
+        serve_script(how, roots, nix_args)
     }
+}
+
+/// The command that only makes `roots`, for a copy that another program
+/// makes (the relay's nix-copy-closure).
+pub fn making_roots(roots: &[GcRoot]) -> Vec<String> {
+    serve_script("roots", roots, &[])
+}
+
+fn serve_script(how: &str, roots: &[GcRoot], nix_args: &[String]) -> Vec<String> {
+    let roots = roots.iter().map(|root| format!("{}={}", root.name, root.path));
+    let args: Vec<String> = std::iter::once(how.to_owned())
+        .chain(roots)
+        .chain(std::iter::once("--".to_owned()))
+        .chain(nix_args.iter().cloned())
+        .collect();
+    Script::Serve.argv(&args)
 }
 
 /// Reader and writer buffers: large enough that a stream of NARs moves in

@@ -255,7 +255,7 @@ impl SshHost {
 /// quoted for sh, from base64 and runs it. A quoted multi-line script is not
 /// something every login shell passes through (tcsh rejects it, then runs
 /// pieces of it); `sh -c` and a quoted line of base64 and `$(...)` are.
-fn remote_command(argv: &[&str]) -> Result<String, SshError> {
+pub(crate) fn remote_command(argv: &[&str]) -> Result<String, SshError> {
     use base64::Engine;
     let line = shlex::try_join(argv.iter().copied()).map_err(|e| SshError::Quote(e.to_string()))?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(line);

@@ -22,6 +22,8 @@ use crate::event::Event;
 use crate::host_key;
 use crate::nix;
 use crate::process;
+use crate::record::Record;
+use crate::serve::{self, GcRoot};
 use crate::session::Script;
 use crate::store_path::StorePath;
 use crate::target::Target;
@@ -166,12 +168,15 @@ impl<E: Into<CopyError>> From<E> for Missed {
 }
 
 impl Fetcher {
-    /// Makes the closures of `paths` valid on `to`, once they are uploaded.
-    pub fn fetch(&self, to: &Destination, paths: &[&StorePath]) -> Result<Summary, Missed> {
+    /// Makes the closures of the records' paths valid on `to`, once they
+    /// are uploaded, with the GC roots of a copy under `options`.
+    pub fn fetch(&self, to: &Destination, records: &[Record], options: &Options) -> Result<Summary, Missed> {
         match (&self.from, to) {
-            (Source::Relay(relay), Destination::Store(target)) => relay.copy_to(target, paths, &self.uploaded),
+            (Source::Relay(relay), Destination::Store(target)) => {
+                relay.copy_to(target, records, &copy::gc_roots(records, options), &self.uploaded)
+            }
             (Source::Cache(session), to) => match self.uploaded.wait() {
-                true => Ok(copy::copy_closures(&Route { from: Target::Local, to: to.clone() }, paths, session)?),
+                true => Ok(copy::copy_records(&Route { from: Target::Local, to: to.clone() }, records, session)?),
                 false => Err(Missed::NoUpload),
             },
             (Source::Relay(_), Destination::Cache(_)) => unreachable!("refused by Via::check"),
@@ -259,24 +264,38 @@ impl RelayConnection {
         ["-o", &socket, "-o", "ControlPersist=no"].map(String::from).to_vec()
     }
 
-    /// Runs relay.sh on the relay: it logs in to `target` and finds what it
-    /// lacks at once, and copies that once `uploaded` says the closure is
-    /// on the relay.
-    fn copy_to(&self, target: &Target, paths: &[&StorePath], uploaded: &Gate) -> Result<Summary, Missed> {
+    /// Runs relay.sh on the relay: it logs in to `target`, makes `roots`
+    /// there and finds what it lacks at once, and copies that once
+    /// `uploaded` says the closure is on the relay.
+    fn copy_to(
+        &self,
+        target: &Target,
+        records: &[Record],
+        roots: &[GcRoot],
+        uploaded: &Gate,
+    ) -> Result<Summary, Missed> {
         let started = std::time::Instant::now();
         let relay = &self.relay;
         let Target::Ssh(host) = target else { unreachable!("refused by Via::check") };
         // Before the upload the relay cannot tell the closure: it is told.
         let trust = host_key::trusted_for(host)?;
         let mut input = trust.known_hosts + "\n";
-        for path in nix::requisites(paths)? {
+        let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
+        for path in nix::requisites(&paths)? {
             input += &path;
             input.push('\n');
         }
         input.push('\n');
         let port = host.port.map(|p| p.to_string()).unwrap_or_default();
         let destination = host.destination();
-        let argv = Script::Relay.argv(&[&destination, &port, &trust.name]);
+        let making_roots = match roots.is_empty() {
+            true => String::new(),
+            false => {
+                let argv = serve::making_roots(roots);
+                crate::target::remote_command(&argv.iter().map(String::as_str).collect::<Vec<_>>())?
+            }
+        };
+        let argv = Script::Relay.argv(&[&destination, &port, &trust.name, &making_roots]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let options = Self::options(self.dir.path());
         let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;

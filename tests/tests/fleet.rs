@@ -149,6 +149,49 @@ fn via_a_relay_every_target_gets_the_closure_without_a_byte_from_the_deployer() 
     }
 }
 
+/// What a garbage collection on `host` leaves of the copy of `system`
+/// named `name`: whether the system, and the GC root that kept it.
+fn after_a_gc(host: &Host, name: &str, system: &str) -> (bool, bool) {
+    host.sh("nix-store --gc >/dev/null 2>&1");
+    let root = format!("/nix/var/nix/gcroots/nixpipe/{name} -> {system}");
+    (host.has(system), host.gc_roots().contains(&root))
+}
+
+#[test]
+fn via_a_relay_each_target_keeps_its_copy_as_a_gc_root_through_a_garbage_collection() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let (_relay, targets) = behind_a_relay(&tb, 2);
+
+    tb.sh(&tb.with_agent(&format!(
+        "printf 'web1\\t{system}\\nweb2\\t{system}\\n' | nixpipe-copy --via relay --to 'root@{{name}}'"
+    )))
+    .ok();
+
+    assert_eq!(after_a_gc(&targets[0], "web1", &system), (true, true));
+    assert_eq!(after_a_gc(&targets[1], "web2", &system), (true, true));
+}
+
+#[test]
+fn via_a_signed_cache_each_target_keeps_its_copy_as_a_gc_root_through_a_garbage_collection() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let targets = hosts(&tb, 2);
+    tb.new_key("cache");
+    let (key, cache) = (tb.path().join("cache.sec"), tb.path().join("cache"));
+
+    tb.sh(&format!(
+        "printf 'web1\\t{system}\\nweb2\\t{system}\\n' \\
+         | nixpipe-copy --via file://{} --sign-key {} --to 'root@{{name}}'",
+        cache.display(),
+        key.display()
+    ))
+    .ok();
+
+    assert_eq!(after_a_gc(&targets[0], "web1", &system), (true, true));
+    assert_eq!(after_a_gc(&targets[1], "web2", &system), (true, true));
+}
+
 #[test]
 fn via_a_relay_a_target_it_cannot_reach_fails_alone() {
     let tb = Testbed::new();

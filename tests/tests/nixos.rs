@@ -207,6 +207,25 @@ fn a_busy_nixos_lock_is_waited_for_and_its_holder_named() {
 }
 
 #[test]
+fn a_nixos_lock_held_past_the_lock_timeout_changes_nothing_and_names_its_holder() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+    web1.sh("(flock /run/nixos/switch-to-configuration.lock sleep 6 </dev/null >/dev/null 2>&1 &); sleep 0.3");
+
+    let run = activate(&tb, &web1, "--lock-timeout 1 --json switch", &new);
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("NixOS's own lock on") && error.contains("sleep 6"), "{error}");
+    assert!(error.ends_with("nothing activated"), "{error}");
+    assert_eq!(run.json_lines()[0]["rolledBack"], false);
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
+    assert_eq!(web1.switch_log().len(), 1, "only the first deployment switched");
+}
+
+#[test]
 fn check_runs_the_pre_switch_checks_only() {
     let tb = Testbed::new();
     let old = tb.system("web1");

@@ -43,6 +43,8 @@ pub struct Args<'a> {
     pub install_bootloader: bool,
     /// Keep a system whose switch left units failed.
     pub keep_on_unit_failure: bool,
+    /// Seconds to wait for NixOS's own lock.
+    pub lock_timeout: u64,
 }
 
 pub struct JobEnd {
@@ -79,7 +81,7 @@ impl<'a> Job<'a> {
         let who = who();
         let bootloader = if args.install_bootloader { "1" } else { "0" };
         let units = if args.keep_on_unit_failure { "keep" } else { "roll-back" };
-        let lock_wait = super::NIXOS_LOCK_WAIT.to_string();
+        let lock_wait = args.lock_timeout.to_string();
         let launch = [
             &*self.id,
             &who,
