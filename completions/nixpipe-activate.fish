@@ -1,7 +1,7 @@
 complete -c nixpipe-activate -l on -d 'Where to activate: [user@]host[:port], ssh://..., \'root@{name}\', or local [default: the record\'s NAME, else local]' -r
 complete -c nixpipe-activate -l specialisation -d 'Activate specialisation/NAME of the system (the profile gets the system itself)' -r
 complete -c nixpipe-activate -l confirm-timeout -d 'Roll back unless a new ssh connection confirms the switch within SECONDS' -r
-complete -c nixpipe-activate -l sudo-cmd -d 'Become root with CMD instead of sudo (e.g. doas)' -r
+complete -c nixpipe-activate -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r
 complete -c nixpipe-activate -s j -l jobs -d 'Work on up to N hosts at once' -r
 complete -c nixpipe-activate -l batch -d 'Roll out N hosts at a time; a failed host (switch or --check) stops the rollout' -r
 complete -c nixpipe-activate -l if-inhibited -d 'When the system\'s switch inhibitors forbid a switch (critical components changed): refuse it, or make it the boot default instead (boot), to run at the next reboot' -r -f -a "refuse\t'Refuse it, changing nothing'

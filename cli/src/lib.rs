@@ -98,7 +98,8 @@ pub struct PrivilegeArgs {
     #[arg(long)]
     pub ask_sudo_password: bool,
 
-    /// Become root with CMD instead of sudo (e.g. doas)
+    /// Become root with CMD instead of sudo: 'doas -n', run0 (systemd 256 and later), 'systemd-run --uid=0
+    /// --pipe --wait --quiet'; it must let the user in without a password
     #[arg(long, value_name = "CMD")]
     pub sudo_cmd: Option<String>,
 }

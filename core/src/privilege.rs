@@ -36,6 +36,12 @@ pub enum PrivilegeError {
     WrongPassword { sudo: String, target: String },
     #[error("{sudo} on {target} does not let this user become root")]
     NotAllowed { sudo: String, target: String },
+    /// A --sudo-cmd that wants the user to authenticate: only sudo is
+    /// given a password.
+    #[error("{sudo} on {target} asks this user to authenticate, and only sudo gets a password: let the user in without one (doas.conf's nopass, a polkit rule)")]
+    NeedsAuthentication { sudo: String, target: String },
+    #[error("{sudo} is not on {target}")]
+    NotThere { sudo: String, target: String },
     #[error("sudo on {target} did not run the command: {why}")]
     DidNotRun { target: String, why: String },
     /// Bad usage: found before anything was done.
@@ -209,12 +215,16 @@ impl Privilege {
         }
     }
 
-    /// What sudo's words on stderr say of a refusal (read here, once), or
-    /// None when it was not sudo's doing.
+    /// What sudo's (or doas's, or polkit's for run0 and systemd-run) words
+    /// on stderr say of a refusal (read here, once), or None when it was
+    /// not their doing.
     pub fn refusal(&self, target: &Target, stderr: &str) -> Option<PrivilegeError> {
         let sudo = self.custom.as_ref().map_or("sudo", |c| c[0].as_str()).to_owned();
         let target = target.to_string();
         let said = |words: [&str; 2]| words.iter().any(|w| stderr.contains(w));
+        if self.custom.is_some() {
+            return custom_refusal(sudo, target, stderr);
+        }
         if said(["a password is required", "a terminal is required"]) {
             return Some(PrivilegeError::NeedsPassword { sudo, target });
         }
@@ -226,6 +236,25 @@ impl Privilege {
         }
         None
     }
+}
+
+/// What the words of a --sudo-cmd (doas, run0, systemd-run) say of a
+/// refusal. Polkit speaks through systemd-run, before the unit starts.
+fn custom_refusal(sudo: String, target: String, stderr: &str) -> Option<PrivilegeError> {
+    let polkit = "Failed to start transient service unit: ";
+    let polkit_says =
+        |words: &str| stderr.lines().any(|l| l.starts_with(polkit) && l.to_lowercase().contains(&words.to_lowercase()));
+    if stderr.contains("doas: Authentication required") || polkit_says("interactive authentication") {
+        return Some(PrivilegeError::NeedsAuthentication { sudo, target });
+    }
+    if stderr.contains("doas: Operation not permitted") || polkit_says("Access denied") {
+        return Some(PrivilegeError::NotAllowed { sudo, target });
+    }
+    // The login user's sh says it (dash, bash).
+    if [format!("{sudo}: not found"), format!("{sudo}: command not found")].iter().any(|w| stderr.contains(w)) {
+        return Some(PrivilegeError::NotThere { sudo, target });
+    }
+    None
 }
 
 /// Asks on the terminal, never on stdin (the pipe); no terminal is an error.
@@ -276,6 +305,29 @@ mod tests {
         assert_eq!(privilege.password_for(&host(1000, Some(true))).unwrap(), None);
         assert_eq!(privilege.password_for(&host(1000, Some(false))).unwrap(), Some("secret"));
         assert_eq!(Privilege::default().password_for(&host(1000, Some(false))).unwrap(), None);
+    }
+
+    #[test]
+    fn the_refusals_of_doas_and_polkit_are_told_apart() {
+        let target = Target::Local;
+        let refusal = |cmd: &str, stderr: &str| Privilege::new(Some(cmd), false).unwrap().refusal(&target, stderr);
+        let interactive = "Failed to start transient service unit: Access denied as the requested operation \
+                           requires interactive authentication. However, ...";
+        for (cmd, stderr) in [
+            ("doas", "doas: Authentication required"),
+            ("run0", interactive),
+            ("systemd-run", "Failed to start transient service unit: Interactive authentication required."),
+        ] {
+            assert!(matches!(refusal(cmd, stderr), Some(PrivilegeError::NeedsAuthentication { .. })), "{stderr}");
+        }
+        for (cmd, stderr) in [
+            ("doas", "doas: Operation not permitted"),
+            ("run0", "Failed to start transient service unit: Access denied"),
+        ] {
+            assert!(matches!(refusal(cmd, stderr), Some(PrivilegeError::NotAllowed { .. })), "{stderr}");
+        }
+        assert!(matches!(refusal("run0", "sh: 1: run0: not found"), Some(PrivilegeError::NotThere { .. })));
+        assert_eq!(refusal("doas", "rm: cannot remove 'x': Operation not permitted"), None);
     }
 
     #[test]

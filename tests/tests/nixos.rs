@@ -20,6 +20,10 @@ fn activate(tb: &Testbed, host: &Host, flags: &str, system: &str) -> Run {
     tb.sh(&format!("nixpipe-activate --on {} {flags} $'web1\\t{system}'", host.target()))
 }
 
+fn activate_as_deploy(tb: &Testbed, host: &Host, flags: &str, system: &str) -> Run {
+    tb.sh(&format!("nixpipe-activate --on {} {flags} $'web1\\t{system}'", host.target_as("deploy")))
+}
+
 fn running(host: &Host) -> String {
     host.sh("readlink /run/current-system").trim().to_owned()
 }
@@ -394,4 +398,109 @@ fn a_host_that_never_comes_back_is_named_within_the_reboot_timeout() {
         error.contains(&format!("root@127.0.0.1:{} did not answer within 8 s of its reboot", proxy.port)),
         "{error}"
     );
+}
+
+/// [`running_with_copied`], with the nix-daemon that lets `deploy` at the store.
+fn running_with_copied_for_deploy(tb: &Testbed, running: &str, next: &str) -> Host {
+    let host = running_with_copied(tb, running, next);
+    host.start_nix_daemon();
+    host
+}
+
+/// Polkit's answer on `host` when `deploy` asks to start a unit as root
+/// (what run0 and systemd-run ask): YES or NO.
+fn polkit_answers_deploy(host: &Host, answer: &str) {
+    host.sh(&format!(
+        "mkdir -p /etc/polkit-1/rules.d && cat >/etc/polkit-1/rules.d/50-deploy.rules <<'EOF'
+polkit.addRule(function(action, subject) {{
+  if (action.id == 'org.freedesktop.systemd1.manage-units' && subject.user == 'deploy') return polkit.Result.{answer};
+}});
+EOF"
+    ));
+}
+
+const SYSTEMD_RUN: &str = "--sudo-cmd 'systemd-run --uid=0 --pipe --wait --quiet'";
+
+#[test]
+fn systemd_run_becomes_root_where_polkit_lets_the_user_in() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let web1 = running_with_copied_for_deploy(&tb, &old, &new);
+    polkit_answers_deploy(&web1, "YES");
+
+    activate_as_deploy(&tb, &web1, &format!("{SYSTEMD_RUN} --confirm-timeout 20 switch"), &new).ok();
+
+    assert_eq!(running(&web1), new);
+    assert!(web1.switch_log()[1].contains(" uid=0 "), "{:?}", web1.switch_log());
+}
+
+#[test]
+fn run0_becomes_root_where_polkit_lets_the_user_in_and_is_named_where_systemd_has_none() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let web1 = running_with_copied_for_deploy(&tb, &old, &new);
+    polkit_answers_deploy(&web1, "YES");
+
+    let run = activate_as_deploy(&tb, &web1, "--sudo-cmd run0 switch", &new);
+
+    // run0 came with systemd 256: trixie and sid have it, bookworm not.
+    match web1.exec("command -v run0").status.success() {
+        true => assert_eq!((run.code, running(&web1)), (0, new), "{}", run.stderr),
+        false => {
+            assert_eq!(run.code, 1);
+            let error = run.error_line();
+            assert!(error.contains("run0 is not on deploy@") && error.ends_with("nothing changed"), "{error}");
+            assert_eq!(running(&web1), old);
+        }
+    }
+}
+
+#[test]
+fn a_user_polkit_refuses_is_told_in_one_line_and_nothing_changes() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let web1 = running_with_copied_for_deploy(&tb, &old, &new);
+    polkit_answers_deploy(&web1, "NO");
+
+    let run = activate_as_deploy(&tb, &web1, &format!("{SYSTEMD_RUN} switch"), &new);
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(
+        error.contains("systemd-run on deploy@") && error.contains("does not let this user become root"),
+        "{error}"
+    );
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
+}
+
+#[test]
+fn doas_becomes_root_for_a_user_sudo_would_ask_a_password_of() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let web1 = running_with_copied_for_deploy(&tb, &old, &new);
+    web1.sh("echo 'permit nopass deploy as root' >/etc/doas.conf");
+
+    activate_as_deploy(&tb, &web1, "--sudo-cmd 'doas -n' --confirm-timeout 20 switch", &new).ok();
+
+    assert_eq!(running(&web1), new);
+}
+
+#[test]
+fn a_doas_that_asks_to_authenticate_is_told_in_one_line_and_nothing_changes() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2";"#);
+    let web1 = running_with_copied_for_deploy(&tb, &old, &new);
+    web1.sh("echo 'permit deploy as root' >/etc/doas.conf");
+
+    let run = activate_as_deploy(&tb, &web1, "--sudo-cmd 'doas -n' switch", &new);
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("doas on deploy@") && error.contains("asks this user to authenticate"), "{error}");
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
 }
