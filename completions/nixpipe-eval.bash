@@ -23,7 +23,7 @@ _nixpipe__eval() {
 
     case "${cmd}" in
         nixpipe__eval)
-            opts="-f -I -h -V --all --file --nixpkgs --nixpkgs-url --nixpkgs-sha256 --system --network --vm --vm-runner --microvm-runner --attr --drv --build-on --json --help --version"
+            opts="-f -I -h -V --all --file --nixpkgs --nixpkgs-url --nixpkgs-sha256 --system --network --vm --vm-runner --microvm-runner --attr --drv --build-on --tag --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,10 @@ _nixpipe__eval() {
                     return 0
                     ;;
                 --build-on)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tag)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -7,6 +7,7 @@ complete -c nixpipe-eval -s I -d 'Add an entry to the Nix search path, as nix-bu
 complete -c nixpipe-eval -l network -d 'A network file of machines, as nixos-build-vms, NixOps and morph use; NAME is the attribute name' -r -F
 complete -c nixpipe-eval -l attr -d 'Any other derivation under config, e.g. system.build.vm' -r
 complete -c nixpipe-eval -l build-on -d 'Evaluate here, build on TARGET: the .drv closures go there, one nix-store --realise builds them; the outputs stay there' -r
+complete -c nixpipe-eval -l tag -d 'Only the machines whose deployment.tags carry TAG (again for more: any of them)' -r
 complete -c nixpipe-eval -l all -d 'Every nixosConfigurations entry of the flakes given (of . when none is)'
 complete -c nixpipe-eval -l vm -d 'The VM variant\'s toplevel (config.virtualisation.vmVariant.system.build.toplevel), to update a running VM with `nixpipe-activate ... test`'
 complete -c nixpipe-eval -l vm-runner -d 'The runnable VM (config.system.build.vm)'

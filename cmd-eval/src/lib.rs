@@ -76,6 +76,10 @@ pub struct Cli {
     #[arg(long, value_name = "TARGET")]
     pub build_on: Option<TargetSpec>,
 
+    /// Only the machines whose deployment.tags carry TAG (again for more: any of them)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -100,6 +104,7 @@ struct Plan {
     input: Input,
     variant: Variant,
     build: Build,
+    tags: Vec<String>,
 }
 
 impl Plan {
@@ -119,7 +124,7 @@ impl Plan {
                 (false, all) => Flake::group(&cli.flakes, all)?,
             }),
         };
-        Ok(Plan { input, variant: variant(cli), build })
+        Ok(Plan { input, variant: variant(cli), build, tags: cli.tag.clone() })
     }
 
     /// Evaluates every machine, builds them, writes their records; the
@@ -136,8 +141,14 @@ impl Plan {
                 machines
             }
         };
+        let evaluated = machines.len();
+        let machines: Vec<Machine> = machines.into_iter().filter(|m| m.carries_any(&self.tags)).collect();
         if machines.is_empty() {
-            return Ok(());
+            // A misspelt tag would otherwise deploy nothing, silently.
+            return match evaluated > 0 && !self.tags.is_empty() {
+                true => Err(EvalError::NoTag(self.tags.clone()).into()),
+                false => Ok(()),
+            };
         }
         let records = match &self.build {
             Build::Nowhere => eval::derivations(&machines)?,

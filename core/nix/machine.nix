@@ -1,6 +1,6 @@
 # What a record needs from one evaluated machine: its name and the
 # derivation at attrPath under its config (system.build.toplevel by default),
-# and deployment.targetHost where the machine sets it.
+# deployment.targetHost where the machine sets it, and deployment.tags.
 # Shared by every kind of input (classic.nix, and flakes through --apply).
 attrPath: name: config:
 let
@@ -13,4 +13,5 @@ in
   inherit (drv) drvPath;
   system = drv.system or null;
   targetHost = config.deployment.targetHost or null;
+  tags = config.deployment.tags or [ ];
 }

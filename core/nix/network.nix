@@ -14,7 +14,10 @@ let
   wanted = let o = builtins.fromJSON only; in if o == null then names else o;
   # NixOps and morph declare deployment.*; so does this, where there are options.
   declarations = { lib, ... }:
-    if lib ? mkOption then { options.deployment.targetHost = lib.mkOption { default = null; }; } else { };
+    if lib ? mkOption then {
+      options.deployment.targetHost = lib.mkOption { default = null; };
+      options.deployment.tags = lib.mkOption { default = [ ]; };
+    } else { };
   evaluate = name: (import <nixpkgs/nixos/lib/eval-config.nix> ({
     modules = [
       declarations

@@ -42,6 +42,8 @@ pub enum EvalError {
     UnexpectedOutput(String),
     #[error("{machine}: evaluation gave {path:?}: {why}")]
     BadPath { machine: String, path: String, why: String },
+    #[error("no machine carries the tag {}", .0.join(" or "))]
+    NoTag(Vec<String>),
     #[error("building the bundles failed (Nix's message is above)")]
     BundleBuild,
     #[error("nix-build gave {got} paths for {want} bundles")]
@@ -179,6 +181,9 @@ pub struct Machine {
     pub out: String,
     pub system: Option<String>,
     pub target_host: Option<String>,
+    /// deployment.tags: the groups it belongs to (colmena's option).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 impl Classic {
@@ -384,13 +389,22 @@ pub fn derivations(machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
 }
 
 impl Machine {
+    /// Whether it carries one of `tags`; every machine when none is given.
+    pub fn carries_any(&self, tags: &[String]) -> bool {
+        tags.is_empty() || self.tags.iter().any(|t| tags.contains(t))
+    }
+
     /// `NAME<TAB>PATH`; a configuration with an empty hostName gives a
     /// record without a name. drv and system travel in JSON records.
     fn record(&self, path: &str) -> Result<Record, EvalError> {
         let name = Some(self.name.clone()).filter(|n| !n.is_empty());
         let mut record = Record::new(name, self.store_path(path)?);
-        let fields =
-            EvalJson { drv: &self.drv_path, system: self.system.as_deref(), target_host: self.target_host.as_deref() };
+        let fields = EvalJson {
+            drv: &self.drv_path,
+            system: self.system.as_deref(),
+            target_host: self.target_host.as_deref(),
+            tags: &self.tags,
+        };
         record.add_fields(&fields);
         Ok(record)
     }
@@ -413,6 +427,8 @@ struct EvalJson<'a> {
     system: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target_host: Option<&'a str>,
+    /// Always there, `[]` for none: `jq 'select(.tags | index("db"))'`.
+    tags: &'a [String],
 }
 
 #[cfg(test)]

@@ -141,6 +141,59 @@ fn a_network_file_gives_every_machine_with_its_target_host_and_system_in_one_eva
 }
 
 #[test]
+fn a_network_files_tags_travel_in_the_records_and_tag_keeps_the_machines_carrying_one() {
+    let tb = Testbed::new();
+    let eval = r#"nixpipe-eval --network "$FIXTURES/network.nix" --nixpkgs "$NIXPKGS" --drv --json"#;
+
+    let all = tb.sh(eval).ok();
+    let tagged = tb.sh(&format!("{eval} --tag db --tag edge")).ok();
+
+    let tags: Vec<String> = all.json_lines().iter().map(|r| format!("{} {}", r["name"], r["tags"])).collect();
+    assert_eq!(tags, [r#""db1" ["db"]"#, r#""pi" ["edge","manual"]"#, r#""web1" []"#]);
+    let names: Vec<String> = tagged.json_lines().iter().map(|r| r["name"].to_string()).collect();
+    assert_eq!(names, [r#""db1""#, r#""pi""#]);
+}
+
+#[test]
+fn a_flakes_machines_are_chosen_by_tag_and_only_those_are_built() {
+    let tb = Testbed::new();
+    let fleet = tb.flake("fleet");
+    let builds = tb.count_calls("nix-build");
+
+    let run = tb.sh(&format!("nixpipe-eval {0}#web1 {0}#web2 --tag canary", fleet.display())).ok();
+
+    let names: Vec<String> = run.stdout_lines().iter().map(|l| l.split('\t').next().unwrap().to_owned()).collect();
+    assert_eq!(names, ["web2"]);
+    let built = std::fs::read_to_string(builds).unwrap();
+    assert!(built.contains("web2") && !built.contains("web1"), "{built}");
+}
+
+#[test]
+fn machines_for_explicit_deploys_only_are_left_out_with_grep_v() {
+    let tb = Testbed::new();
+
+    // clan's requireExplicitUpdate, the Unix way: a tag, and grep -v.
+    let run = tb
+        .sh(r#"nixpipe-eval --network "$FIXTURES/network.nix" --nixpkgs "$NIXPKGS" --drv --json | grep -v '"manual"'"#)
+        .ok();
+
+    let names: Vec<String> = run.json_lines().iter().map(|r| r["name"].to_string()).collect();
+    assert_eq!(names, [r#""db1""#, r#""web1""#]);
+}
+
+#[test]
+fn a_tag_no_machine_carries_is_one_line_and_builds_nothing() {
+    let tb = Testbed::new();
+    let fleet = tb.flake("fleet");
+
+    let run = tb.sh(&format!("nixpipe-eval {0}#web1 {0}#web2 --tag cnary", fleet.display()));
+
+    assert_eq!(run.code, 1);
+    assert_eq!(run.error_line(), "nixpipe-eval: no machine carries the tag cnary");
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
 fn nixpkgs_comes_from_nix_path_or_i_as_for_nix_build() {
     let tb = Testbed::new();
     let config = r#""$FIXTURES/web1/configuration.nix""#;
