@@ -4,7 +4,7 @@
 # into every machine; `network`, `resources` and `meta` are not machines.
 # A machine may set deployment.targetHost and nixpkgs.system; `system`
 # (--system) evaluates them all for another architecture.
-machine:
+declarations: machine:
 { network, only ? "null", namesOnly ? "", system ? "" }:
 let
   file = import (/. + network);
@@ -12,12 +12,6 @@ let
   names = builtins.filter (n: !(builtins.elem n [ "network" "defaults" "resources" "meta" ]))
     (builtins.attrNames machines);
   wanted = let o = builtins.fromJSON only; in if o == null then names else o;
-  # NixOps and morph declare deployment.*; so does this, where there are options.
-  declarations = { lib, ... }:
-    if lib ? mkOption then {
-      options.deployment.targetHost = lib.mkOption { default = null; };
-      options.deployment.tags = lib.mkOption { default = [ ]; };
-    } else { };
   evaluate = name: (import <nixpkgs/nixos/lib/eval-config.nix> ({
     modules = [
       declarations

@@ -19,6 +19,7 @@ use std::process::{Command, Output};
 const CLASSIC_NIX: &str = include_str!("../nix/classic.nix");
 const MACHINE_NIX: &str = include_str!("../nix/machine.nix");
 const NETWORK_NIX: &str = include_str!("../nix/network.nix");
+const DEPLOYMENT_NIX: &str = include_str!("../nix/deployment.nix");
 
 /// Why an evaluation or a build did not give records.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -221,7 +222,7 @@ impl Network {
 
     /// Every machine in one nix-instantiate; on failure, each on its own.
     pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, EvalError> {
-        let expr = format!("({NETWORK_NIX}) {}", variant.machine_nix());
+        let expr = format!("({NETWORK_NIX}) ({DEPLOYMENT_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
         let names = || self.nix.instantiate(&expr, &[("network", &file), ("namesOnly", "1")]);
         let no_names = EvalError::Evaluation {
@@ -274,10 +275,14 @@ impl Flake {
         };
         evaluate_all_or_each(self.names.as_deref(), (names, no_names), |only| {
             let only = serde_json::to_string(&only).expect("strings serialise");
+            // A configuration that does not declare deployment.* itself
+            // gets nixpipe's declarations, as a network file's machines do.
             let apply = format!(
                 "configurations: let machine = {}; only = builtins.fromJSON {}; \
-                 names = if only == null then builtins.attrNames configurations else only; in \
-                 map (name: machine name configurations.${{name}}.config) names",
+                 names = if only == null then builtins.attrNames configurations else only; \
+                 declared = c: if c ? extendModules && !(c.options ? deployment) \
+                   then (c.extendModules {{ modules = [ ({DEPLOYMENT_NIX}) ]; }}).config else c.config; in \
+                 map (name: machine name (declared configurations.${{name}})) names",
                 variant.machine_nix(),
                 nix_string(&only)
             );
