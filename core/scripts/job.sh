@@ -201,16 +201,6 @@ failed_units() {
     sed -n 's/.*the following units failed: //p' "$d/log" | tail -n 1
 }
 
-# Whether a reboot is needed to run SYSTEM fully: the booted kernel,
-# initrd or kernel modules are not its own. unknown without /run/booted-system.
-needs_reboot() {
-    [ -e /run/booted-system ] || { echo unknown; return; }
-    for part in kernel initrd kernel-modules; do
-        [ "$(readlink -f "/run/booted-system/$part")" = "$(readlink -f "$1/$part")" ] || { echo 1; return; }
-    done
-    echo 0
-}
-
 # The record's GC root (nixpipe-copy's), once the profile holds its path.
 drop_gc_root() {
     [ -n "$root" ] || return 0

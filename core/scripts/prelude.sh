@@ -39,3 +39,13 @@ host_facts() {
     fi
     emit host uid="$uid" init="$init" nix="$nix" machine="$(uname -m)" sudo="$sudo"
 }
+
+# Whether a reboot is needed to run SYSTEM fully: the booted kernel,
+# initrd or kernel modules are not its own. unknown without /run/booted-system.
+needs_reboot() {
+    [ -e /run/booted-system ] || { echo unknown; return; }
+    for part in kernel initrd kernel-modules; do
+        [ "$(readlink -f "/run/booted-system/$part")" = "$(readlink -f "$1/$part")" ] || { echo 1; return; }
+    done
+    echo 0
+}

@@ -28,6 +28,8 @@ pub enum Event {
     /// Which boot of the host this is (its boot id, and PID 1's start
     /// time), and what runs.
     Boot(BootState),
+    /// What a host runs (nixpipe-status).
+    Status(crate::status::HostStatus),
     /// The relay's closure has this many paths.
     Closure { paths: usize },
     /// The relay sent a path of this many bytes.
@@ -280,6 +282,18 @@ pub fn parse_line(line: &str) -> Option<Event> {
             boot: (get("id")?.to_owned(), get("pid1")?.to_owned()),
             current: some("current"),
             booted: some("booted"),
+        }),
+        "status" => Event::Status(crate::status::HostStatus {
+            system: get("system")?.to_owned(),
+            current: some("current"),
+            booted: some("booted"),
+            profile: some("profile"),
+            generation: get("generation").and_then(|g| g.trim().parse().ok()),
+            needs_reboot: match get("reboot")? {
+                "1" => Some(true),
+                "0" => Some(false),
+                _ => None,
+            },
         }),
         "closure" => Event::Closure { paths: get("paths")?.trim().parse().ok()? },
         "sent" => Event::Sent {

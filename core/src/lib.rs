@@ -9,8 +9,8 @@
 //! - Wire formats: [`wire`] below [`serve`] (Nix's serve protocol) and
 //!   [`nar`]; [`path_info`], [`signing`], [`binary_cache`].
 //! - The steps: [`eval`] and [`nix`], [`copy`] and [`via`], [`bundle`],
-//!   [`activation`] and [`closure_diff`], [`microvm`]; [`fleet`] runs them
-//!   on many hosts (rollouts, `--via`).
+//!   [`activation`] and [`closure_diff`], [`microvm`], [`status`]; [`fleet`]
+//!   runs them on many hosts (rollouts, `--via`).
 
 pub mod activation;
 pub mod binary_cache;
@@ -33,6 +33,7 @@ pub mod report;
 pub mod serve;
 pub mod session;
 pub mod signing;
+pub mod status;
 pub mod store_path;
 pub mod target;
 pub mod via;

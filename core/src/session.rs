@@ -41,6 +41,8 @@ pub enum Script {
     Requisites,
     /// Which boot this is, and what runs (--reboot).
     BootState,
+    /// What runs, is booted and is in the profile (nixpipe-status).
+    Status,
     /// nix-store --serve --write after the copy's GC roots (and for zstd,
     /// a byte saying whether it is there, or zstd in front).
     Serve,
@@ -57,6 +59,7 @@ impl Script {
             Script::Relay => include_str!("../scripts/relay.sh"),
             Script::Requisites => include_str!("../scripts/requisites.sh"),
             Script::BootState => include_str!("../scripts/boot-state.sh"),
+            Script::Status => include_str!("../scripts/status.sh"),
             Script::Serve => include_str!("../scripts/serve.sh"),
         }
     }
@@ -229,6 +232,7 @@ impl Script {
             Script::Relay => "the relay's copy",
             Script::Requisites => "nix-store --query --requisites",
             Script::BootState => "the boot state script",
+            Script::Status => "the status script",
             Script::Serve => "nix-store --serve",
         }
     }

@@ -17,6 +17,7 @@ fn commands() -> Vec<clap::Command> {
         nixpipe_activate::Cli::command(),
         nixpipe_bundle::Cli::command(),
         nixpipe_microvm::Cli::command(),
+        nixpipe_status::Cli::command(),
     ]
 }
 

@@ -1,0 +1,93 @@
+//! nixpipe-status: which hosts run the systems their records name.
+
+use clap::Parser;
+use nixpipe_cli::{JobsArgs, OutputArgs, RecordArgs, Results};
+use nixpipe_core::privilege::Privilege;
+use nixpipe_core::report::{self, Report};
+use nixpipe_core::session::Session;
+use nixpipe_core::status::{self, FailedJson, HostStatus};
+use nixpipe_core::{fleet, Error, Outcome, Record, Target, TargetSpec};
+
+const EXAMPLES: &str = include_str!("../doc/examples.txt");
+
+/// Tell what each host runs, against the record meant for it.
+///
+/// Reads records (from nixpipe-eval), asks each record's host in one
+/// read-only round trip what it runs, boots and holds in its system
+/// profile, and writes the records on: all of them, or with --changed only
+/// those whose host does not run them, for nixpipe-copy and
+/// nixpipe-activate to deploy.
+#[derive(Parser, Debug)]
+#[command(name = "nixpipe-status", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub records: RecordArgs,
+
+    /// Which host to ask: [user@]host[:port], ssh://..., 'root@{name}', or local [default: the record's NAME, else local]
+    #[arg(long, value_name = "TARGET")]
+    pub on: Option<TargetSpec>,
+
+    /// Write only the records whose host does not run them (and those whose host could not tell)
+    #[arg(long)]
+    pub changed: bool,
+
+    #[command(flatten)]
+    pub jobs: JobsArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    let records = fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))?;
+    // Nothing here needs root: sudo is never run.
+    let privilege = Privilege::default();
+    let mut results = Results::new(&cli.output);
+    fleet::each(
+        &records,
+        cli.jobs.jobs,
+        |(record, target)| {
+            let _line = report::host_line(record.label(), &format!("asking {target}"));
+            status::of(&Session::new(target.clone(), &privilege), record)
+        },
+        |(record, target), status| {
+            let written = write(&mut results, &cli, record, target, status);
+            results.keep(written);
+            true
+        },
+    );
+    results.finish()
+}
+
+/// Says what the host runs, and writes the record on when it should be.
+fn write(
+    results: &mut Results,
+    cli: &Cli,
+    record: &Record,
+    target: &Target,
+    status: Result<HostStatus, nixpipe_core::session::SessionError>,
+) -> Result<(), Error> {
+    let target = target.to_string();
+    let mut record = record.clone();
+    match status {
+        Ok(status) => {
+            report::report(Report::Step { label: record.label().to_owned(), line: status.summary() });
+            if cli.changed && status.runs() {
+                return Ok(());
+            }
+            if cli.output.json {
+                record.add_fields(&status.json(&target));
+            }
+        }
+        Err(why) => {
+            results.failed(record.label(), &why);
+            if !cli.changed && !cli.output.json {
+                return Ok(());
+            }
+            if cli.output.json {
+                record.add_fields(&FailedJson { target: &target, error: why.to_string() });
+            }
+        }
+    }
+    results.write(&record)
+}

@@ -1,0 +1,6 @@
+complete -c nixpipe-status -l on -d 'Which host to ask: [user@]host[:port], ssh://..., \'root@{name}\', or local [default: the record\'s NAME, else local]' -r
+complete -c nixpipe-status -s j -l jobs -d 'Work on up to N hosts at once' -r
+complete -c nixpipe-status -l changed -d 'Write only the records whose host does not run them (and those whose host could not tell)'
+complete -c nixpipe-status -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-status -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c nixpipe-status -s V -l version -d 'Print version'
