@@ -408,14 +408,16 @@ fn running_with_copied_for_deploy(tb: &Testbed, running: &str, next: &str) -> Ho
 }
 
 /// Polkit's answer on `host` when `deploy` asks to start a unit as root
-/// (what run0 and systemd-run ask): YES or NO.
+/// (what run0 and systemd-run ask): YES or NO. polkitd is restarted: a
+/// running one would read the new rule a moment later, on its own.
 fn polkit_answers_deploy(host: &Host, answer: &str) {
     host.sh(&format!(
         "mkdir -p /etc/polkit-1/rules.d && cat >/etc/polkit-1/rules.d/50-deploy.rules <<'EOF'
 polkit.addRule(function(action, subject) {{
   if (action.id == 'org.freedesktop.systemd1.manage-units' && subject.user == 'deploy') return polkit.Result.{answer};
 }});
-EOF"
+EOF
+systemctl restart polkit.service"
     ));
 }
 
