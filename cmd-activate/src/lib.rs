@@ -4,6 +4,7 @@ use clap::Parser;
 use nixpipe_cli::{JobsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
 use nixpipe_core::activation::{self, Action, Activation, IfInhibited, Options, Specialisation};
 use nixpipe_core::fleet::{self, Rollout, Step};
+use nixpipe_core::keys;
 use nixpipe_core::privilege::Privilege;
 use nixpipe_core::report;
 use nixpipe_core::session::Session;
@@ -107,6 +108,11 @@ pub struct Cli {
     #[arg(long)]
     pub install_bootloader: bool,
 
+    /// Upload each record's deployment.keys (JSON records of nixpipe-eval) before the switch, or after it
+    /// for uploadAt = "post-activation"; contents read here, sent over ssh's stdin only
+    #[arg(long)]
+    pub keys: bool,
+
     /// Run COMMAND on each target after switching (e.g. 'curl -fsS localhost/health'); when it fails, that target rolls back
     #[arg(long, value_name = "COMMAND")]
     pub check: Option<String>,
@@ -148,6 +154,7 @@ impl Plan {
             install_bootloader: cli.install_bootloader,
             reboot: cli.reboot.then_some(cli.reboot_timeout),
             lock_timeout: Some(cli.lock_timeout),
+            keys: cli.keys,
         };
         let work = match cli.rollback || cli.restore_bundle {
             true => Work::GoBack(
@@ -155,6 +162,9 @@ impl Plan {
             ),
             false => Work::Records(fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))?),
         };
+        if let (true, Work::Records(records)) = (cli.keys, &work) {
+            check_keys(records)?;
+        }
         let rollout = Rollout { jobs: cli.jobs.jobs, batch: cli.batch, fail_fast: cli.fail_fast };
         // Asked last: no password for a run that would stop at bad input.
         Ok(Plan { opts, work, rollout, privilege: cli.privilege.privilege()? })
@@ -193,6 +203,14 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
     Plan::new(&cli)?.run(&mut results, cli.output.json)?;
     results.finish()
+}
+
+/// Every record's keys are well formed, before any host is touched.
+fn check_keys(records: &[(Record, Target)]) -> Result<(), Error> {
+    for (record, _) in records {
+        keys::of_record(record).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
+    }
+    Ok(())
 }
 
 /// What makes no sense together is bad usage, before anything is done.

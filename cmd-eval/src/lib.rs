@@ -141,14 +141,13 @@ impl Plan {
                 machines
             }
         };
-        let evaluated = machines.len();
-        let machines: Vec<Machine> = machines.into_iter().filter(|m| m.carries_any(&self.tags)).collect();
+        let machines = self.tagged(machines)?;
+        let machines: Vec<Machine> = machines
+            .into_iter()
+            .filter(|m| m.check_keys().map_err(|why| results.failed(&m.name, &why)).is_ok())
+            .collect();
         if machines.is_empty() {
-            // A misspelt tag would otherwise deploy nothing, silently.
-            return match evaluated > 0 && !self.tags.is_empty() {
-                true => Err(EvalError::NoTag(self.tags.clone()).into()),
-                false => Ok(()),
-            };
+            return Ok(());
         }
         let records = match &self.build {
             Build::Nowhere => eval::derivations(&machines)?,
@@ -156,6 +155,18 @@ impl Plan {
             Build::Here => eval::build(&machines)?,
         };
         records.iter().try_for_each(|record| results.write(record))
+    }
+
+    /// The machines carrying one of --tag (all of them without it). A tag
+    /// no machine carries is an error: a misspelt tag would otherwise
+    /// deploy nothing, silently.
+    fn tagged(&self, machines: Vec<Machine>) -> Result<Vec<Machine>, EvalError> {
+        let evaluated = machines.len();
+        let tagged: Vec<Machine> = machines.into_iter().filter(|m| m.carries_any(&self.tags)).collect();
+        match tagged.is_empty() && evaluated > 0 && !self.tags.is_empty() {
+            true => Err(EvalError::NoTag(self.tags.clone())),
+            false => Ok(tagged),
+        }
     }
 }
 

@@ -5,4 +5,5 @@
 if lib ? mkOption then {
   options.deployment.targetHost = lib.mkOption { default = null; };
   options.deployment.tags = lib.mkOption { default = [ ]; };
+  options.deployment.keys = lib.mkOption { default = { }; };
 } else { }

@@ -9,6 +9,7 @@ mod reboot;
 
 use crate::bundle::PREVIOUS;
 use crate::event::{Event, JobResult, ProbeFacts, Rollback};
+use crate::keys::{self, UploadAt};
 use crate::record::Record;
 use crate::report::{self, Report};
 use crate::session::{Script, Session, SessionError};
@@ -128,6 +129,9 @@ pub struct Options {
     /// run yet (boot, an inhibited switch, a changed init interface, a new
     /// kernel), waiting for it at most this many seconds.
     pub reboot: Option<u64>,
+    /// Upload the record's deployment.keys, before or after the switch as
+    /// each says.
+    pub keys: bool,
     /// How long the job waits for NixOS's own lock (another
     /// switch-to-configuration) before it gives up, changing nothing; None
     /// for [`NIXOS_LOCK_WAIT`].
@@ -194,7 +198,11 @@ pub enum ActivationError {
         "the switch-to-configuration of {path} has no check action (NixOS 25.05 and later have it); nothing changed"
     )]
     NoCheckAction { path: String },
+    #[error("{0}; nothing activated")]
+    KeysNotWritten(Box<crate::keys::KeyError>),
     // Failed after changing things.
+    #[error("{0}, after the switch: the new system runs")]
+    KeysNotWrittenAfter(Box<crate::keys::KeyError>),
     #[error("could not set the system profile on {target}; nothing activated (see {log})")]
     ProfileNotSet { target: String, log: String },
     #[error("switch-to-configuration {action} failed on {target}; nothing changed")]
@@ -433,6 +441,13 @@ fn run(
         "given" => "set",
         _ => "rollback",
     };
+    let keys = match (opts.keys, record) {
+        (true, Some(record)) => keys::of_record(record).map_err(|e| ActivationError::KeysNotWritten(Box::new(e)))?,
+        _ => Vec::new(),
+    };
+    let uploaded_at =
+        |when: UploadAt| keys::upload(session, &keys.iter().filter(|k| k.upload_at == when).collect::<Vec<_>>());
+    uploaded_at(UploadAt::PreActivation).map_err(|e| ActivationError::KeysNotWritten(Box::new(e)))?;
     let root = record.map(|r| format!("{}={}", crate::copy::gc_root_name(r), r.path)).unwrap_or_default();
     let args = job::Args {
         action: action.as_str(),
@@ -453,7 +468,12 @@ fn run(
     if end.needs_reboot == Some(true) {
         report::report(Report::NeedsReboot { label: label.to_owned(), target: target.clone() });
     }
-    let verdict = verdict(&target, &path, action, opts, &end);
+    let mut verdict = verdict(&target, &path, action, opts, &end);
+    if matches!(verdict, Verdict::Activated) {
+        if let Err(e) = uploaded_at(UploadAt::PostActivation) {
+            verdict = Verdict::Failed(ActivationError::KeysNotWrittenAfter(Box::new(e)));
+        }
+    }
     if matches!(verdict, Verdict::RebootNeeded) {
         report::report(Report::InitChanged { label: label.to_owned(), target: target.clone() });
     }

@@ -6,6 +6,7 @@
 //! machine is evaluated on its own to tell which ones fail, so that the
 //! others still get their records.
 
+use crate::keys::{Key, KeyError};
 use crate::nix::NixError;
 use crate::process::{self, CannotRun};
 use crate::record::Record;
@@ -185,6 +186,17 @@ pub struct Machine {
     /// deployment.tags: the groups it belongs to (colmena's option).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// deployment.keys, without their contents.
+    #[serde(default)]
+    pub keys: Vec<EvalKey>,
+}
+
+/// A key as machine.nix gives it: whether it has a text, beside the rest.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct EvalKey {
+    text: bool,
+    #[serde(flatten)]
+    key: Key,
 }
 
 impl Classic {
@@ -394,6 +406,14 @@ pub fn derivations(machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
 }
 
 impl Machine {
+    /// Its keys are well formed, and none has its text in the configuration.
+    pub fn check_keys(&self) -> Result<(), KeyError> {
+        self.keys.iter().try_for_each(|k| match k.text {
+            true => Err(KeyError::Text(k.key.name.clone())),
+            false => k.key.check(),
+        })
+    }
+
     /// Whether it carries one of `tags`; every machine when none is given.
     pub fn carries_any(&self, tags: &[String]) -> bool {
         tags.is_empty() || self.tags.iter().any(|t| tags.contains(t))
@@ -409,6 +429,7 @@ impl Machine {
             system: self.system.as_deref(),
             target_host: self.target_host.as_deref(),
             tags: &self.tags,
+            keys: self.keys.iter().map(|k| &k.key).collect(),
         };
         record.add_fields(&fields);
         Ok(record)
@@ -434,6 +455,8 @@ struct EvalJson<'a> {
     target_host: Option<&'a str>,
     /// Always there, `[]` for none: `jq 'select(.tags | index("db"))'`.
     tags: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    keys: Vec<&'a Key>,
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub enum Event {
     /// Which boot of the host this is (its boot id, and PID 1's start
     /// time), and what runs.
     Boot(BootState),
+    /// A key was written into place.
+    KeyWritten,
     /// What a host runs (nixpipe-status).
     Status(crate::status::HostStatus),
     /// The relay's closure has this many paths.
@@ -283,6 +285,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
             current: some("current"),
             booted: some("booted"),
         }),
+        "key" => Event::KeyWritten,
         "status" => Event::Status(crate::status::HostStatus {
             system: get("system")?.to_owned(),
             current: some("current"),

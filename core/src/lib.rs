@@ -22,6 +22,7 @@ pub mod eval;
 pub mod event;
 pub mod fleet;
 pub mod host_key;
+pub mod keys;
 pub mod microvm;
 pub mod nar;
 pub mod nix;

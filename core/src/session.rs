@@ -43,6 +43,8 @@ pub enum Script {
     BootState,
     /// What runs, is booted and is in the profile (nixpipe-status).
     Status,
+    /// Writes deployment.keys (run as root; their contents on stdin).
+    Keys,
     /// nix-store --serve --write after the copy's GC roots (and for zstd,
     /// a byte saying whether it is there, or zstd in front).
     Serve,
@@ -60,6 +62,7 @@ impl Script {
             Script::Requisites => include_str!("../scripts/requisites.sh"),
             Script::BootState => include_str!("../scripts/boot-state.sh"),
             Script::Status => include_str!("../scripts/status.sh"),
+            Script::Keys => include_str!("../scripts/keys.sh"),
             Script::Serve => include_str!("../scripts/serve.sh"),
         }
     }
@@ -182,8 +185,18 @@ impl<'a> Session<'a> {
 
     /// Runs `script` as root to its end; its events, or why not.
     pub fn script_as_root<S: AsRef<str>>(&self, script: Script, args: &[S]) -> Result<Vec<Event>, SessionError> {
+        self.script_as_root_with_input(script, args, &[])
+    }
+
+    /// [`Session::script_as_root`] with `input` on the script's stdin.
+    pub fn script_as_root_with_input<S: AsRef<str>>(
+        &self,
+        script: Script,
+        args: &[S],
+        input: &[u8],
+    ) -> Result<Vec<Event>, SessionError> {
         let argv = script.argv(args);
-        let output = self.output_as_root(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &[], &[])?;
+        let output = self.output_as_root(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &[], input)?;
         if !output.status.success() {
             return Err(self.privilege.failure(&self.target, script.name(), &output));
         }
@@ -233,6 +246,7 @@ impl Script {
             Script::Requisites => "nix-store --query --requisites",
             Script::BootState => "the boot state script",
             Script::Status => "the status script",
+            Script::Keys => "the keys script",
             Script::Serve => "nix-store --serve",
         }
     }
