@@ -20,6 +20,7 @@ complete -c nixpipe-activate -l fail-fast -d 'Start no more hosts once one has f
 complete -c nixpipe-activate -l reboot -d 'Reboot into the new system when it is the boot default but does not run yet (boot, an inhibited switch, a changed init interface or kernel), and check that it comes back running it'
 complete -c nixpipe-activate -l keep-on-unit-failure -d 'Keep a new system whose switch left units failed (exit 4) instead of rolling back'
 complete -c nixpipe-activate -l install-bootloader -d '(Re)install the boot loader (NIXOS_INSTALL_BOOTLOADER=1), as nixos-rebuild --install-bootloader'
+complete -c nixpipe-activate -l keys -d 'Upload each record\'s deployment.keys (JSON records of nixpipe-eval) before the switch, or after it for uploadAt = "post-activation"; contents read here, sent over ssh\'s stdin only'
 complete -c nixpipe-activate -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-activate -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-activate -s V -l version -d 'Print version'

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(activate bundle cli copy deploy eval fleet microvm nixos shells status testbed)
+all=(activate bundle cli copy deploy eval fleet keys microvm nixos shells status testbed)
 # deployer target init scenarios...
 rows=(
     "bookworm sid none ${all[*]}"

@@ -205,10 +205,19 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     results.finish()
 }
 
-/// Every record's keys are well formed, before any host is touched.
+/// Every record's keys are well formed, before any host is touched. A
+/// plain record carries no keys at all: a step without --json in between
+/// would drop them without a word.
 fn check_keys(records: &[(Record, Target)]) -> Result<(), Error> {
     for (record, _) in records {
-        keys::of_record(record).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
+        let usage = |why: String| Error::Usage(format!("{}: {why}", record.label()));
+        if record.extra.is_empty() {
+            return Err(usage(
+                "--keys reads deployment.keys from JSON records: nixpipe-eval --json, and --json on every step between"
+                    .into(),
+            ));
+        }
+        keys::of_record(record).map_err(|e| usage(e.to_string()))?;
     }
     Ok(())
 }

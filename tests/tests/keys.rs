@@ -1,0 +1,199 @@
+//! deployment.keys: secrets that reach their hosts with the owner and mode
+//! they ask for, over ssh's stdin only, and never touch the store, argv,
+//! the environment, a record or a log.
+
+use nixpipe_tests::{Host, Run, Testbed};
+
+/// What the secrets hold; nothing else on the machine does.
+const PASSWORD: &str = "db-password-3f9a1c7e";
+const TOKEN: &str = "api-token-b7d20e55";
+
+/// A network of one machine, web1 (the testbed's configuration), whose
+/// `keys` (a Nix attribute set) are its deployment.keys; the secrets' files
+/// are made in the deployer's directory.
+fn network_with_keys(tb: &Testbed, keys: &str) -> String {
+    let dir = tb.path().display().to_string();
+    std::fs::write(tb.path().join("password"), PASSWORD).unwrap();
+    std::fs::write(tb.path().join("token"), TOKEN).unwrap();
+    let network = format!(
+        "{{ web1 = {{ imports = [ \"${{builtins.getEnv \"FIXTURES\"}}/web1/configuration.nix\" ]; \
+         deployment.keys = {}; }}; }}\n",
+        keys.replace("@dir@", &dir)
+    );
+    std::fs::write(tb.path().join("network.nix"), network).unwrap();
+    format!("{dir}/network.nix")
+}
+
+const TWO_KEYS: &str = r#"{
+  "db-password" = { keyFile = "@dir@/password"; user = "deploy"; group = "deploy"; permissions = "0640"; };
+  "api-token" = { keyCommand = [ "sh" "-c" "sleep 1; cat @dir@/token" ]; destDir = "/var/lib/secrets"; uploadAt = "post-activation"; };
+}"#;
+
+fn deploy(tb: &Testbed, network: &str, on: &str) -> Run {
+    tb.sh(&format!(
+        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --to {on} \
+         | nixpipe-activate --on {on} --keys --json switch"
+    ))
+}
+
+/// `stat` of a file on the host: owner, group, mode.
+fn owner_and_mode(host: &Host, path: &str) -> String {
+    host.sh(&format!("stat -c '%U %G %a' {path}")).trim().to_owned()
+}
+
+#[test]
+fn keys_reach_the_host_with_their_owner_and_mode_before_and_after_the_switch() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let network = network_with_keys(&tb, TWO_KEYS);
+
+    deploy(&tb, &network, &web1.target()).ok();
+
+    assert_eq!(owner_and_mode(&web1, "/run/keys/db-password"), "deploy deploy 640");
+    assert_eq!(owner_and_mode(&web1, "/var/lib/secrets/api-token"), "root root 600");
+    assert_eq!(web1.sh("cat /run/keys/db-password"), PASSWORD);
+    assert_eq!(web1.sh("cat /var/lib/secrets/api-token"), TOKEN);
+    assert_eq!(web1.sh("ls -a /run/keys").split_whitespace().collect::<Vec<_>>(), [".", "..", "db-password"]);
+}
+
+#[test]
+fn no_secret_is_in_a_record_a_log_or_either_store() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let network = network_with_keys(&tb, TWO_KEYS);
+
+    let run = deploy(&tb, &network, &web1.target()).ok();
+    let records = tb.sh(&format!("nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json")).ok();
+
+    for secret in [PASSWORD, TOKEN] {
+        for (what, text) in [("records", &records.stdout), ("output", &run.stdout), ("log", &run.stderr)] {
+            assert!(!text.contains(secret), "{what}: {text}");
+        }
+        assert!(records.stdout.contains("\"keyFile\""), "the source travels: {}", records.stdout);
+        let found =
+            tb.sh(&format!("grep -rl {secret} /nix/store {} 2>/dev/null || true", web1.dir().join("nix").display()));
+        assert_eq!(found.stdout.trim(), "", "in a store");
+        assert!(!web1.sh("cat /var/log/* 2>/dev/null; true").contains(secret));
+    }
+}
+
+#[test]
+fn while_keys_go_up_no_process_has_a_secret_in_its_argv_or_environment() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let network = network_with_keys(&tb, TWO_KEYS);
+    let seen = tb.path().join("seen");
+    // The secrets to look for, from a file: in the scanner's own argv they
+    // would be found there.
+    let patterns = tb.path().join("patterns");
+    std::fs::write(&patterns, format!("{PASSWORD}\n{TOKEN}\n")).unwrap();
+    // Every process of the machine (the deployer's and the host's), read
+    // over and over while the deploy runs: the keyCommand takes a second.
+    let scan = format!(
+        "while [ ! -e {done} ]; do for p in /proc/[0-9]*; do \
+           cat $p/cmdline $p/environ 2>/dev/null | tr '\\0' ' ' | grep -F -f {patterns} >> {seen}; \
+         done; done; true",
+        done = tb.path().join("done").display(),
+        patterns = patterns.display(),
+        seen = seen.display()
+    );
+
+    let run = tb.sh(&format!(
+        "( {scan} ) & scanner=$!; {}; touch {}; wait $scanner",
+        format!(
+            "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --to {0} \
+             | nixpipe-activate --on {0} --keys switch",
+            web1.target()
+        ),
+        tb.path().join("done").display()
+    ));
+
+    run.ok();
+    assert_eq!(web1.sh("cat /var/lib/secrets/api-token"), TOKEN, "the deploy ran");
+    assert_eq!(std::fs::read_to_string(seen).unwrap_or_default(), "", "a secret in some process's argv or environment");
+}
+
+#[test]
+fn a_deploy_user_with_sudo_writes_the_keys_as_root() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    web1.start_nix_daemon();
+    web1.sh("echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' >> /etc/sudoers");
+    let network = network_with_keys(&tb, TWO_KEYS);
+    tb.sh(&format!("nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" | nixpipe-copy --to {}", web1.target()))
+        .ok();
+
+    tb.sh(&format!(
+        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-activate --on {} --keys switch",
+        web1.target_as("deploy")
+    ))
+    .ok();
+
+    assert_eq!(owner_and_mode(&web1, "/run/keys/db-password"), "deploy deploy 640");
+    assert_eq!(web1.sh("cat /run/keys/db-password"), PASSWORD);
+}
+
+#[test]
+fn a_failing_key_command_stops_the_host_with_nothing_switched() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let network =
+        network_with_keys(&tb, r#"{ vault = { keyCommand = [ "sh" "-c" "echo vault is sealed >&2; exit 3" ]; }; }"#);
+
+    let run = deploy(&tb, &network, &web1.target());
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("key vault: keyCommand sh -c"), "{error}");
+    assert!(error.contains("vault is sealed") && error.ends_with("nothing activated"), "{error}");
+    assert!(web1.switch_log().is_empty());
+    assert_eq!(web1.system_profile(), None);
+}
+
+#[test]
+fn a_key_written_into_the_configuration_is_refused_naming_it() {
+    let tb = Testbed::new();
+    let network = network_with_keys(&tb, r#"{ "db-password" = { text = "hunter2"; }; }"#);
+
+    let run = tb.sh(&format!("nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json"));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.starts_with("nixpipe-eval: web1: key db-password: a key's text lives in the repository"), "{error}");
+    assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));
+}
+
+#[test]
+fn a_key_that_would_escape_its_directory_is_refused_before_any_host_is_touched() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let key = r#"{"name":"../../etc/shadow","keyFile":"/dev/null","destDir":"/run/keys","user":"root","group":"root","permissions":"0600"}"#;
+
+    let run = tb.sh(&format!(
+        "echo '{{\"name\":\"web1\",\"path\":\"{system}\",\"keys\":[{key}]}}' | nixpipe-activate --on {} --keys switch",
+        web1.target()
+    ));
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("key ../../etc/shadow: a key's name is a file name"), "{}", run.stderr);
+    assert!(web1.switch_log().is_empty());
+}
+
+#[test]
+fn keys_from_plain_records_are_bad_usage_for_a_step_dropped_them() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let network = network_with_keys(&tb, TWO_KEYS);
+
+    // nixpipe-copy without --json writes plain records: the keys are gone.
+    let run = tb.sh(&format!(
+        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --to {0} \
+         | nixpipe-activate --on {0} --keys switch",
+        web1.target()
+    ));
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().ends_with("and --json on every step between"), "{}", run.stderr);
+    assert!(web1.switch_log().is_empty());
+}
