@@ -10,8 +10,9 @@ umask 077
 while [ "$#" -ge 6 ]; do
     name=$1 dir=$2 user=$3 group=$4 mode=$5 size=$6
     shift 6
-    # A directory made here is root's and closed to others, as /run/keys.
-    [ -d "$dir" ] || mkdir -p -m 0750 "$dir"
+    # A directory made here is root's and open (0755), as /var/lib is: each
+    # key's own mode keeps it, and its user must be able to reach it.
+    [ -d "$dir" ] || (umask 022 && mkdir -p "$dir")
     tmp=$(mktemp "$dir/.nixpipe-key.XXXXXX")
     trap 'rm -f "$tmp"' EXIT
     chown "$user:$group" "$tmp"

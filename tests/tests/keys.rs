@@ -51,8 +51,9 @@ fn keys_reach_the_host_with_their_owner_and_mode_before_and_after_the_switch() {
 
     assert_eq!(owner_and_mode(&web1, "/run/keys/db-password"), "deploy deploy 640");
     assert_eq!(owner_and_mode(&web1, "/var/lib/secrets/api-token"), "root root 600");
-    assert_eq!(web1.sh("cat /run/keys/db-password"), PASSWORD);
+    assert_eq!(web1.sh("su -s /bin/sh deploy -c 'cat /run/keys/db-password'"), PASSWORD, "its user reads it");
     assert_eq!(web1.sh("cat /var/lib/secrets/api-token"), TOKEN);
+    assert!(!web1.exec("su -s /bin/sh deploy -c 'cat /var/lib/secrets/api-token'").status.success());
     assert_eq!(web1.sh("ls -a /run/keys").split_whitespace().collect::<Vec<_>>(), [".", "..", "db-password"]);
 }
 
