@@ -4,7 +4,8 @@
 //! machines against one nix-build per machine; and a fleet copy, upload
 //! once with --via against a copy per host. Prints tables and the ratios the
 //! issues set as goals. A benchmark, not a test: it never fails on a number,
-//! it reports it. `nixpipe-bench copy`, `eval` or `fleet` runs one part.
+//! it reports it. `nixpipe-bench copy`, `eval`, `fleet` or `status` runs
+//! one part.
 
 use nixpipe_tests::proxy::{Link, Proxy, Uplink};
 use nixpipe_tests::{Host, Testbed};
@@ -24,6 +25,44 @@ fn main() {
     if part.is_empty() || part == "fleet" {
         fleet();
     }
+    if part.is_empty() || part == "status" {
+        status();
+    }
+}
+
+/// nixpipe-status on `count` hosts behind 40 ms round trips, each running
+/// a system, against one `ssh HOST readlink /run/current-system` per host
+/// all at once: the least any tool could do to know what runs.
+fn status() {
+    let count = env_or("BENCH_HOSTS", 16);
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    let hosts: Vec<Host> = (1..=count).map(|i| tb.host(&format!("web{i}"))).collect();
+    let _proxies: Vec<Proxy> = hosts
+        .iter()
+        .map(|host| {
+            let proxy = Proxy::start(host.port, Link::Delay(DELAY));
+            tb.alias_at(&host.hostname, host, "root", proxy.port);
+            proxy
+        })
+        .collect();
+    let records = format!("for i in $(seq 1 {count}); do printf 'web%s\\t%s\\n' $i {system}; done");
+    tb.sh(&format!("{records} | nixpipe-copy --jobs 16 | nixpipe-activate --jobs 16 switch >/dev/null")).ok();
+    let rows = [
+        ("nixpipe-status --jobs 16", time(&tb, &format!("{records} | nixpipe-status --jobs 16 >/dev/null"))),
+        (
+            "ssh HOST readlink /run/current-system, all at once",
+            time(
+                &tb,
+                &format!(
+                    "for i in $(seq 1 {count}); do ssh $NIX_SSHOPTS web$i readlink /run/current-system >/dev/null & done; wait"
+                ),
+            ),
+        ),
+        ("nixpipe-status --jobs 1", time(&tb, &format!("{records} | nixpipe-status --jobs 1 >/dev/null"))),
+    ];
+    println!("\n## nixpipe-status: {count} hosts, 40 ms round trips\n");
+    table(&rows);
 }
 
 /// `count` hosts (and a relay) behind 40 ms round trips, the deployer's
