@@ -198,3 +198,36 @@ fn keys_from_plain_records_are_bad_usage_for_a_step_dropped_them() {
     assert!(run.error_line().ends_with("and --json on every step between"), "{}", run.stderr);
     assert!(web1.switch_log().is_empty());
 }
+
+#[test]
+fn across_a_fleet_each_host_gets_its_own_keys_and_no_other() {
+    let tb = Testbed::new();
+    let hosts = ["web1", "web2"].map(|name| {
+        let host = tb.host(name);
+        tb.alias(name, &host, "root");
+        host
+    });
+    network_with_keys(&tb, "{ }");
+    let dir = tb.path().display();
+    let machine = |name: &str, key: &str, file: &str| {
+        format!(
+            "{name} = {{ imports = [ \"${{builtins.getEnv \"FIXTURES\"}}/web1/configuration.nix\" ]; \
+             deployment.keys.{key}.keyFile = \"{dir}/{file}\"; }};"
+        )
+    };
+    let network = tb.path().join("fleet.nix");
+    let fleet =
+        format!("{{ {} {} }}\n", machine("web1", "db-password", "password"), machine("web2", "api-token", "token"));
+    std::fs::write(&network, fleet).unwrap();
+
+    tb.sh(&format!(
+        "nixpipe-eval --network {} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --jobs 2 \
+         | nixpipe-activate --jobs 2 --keys switch",
+        network.display()
+    ))
+    .ok();
+
+    let keys = |host: &Host| host.sh("ls /run/keys").split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!((keys(&hosts[0]), keys(&hosts[1])), (vec!["db-password".to_owned()], vec!["api-token".to_owned()]));
+    assert_eq!(hosts[1].sh("cat /run/keys/api-token"), TOKEN);
+}
