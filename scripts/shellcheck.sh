@@ -11,7 +11,7 @@ trap 'rm -rf "$checked"' EXIT
 for script in core/scripts/*.sh; do
     name=${script##*/}
     case $name in
-        prelude.sh | serve-*.sh) cp "$script" "$checked/$name" ;;
+        prelude.sh | serve.sh) cp "$script" "$checked/$name" ;;
         *) cat core/scripts/prelude.sh "$script" >"$checked/$name" ;;
     esac
 done
