@@ -5,6 +5,7 @@ use nixpipe_cli::{JobsArgs, OutputArgs, RecordArgs, Results};
 use nixpipe_core::copy::{self, Compression, CopyError, DestinationSpec, Options, Route, Summary};
 use nixpipe_core::fleet;
 use nixpipe_core::signing::SecretKey;
+use nixpipe_core::store_connection::Protocol;
 use nixpipe_core::via::Via;
 use nixpipe_core::{Error, Outcome, Record, TargetSpec};
 use std::path::PathBuf;
@@ -31,6 +32,12 @@ pub struct Cli {
     /// Copy from this store instead of the local one: [user@]host[:port], ssh://..., 'root@{name}'
     #[arg(long, value_name = "TARGET")]
     pub from: Option<TargetSpec>,
+
+    /// Which protocol to speak with the stores at both ends: serve (`nix-store --serve --write`, the
+    /// legacy ssh:// store), daemon (`nix-daemon --stdio`, the ssh-ng:// store: Nix 2.4 or newer, nix-daemon
+    /// on the remote PATH), or auto: serve where the store's nix-store still has --serve, else daemon
+    #[arg(long, value_enum, value_name = "PROTOCOL", default_value_t = Protocol::Auto, env = "NIXPIPE_COPY_PROTOCOL")]
+    pub protocol: Protocol,
 
     /// Let the target fetch what it can from its own substituters first
     #[arg(short = 's', long)]
@@ -89,6 +96,7 @@ impl Plan {
     fn new(cli: Cli) -> Result<Plan, Error> {
         let sign_key = cli.sign_key.as_deref().map(SecretKey::load).transpose().map_err(Error::Usage)?;
         let options = Options {
+            protocol: cli.protocol,
             compression: cli.compress,
             substitute: cli.substitute_on_destination,
             sign_key,

@@ -1,16 +1,20 @@
-# nix-store --serve --write for nixpipe-copy, after what costs no round trip:
-# a GC root for each record copied (so that a garbage collection between
-# this copy and the activation cannot delete it: the serve session's own
-# temporary roots die with it), and for --compress zstd, one byte saying
-# whether zstd is on the PATH.
-#   serve.sh plain|probe-zstd|zstd|roots NAME=PATH... -- NIX-STORE-OPTIONS...
-# zstd: every request arrives zstd-compressed; roots: the roots only, for a
-# copy another program makes (nix-copy-closure on a --via relay). A root is made before its
-# path is valid (a root to a missing path protects nothing, and costs
-# nothing), in /nix/var/nix/gcroots/nixpipe as root, else in the login
-# user's per-user GC root directory; where neither can be written, none.
-how=$1
-shift
+# A store's server for nixpipe-copy, after what costs no round trip: a GC
+# root for each record copied (so that a garbage collection between this
+# copy and the activation cannot delete it: the session's own temporary
+# roots die with it), and for --compress zstd, one byte saying whether zstd
+# is on the PATH.
+#   serve.sh PROTOCOL HOW NAME=PATH... -- NIX-OPTIONS...
+# PROTOCOL: serve (nix-store --serve), daemon (nix-daemon --stdio), or auto:
+# serve where this nix-store still has --serve, else daemon, said first in
+# one byte, S or D. HOW: read, write, probe-zstd (write, after Z or N),
+# zstd (write; every request arrives zstd-compressed), or roots: the roots
+# only, for a copy another program makes (nix-copy-closure on a --via
+# relay). A root is made before its path is valid (a root to a missing
+# path protects nothing, and costs nothing), in /nix/var/nix/gcroots/nixpipe
+# as root, else in the login user's per-user GC root directory; where
+# neither can be written, none.
+protocol=$1 how=$2
+shift 2
 if [ "$(id -u)" = 0 ]; then
     roots=/nix/var/nix/gcroots/nixpipe prefix=
 else
@@ -24,12 +28,29 @@ while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
     shift
 done
 [ "$#" -gt 0 ] && shift
+[ "$how" = roots ] && exit 0
+
+if [ "$protocol" = auto ]; then
+    # A nix-store without --serve says so before it reads anything.
+    if nix-store --serve </dev/null 2>&1 | grep -q "unrecognised flag '--serve'"; then
+        protocol=daemon
+        printf D
+    else
+        protocol=serve
+        printf S
+    fi
+fi
+server() {
+    case $protocol in
+        daemon) exec nix-daemon --stdio "$@" ;;
+        *) [ "$how" = read ] && exec nix-store --serve "$@"; exec nix-store --serve --write "$@" ;;
+    esac
+}
 case $how in
-    roots) exit 0 ;;
-    plain) exec nix-store --serve --write "$@" ;;
     probe-zstd)
         if command -v zstd >/dev/null 2>&1; then printf Z; else printf N; fi
-        exec nix-store --serve --write "$@"
+        server "$@"
         ;;
-    zstd) zstd -dcq | exec nix-store --serve --write "$@" ;;
+    zstd) zstd -dcq | server "$@" ;;
+    *) server "$@" ;;
 esac

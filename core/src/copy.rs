@@ -1,28 +1,37 @@
 //! Copying closures between stores, with our own client of the serve
-//! protocol on both ends.
+//! protocol or the daemon protocol on both ends (see [`store_connection`]).
 //!
 //! A copy is: the closure and its path infos from the source (two round
-//! trips), the valid subset from the target (one), then every missing path
-//! written to the target back to back, in dependency order, while a second
-//! thread reads the target's confirmations as they come. Latency is paid a
+//! trips over serve, one per level of references over the daemon
+//! protocol), the valid subset from the target (one), then every missing
+//! path written to the target back to back, in dependency order (serve:
+//! one AddToStoreNar each; daemon: one AddMultipleToStore for all), while a
+//! second thread reads the target's answers as they come. Latency is paid a
 //! few times per copy, not once per path as nix-copy-closure pays it.
 //!
 //! Safety comes from the order and from the target: a path is sent only
 //! after everything it refers to, and Nix registers a path only once its
-//! whole NAR arrived and matched narHash. So at any point the target holds
-//! complete, valid, closed paths, and a rerun sends only the rest. We check
-//! each NAR's hash ourselves too, and hold its last bytes back until it
-//! matches (see [`nar::relay`]).
+//! whole NAR arrived and matched narHash and narSize. So at any point the
+//! target holds complete, valid, closed paths, and a rerun sends only the
+//! rest. The target's check is the one that counts: we hash a NAR only for
+//! a binary cache, where nobody else would (see [`nar::Check`]), and a
+//! store's refusal of a NAR that does not match is turned into our error
+//! naming the path.
+//!
+//! [`store_connection`]: crate::store_connection
 
 use crate::binary_cache::BinaryCache;
-use crate::nar::{self, NarHash, RelayError};
+use crate::daemon;
+use crate::nar::{self, Check, NarHash, RelayError};
 use crate::path_info::PathInfo;
 use crate::record::Record;
 use crate::report::{self, CopyProgress, Report};
-use crate::serve::{self, Client, Connection, GcRoot, Mode, Replies, Requests, Server};
+use crate::serve;
+use crate::store_connection::{self, Connection, GcRoot, Mode, Protocol, Replies, Requests, Server, Speaks, Start};
 use crate::signing::SecretKey;
 use crate::store_path::StorePath;
 use crate::target::{self, SshError, Target, TargetSpec};
+use crate::wire;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -37,6 +46,8 @@ pub enum CopyError {
     Ssh(#[from] SshError),
     #[error("connection to the store on {store} broke: {why}")]
     Broken { store: String, why: String },
+    #[error("the store on {store} refused: {why}")]
+    Refused { store: String, why: String },
     #[error("nix-store on {store}: {why}")]
     Unsupported { store: String, why: String },
     #[error("{path} is not valid in the store on {store}")]
@@ -47,6 +58,12 @@ pub enum CopyError {
         "{path}: the NAR from {from} has hash {got}, not {expected} as its store records; stopped before the target registered it"
     )]
     Corrupt { path: StorePath, from: String, got: NarHash, expected: NarHash },
+    #[error(
+        "{path}: the NAR from {from} has hash {got}, not {expected} as its store records; {to} refused it and registered nothing of it"
+    )]
+    CorruptRefused { path: StorePath, from: String, to: String, got: NarHash, expected: NarHash },
+    #[error("{path}: the NAR from {from} is {seen} bytes, not {size} as its store records; stopped before the target registered it")]
+    Short { path: StorePath, from: String, seen: u64, size: u64 },
     #[error(
         "{target} does not trust unsigned paths from {user}: copy as root, add {user} to trusted-users in its nix.conf, \
          or sign with --sign-key FILE and add the public key to its trusted-public-keys"
@@ -146,6 +163,8 @@ pub enum Compression {
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
+    /// Which protocol to speak with the stores at both ends.
+    pub protocol: Protocol,
     /// How NARs travel to an ssh target.
     pub compression: Compression,
     /// Let the target try its own substituters first.
@@ -275,11 +294,13 @@ fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &
     let wanted: Vec<StorePath> = paths.iter().map(|&p| p.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     // Both servers start before either is waited for: two ssh handshakes
     // at once.
-    let mut source = Connection::start(from, Mode::Read, &[], &[], &[])?;
+    let reading = Start { mode: Mode::Read, protocol: options.protocol, ssh_options: &[], nix_args: &[], roots: &[] };
+    let mut source = Connection::start(from, reading)?;
     let mut sink = Sink::start(to, options, roots)?;
     source.greet()?;
-    let closure = source.query_closure(&wanted)?;
-    let ordered = dependency_order(&closure, source.query_path_infos(&closure)?)?;
+    let infos = source.closure_infos(&wanted)?;
+    let closure: Vec<StorePath> = infos.iter().map(|info| info.path.clone()).collect();
+    let ordered = dependency_order(&closure, infos)?;
     let present = sink.present(&closure, options.substitute)?;
     let missing = ordered
         .into_iter()
@@ -345,8 +366,15 @@ impl Sink {
             Destination::Store(target) => {
                 let probe = options.compression == Compression::Zstd && !target.is_local();
                 let mode = if probe { Mode::WriteProbingZstd } else { Mode::Write };
-                let conn = Connection::start(target, mode, &options.ssh_options(&[]), &options.target_nix_args, roots)?;
-                Ok(Sink::Store { conn, zstd: false })
+                let ssh_options = options.ssh_options(&[]);
+                let how = Start {
+                    mode,
+                    protocol: options.protocol,
+                    ssh_options: &ssh_options,
+                    nix_args: &options.target_nix_args,
+                    roots,
+                };
+                Ok(Sink::Store { conn: Connection::start(target, how)?, zstd: false })
             }
             Destination::Cache(cache) => {
                 cache.create()?;
@@ -377,20 +405,19 @@ impl Sink {
         }
         let target = conn.server.target.clone();
         let has_zstd = conn.has_zstd == Some(true);
+        // The second session speaks what the first one found.
+        let protocol = Protocol::from(conn.speaks());
         conn.close()?;
+        let nix_args = &options.target_nix_args;
         if has_zstd {
-            let conn = Connection::start(
-                &target,
-                Mode::WriteZstd,
-                &options.ssh_options(&[]),
-                &options.target_nix_args,
-                roots,
-            )?;
-            return Ok(Sink::Store { conn, zstd: true });
+            let ssh_options = options.ssh_options(&[]);
+            let how = Start { mode: Mode::WriteZstd, protocol, ssh_options: &ssh_options, nix_args, roots };
+            return Ok(Sink::Store { conn: Connection::start(&target, how)?, zstd: true });
         }
         report::report(Report::NoZstd { target: target.to_string() });
         let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
-        let mut conn = Connection::start(&target, Mode::Write, &ssh_options, &options.target_nix_args, roots)?;
+        let how = Start { mode: Mode::Write, protocol, ssh_options: &ssh_options, nix_args, roots };
+        let mut conn = Connection::start(&target, how)?;
         conn.greet()?;
         Ok(Sink::Store { conn, zstd: false })
     }
@@ -398,7 +425,8 @@ impl Sink {
     /// Streams the NARs of `missing` from `source` into the sink, then ends
     /// both sessions.
     fn receive(self, source: Connection, missing: &[Transfer], progress: &dyn CopyProgress) -> Result<(), CopyError> {
-        let Connection { server: mut source_server, client: Client { requests: asks, replies }, .. } = source;
+        let from = source.speaks();
+        let Connection { server: mut source_server, requests: asks, replies, .. } = source;
         // The local store is read directly: one process less on the way.
         let local = source_server.target.is_local();
         let (asks, mut nars) = match local {
@@ -406,18 +434,17 @@ impl Sink {
                 drop(asks);
                 (None, Nars::Dump)
             }
-            false => (Some(asks), Nars::Server(replies)),
+            false => (Some(asks), Nars::Server { replies, speaks: from }),
         };
         match self {
-            Sink::Store {
-                conn: Connection { server: mut target_server, client: Client { requests, replies: mut acks }, .. },
-                zstd,
-            } => {
-                let adds = Outgoing::new(requests, zstd).map_err(|e| target_server.broken(e))?;
+            Sink::Store { conn, zstd } => {
+                let to = conn.speaks();
+                let Connection { server: mut target_server, requests, replies: mut acks, .. } = conn;
+                let adds = Outgoing::new(requests, zstd, to).map_err(|e| target_server.broken(e))?;
                 std::thread::scope(|s| {
-                    let asking = s.spawn(move || ask_for_nars(asks, missing));
-                    let confirming = s.spawn(|| confirm_added(&mut acks, zstd, missing.len(), progress));
-                    let sent = send_nars(&mut nars, adds, missing, progress);
+                    let asking = s.spawn(move || ask_for_nars(asks, from, missing));
+                    let confirming = s.spawn(|| confirm_added(&mut acks, to, zstd, missing.len(), progress));
+                    let sent = send_nars(&mut nars, adds, to, missing, progress);
                     let outcome = settle(sent, &mut source_server, Some(&mut target_server));
                     // Both threads end now: their work is done, or their
                     // server stopped under them.
@@ -426,14 +453,15 @@ impl Sink {
                     outcome?;
                     confirmed.map_err(|e| target_failed(&mut target_server, e))?;
                     asked.map_err(|e| source_server.broken(e))
-                })?;
+                })
+                .map_err(|error| refused_as_corrupt(error, &source_server.target, missing))?;
                 drop(acks);
                 // Nix 2.34 may take every NAR, then exit refusing one.
                 let to = target_server.target.clone();
                 target_server.finish().map_err(|said| explain_unsigned_refusal(&to, said, ""))?;
             }
             Sink::Cache(cache) => std::thread::scope(|s| {
-                let asking = s.spawn(move || ask_for_nars(asks, missing));
+                let asking = s.spawn(move || ask_for_nars(asks, from, missing));
                 let written = write_nars(&mut nars, &cache, missing, progress);
                 let outcome = settle(written, &mut source_server, None);
                 let asked = asking.join().expect("asking thread");
@@ -463,6 +491,12 @@ enum Failure {
         expected: NarHash,
         got: NarHash,
     },
+    /// A NAR ended before its narSize.
+    Short {
+        path: StorePath,
+        seen: u64,
+        size: u64,
+    },
     /// Anything else, already said.
     Other(CopyError),
 }
@@ -480,6 +514,7 @@ impl Failure {
             RelayError::Read(e) => Failure::Source(e),
             RelayError::Write(e) => Failure::Target(e),
             RelayError::Mismatch(got) => Failure::Corrupt { path: t.info.path.clone(), expected: t.info.nar_hash, got },
+            RelayError::Size { seen, size } => Failure::Short { path: t.info.path.clone(), seen, size },
         }
     }
 }
@@ -493,6 +528,7 @@ fn settle(sent: Result<(), Failure>, source: &mut Server, target: Option<&mut Se
         Failure::Corrupt { path, expected, got } => {
             CopyError::Corrupt { path, from: source.target.to_string(), got, expected }
         }
+        Failure::Short { path, seen, size } => CopyError::Short { path, from: source.target.to_string(), seen, size },
         Failure::Source(e) => source.broken(e),
         Failure::Target(e) => match target {
             Some(target) => target_failed(target, e),
@@ -532,29 +568,78 @@ fn explain_unsigned_refusal(target: &Target, said: CopyError, stderr: &str) -> C
     CopyError::Untrusted { target: target.to_string(), user }
 }
 
+/// How Nix words its refusal of a NAR that does not match its narHash:
+/// `hash mismatch importing path '/nix/store/...';`, then `specified:` and
+/// `got:` hashes (nix32 up to 2.2x, SRI since).
+const HASH_MISMATCH: &str = "hash mismatch importing path '";
+
+/// `error`, or, when it is a store's refusal of a NAR that did not match
+/// its narHash (the target checks every NAR), our own words for it,
+/// naming the path and where it came from.
+fn refused_as_corrupt(error: CopyError, from: &Target, missing: &[Transfer]) -> CopyError {
+    let text = match &error {
+        CopyError::Refused { why, .. } => why.clone(),
+        CopyError::Ssh(ssh) => ssh.to_string(),
+        _ => return error,
+    };
+    let text = daemon::strip_colours(&text);
+    let Some((_, rest)) = text.split_once(HASH_MISMATCH) else { return error };
+    let Some(t) = rest.split_once('\'').and_then(|(path, _)| missing.iter().find(|t| t.info.path.as_str() == path))
+    else {
+        return error;
+    };
+    let got = rest.split_once("got:").and_then(|(_, got)| got.split_whitespace().next());
+    let Some(got) = got.and_then(|got| NarHash::parse(got.trim_end_matches(['\'', ';', ')'])).ok()) else {
+        return error;
+    };
+    let to = match &error {
+        CopyError::Refused { store, .. } => store.clone(),
+        _ => "the target".to_owned(),
+    };
+    CopyError::CorruptRefused { path: t.info.path.clone(), from: from.to_string(), to, got, expected: t.info.nar_hash }
+}
+
 /// Asks the source for every NAR at once; the replies come in order. Then
 /// ends the session: the source exits after its last NAR, so a NAR shorter
 /// than its narSize ends in EOF rather than a wait for bytes never sent.
 /// Without `asks` (NARs read locally), ends the session at once.
-fn ask_for_nars(asks: Option<Requests>, missing: &[Transfer]) -> io::Result<()> {
+fn ask_for_nars(asks: Option<Requests>, speaks: Speaks, missing: &[Transfer]) -> io::Result<()> {
     let Some(mut asks) = asks else { return Ok(()) };
     for t in missing {
-        serve::write_dump_store_path(&mut asks, &t.info.path)?;
+        match speaks {
+            Speaks::Serve => serve::write_dump_store_path(&mut asks, &t.info.path)?,
+            Speaks::Daemon(_) => daemon::write_nar_from_path(&mut asks, &t.info.path)?,
+        }
     }
     asks.flush()
 }
 
-/// Reads the target's confirmation of each path as it arrives, after its
-/// greeting when that is still unread.
-fn confirm_added(acks: &mut Replies, greeting: bool, count: usize, progress: &dyn CopyProgress) -> io::Result<()> {
-    if greeting {
-        serve::read_hello(acks)?;
+/// Reads the target's confirmation of each path as it arrives (serve), or
+/// of all of them at once (daemon), after its greeting when that is still
+/// unread.
+fn confirm_added(
+    acks: &mut Replies,
+    speaks: Speaks,
+    greeting: bool,
+    count: usize,
+    progress: &dyn CopyProgress,
+) -> io::Result<()> {
+    let speaks = match greeting {
+        true => store_connection::read_hello(acks, speaks)?,
+        false => speaks,
+    };
+    match speaks {
+        Speaks::Serve => (1..=count).try_for_each(|done| {
+            serve::read_added(acks)?;
+            progress.path_done(done as u64);
+            Ok(())
+        }),
+        Speaks::Daemon(version) => {
+            daemon::read_frames(acks, version)?;
+            progress.path_done(count as u64);
+            Ok(())
+        }
     }
-    for done in 1..=count {
-        serve::read_added(acks)?;
-        progress.path_done(done as u64);
-    }
-    Ok(())
 }
 
 /// Writes every missing path to the target, back to back, and closes the
@@ -564,15 +649,40 @@ fn confirm_added(acks: &mut Replies, greeting: bool, count: usize, progress: &dy
 fn send_nars(
     nars: &mut Nars,
     mut adds: Outgoing,
+    speaks: Speaks,
     missing: &[Transfer],
     progress: &dyn CopyProgress,
 ) -> Result<(), Failure> {
-    let sent = missing.iter().try_for_each(|t| {
-        serve::write_add_to_store_nar(&mut adds, &t.info).map_err(Failure::Target)?;
-        nars.send(t, &mut adds, progress)
-    });
+    let sent = match speaks {
+        Speaks::Serve => missing.iter().try_for_each(|t| {
+            serve::write_add_to_store_nar(&mut adds, &t.info)?;
+            nars.send(t, &mut adds, Check::AtTarget, progress)
+        }),
+        Speaks::Daemon(_) => add_multiple(nars, &mut adds, missing, progress),
+    };
     let closed = adds.close().map_err(Failure::Target);
     sent.and(closed)
+}
+
+/// All of `missing` in one AddMultipleToStore: one framed stream of every
+/// path's info and NAR. Only a stream that ended well is ended with its
+/// empty frame: after a failure the target sees the stream cut, and keeps
+/// only the paths before.
+fn add_multiple(
+    nars: &mut Nars,
+    adds: &mut Outgoing,
+    missing: &[Transfer],
+    progress: &dyn CopyProgress,
+) -> Result<(), Failure> {
+    daemon::write_add_multiple(adds)?;
+    let mut framed = daemon::Framed::new(&mut *adds);
+    wire::write_u64(&mut framed, missing.len() as u64)?;
+    for t in missing {
+        daemon::write_added_path(&mut framed, &t.info)?;
+        nars.send(t, &mut framed, Check::AtTarget, progress)?;
+    }
+    framed.finish()?;
+    Ok(())
 }
 
 /// The target's input: as it is, or zstd-compressed.
@@ -584,12 +694,12 @@ enum Outgoing {
 impl Outgoing {
     /// A compressed stream starts with the greeting: nothing can be read
     /// back from it before its input ends (see [`Mode::WriteZstd`]).
-    fn new(requests: Requests, zstd: bool) -> io::Result<Outgoing> {
+    fn new(requests: Requests, zstd: bool, speaks: Speaks) -> io::Result<Outgoing> {
         if !zstd {
             return Ok(Outgoing::Plain(requests));
         }
         let mut out = Outgoing::Zstd(zstd::stream::write::Encoder::new(requests, ZSTD_LEVEL)?);
-        serve::write_hello(&mut out)?;
+        store_connection::write_hello(&mut out, speaks)?;
         Ok(out)
     }
 
@@ -630,7 +740,7 @@ fn write_nars(
     progress: &dyn CopyProgress,
 ) -> Result<(), Failure> {
     for (done, t) in missing.iter().enumerate() {
-        cache.add(&t.info, |file| nars.send(t, file, progress)).map_err(|failure| match failure {
+        cache.add(&t.info, |file| nars.send(t, file, Check::Here, progress)).map_err(|failure| match failure {
             Failure::Target(e) => {
                 Failure::Other(CopyError::CacheWrite { dir: cache.dir().display().to_string(), why: e.to_string() })
             }
@@ -644,21 +754,30 @@ fn write_nars(
 /// Where NARs come from: the source server, or the local store read
 /// directly, byte for byte what `nix-store --dump` would send.
 enum Nars {
-    Server(Replies),
+    Server { replies: Replies, speaks: Speaks },
     Dump,
 }
 
 impl Nars {
-    /// Writes the NAR of `t` to `to`, checked against its narHash.
-    fn send(&mut self, t: &Transfer, to: &mut impl Write, progress: &dyn CopyProgress) -> Result<(), Failure> {
+    /// Writes the NAR of `t` to `to`, checked as `check` says.
+    fn send(
+        &mut self,
+        t: &Transfer,
+        to: &mut impl Write,
+        check: Check,
+        progress: &dyn CopyProgress,
+    ) -> Result<(), Failure> {
         let (size, hash) = (t.info.nar_size, &t.info.nar_hash);
         match self {
-            Nars::Server(replies) => {
-                nar::relay(replies, to, size, hash, |n| progress.sent(n)).map_err(|e| Failure::of_relay(e, t))
+            Nars::Server { replies, speaks } => {
+                if let Speaks::Daemon(version) = speaks {
+                    daemon::read_frames(replies, *version).map_err(Failure::Source)?;
+                }
+                nar::relay(replies, to, size, hash, check, |n| progress.sent(n)).map_err(|e| Failure::of_relay(e, t))
             }
             Nars::Dump => {
                 let path = Path::new(t.info.path.as_str());
-                nar::send_dump(path, to, size, hash, |n| progress.sent(n)).map_err(|e| match e {
+                nar::send_dump(path, to, size, hash, check, |n| progress.sent(n)).map_err(|e| match e {
                     RelayError::Read(e) => {
                         Failure::Other(CopyError::ReadLocal { path: t.info.path.clone(), why: e.to_string() })
                     }

@@ -225,6 +225,14 @@ pub fn parse_line(line: &str) -> Option<Event> {
     let get = |key: &str| fields.get(key).copied();
     let flag = |key: &str| get(key) == Some("1");
     let some = |key: &str| get(key).filter(|v| !v.is_empty()).map(str::to_owned);
+    // needs_reboot's answer: 1, 0, or unknown (nothing says what booted).
+    let reboot = |key: &str| {
+        get(key).map(|v| match v {
+            "1" => Some(true),
+            "0" => Some(false),
+            _ => None,
+        })
+    };
     Some(match kind {
         "host" => Event::Host(HostFacts {
             uid: get("uid")?.parse().ok()?,
@@ -256,11 +264,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
             Event::Job(JobEvent::AwaitingConfirmation { seconds: get("seconds")?.parse().ok()? })
         }
         "waiting-for-lock" => Event::Job(JobEvent::WaitingForLock { holder: get("holder").unwrap_or("").to_owned() }),
-        "needs-reboot" => Event::Job(JobEvent::NeedsReboot(match get("value")? {
-            "1" => Some(true),
-            "0" => Some(false),
-            _ => None,
-        })),
+        "needs-reboot" => Event::Job(JobEvent::NeedsReboot(reboot("value")?)),
         "result" => {
             let units = get("units").unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty());
             let units = units.map(str::to_owned).collect();
@@ -292,11 +296,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
             booted: some("booted"),
             profile: some("profile"),
             generation: get("generation").and_then(|g| g.trim().parse().ok()),
-            needs_reboot: match get("reboot")? {
-                "1" => Some(true),
-                "0" => Some(false),
-                _ => None,
-            },
+            needs_reboot: reboot("reboot")?,
         }),
         "closure" => Event::Closure { paths: get("paths")?.trim().parse().ok()? },
         "sent" => Event::Sent {

@@ -6,8 +6,10 @@
 //! - Acting on hosts: [`target`] (local or ssh), [`privilege`] (becoming
 //!   root), [`session`] (one typed way to run programs and scripts on a
 //!   host), [`event`] (what scripts answer), [`process`] (local programs).
-//! - Wire formats: [`wire`] below [`serve`] (Nix's serve protocol) and
-//!   [`nar`]; [`path_info`], [`signing`], [`binary_cache`].
+//! - Wire formats: [`wire`] below [`serve`] (Nix's serve protocol),
+//!   [`daemon`] (the daemon's worker protocol) and [`nar`]; [`path_info`],
+//!   [`signing`], [`binary_cache`]. [`store_connection`] runs either
+//!   protocol's server, local or behind ssh.
 //! - The steps: [`eval`] and [`nix`], [`copy`] and [`via`], [`bundle`],
 //!   [`activation`] and [`closure_diff`], [`microvm`], [`status`]; [`fleet`]
 //!   runs them on many hosts (rollouts, `--via`).
@@ -17,6 +19,7 @@ pub mod binary_cache;
 pub mod bundle;
 pub mod closure_diff;
 pub mod copy;
+pub mod daemon;
 pub mod error;
 pub mod eval;
 pub mod event;
@@ -35,6 +38,7 @@ pub mod serve;
 pub mod session;
 pub mod signing;
 pub mod status;
+pub mod store_connection;
 pub mod store_path;
 pub mod target;
 pub mod via;

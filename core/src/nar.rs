@@ -40,6 +40,11 @@ impl NarHash {
     pub fn nix32(&self) -> String {
         nix_base32::to_nix_base32(&self.0)
     }
+
+    /// The digest alone, in base 16, as the daemon protocol carries it.
+    pub fn base16(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// `sha256:<nix32>`, the form in narinfo files and signatures.
@@ -60,18 +65,33 @@ pub enum RelayError {
     Write(io::Error),
     /// The bytes were not the NAR the source described.
     Mismatch(NarHash),
+    /// Fewer bytes than its narSize (the target checks the rest).
+    Size { seen: u64, size: u64 },
 }
 
-/// Copies exactly `size` bytes of NAR from `from` to `to`, checking them
-/// on the way (see [`Checked`]).
+/// Who checks a NAR's hash on its way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// We do, and hold its last bytes back until it matches: for a binary
+    /// cache, where nobody else would.
+    Here,
+    /// The receiving Nix store does: it hashes every NAR before it
+    /// registers the path (serve and daemon protocol alike). We only count
+    /// its bytes, so that no more and no fewer than its narSize go out.
+    AtTarget,
+}
+
+/// Copies exactly `size` bytes of NAR from `from` to `to`, checked as
+/// `check` says (see [`Checked`]).
 pub fn relay(
     from: &mut impl Read,
     to: &mut impl Write,
     size: u64,
     expected: &NarHash,
+    check: Check,
     sent: impl FnMut(u64),
 ) -> Result<(), RelayError> {
-    let mut checked = Checked::new(to, size, sent);
+    let mut checked = Checked::new(to, size, check, sent);
     let mut buf = vec![0; CHUNK];
     let mut left = size;
     while left > 0 {
@@ -90,9 +110,10 @@ pub fn send_dump(
     to: &mut impl Write,
     size: u64,
     expected: &NarHash,
+    check: Check,
     sent: impl FnMut(u64),
 ) -> Result<(), RelayError> {
-    let mut checked = Checked::new(to, size, sent);
+    let mut checked = Checked::new(to, size, check, sent);
     match dump(path, &mut checked) {
         Err(e) if checked.failed_writing => Err(RelayError::Write(e)),
         Err(e) => Err(RelayError::Read(e)),
@@ -105,13 +126,15 @@ const CHUNK: usize = 256 * 1024;
 /// is incomplete; a small one is cheap to move.
 const HOLD: usize = 4096;
 
-/// A writer that hashes what passes and holds the last bytes back until
+/// A writer that never passes more than `size` bytes and, with
+/// [`Check::Here`], hashes what passes and holds the last bytes back until
 /// [`Checked::finish`] knows the NAR is the one expected: a target never
 /// receives the whole of a NAR that is wrong, so it cannot register it,
-/// whatever checks it does or skips. Nor more than `size` bytes of it.
+/// whatever checks it does or skips.
 struct Checked<'a, W: Write, F: FnMut(u64)> {
     to: &'a mut W,
-    hasher: Sha256,
+    /// None: the target checks.
+    hasher: Option<Sha256>,
     held: Vec<u8>,
     size: u64,
     seen: u64,
@@ -120,11 +143,11 @@ struct Checked<'a, W: Write, F: FnMut(u64)> {
 }
 
 impl<'a, W: Write, F: FnMut(u64)> Checked<'a, W, F> {
-    fn new(to: &'a mut W, size: u64, sent: F) -> Self {
+    fn new(to: &'a mut W, size: u64, check: Check, sent: F) -> Self {
         Checked {
             to,
-            hasher: Sha256::new(),
-            held: Vec::with_capacity(CHUNK + HOLD),
+            hasher: (check == Check::Here).then(Sha256::new),
+            held: Vec::with_capacity(if check == Check::Here { CHUNK + HOLD } else { 0 }),
             size,
             seen: 0,
             sent,
@@ -142,9 +165,10 @@ impl<'a, W: Write, F: FnMut(u64)> Checked<'a, W, F> {
     }
 
     fn finish(mut self, expected: &NarHash) -> Result<(), RelayError> {
-        let got = NarHash(std::mem::take(&mut self.hasher).finalize().into());
-        if self.seen != self.size || got != *expected {
-            return Err(RelayError::Mismatch(got));
+        match self.hasher.take().map(|hasher| NarHash(hasher.finalize().into())) {
+            Some(got) if self.seen != self.size || got != *expected => return Err(RelayError::Mismatch(got)),
+            None if self.seen != self.size => return Err(RelayError::Size { seen: self.seen, size: self.size }),
+            _ => {}
         }
         self.pass(self.held.len()).map_err(RelayError::Write)
     }
@@ -155,8 +179,16 @@ impl<W: Write, F: FnMut(u64)> Write for Checked<'_, W, F> {
         if self.seen + buf.len() as u64 > self.size {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "the NAR is larger than its recorded size"));
         }
-        self.hasher.update(buf);
         self.seen += buf.len() as u64;
+        let Some(hasher) = &mut self.hasher else {
+            // Nothing to hold back: straight through, never copied.
+            let result = self.to.write_all(buf);
+            self.failed_writing = result.is_err();
+            result?;
+            (self.sent)(buf.len() as u64);
+            return Ok(buf.len());
+        };
+        hasher.update(buf);
         self.held.extend_from_slice(buf);
         if self.held.len() >= CHUNK + HOLD {
             self.pass(self.held.len() - HOLD)?;
@@ -268,7 +300,7 @@ mod tests {
         let data = vec![7u8; 600_000];
         let mut from = &data[..];
         let mut to = Vec::new();
-        relay(&mut from, &mut to, 500_000, &NarHash::of(&data[..500_000]), |_| {}).unwrap();
+        relay(&mut from, &mut to, 500_000, &NarHash::of(&data[..500_000]), Check::Here, |_| {}).unwrap();
         assert_eq!(to.len(), 500_000);
         assert_eq!(from.len(), 100_000);
     }
@@ -277,18 +309,30 @@ mod tests {
     fn never_writes_the_end_of_a_wrong_nar() {
         let data = vec![1u8; 300_000];
         let mut to = Vec::new();
-        let err = relay(&mut &data[..], &mut to, 300_000, &NarHash::of(b"other"), |_| {}).unwrap_err();
+        let err = relay(&mut &data[..], &mut to, 300_000, &NarHash::of(b"other"), Check::Here, |_| {}).unwrap_err();
         assert!(matches!(err, RelayError::Mismatch(got) if got == NarHash::of(&data)));
         assert!(to.len() < data.len());
+    }
+
+    #[test]
+    fn where_the_target_checks_bytes_pass_at_once_and_only_the_size_is_counted() {
+        let data = vec![1u8; 300_000];
+        let mut to = Vec::new();
+        relay(&mut &data[..], &mut to, 300_000, &NarHash::of(b"other"), Check::AtTarget, |_| {}).unwrap();
+        assert_eq!(to, data);
+        let mut to = Vec::new();
+        let mut checked = Checked::new(&mut to, 10, Check::AtTarget, |_| {});
+        checked.write_all(b"12345").unwrap();
+        assert!(matches!(checked.finish(&NarHash::of(b"")), Err(RelayError::Size { seen: 5, size: 10 })));
     }
 
     #[test]
     fn never_passes_more_than_the_recorded_size() {
         let data = [1u8; 100];
         let mut to = Vec::new();
-        let err = relay(&mut &data[..], &mut to, 50, &NarHash::of(&data[..50]), |_| {});
+        let err = relay(&mut &data[..], &mut to, 50, &NarHash::of(&data[..50]), Check::Here, |_| {});
         assert!(err.is_ok());
-        let mut checked = Checked::new(&mut to, 10, |_| {});
+        let mut checked = Checked::new(&mut to, 10, Check::AtTarget, |_| {});
         assert_eq!(checked.write(&data[..11]).unwrap_err().kind(), io::ErrorKind::WriteZero);
     }
 
@@ -359,7 +403,7 @@ mod tests {
 
     #[test]
     fn a_short_source_is_a_read_error() {
-        let err = relay(&mut &b"short"[..], &mut Vec::new(), 10, &NarHash::of(b""), |_| {}).unwrap_err();
+        let err = relay(&mut &b"short"[..], &mut Vec::new(), 10, &NarHash::of(b""), Check::AtTarget, |_| {}).unwrap_err();
         assert!(matches!(err, RelayError::Read(_)));
     }
 }

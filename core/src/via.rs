@@ -23,7 +23,7 @@ use crate::host_key;
 use crate::nix;
 use crate::process;
 use crate::record::Record;
-use crate::serve::{self, GcRoot};
+use crate::store_connection::{self, GcRoot};
 use crate::session::Script;
 use crate::store_path::StorePath;
 use crate::target::Target;
@@ -291,7 +291,7 @@ impl RelayConnection {
         let making_roots = match roots.is_empty() {
             true => String::new(),
             false => {
-                let argv = serve::making_roots(roots);
+                let argv = store_connection::making_roots(roots);
                 crate::target::remote_command(&argv.iter().map(String::as_str).collect::<Vec<_>>())?
             }
         };

@@ -29,11 +29,16 @@ const TWO_KEYS: &str = r#"{
   "api-token" = { keyCommand = [ "sh" "-c" "sleep 1; cat @dir@/token" ]; destDir = "/var/lib/secrets"; uploadAt = "post-activation"; };
 }"#;
 
-fn deploy(tb: &Testbed, network: &str, on: &str) -> Run {
-    tb.sh(&format!(
+/// Evaluates `network`, copies it to `on` and switches there with its keys.
+fn deploy_command(network: &str, on: &str) -> String {
+    format!(
         "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --to {on} \
          | nixpipe-activate --on {on} --keys --json switch"
-    ))
+    )
+}
+
+fn deploy(tb: &Testbed, network: &str, on: &str) -> Run {
+    tb.sh(&deploy_command(network, on))
 }
 
 /// `stat` of a file on the host: owner, group, mode.
@@ -104,11 +109,7 @@ fn while_keys_go_up_no_process_has_a_secret_in_its_argv_or_environment() {
 
     let run = tb.sh(&format!(
         "( {scan} ) & scanner=$!; {}; touch {}; wait $scanner",
-        format!(
-            "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --to {0} \
-             | nixpipe-activate --on {0} --keys switch",
-            web1.target()
-        ),
+        deploy_command(&network, &web1.target()),
         tb.path().join("done").display()
     ));
 
