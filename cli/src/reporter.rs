@@ -16,9 +16,13 @@ impl Reporter for Terminal {
             Report::NotSubstituted { to, paths } => {
                 show(&to, &format!("{paths} paths not substituted: sending them from here"))
             }
-            Report::NoZstd { target } => {
+            Report::NoZstd { target, daemon: false } => {
                 note(&format!("{target} has no zstd: compressing with ssh's own compression instead"))
             }
+            Report::NoZstd { target, daemon: true } => note(&format!(
+                "{target} speaks the daemon protocol, whose answers come only while its input is open, and the \
+                 target's zstd holds input back: compressing with ssh's own compression instead"
+            )),
             Report::WouldCopy { path, bytes, to } => note(&format!("would copy {path} ({bytes} bytes) to {to}")),
             Report::WouldActivate { label, action, target, path } => {
                 note(&format!("{label}: would {action} {target} to {path}"))

@@ -1,11 +1,14 @@
 # Runs on the relay of `nixpipe-copy --via HOST`, as
-#   relay.sh DESTINATION PORT KNOWN_AS MAKING_ROOTS
+#   relay.sh DESTINATION PORT KNOWN_AS MAKING_ROOTS PROTOCOL
 # Makes a closure valid on DESTINATION (user@host as the deployer wrote it,
 # resolved by this host's own ssh configuration), at PORT unless it is
 # empty, from this host's store. KNOWN_AS is the name the deployer's ssh
 # looks the target's host key up by. MAKING_ROOTS, unless empty, is the
 # command (from the deployer, for the target's login shell) that makes the
-# copied records' GC roots there before anything is copied.
+# copied records' GC roots there before anything is copied. PROTOCOL:
+# daemon copies with `nix copy --to ssh-ng://`, the daemon protocol; serve
+# and auto with nix-copy-closure, whichever protocol this host's Nix gives
+# it.
 #
 # It starts while the closure is still being uploaded here: it logs in to
 # the target and asks what the target lacks meanwhile, then waits for the
@@ -23,7 +26,7 @@
 # event per path it sent. Exit 3: the target could not be reached from
 # here; exit 4: no go.
 set -euf # -f: KNOWN_AS may look like a glob ([127.0.0.1]:2222)
-destination=$1 port=$2 known_as=$3 making_roots=$4
+destination=$1 port=$2 known_as=$3 making_roots=$4 protocol=$5
 scratch=$(mktemp -d)
 
 # Reads stdin up to the next empty line (or its end).
@@ -62,11 +65,21 @@ missing=$(on_target -n -- "$destination" ${making_roots:+"$making_roots;"} \
 read -r go || exit 4
 [ "$go" = go ] || exit 4
 [ -n "$missing" ] || exit 0
-# nix-copy-closure streams each missing path with one round trip each, over
-# the connection above: on the relay's side of the network, round trips
-# are short, and it costs about half the CPU of export | import.
-# shellcheck disable=SC2086
-NIX_SSHOPTS=$ssh_options nix-copy-closure --to "$destination" $missing </dev/null >/dev/null 2>"$scratch/copy.log" || {
+# nix-copy-closure (or nix copy) streams each missing path with one round
+# trip each, over the connection above: on the relay's side of the
+# network, round trips are short, and it costs about half the CPU of
+# export | import. Signatures are checked by the target where it does not
+# trust the user, as with nix-copy-closure.
+copy() {
+  if [ "$protocol" = daemon ]; then
+    # shellcheck disable=SC2086
+    nix --extra-experimental-features nix-command copy --no-check-sigs --to "ssh-ng://$destination" $missing
+  else
+    # shellcheck disable=SC2086
+    nix-copy-closure --to "$destination" $missing
+  fi
+}
+NIX_SSHOPTS=$ssh_options copy </dev/null >/dev/null 2>"$scratch/copy.log" || {
   cat "$scratch/copy.log" >&2
   exit 1
 }

@@ -59,9 +59,9 @@ pub enum CopyError {
     )]
     Corrupt { path: StorePath, from: String, got: NarHash, expected: NarHash },
     #[error(
-        "{path}: the NAR from {from} has hash {got}, not {expected} as its store records; {to} refused it and registered nothing of it"
+        "{path}: the NAR from {from} does not have the hash {expected} its store records; {to} refused it and registered nothing of it"
     )]
-    CorruptRefused { path: StorePath, from: String, to: String, got: NarHash, expected: NarHash },
+    CorruptRefused { path: StorePath, from: String, to: String, expected: NarHash },
     #[error("{path}: the NAR from {from} is {seen} bytes, not {size} as its store records; stopped before the target registered it")]
     Short { path: StorePath, from: String, seen: u64, size: u64 },
     #[error(
@@ -409,12 +409,13 @@ impl Sink {
         let protocol = Protocol::from(conn.speaks());
         conn.close()?;
         let nix_args = &options.target_nix_args;
-        if has_zstd {
+        let daemon = protocol == Protocol::Daemon;
+        if has_zstd && !daemon {
             let ssh_options = options.ssh_options(&[]);
             let how = Start { mode: Mode::WriteZstd, protocol, ssh_options: &ssh_options, nix_args, roots };
             return Ok(Sink::Store { conn: Connection::start(&target, how)?, zstd: true });
         }
-        report::report(Report::NoZstd { target: target.to_string() });
+        report::report(Report::NoZstd { target: target.to_string(), daemon });
         let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
         let how = Start { mode: Mode::Write, protocol, ssh_options: &ssh_options, nix_args, roots };
         let mut conn = Connection::start(&target, how)?;
@@ -444,17 +445,22 @@ impl Sink {
                 std::thread::scope(|s| {
                     let asking = s.spawn(move || ask_for_nars(asks, from, missing));
                     let confirming = s.spawn(|| confirm_added(&mut acks, to, zstd, missing.len(), progress));
-                    let sent = send_nars(&mut nars, adds, to, missing, progress);
+                    let (sent, open) = match send_nars(&mut nars, adds, to, missing, progress) {
+                        Ok(open) => (Ok(()), open),
+                        Err(failure) => (Err(failure), None),
+                    };
                     let outcome = settle(sent, &mut source_server, Some(&mut target_server));
                     // Both threads end now: their work is done, or their
                     // server stopped under them.
                     let confirmed = confirming.join().expect("confirming thread");
+                    // Only now: a daemon whose input ends stops what it does.
+                    drop(open);
                     let asked = asking.join().expect("asking thread");
                     outcome?;
                     confirmed.map_err(|e| target_failed(&mut target_server, e))?;
-                    asked.map_err(|e| source_server.broken(e))
+                    asked.map(drop).map_err(|e| source_server.broken(e))
                 })
-                .map_err(|error| refused_as_corrupt(error, &source_server.target, missing))?;
+                .map_err(|error| refused_as_corrupt(error, &source_server.target, &target_server.target, missing))?;
                 drop(acks);
                 // Nix 2.34 may take every NAR, then exit refusing one.
                 let to = target_server.target.clone();
@@ -466,7 +472,7 @@ impl Sink {
                 let outcome = settle(written, &mut source_server, None);
                 let asked = asking.join().expect("asking thread");
                 outcome?;
-                asked.map_err(|e| source_server.broken(e))
+                asked.map(drop).map_err(|e| source_server.broken(e))
             })?,
         }
         drop(nars);
@@ -568,50 +574,48 @@ fn explain_unsigned_refusal(target: &Target, said: CopyError, stderr: &str) -> C
     CopyError::Untrusted { target: target.to_string(), user }
 }
 
-/// How Nix words its refusal of a NAR that does not match its narHash:
-/// `hash mismatch importing path '/nix/store/...';`, then `specified:` and
-/// `got:` hashes (nix32 up to 2.2x, SRI since).
+/// How Nix words its refusal of a NAR that does not match its narHash
+/// (every version, over both protocols): `hash mismatch importing path
+/// '/nix/store/...'`.
 const HASH_MISMATCH: &str = "hash mismatch importing path '";
 
-/// `error`, or, when it is a store's refusal of a NAR that did not match
-/// its narHash (the target checks every NAR), our own words for it,
-/// naming the path and where it came from.
-fn refused_as_corrupt(error: CopyError, from: &Target, missing: &[Transfer]) -> CopyError {
+/// `error`, or, when it is the target's refusal of a NAR that did not
+/// match its narHash, our own words for it, naming the path and where it
+/// came from.
+fn refused_as_corrupt(error: CopyError, from: &Target, to: &Target, missing: &[Transfer]) -> CopyError {
     let text = match &error {
-        CopyError::Refused { why, .. } => why.clone(),
-        CopyError::Ssh(ssh) => ssh.to_string(),
+        CopyError::Refused { why, .. } => daemon::strip_colours(why),
+        CopyError::Ssh(ssh) => daemon::strip_colours(&ssh.to_string()),
         _ => return error,
     };
-    let text = daemon::strip_colours(&text);
-    let Some((_, rest)) = text.split_once(HASH_MISMATCH) else { return error };
-    let Some(t) = rest.split_once('\'').and_then(|(path, _)| missing.iter().find(|t| t.info.path.as_str() == path))
-    else {
-        return error;
-    };
-    let got = rest.split_once("got:").and_then(|(_, got)| got.split_whitespace().next());
-    let Some(got) = got.and_then(|got| NarHash::parse(got.trim_end_matches(['\'', ';', ')'])).ok()) else {
-        return error;
-    };
-    let to = match &error {
-        CopyError::Refused { store, .. } => store.clone(),
-        _ => "the target".to_owned(),
-    };
-    CopyError::CorruptRefused { path: t.info.path.clone(), from: from.to_string(), to, got, expected: t.info.nar_hash }
+    let refused = text.split_once(HASH_MISMATCH).and_then(|(_, rest)| rest.split_once('\''));
+    match refused.and_then(|(path, _)| missing.iter().find(|t| t.info.path.as_str() == path)) {
+        Some(t) => CopyError::CorruptRefused {
+            path: t.info.path.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
+            expected: t.info.nar_hash,
+        },
+        None => error,
+    }
 }
 
 /// Asks the source for every NAR at once; the replies come in order. Then
-/// ends the session: the source exits after its last NAR, so a NAR shorter
-/// than its narSize ends in EOF rather than a wait for bytes never sent.
-/// Without `asks` (NARs read locally), ends the session at once.
-fn ask_for_nars(asks: Option<Requests>, speaks: Speaks, missing: &[Transfer]) -> io::Result<()> {
-    let Some(mut asks) = asks else { return Ok(()) };
+/// ends a serve session: the source exits after its last NAR, so a NAR
+/// shorter than its narSize ends in EOF rather than a wait for bytes never
+/// sent. A daemon stops at once when its input ends, so its session is
+/// returned, open, to be dropped once every NAR is read. Without `asks`
+/// (NARs read locally), ends the session at once.
+fn ask_for_nars(asks: Option<Requests>, speaks: Speaks, missing: &[Transfer]) -> io::Result<Option<Requests>> {
+    let Some(mut asks) = asks else { return Ok(None) };
     for t in missing {
         match speaks {
             Speaks::Serve => serve::write_dump_store_path(&mut asks, &t.info.path)?,
             Speaks::Daemon(_) => daemon::write_nar_from_path(&mut asks, &t.info.path)?,
         }
     }
-    asks.flush()
+    asks.flush()?;
+    Ok(matches!(speaks, Speaks::Daemon(_)).then_some(asks))
 }
 
 /// Reads the target's confirmation of each path as it arrives (serve), or
@@ -642,17 +646,18 @@ fn confirm_added(
     }
 }
 
-/// Writes every missing path to the target, back to back, and closes the
-/// target's input however that ends. After a failure the target sees its
-/// last NAR cut short: it registers nothing of that one, and everything
-/// before it.
+/// Writes every missing path to the target, back to back. After a failure
+/// the target's input is closed: it sees its last NAR cut short, and
+/// registers nothing of that one and everything before it. After success
+/// the input is returned, still open, unless closing it was the way to
+/// end the stream (zstd).
 fn send_nars(
     nars: &mut Nars,
     mut adds: Outgoing,
     speaks: Speaks,
     missing: &[Transfer],
     progress: &dyn CopyProgress,
-) -> Result<(), Failure> {
+) -> Result<Option<Requests>, Failure> {
     let sent = match speaks {
         Speaks::Serve => missing.iter().try_for_each(|t| {
             serve::write_add_to_store_nar(&mut adds, &t.info)?;
@@ -660,8 +665,8 @@ fn send_nars(
         }),
         Speaks::Daemon(_) => add_multiple(nars, &mut adds, missing, progress),
     };
-    let closed = adds.close().map_err(Failure::Target);
-    sent.and(closed)
+    sent?;
+    adds.end().map_err(Failure::Target)
 }
 
 /// All of `missing` in one AddMultipleToStore: one framed stream of every
@@ -703,12 +708,14 @@ impl Outgoing {
         Ok(out)
     }
 
-    /// Ends the stream: the rest of a zstd frame, then everything flushed.
-    /// Dropping the writer after this closes the target's input.
-    fn close(self) -> io::Result<()> {
+    /// Ends the stream: everything flushed, and the input returned to be
+    /// closed once the answers are read; a zstd stream is finished and
+    /// closed at once, since the target's zstd holds back what it has not
+    /// decompressed until its input ends.
+    fn end(self) -> io::Result<Option<Requests>> {
         match self {
-            Outgoing::Plain(mut w) => w.flush(),
-            Outgoing::Zstd(z) => z.finish()?.flush(),
+            Outgoing::Plain(mut w) => w.flush().map(|()| Some(w)),
+            Outgoing::Zstd(z) => z.finish()?.flush().map(|()| None),
         }
     }
 }

@@ -23,9 +23,11 @@ pub enum Report {
         to: String,
         paths: usize,
     },
-    /// --compress zstd to a target without zstd.
+    /// --compress zstd to a target without zstd, or over the daemon
+    /// protocol (`daemon`).
     NoZstd {
         target: String,
+        daemon: bool,
     },
     /// --dry-run of a copy.
     WouldCopy {

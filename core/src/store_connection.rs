@@ -128,8 +128,8 @@ impl Mode {
 }
 
 impl Protocol {
-    /// The serve script's word for it.
-    fn word(self) -> &'static str {
+    /// Its word in the serve and relay scripts, as on the command line.
+    pub fn word(self) -> &'static str {
         match self {
             Protocol::Auto => "auto",
             Protocol::Serve => "serve",

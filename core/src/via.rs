@@ -23,7 +23,7 @@ use crate::host_key;
 use crate::nix;
 use crate::process;
 use crate::record::Record;
-use crate::store_connection::{self, GcRoot};
+use crate::store_connection::{self, GcRoot, Protocol};
 use crate::session::Script;
 use crate::store_path::StorePath;
 use crate::target::Target;
@@ -173,7 +173,7 @@ impl Fetcher {
     pub fn fetch(&self, to: &Destination, records: &[Record], options: &Options) -> Result<Summary, Missed> {
         match (&self.from, to) {
             (Source::Relay(relay), Destination::Store(target)) => {
-                relay.copy_to(target, records, &copy::gc_roots(records, options), &self.uploaded)
+                relay.copy_to(target, records, &copy::gc_roots(records, options), options.protocol, &self.uploaded)
             }
             (Source::Cache(session), to) => match self.uploaded.wait() {
                 true => Ok(copy::copy_records(&Route { from: Target::Local, to: to.clone() }, records, session)?),
@@ -266,12 +266,13 @@ impl RelayConnection {
 
     /// Runs relay.sh on the relay: it logs in to `target`, makes `roots`
     /// there and finds what it lacks at once, and copies that once
-    /// `uploaded` says the closure is on the relay.
+    /// `uploaded` says the closure is on the relay, speaking `protocol`.
     fn copy_to(
         &self,
         target: &Target,
         records: &[Record],
         roots: &[GcRoot],
+        protocol: Protocol,
         uploaded: &Gate,
     ) -> Result<Summary, Missed> {
         let started = std::time::Instant::now();
@@ -295,7 +296,7 @@ impl RelayConnection {
                 crate::target::remote_command(&argv.iter().map(String::as_str).collect::<Vec<_>>())?
             }
         };
-        let argv = Script::Relay.argv(&[&destination, &port, &trust.name, &making_roots]);
+        let argv = Script::Relay.argv(&[&destination, &port, &trust.name, &making_roots, protocol.word()]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let options = Self::options(self.dir.path());
         let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;

@@ -2,7 +2,7 @@
 //! and what is left after corruption, cuts and refusals.
 
 use nixpipe_tests::proxy::{Link, Proxy};
-use nixpipe_tests::{Host, Testbed};
+use nixpipe_tests::{copies_over_daemon, Host, Testbed};
 
 /// A chain of `count` paths of `bytes` random bytes each.
 fn oddities(tb: &Testbed) -> String {
@@ -131,7 +131,15 @@ fn a_corrupt_path_stops_the_copy_naming_it_and_the_target_never_registers_it() {
 
     assert_eq!(run.code, 1);
     let error = run.error_line();
-    assert!(error.contains(&format!("{chain}: the NAR from {} has hash sha256:", build1.target())), "{error}");
+    assert!(
+        error.ends_with(&format!(
+            "{chain}: the NAR from {} does not have the hash sha256:{} its store records; {} refused it and registered nothing of it",
+            build1.target(),
+            build1.sh(&format!("nix-store --query --hash {chain} | cut -d: -f2")).trim(),
+            web1.target()
+        )),
+        "{error}"
+    );
     assert!(!web1.has(&chain));
     // Everything before it in dependency order arrived whole.
     assert!(web1.has(tb.sh(&format!("readlink {chain}/prev")).ok().stdout.trim()));
@@ -156,7 +164,10 @@ fn a_connection_cut_at_any_point_leaves_only_valid_paths_and_a_rerun_sends_the_r
         assert!(run.stdout.is_empty());
         web1.assert_store_sound();
         let arrived = closure.iter().filter(|p| web1.has(p)).count();
-        let mid_stream = cut > 100_000;
+        // A daemon stops at once when its input ends, dropping what it
+        // had not yet registered; nix-store --serve reads on to the cut.
+        let mid_stream = cut > 100_000 && !copies_over_daemon();
+        eprintln!("cut after {cut}: {arrived} arrived");
         assert!(arrived < closure.len() && (arrived > 0 || !mid_stream), "cut after {cut}: {arrived} arrived");
         let rerun = tb.sh(&format!("nixpipe-copy --json --to {} {chain}", web1.target())).ok().json_lines();
         assert_eq!(rerun[0]["copy"]["copiedPaths"], closure.len() - arrived, "cut after {cut} bytes");
