@@ -14,12 +14,13 @@ build: setup
 
 # The whole Nix matrix (scripts/test.sh); `make test NIX=sid TARGET_NIX=bookworm`
 # runs one row: the deployer on sid's Nix, the targets on bookworm's
-# (TARGET_INIT=systemd: every host booting systemd).
+# (TARGET_INIT=systemd: every host booting systemd; PROTOCOL=daemon: every
+# copy over the daemon protocol).
 test: build
 	$(CARGO) fmt --all --check
 	$(CARGO) xtask gen --check
 	bash scripts/shellcheck.sh
-	NIX="$(NIX)" TARGET_NIX="$(TARGET_NIX)" TARGET_INIT="$(TARGET_INIT)" bash scripts/test.sh
+	NIX="$(NIX)" TARGET_NIX="$(TARGET_NIX)" TARGET_INIT="$(TARGET_INIT)" PROTOCOL="$(PROTOCOL)" bash scripts/test.sh
 
 # web1 boots real systemd and runs sid's Nix (2.34); the deployer runs this
 # machine's.

@@ -3,23 +3,29 @@
 # Nix matrix: the deployer's Nix -> the targets' Nix, each a Debian release's
 # nix-bin (bookworm 2.8, trixie 2.26, sid 2.34). Every scenario runs from
 # old to new and from new to old; copy and eval also from 2.26, and from new
-# to new; and every scenario once more with every host booting systemd. With
-# NIX=R (and TARGET_NIX=R, default sid) only that row runs:
+# to new; every scenario once more with every host booting systemd; and what
+# copies once more over the daemon protocol, to and from Nix 2.8 and 2.34.
+# With NIX=R (and TARGET_NIX=R, default sid; PROTOCOL=daemon) only that row
+# runs:
 #   make test NIX=sid TARGET_NIX=bookworm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(activate bundle cli copy deploy eval fleet keys microvm nixos shells status testbed)
-# deployer target init scenarios...
+all=(activate bundle cli copy deploy eval fleet keys microvm nixos protocol shells status testbed)
+# Everything that copies, once more with every copy over the daemon protocol.
+copying=(copy eval fleet microvm protocol)
+# deployer target init protocol scenarios...
 rows=(
-    "bookworm sid none ${all[*]}"
-    "sid bookworm none ${all[*]}"
-    "trixie sid none copy eval"
-    "sid sid none copy eval"
-    "sid sid systemd ${all[*]}"
+    "bookworm sid none auto ${all[*]}"
+    "sid bookworm none auto ${all[*]}"
+    "trixie sid none auto copy eval"
+    "sid sid none auto copy eval"
+    "sid sid systemd auto ${all[*]}"
+    "bookworm sid none daemon ${copying[*]}"
+    "sid bookworm none daemon ${copying[*]}"
 )
 if [ -n "${NIX:-}" ]; then
-    rows=("$NIX ${TARGET_NIX:-sid} ${TARGET_INIT:-none} ${all[*]}")
+    rows=("$NIX ${TARGET_NIX:-sid} ${TARGET_INIT:-none} ${PROTOCOL:-auto} ${all[*]}")
 fi
 
 # The release roots first, each made once and kept (a few minutes each on a
@@ -36,14 +42,16 @@ cargo test --locked -p nixpipe-tests --lib --bins
 
 summary=() passed=0 failed=0
 for row in "${rows[@]}"; do
-    read -r deployer target init tests <<<"$row"
+    read -r deployer target init protocol tests <<<"$row"
     args=()
     for t in $tests; do args+=(--test "$t"); done
     name="$deployer -> $target$([ "$init" = none ] || echo ", every host booting $init")"
+    name+="$([ "$protocol" = auto ] || echo ", copies over the $protocol protocol")"
     echo "=== deployer's Nix -> targets' Nix: $name: $tests" >&2
     log=$(mktemp)
     status=0
     NIXPIPE_TEST_DEPLOYER_NIX=$deployer NIXPIPE_TEST_TARGET_NIX=$target NIXPIPE_TEST_TARGET_INIT=$init \
+        NIXPIPE_COPY_PROTOCOL=$protocol \
         cargo test --locked --no-fail-fast -p nixpipe-tests "${args[@]}" 2>&1 | tee "$log" || status=$?
     p=$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$log")
     f=$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$log")

@@ -1,0 +1,106 @@
+//! nixpipe-copy's two protocols: what `--protocol auto` chooses, and a
+//! target whose Nix has dropped `nix-store --serve` (NixOS/nix#16185).
+//! Every other copy scenario runs over each protocol in the matrix
+//! (scripts/test.sh sets NIXPIPE_COPY_PROTOCOL).
+
+use nixpipe_tests::{Host, Testbed};
+
+/// Makes `host` a Nix after NixOS/nix#16185: its nix-store, first on the
+/// PATH of every ssh session, refuses `--serve` as Nix refuses any flag it
+/// does not know, and is the real one otherwise. The stand-in is there to
+/// make the real Nix lack what a future one lacks; nix-daemon stays real.
+fn without_serve(host: &Host) {
+    host.sh(
+        r#"mkdir -p /run/nixpipe-no-serve && ln -sfn /usr/bin/nix /run/nixpipe-no-serve/nix-store
+mount -t tmpfs -o mode=755 nixpipe-no-serve /usr/local/bin
+cat >/usr/local/bin/nix-store <<'EOF'
+#!/bin/sh
+for arg; do
+    if [ "$arg" = --serve ]; then
+        echo "error: unrecognised flag '--serve'" >&2
+        echo "Try 'nix-store --help' for more information." >&2
+        exit 1
+    fi
+done
+exec /run/nixpipe-no-serve/nix-store "$@"
+EOF
+chmod +x /usr/local/bin/nix-store"#,
+    );
+}
+
+fn closure_of(host: &Host, path: &str) -> String {
+    host.sh(&format!("nix-store --query --requisites {path} | sort"))
+}
+
+#[test]
+fn auto_copies_over_the_daemon_protocol_to_a_nix_without_serve() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    without_serve(&web1);
+    let chain = tb.filler(10, 10_000, "-no-serve");
+    let t = web1.target();
+
+    let first = tb.sh(&format!("nixpipe-copy --json --to {t} {chain}")).ok().json_lines();
+    let again = tb.sh(&format!("nixpipe-copy --json --to {t} {chain}")).ok().json_lines();
+
+    assert_eq!(first[0]["copy"]["copiedPaths"], 10);
+    assert_eq!(again[0]["copy"]["copiedPaths"], 0);
+    assert_eq!(closure_of(&web1, &chain), tb.sh(&format!("nix-store --query --requisites {chain} | sort")).ok().stdout);
+    web1.assert_store_sound();
+}
+
+#[test]
+fn auto_copies_from_a_nix_without_serve_to_one_with_it() {
+    let tb = Testbed::new();
+    let (build1, web1) = (tb.host("build1"), tb.host("web1"));
+    let chain = tb.filler(5, 5000, "-from-no-serve");
+    tb.sh(&format!("nixpipe-copy --to {} {chain}", build1.target())).ok();
+    without_serve(&build1);
+    // Gone from here, so the bytes can only come from build1.
+    tb.sh(&format!("nix-store --delete $(nix-store --query --requisites {chain})")).ok();
+
+    tb.sh(&format!("nixpipe-copy --from {} --to {} {chain}", build1.target(), web1.target())).ok();
+
+    assert_eq!(closure_of(&web1, &chain), closure_of(&build1, &chain));
+    web1.assert_store_sound();
+}
+
+#[test]
+fn serve_asked_of_a_nix_without_it_is_one_line_and_copies_nothing() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    without_serve(&web1);
+    let chain = tb.filler(2, 100, "-serve-gone");
+
+    let run = tb.sh(&format!("nixpipe-copy --protocol serve --to {} {chain}", web1.target()));
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("unrecognised flag '--serve'"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(!web1.has(&chain));
+}
+
+#[test]
+fn both_protocols_copy_the_same_closure_byte_for_byte() {
+    let tb = Testbed::new();
+    let (web1, web2) = (tb.host("web1"), tb.host("web2"));
+    let odd = tb.build("-E 'with import <nixpkgs> {}; oddities'");
+
+    tb.sh(&format!("nixpipe-copy --protocol serve --to {} {odd}", web1.target())).ok();
+    tb.sh(&format!("nixpipe-copy --protocol daemon --to {} {odd}", web2.target())).ok();
+
+    let dump = |host: &Host| host.sh(&format!("nix-store --dump {odd} | sha256sum"));
+    assert_eq!(dump(&web1), dump(&web2));
+    assert_eq!(dump(&web1), tb.sh(&format!("nix-store --dump {odd} | sha256sum")).ok().stdout);
+    web2.assert_store_sound();
+}
+
+#[test]
+fn an_unknown_protocol_is_bad_usage() {
+    let tb = Testbed::new();
+
+    let run = tb.sh("nixpipe-copy --protocol ftp --to root@web1 /nix/store/36m5mhfn262qgji13vrgp907an576qjz-x");
+
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("invalid value 'ftp' for '--protocol <PROTOCOL>'"), "{}", run.stderr);
+}
