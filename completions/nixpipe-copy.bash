@@ -23,7 +23,7 @@ _nixpipe__copy() {
 
     case "${cmd}" in
         nixpipe__copy)
-            opts="-s -j -h -V --to --from --substitute-on-destination --sign-key --compress --no-gc-root --dry-run --via --cache-url --jobs --json --help --version"
+            opts="-s -j -h -V --to --from --protocol --substitute-on-destination --sign-key --compress --no-gc-root --dry-run --via --cache-url --jobs --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -35,6 +35,10 @@ _nixpipe__copy() {
                     ;;
                 --from)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --protocol)
+                    COMPREPLY=($(compgen -W "auto serve daemon" -- "${cur}"))
                     return 0
                     ;;
                 --sign-key)

@@ -1,5 +1,8 @@
 complete -c nixpipe-copy -l to -d 'Where to copy: [user@]host[:port], ssh://..., \'root@{name}\', local, or a binary cache file:///DIR [default: the record\'s NAME]' -r
 complete -c nixpipe-copy -l from -d 'Copy from this store instead of the local one: [user@]host[:port], ssh://..., \'root@{name}\'' -r
+complete -c nixpipe-copy -l protocol -d 'Which protocol to speak with the stores at both ends: serve (`nix-store --serve --write`, the legacy ssh:// store), daemon (`nix-daemon --stdio`, the ssh-ng:// store: Nix 2.4 or newer, nix-daemon on the remote PATH), or auto: serve where the store\'s nix-store still has --serve, else daemon' -r -f -a "auto\t'The serve protocol where the target\'s nix-store has `--serve`, else the daemon protocol'
+serve\t'`nix-store --serve --write`, the legacy ssh:// store (every Nix up to today)'
+daemon\t'`nix-daemon --stdio`, the ssh-ng:// store (Nix 2.4 and later)'"
 complete -c nixpipe-copy -l sign-key -d 'Sign every path copied with this secret key (from nix-store --generate-binary-cache-key)' -r -F
 complete -c nixpipe-copy -l compress -d 'How NARs travel to an ssh target: zstd compresses them in nixpipe\'s stream and the target\'s zstd decompresses them (a target without zstd gets ssh\'s own compression instead)' -r -f -a "none\t'As they are; ssh encrypts, nothing else'
 zstd\t'zstd-compressed by nixpipe, decompressed by the target\'s zstd (or ssh\'s own compression where the target has no zstd)'"

@@ -8,7 +8,7 @@
 //! one part.
 
 use nixpipe_tests::proxy::{Link, Proxy, Uplink};
-use nixpipe_tests::{Host, Testbed};
+use nixpipe_tests::{Host, Release, Testbed};
 use std::time::{Duration, Instant};
 
 /// Each way, through the proxy: 40 ms round trips.
@@ -201,57 +201,115 @@ fn copy() {
     let small_paths: u32 = env_or("BENCH_SMALL_PATHS", 1000);
     let big_mib: u32 = env_or("BENCH_BIG_MIB", 1024);
     let tb = Testbed::new();
+    // `nix copy` of Nix 2.34 runs from sid's root: the best copy any Nix
+    // offers today, next to this machine's own Nix.
+    let sid = tb.path().join("sid-nix");
+    Release::Sid.install_nix_wrappers(&sid).expect("sid's root (scripts/release-root.sh)");
+    let new_nix = Tool::NixCopySshNg(Some(sid.display().to_string()));
+    let old_nix = Tool::NixCopySshNg(None);
+    let nix_version = |tool: &Tool| {
+        let path = match tool {
+            Tool::NixCopySshNg(Some(bin)) => format!("PATH={bin}:$PATH "),
+            _ => String::new(),
+        };
+        tb.sh(&format!("{path}nix --version")).ok().stdout.split_whitespace().last().unwrap_or("?").to_owned()
+    };
+    let (old_version, new_version) = (nix_version(&old_nix), nix_version(&new_nix));
     let small = tb.filler(small_paths, 1000, "-bench-small");
     // Eight paths of an eighth each: one closure of about big_mib MiB.
     let big = tb.filler(8, big_mib * 1024 * 128, "-bench-big");
     let programs = tb.build("-E 'with import <nixpkgs> {}; runCommand \"programs\" {} \"cp -a /usr/bin $out\"'");
     let programs_mib = tb.sh(&format!("du -sm {programs} | cut -f1")).ok().stdout.trim().to_owned();
+    let old_copy = format!("nix copy --to ssh-ng:// (Nix {old_version})");
+    let new_copy = format!("nix copy --to ssh-ng:// (Nix {new_version})");
 
     println!("\n## Cold copy, {small_paths} paths of 1 kB, 40 ms round trips (TCP proxy, 20 ms each way)\n");
     let slow = [
-        ("nixpipe-copy", time_cold(&tb, &small, Some(DELAY), Tool::Nixpipe)),
-        ("nix-copy-closure", time_cold(&tb, &small, Some(DELAY), Tool::NixCopyClosure)),
-        ("nix copy --to ssh-ng://", time_cold(&tb, &small, Some(DELAY), Tool::NixCopySshNg)),
+        ("nixpipe-copy --protocol serve", time_cold(&tb, &small, Some(DELAY), Tool::Nixpipe("serve")).0),
+        ("nixpipe-copy --protocol daemon", time_cold(&tb, &small, Some(DELAY), Tool::Nixpipe("daemon")).0),
+        ("nix-copy-closure", time_cold(&tb, &small, Some(DELAY), Tool::NixCopyClosure).0),
+        (old_copy.as_str(), time_cold(&tb, &small, Some(DELAY), old_nix.clone()).0),
+        (new_copy.as_str(), time_cold(&tb, &small, Some(DELAY), new_nix.clone()).0),
     ];
     table(&slow);
 
-    println!("\n## Cold copy, {big_mib} MiB closure of 8 paths, loopback\n");
+    println!(
+        "\n## Cold copy, {big_mib} MiB closure of 8 paths, loopback: wall time and the whole machine's CPU time (/proc/stat)\n"
+    );
     let web1 = tb.host("bench");
-    let (ours, peak_kib) = time_with_peak_memory(&tb, &format!("{} {big}", Tool::Nixpipe.command(&tb, &web1, None)));
+    let serve_command = format!("{} {big}", Tool::Nixpipe("serve").command(&tb, &web1, None));
+    let (ours, peak_kib) = time_with_peak_memory(&tb, &serve_command);
     drop(web1);
     let fast = [
-        ("nixpipe-copy", ours),
+        ("nixpipe-copy --protocol serve", ours),
+        ("nixpipe-copy --protocol daemon", time_cold(&tb, &big, None, Tool::Nixpipe("daemon"))),
         ("nix-copy-closure", time_cold(&tb, &big, None, Tool::NixCopyClosure)),
-        ("nix copy --to ssh-ng://", time_cold(&tb, &big, None, Tool::NixCopySshNg)),
+        (old_copy.as_str(), time_cold(&tb, &big, None, old_nix.clone())),
+        (new_copy.as_str(), time_cold(&tb, &big, None, new_nix.clone())),
         ("tar piped into ssh (the floor)", time_cold(&tb, &big, None, Tool::Tar)),
     ];
-    table(&fast);
+    println!(
+        "| tool | seconds | CPU seconds | seconds vs nix-copy-closure | CPU vs nix-copy-closure | seconds vs tar |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let (ncc, tar) = (fast[2].1, fast[5].1);
+    for (name, (seconds, cpu)) in &fast {
+        println!(
+            "| {name} | {seconds:.2} | {cpu:.2} | {:.2}x | {:.2}x | {:.2}x |",
+            seconds / ncc.0,
+            cpu / ncc.1,
+            seconds / tar.0
+        );
+    }
 
     println!("\n## Warm copy (everything present), {small_paths}-path closure, loopback\n");
     let web1 = tb.host("bench");
-    tb.sh(&format!("{} {small}", Tool::Nixpipe.command(&tb, &web1, None))).ok();
+    tb.sh(&format!("{} {small}", Tool::Nixpipe("serve").command(&tb, &web1, None))).ok();
+    let warm_time = |tool: Tool| time(&tb, &format!("{} {small}", tool.command(&tb, &web1, None)));
     let warm = [
-        ("nixpipe-copy", time(&tb, &format!("{} {small}", Tool::Nixpipe.command(&tb, &web1, None)))),
-        ("nix-copy-closure", time(&tb, &format!("{} {small}", Tool::NixCopyClosure.command(&tb, &web1, None)))),
-        ("nix copy --to ssh-ng://", time(&tb, &format!("{} {small}", Tool::NixCopySshNg.command(&tb, &web1, None)))),
+        ("nixpipe-copy --protocol serve", warm_time(Tool::Nixpipe("serve"))),
+        ("nixpipe-copy --protocol daemon", warm_time(Tool::Nixpipe("daemon"))),
+        ("nixpipe-copy --protocol auto", warm_time(Tool::Nixpipe("auto"))),
+        ("nix-copy-closure", warm_time(Tool::NixCopyClosure)),
+        (old_copy.as_str(), warm_time(old_nix.clone())),
+        (new_copy.as_str(), warm_time(new_nix.clone())),
         (
             "ssh HOST true (the connection alone)",
             time(&tb, &format!("ssh {} -p {} root@127.0.0.1 true", tb.nix_sshopts(), web1.port)),
         ),
-        (
-            "nixpipe-copy, ssh with KexAlgorithms=curve25519-sha256",
-            time(
-                &tb,
-                &format!(
-                    "{} {small}",
-                    Tool::Nixpipe
-                        .command(&tb, &web1, None)
-                        .replace("' nixpipe-copy", " -o KexAlgorithms=curve25519-sha256' nixpipe-copy")
-                ),
-            ),
-        ),
     ];
     table(&warm);
+    drop(web1);
+
+    println!("\n## Warm copy, {small_paths}-path closure, 40 ms round trips: how many round trips after ssh's own\n");
+    let web1 = tb.host("bench");
+    tb.sh(&format!("{} {small}", Tool::Nixpipe("serve").command(&tb, &web1, None))).ok();
+    let proxy = Proxy::start(web1.port, Link::Delay(DELAY));
+    let slow_warm = |tool: Tool| time(&tb, &format!("{} {small}", tool.command(&tb, &web1, Some(&proxy))));
+    let ssh_alone = time(
+        &tb,
+        &format!(
+            "ssh {} -o HostKeyAlias=[127.0.0.1]:{} -p {} root@127.0.0.1 true",
+            tb.nix_sshopts(),
+            web1.port,
+            proxy.port
+        ),
+    );
+    let rtt = 2.0 * DELAY.as_secs_f64();
+    let warm_slow = [
+        ("nixpipe-copy --protocol serve", slow_warm(Tool::Nixpipe("serve"))),
+        ("nixpipe-copy --protocol daemon", slow_warm(Tool::Nixpipe("daemon"))),
+        ("nixpipe-copy --protocol auto", slow_warm(Tool::Nixpipe("auto"))),
+        ("nix-copy-closure", slow_warm(Tool::NixCopyClosure)),
+        (new_copy.as_str(), slow_warm(new_nix.clone())),
+        ("ssh HOST true (the connection alone)", ssh_alone),
+    ];
+    println!("| tool | seconds | round trips after ssh's |\n|---|---:|---:|");
+    for (name, seconds) in &warm_slow {
+        println!("| {name} | {seconds:.2} | {:.1} |", (seconds - ssh_alone) / rtt);
+    }
+    drop(proxy);
+    drop(web1);
 
     println!("\n## --compress: none or zstd, on real programs (a copy of /usr/bin, {programs_mib} MiB)\n");
     let shaped = Link::Shaped { delay: DELAY, bytes_per_second: 100_000_000 / 8 };
@@ -264,15 +322,24 @@ fn copy() {
     table(&compress);
 
     println!("\n## Against the goals\n");
-    println!("- {small_paths} small paths at 40 ms RTT: nix-copy-closure / nixpipe-copy = {:.1}x (goal: at least 20x); nix copy ssh-ng / nixpipe-copy = {:.1}x", slow[1].1 / slow[0].1, slow[2].1 / slow[0].1);
-    println!(
-        "- {big_mib} MiB on loopback: nixpipe-copy / tar floor = {:.2}x (goal: at most 1.3x)",
-        fast[0].1 / fast[3].1
-    );
-    println!(
-        "- warm copy on loopback: {:.3} s, of which {:.3} s is ssh making its connection; {:.3} s with curve25519 key exchange (goal: under 0.2 s)",
-        warm[0].1, warm[3].1, warm[4].1
-    );
+    for (i, protocol) in ["serve", "daemon"].iter().enumerate() {
+        println!(
+            "- {small_paths} small paths at 40 ms RTT, --protocol {protocol}: nix-copy-closure / nixpipe-copy = {:.1}x (goal: at least 20x); nix copy ssh-ng of Nix {new_version} / nixpipe-copy = {:.2}x (goal: at least 1.2x)",
+            slow[2].1 / slow[i].1,
+            slow[4].1 / slow[i].1
+        );
+        let (seconds, cpu) = fast[i].1;
+        println!(
+            "- {big_mib} MiB on loopback, --protocol {protocol}: wall {:.2}x nix-copy-closure's, CPU {:.2}x its (goal: at most 1x each); {:.2}x tar's wall time (goal: at most 1.3x)",
+            seconds / ncc.0,
+            cpu / ncc.1,
+            seconds / tar.0
+        );
+        println!(
+            "- warm copy at 40 ms RTT, --protocol {protocol}: {:.1} round trips after ssh's own (goal: one)",
+            (warm_slow[i].1 - ssh_alone) / rtt
+        );
+    }
     println!(
         "- peak memory of nixpipe-copy on the {big_mib} MiB copy: {:.1} MiB (goal: bounded by buffers)",
         peak_kib as f64 / 1024.0
@@ -283,25 +350,33 @@ fn env_or(name: &str, default: u32) -> u32 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Tool {
-    Nixpipe,
+    /// With this --protocol.
+    Nixpipe(&'static str),
     NixCopyClosure,
-    NixCopySshNg,
+    /// `nix copy` of this machine's Nix, or of the one whose wrappers are
+    /// in this directory.
+    NixCopySshNg(Option<String>),
     Tar,
 }
 
 impl Tool {
     /// The command line that copies to `host`, through `proxy` if given;
     /// the closure's root path goes at the end.
-    fn command(self, tb: &Testbed, host: &Host, proxy: Option<&Proxy>) -> String {
+    fn command(&self, tb: &Testbed, host: &Host, proxy: Option<&Proxy>) -> String {
         let port = proxy.map_or(host.port, |p| p.port);
         // The host's real key, whatever port it is reached on.
         let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{}", tb.nix_sshopts(), host.port);
         match self {
-            Tool::Nixpipe => format!("env NIX_SSHOPTS='{sshopts}' nixpipe-copy --to root@127.0.0.1:{port}"),
+            Tool::Nixpipe(protocol) => {
+                format!("env NIX_SSHOPTS='{sshopts}' nixpipe-copy --protocol {protocol} --to root@127.0.0.1:{port}")
+            }
             Tool::NixCopyClosure => format!("env NIX_SSHOPTS='{sshopts} -p {port}' nix-copy-closure --to root@127.0.0.1"),
-            Tool::NixCopySshNg => format!("env NIX_SSHOPTS='{sshopts} -p {port}' nix copy --no-check-sigs --to ssh-ng://root@127.0.0.1"),
+            Tool::NixCopySshNg(bin) => format!(
+                "env {}NIX_SSHOPTS='{sshopts} -p {port}' nix copy --no-check-sigs --to ssh-ng://root@127.0.0.1",
+                bin.as_ref().map(|bin| format!("PATH={bin}:$PATH ")).unwrap_or_default()
+            ),
             Tool::Tar => format!(
                 "f() {{ tar -C / -cf - $(nix-store --query --requisites \"$1\") \
                  | ssh {sshopts} -p {port} root@127.0.0.1 'mkdir -p /var/lib/floor && tar -C /var/lib/floor -xf -'; }}; f"
@@ -311,18 +386,36 @@ impl Tool {
 }
 
 /// Copies `path` with `tool` to a fresh host, optionally behind a delaying
-/// proxy; the seconds it took.
-fn time_cold(tb: &Testbed, path: &str, delay: Option<Duration>, tool: Tool) -> f64 {
+/// proxy; the seconds it took, and the CPU seconds the whole machine spent.
+fn time_cold(tb: &Testbed, path: &str, delay: Option<Duration>, tool: Tool) -> (f64, f64) {
     let host = tb.host("bench");
     let proxy = delay.map(|d| Proxy::start(host.port, Link::Delay(d)));
-    time(tb, &format!("{} {path}", tool.command(tb, &host, proxy.as_ref())))
+    let before = machine_cpu_seconds();
+    let seconds = time(tb, &format!("{} {path}", tool.command(tb, &host, proxy.as_ref())));
+    (seconds, machine_cpu_seconds() - before)
+}
+
+/// CPU time every process of the machine spent so far, from /proc/stat:
+/// user, nice, system, irq, softirq and steal, not idle or iowait.
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu = stat.lines().next().expect("the cpu line");
+    let ticks: Vec<u64> = cpu.split_whitespace().skip(1).map(|n| n.parse().unwrap_or(0)).collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy as f64 / clock_ticks_per_second()
+}
+
+/// The unit of /proc/stat, `getconf CLK_TCK`.
+fn clock_ticks_per_second() -> f64 {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("getconf CLK_TCK says a number")
 }
 
 /// nixpipe-copy with `--compress how` to a fresh host, through `link`.
 fn time_cold_link(tb: &Testbed, path: &str, link: Option<Link>, how: &str) -> f64 {
     let host = tb.host("bench");
     let proxy = link.map(|l| Proxy::start(host.port, l));
-    time(tb, &format!("{} --compress {how} {path}", Tool::Nixpipe.command(tb, &host, proxy.as_ref())))
+    time(tb, &format!("{} --compress {how} {path}", Tool::Nixpipe("auto").command(tb, &host, proxy.as_ref())))
 }
 
 fn time(tb: &Testbed, command: &str) -> f64 {
@@ -331,11 +424,13 @@ fn time(tb: &Testbed, command: &str) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// The seconds and the peak resident memory (KiB) of one command.
-fn time_with_peak_memory(tb: &Testbed, command: &str) -> (f64, u64) {
+/// The seconds, the whole machine's CPU seconds and the peak resident
+/// memory (KiB) of one command.
+fn time_with_peak_memory(tb: &Testbed, command: &str) -> ((f64, f64), u64) {
     let started = Instant::now();
+    let before = machine_cpu_seconds();
     let run = tb.sh(&format!("/usr/bin/time -f 'peak-rss-kib %M' {command}")).ok();
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = (started.elapsed().as_secs_f64(), machine_cpu_seconds() - before);
     let peak = run
         .stderr
         .lines()

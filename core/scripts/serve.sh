@@ -4,9 +4,12 @@
 # roots die with it), and for --compress zstd, one byte saying whether zstd
 # is on the PATH.
 #   serve.sh PROTOCOL HOW NAME=PATH... -- NIX-OPTIONS...
+#   serve.sh PROTOCOL read PATH... -- NIX-OPTIONS...
 # PROTOCOL: serve (nix-store --serve), daemon (nix-daemon --stdio), or auto:
 # serve where this nix-store still has --serve, else daemon, said first in
-# one byte, S or D. HOW: read, write, probe-zstd (write, after Z or N),
+# one byte, S or D. HOW: read (a reader of the closures of PATH...; over the
+# daemon protocol, their closure comes first), write, probe-zstd (write,
+# after Z or N),
 # zstd (write; every request arrives zstd-compressed), or roots: the roots
 # only, for a copy another program makes (nix-copy-closure on a --via
 # relay). A root is made before its path is valid (a root to a missing
@@ -15,18 +18,27 @@
 # neither can be written, none.
 protocol=$1 how=$2
 shift 2
-if [ "$(id -u)" = 0 ]; then
-    roots=/nix/var/nix/gcroots/nixpipe prefix=
+if [ "$how" = read ]; then
+    # The paths whose closure the reader wants, not roots.
+    wanted=
+    while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+        wanted="$wanted $1"
+        shift
+    done
 else
-    roots=/nix/var/nix/gcroots/per-user/$(id -un) prefix=nixpipe-
+    if [ "$(id -u)" = 0 ]; then
+        roots=/nix/var/nix/gcroots/nixpipe prefix=
+    else
+        roots=/nix/var/nix/gcroots/per-user/$(id -un) prefix=nixpipe-
+    fi
+    mkdir -p "$roots" 2>/dev/null
+    while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+        root=$roots/$prefix${1%%=*}
+        # Replaced by rename: never a moment without the root.
+        ln -sfn "${1#*=}" "$root.new" 2>/dev/null && mv -T "$root.new" "$root" 2>/dev/null
+        shift
+    done
 fi
-mkdir -p "$roots" 2>/dev/null
-while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
-    root=$roots/$prefix${1%%=*}
-    # Replaced by rename: never a moment without the root.
-    ln -sfn "${1#*=}" "$root.new" 2>/dev/null && mv -T "$root.new" "$root" 2>/dev/null
-    shift
-done
 [ "$#" -gt 0 ] && shift
 [ "$how" = roots ] && exit 0
 
@@ -39,6 +51,14 @@ if [ "$protocol" = auto ]; then
         protocol=serve
         printf S
     fi
+fi
+if [ "$how" = read ] && [ "$protocol" = daemon ]; then
+    # The daemon has no closure query: the closure comes first, a path a
+    # line, then an empty line (nothing when a path is not valid: the
+    # reader then asks for each path, and names the one missing).
+    # shellcheck disable=SC2086 # one argument per path
+    nix-store --query --requisites $wanted 2>/dev/null
+    echo
 fi
 server() {
     case $protocol in

@@ -27,8 +27,8 @@ use crate::path_info::PathInfo;
 use crate::record::Record;
 use crate::report::{self, CopyProgress, Report};
 use crate::serve;
-use crate::store_connection::{self, Connection, GcRoot, Mode, Protocol, Replies, Requests, Server, Speaks, Start};
 use crate::signing::SecretKey;
+use crate::store_connection::{self, Connection, GcRoot, Mode, Protocol, Replies, Requests, Server, Speaks, Start};
 use crate::store_path::StorePath;
 use crate::target::{self, SshError, Target, TargetSpec};
 use crate::wire;
@@ -294,7 +294,14 @@ fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &
     let wanted: Vec<StorePath> = paths.iter().map(|&p| p.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     // Both servers start before either is waited for: two ssh handshakes
     // at once.
-    let reading = Start { mode: Mode::Read, protocol: options.protocol, ssh_options: &[], nix_args: &[], roots: &[] };
+    let reading = Start {
+        mode: Mode::Read,
+        protocol: options.protocol,
+        ssh_options: &[],
+        nix_args: &[],
+        roots: &[],
+        closure_of: &wanted,
+    };
     let mut source = Connection::start(from, reading)?;
     let mut sink = Sink::start(to, options, roots)?;
     source.greet()?;
@@ -317,7 +324,7 @@ fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &
             report::report(Report::WouldCopy { path, bytes, to: to.to_string() });
         }
         source.close()?;
-        sink.close()?;
+        sink.leave();
     } else {
         let sink = sink.for_stream(options, roots)?;
         let progress = report::copy_progress(&to.to_string(), missing.len() as u64, bytes);
@@ -373,6 +380,7 @@ impl Sink {
                     ssh_options: &ssh_options,
                     nix_args: &options.target_nix_args,
                     roots,
+                    closure_of: &[],
                 };
                 Ok(Sink::Store { conn: Connection::start(target, how)?, zstd: false })
             }
@@ -386,10 +394,7 @@ impl Sink {
     /// The paths of `closure` already there; greets a store first.
     fn present(&mut self, closure: &[StorePath], substitute: bool) -> Result<BTreeSet<StorePath>, CopyError> {
         match self {
-            Sink::Store { conn, .. } => {
-                conn.greet()?;
-                conn.query_valid_paths(closure, substitute)
-            }
+            Sink::Store { conn, .. } => conn.greet_and_query_valid_paths(closure, substitute),
             // Options::check refused substitution into a cache.
             Sink::Cache(cache) => Ok(cache.present(closure)),
         }
@@ -412,12 +417,13 @@ impl Sink {
         let daemon = protocol == Protocol::Daemon;
         if has_zstd && !daemon {
             let ssh_options = options.ssh_options(&[]);
-            let how = Start { mode: Mode::WriteZstd, protocol, ssh_options: &ssh_options, nix_args, roots };
+            let how =
+                Start { mode: Mode::WriteZstd, protocol, ssh_options: &ssh_options, nix_args, roots, closure_of: &[] };
             return Ok(Sink::Store { conn: Connection::start(&target, how)?, zstd: true });
         }
         report::report(Report::NoZstd { target: target.to_string(), daemon });
         let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
-        let how = Start { mode: Mode::Write, protocol, ssh_options: &ssh_options, nix_args, roots };
+        let how = Start { mode: Mode::Write, protocol, ssh_options: &ssh_options, nix_args, roots, closure_of: &[] };
         let mut conn = Connection::start(&target, how)?;
         conn.greet()?;
         Ok(Sink::Store { conn, zstd: false })
@@ -479,10 +485,10 @@ impl Sink {
         source_server.finish()
     }
 
-    fn close(self) -> Result<(), CopyError> {
-        match self {
-            Sink::Store { conn, .. } => conn.close(),
-            Sink::Cache(_) => Ok(()),
+    /// Ends a sink that was only asked what it has.
+    fn leave(self) {
+        if let Sink::Store { conn, .. } = self {
+            conn.leave();
         }
     }
 }

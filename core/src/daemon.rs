@@ -152,7 +152,8 @@ pub fn read_hello(r: &mut impl Read) -> io::Result<Hello> {
     }
     let theirs = Version(read_u64(r)?);
     if theirs.0 >> 8 != OURS.0 >> 8 || theirs < Version::OLDEST {
-        let message = format!("speaks worker protocol {theirs}; nixpipe needs {} or newer (Nix 2.4 or newer)", Version::OLDEST);
+        let message =
+            format!("speaks worker protocol {theirs}; nixpipe needs {} or newer (Nix 2.4 or newer)", Version::OLDEST);
         return Err(io::Error::new(io::ErrorKind::Unsupported, message));
     }
     let version = theirs.min(OURS);
@@ -276,6 +277,14 @@ fn write_path_info(w: &mut impl Write, info: &PathInfo) -> io::Result<()> {
     write_str(w, info.ca.as_deref().unwrap_or(""))
 }
 
+/// Asks which of `paths` are valid (substituting the others first, with
+/// `substitute`); the same in every version we speak.
+pub fn write_query_valid_paths(w: &mut impl Write, paths: &[StorePath], substitute: bool) -> io::Result<()> {
+    Op::QueryValidPaths.write(w)?;
+    write_strs(w, paths)?;
+    write_u64(w, substitute as u64)
+}
+
 /// Asks for the NAR of `path`: frames, then exactly its narSize bytes.
 pub fn write_nar_from_path(w: &mut impl Write, path: &StorePath) -> io::Result<()> {
     Op::NarFromPath.write(w)?;
@@ -309,10 +318,13 @@ impl<R: Read, W: Write> Client<R, W> {
     /// The subset of `paths` valid in the store. With `substitute`, the
     /// daemon first tries to fetch the others from its substituters.
     pub fn query_valid_paths(&mut self, paths: &[StorePath], substitute: bool) -> io::Result<BTreeSet<StorePath>> {
-        Op::QueryValidPaths.write(&mut self.requests)?;
-        write_strs(&mut self.requests, paths)?;
-        write_u64(&mut self.requests, substitute as u64)?;
+        write_query_valid_paths(&mut self.requests, paths, substitute)?;
         self.requests.flush()?;
+        self.read_valid_paths()
+    }
+
+    /// The answer to a QueryValidPaths written before.
+    pub fn read_valid_paths(&mut self) -> io::Result<BTreeSet<StorePath>> {
         read_frames(&mut self.replies, self.version)?;
         Ok(read_store_paths(&mut self.replies)?.into_iter().collect())
     }
@@ -335,6 +347,12 @@ impl<R: Read, W: Write> Client<R, W> {
                 }
             })
             .collect()
+    }
+
+    /// The infos of `closure`, every path valid: all asked at once.
+    pub fn path_infos_of(&mut self, closure: &[StorePath]) -> io::Result<Result<Vec<PathInfo>, StorePath>> {
+        let infos = self.query_path_infos(closure)?;
+        Ok(closure.iter().zip(infos).map(|(path, info)| info.ok_or_else(|| path.clone())).collect())
     }
 
     /// The closure of `paths` with every path's info, walked level by
@@ -500,7 +518,8 @@ mod tests {
 
     #[test]
     fn an_error_frame_is_a_refusal_in_one_line_without_colours() {
-        let reply = error_frame("hash mismatch importing path '\x1b[35;1m/nix/store/x\x1b[0m';\n  specified: a\n  got: b");
+        let reply =
+            error_frame("hash mismatch importing path '\x1b[35;1m/nix/store/x\x1b[0m';\n  specified: a\n  got: b");
         let err = read_frames(&mut &reply[..], OURS).unwrap_err();
         let refusal = Refusal::of(&err).expect("a refusal");
         assert_eq!(refusal.0, "hash mismatch importing path '/nix/store/x'; specified: a got: b");

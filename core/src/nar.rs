@@ -66,7 +66,10 @@ pub enum RelayError {
     /// The bytes were not the NAR the source described.
     Mismatch(NarHash),
     /// Fewer bytes than its narSize (the target checks the rest).
-    Size { seen: u64, size: u64 },
+    Size {
+        seen: u64,
+        size: u64,
+    },
 }
 
 /// Who checks a NAR's hash on its way.
@@ -403,7 +406,8 @@ mod tests {
 
     #[test]
     fn a_short_source_is_a_read_error() {
-        let err = relay(&mut &b"short"[..], &mut Vec::new(), 10, &NarHash::of(b""), Check::AtTarget, |_| {}).unwrap_err();
+        let err =
+            relay(&mut &b"short"[..], &mut Vec::new(), 10, &NarHash::of(b""), Check::AtTarget, |_| {}).unwrap_err();
         assert!(matches!(err, RelayError::Read(_)));
     }
 }

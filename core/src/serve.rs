@@ -63,7 +63,7 @@ pub fn read_hello(r: &mut impl Read) -> io::Result<()> {
     Ok(())
 }
 
-fn write_query_valid_paths(w: &mut impl Write, paths: &[StorePath], substitute: bool) -> io::Result<()> {
+pub fn write_query_valid_paths(w: &mut impl Write, paths: &[StorePath], substitute: bool) -> io::Result<()> {
     Command::QueryValidPaths.write(w)?;
     write_u64(w, 0)?; // lock: no
     write_u64(w, substitute as u64)?;
@@ -158,6 +158,11 @@ impl<R: Read, W: Write> Client<R, W> {
     pub fn query_valid_paths(&mut self, paths: &[StorePath], substitute: bool) -> io::Result<BTreeSet<StorePath>> {
         write_query_valid_paths(&mut self.requests, paths, substitute)?;
         self.requests.flush()?;
+        self.read_valid_paths()
+    }
+
+    /// The answer to a QueryValidPaths written before.
+    pub fn read_valid_paths(&mut self) -> io::Result<BTreeSet<StorePath>> {
         Ok(read_store_paths(&mut self.replies)?.into_iter().collect())
     }
 

@@ -13,7 +13,7 @@ use crate::session::Script;
 use crate::store_path::StorePath;
 use crate::target::Target;
 use std::collections::BTreeSet;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -83,12 +83,14 @@ pub struct Connection {
     pub replies: Replies,
     pub requests: Requests,
     mode: Mode,
-    /// What the user asked for; [`Connection::greet`] learns what it is.
-    protocol: Protocol,
-    /// What it speaks: known from the start unless [`Protocol::Auto`].
+    /// What it speaks: known from the start unless [`Protocol::Auto`],
+    /// whose server says it first.
     pub speaks: Option<Speaks>,
     /// What a [`Mode::WriteProbingZstd`] server said before its greeting.
     pub has_zstd: Option<bool>,
+    /// What a reader over the daemon protocol said before its greeting:
+    /// the closure of the paths it was started for, when all are valid.
+    closure: Vec<StorePath>,
 }
 
 /// Which server to start.
@@ -165,10 +167,20 @@ pub fn making_roots(roots: &[GcRoot]) -> Vec<String> {
 }
 
 /// The serve script's command line: `nix_args` (`--option NAME VALUE`...)
-/// go to its nix-store or nix-daemon, and a writer first makes `roots` (as
-/// the script's arguments: never parsed as shell).
+/// go to its nix-store or nix-daemon, and a writer first makes `roots`, a
+/// reader says the closure of `wanted` (as the script's arguments: never
+/// parsed as shell).
 fn serve_script(protocol: Protocol, how: &str, roots: &[GcRoot], nix_args: &[String]) -> Vec<String> {
-    let roots = roots.iter().map(|root| format!("{}={}", root.name, root.path));
+    serve_script_with(protocol, how, roots.iter().map(|root| format!("{}={}", root.name, root.path)), nix_args)
+}
+
+fn serve_script_with(
+    protocol: Protocol,
+    how: &str,
+    before: impl Iterator<Item = String>,
+    nix_args: &[String],
+) -> Vec<String> {
+    let roots = before;
     let args: Vec<String> = [protocol.word().to_owned(), how.to_owned()]
         .into_iter()
         .chain(roots)
@@ -269,6 +281,8 @@ pub struct Start<'a> {
     pub nix_args: &'a [String],
     /// GC roots a writer makes first.
     pub roots: &'a [GcRoot],
+    /// The paths whose closure a reader wants.
+    pub closure_of: &'a [StorePath],
 }
 
 impl Connection {
@@ -276,8 +290,13 @@ impl Connection {
     /// that several servers start at once and their ssh connections are
     /// made side by side; greet them after.
     pub fn start(target: &Target, how: Start) -> Result<Connection, CopyError> {
-        let Start { mode, protocol, ssh_options, nix_args, roots } = how;
-        let argv = serve_script(protocol, mode.how(), roots, nix_args);
+        let Start { mode, protocol, ssh_options, nix_args, roots, closure_of } = how;
+        let argv = match mode {
+            Mode::Read => {
+                serve_script_with(protocol, mode.how(), closure_of.iter().map(StorePath::to_string), nix_args)
+            }
+            _ => serve_script(protocol, mode.how(), roots, nix_args),
+        };
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd = target.command_with(&argv, ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -292,7 +311,7 @@ impl Connection {
         let replies = BufReader::with_capacity(BUFFER, stdout);
         let server = Server { target: target.clone(), child, stderr, stderr_reader };
         let speaks = protocol.speaks();
-        Ok(Connection { server, replies, requests, mode, protocol, speaks, has_zstd: None })
+        Ok(Connection { server, replies, requests, mode, speaks, has_zstd: None, closure: Vec::new() })
     }
 
     /// The protocol it speaks; known once greeted.
@@ -302,29 +321,47 @@ impl Connection {
 
     /// The handshake: learns which protocol the server speaks (with
     /// [`Protocol::Auto`], its first byte says) and checks that it does.
-    /// Where the protocol is known, our greeting goes before anything is
-    /// read: no round trip is spent on it.
     pub fn greet(&mut self) -> Result<(), CopyError> {
+        self.greet_then(|_, _| Ok(()))
+    }
+
+    /// The handshake and the valid subset of `paths`, in one round trip:
+    /// the question goes out right behind our greeting.
+    pub fn greet_and_query_valid_paths(
+        &mut self,
+        paths: &[StorePath],
+        substitute: bool,
+    ) -> Result<BTreeSet<StorePath>, CopyError> {
+        self.greet_then(|requests, speaks| match speaks {
+            Speaks::Serve => serve::write_query_valid_paths(requests, paths, substitute),
+            Speaks::Daemon(_) => daemon::write_query_valid_paths(requests, paths, substitute),
+        })?;
+        self.exchange(|client| client.read_valid_paths(), |client| client.read_valid_paths())
+    }
+
+    /// The handshake, with what `ask` writes behind our greeting before
+    /// anything is read. Where the protocol is known, our greeting goes
+    /// before anything is read: no round trip is spent on it.
+    fn greet_then(&mut self, ask: impl FnOnce(&mut Requests, Speaks) -> io::Result<()>) -> Result<(), CopyError> {
         let greeting = (|| {
-            let mut speaks = self.speaks;
-            if let Some(speaks) = speaks {
-                write_hello(&mut self.requests, speaks)?;
-                self.requests.flush()?;
-            }
-            if self.protocol == Protocol::Auto {
-                let chosen = match read_marker(&mut self.replies)? {
+            let speaks = match self.speaks {
+                Some(speaks) => speaks,
+                None => match read_marker(&mut self.replies)? {
                     b'S' => Speaks::Serve,
                     b'D' => Speaks::Daemon(daemon::Version::OLDEST),
                     other => return Err(crate::wire::invalid(format!("protocol marker {other:#x}"))),
-                };
-                write_hello(&mut self.requests, chosen)?;
-                self.requests.flush()?;
-                speaks = Some(chosen);
+                },
+            };
+            write_hello(&mut self.requests, speaks)?;
+            ask(&mut self.requests, speaks)?;
+            self.requests.flush()?;
+            if self.mode == Mode::Read && matches!(speaks, Speaks::Daemon(_)) {
+                self.closure = read_closure_lines(&mut self.replies)?;
             }
             if self.mode == Mode::WriteProbingZstd {
                 self.has_zstd = Some(read_marker(&mut self.replies)? == b'Z');
             }
-            self.speaks = Some(read_hello(&mut self.replies, speaks.expect("known by now"))?);
+            self.speaks = Some(read_hello(&mut self.replies, speaks)?);
             Ok(())
         })();
         greeting.map_err(|e| match e.kind() {
@@ -333,6 +370,13 @@ impl Connection {
             }
             _ => self.server.broken(e),
         })
+    }
+
+    /// Ends a session that has nothing more to say or hear: its server is
+    /// stopped now, not waited for. Waiting for a read-only session to end
+    /// costs a round trip and tells nothing: every answer is in.
+    pub fn leave(self) {
+        drop(self);
     }
 
     /// Ends the session: the server sees its input end and exits.
@@ -368,15 +412,20 @@ impl Connection {
     }
 
     /// The closure of `paths` with every path's info, every one of them
-    /// valid there: two round trips over serve, one per level of
-    /// references over the daemon protocol.
+    /// valid there: two round trips over serve; over the daemon protocol,
+    /// one for the closure the script said, or where it said none (a path
+    /// is missing), one per level of references.
     pub fn closure_infos(&mut self, paths: &[StorePath]) -> Result<Vec<PathInfo>, CopyError> {
+        let said = std::mem::take(&mut self.closure);
         let walked = self.exchange(
             |client| match client.query_closure(paths)? {
                 Closure::Complete(closure) => client.query_path_infos(&closure).map(Ok),
                 Closure::Missing(path) => Ok(Err(path)),
             },
-            |client| client.closure(paths),
+            |client| match said.is_empty() {
+                true => client.closure(paths),
+                false => client.path_infos_of(&said),
+            },
         )?;
         walked.map_err(|path| CopyError::NotValid { path, store: self.server.target.to_string() })
     }
@@ -398,6 +447,24 @@ pub fn read_hello(r: &mut impl Read, protocol: Speaks) -> io::Result<Speaks> {
     }
 }
 
+/// The closure a reader's script said before the daemon's greeting: a
+/// path a line, then an empty line.
+fn read_closure_lines(r: &mut impl BufRead) -> io::Result<Vec<StorePath>> {
+    let mut closure = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.by_ref().take(crate::wire::MAX_STRING).read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match line.trim_end_matches('\n') {
+            "" => return Ok(closure),
+            path => closure.push(
+                StorePath::parse(path).map_err(|e| crate::wire::invalid(format!("closure line {path:?} ({e})")))?,
+            ),
+        }
+    }
+}
+
 /// One byte the serve script writes before the protocol's stream.
 fn read_marker(r: &mut impl Read) -> io::Result<u8> {
     let mut marker = [0];
@@ -414,4 +481,3 @@ fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
         libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, BUFFER * 4);
     }
 }
-

@@ -10,8 +10,7 @@ use nixpipe_tests::{Host, Testbed};
 /// does not know, and is the real one otherwise. The stand-in is there to
 /// make the real Nix lack what a future one lacks; nix-daemon stays real.
 fn without_serve(host: &Host) {
-    host.sh(
-        r#"mkdir -p /run/nixpipe-no-serve && ln -sfn /usr/bin/nix /run/nixpipe-no-serve/nix-store
+    host.sh(r#"mkdir -p /run/nixpipe-no-serve && ln -sfn /usr/bin/nix /run/nixpipe-no-serve/nix-store
 mount -t tmpfs -o mode=755 nixpipe-no-serve /usr/local/bin
 cat >/usr/local/bin/nix-store <<'EOF'
 #!/bin/sh
@@ -24,8 +23,7 @@ for arg; do
 done
 exec /run/nixpipe-no-serve/nix-store "$@"
 EOF
-chmod +x /usr/local/bin/nix-store"#,
-    );
+chmod +x /usr/local/bin/nix-store"#);
 }
 
 fn closure_of(host: &Host, path: &str) -> String {
