@@ -689,7 +689,7 @@ fn add_multiple(
     let mut framed = daemon::Framed::new(&mut *adds);
     wire::write_u64(&mut framed, missing.len() as u64)?;
     for t in missing {
-        daemon::write_added_path(&mut framed, &t.info)?;
+        daemon::write_path_info(&mut framed, &t.info)?;
         nars.send(t, &mut framed, Check::AtTarget, progress)?;
     }
     framed.finish()?;

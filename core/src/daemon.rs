@@ -264,8 +264,8 @@ fn read_path_info(r: &mut impl Read, path: StorePath) -> io::Result<PathInfo> {
 }
 
 /// A path info in the same layout, its path first, as AddMultipleToStore
-/// takes it. Never ultimate: it was built elsewhere.
-fn write_path_info(w: &mut impl Write, info: &PathInfo) -> io::Result<()> {
+/// takes it before each NAR. Never ultimate: it was built elsewhere.
+pub fn write_path_info(w: &mut impl Write, info: &PathInfo) -> io::Result<()> {
     write_str(w, info.path.as_str())?;
     write_str(w, info.deriver.as_ref().map_or("", StorePath::as_str))?;
     write_str(w, &info.nar_hash.base16())?;
@@ -299,11 +299,6 @@ pub fn write_add_multiple(w: &mut impl Write) -> io::Result<()> {
     Op::AddMultipleToStore.write(w)?;
     write_u64(w, 0)?; // repair: no
     write_u64(w, 1) // don't check signatures
-}
-
-/// The header of one path inside AddMultipleToStore's stream.
-pub fn write_added_path(w: &mut impl Write, info: &PathInfo) -> io::Result<()> {
-    write_path_info(w, info)
 }
 
 /// The protocol's exchanges, over any reader and writer, at the version

@@ -85,7 +85,7 @@ pub struct Connection {
     mode: Mode,
     /// What it speaks: known from the start unless [`Protocol::Auto`],
     /// whose server says it first.
-    pub speaks: Option<Speaks>,
+    speaks: Option<Speaks>,
     /// What a [`Mode::WriteProbingZstd`] server said before its greeting.
     pub has_zstd: Option<bool>,
     /// What a reader over the daemon protocol said before its greeting:
@@ -96,9 +96,9 @@ pub struct Connection {
 /// Which server to start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// `nix-store --serve`: queries and NARs out.
+    /// Queries and NARs out (`nix-store --serve`, or the daemon).
     Read,
-    /// `nix-store --serve --write`: also adds paths.
+    /// Also adds paths (`nix-store --serve --write`, or the daemon).
     Write,
     /// Write, after one byte that says whether `zstd` is on the server's
     /// PATH: `Z` or `N`.
@@ -180,10 +180,9 @@ fn serve_script_with(
     before: impl Iterator<Item = String>,
     nix_args: &[String],
 ) -> Vec<String> {
-    let roots = before;
     let args: Vec<String> = [protocol.word().to_owned(), how.to_owned()]
         .into_iter()
-        .chain(roots)
+        .chain(before)
         .chain(std::iter::once("--".to_owned()))
         .chain(nix_args.iter().cloned())
         .collect();
