@@ -234,20 +234,23 @@ fn copy() {
     table(&slow);
 
     println!(
-        "\n## Cold copy, {big_mib} MiB closure of 8 paths, loopback: wall time and the whole machine's CPU time (/proc/stat)\n"
+        "\n## Cold copy, {big_mib} MiB closure of 8 paths, loopback: wall time and the whole machine's CPU time (/proc/stat), medians of {} interleaved rounds\n",
+        env_or("BENCH_ROUNDS", 3)
     );
     let web1 = tb.host("bench");
     let serve_command = format!("{} {big}", Tool::Nixpipe("serve").command(&tb, &web1, None));
-    let (ours, peak_kib) = time_with_peak_memory(&tb, &serve_command);
+    let peak_kib = peak_memory_kib(&tb, &serve_command);
     drop(web1);
-    let fast = [
-        ("nixpipe-copy --protocol serve", ours),
-        ("nixpipe-copy --protocol daemon", time_cold(&tb, &big, None, Tool::Nixpipe("daemon"))),
-        ("nix-copy-closure", time_cold(&tb, &big, None, Tool::NixCopyClosure)),
-        (old_copy.as_str(), time_cold(&tb, &big, None, old_nix.clone())),
-        (new_copy.as_str(), time_cold(&tb, &big, None, new_nix.clone())),
-        ("tar piped into ssh (the floor)", time_cold(&tb, &big, None, Tool::Tar)),
+    let tools = [
+        ("nixpipe-copy --protocol serve", Tool::Nixpipe("serve")),
+        ("nixpipe-copy --protocol daemon", Tool::Nixpipe("daemon")),
+        ("nix-copy-closure", Tool::NixCopyClosure),
+        (old_copy.as_str(), old_nix.clone()),
+        (new_copy.as_str(), new_nix.clone()),
+        ("tar piped into ssh (the floor)", Tool::Tar),
     ];
+    let rounds = env_or("BENCH_ROUNDS", 3);
+    let fast = medians_of_rounds(&tools, rounds, |tool| time_cold(&tb, &big, None, tool.clone()));
     println!(
         "| tool | seconds | CPU seconds | seconds vs nix-copy-closure | CPU vs nix-copy-closure | seconds vs tar |"
     );
@@ -424,20 +427,42 @@ fn time(tb: &Testbed, command: &str) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// The seconds, the whole machine's CPU seconds and the peak resident
-/// memory (KiB) of one command.
-fn time_with_peak_memory(tb: &Testbed, command: &str) -> ((f64, f64), u64) {
-    let started = Instant::now();
-    let before = machine_cpu_seconds();
+/// The peak resident memory (KiB) of one command.
+fn peak_memory_kib(tb: &Testbed, command: &str) -> u64 {
     let run = tb.sh(&format!("/usr/bin/time -f 'peak-rss-kib %M' {command}")).ok();
-    let seconds = (started.elapsed().as_secs_f64(), machine_cpu_seconds() - before);
-    let peak = run
-        .stderr
+    run.stderr
         .lines()
         .find_map(|l| l.strip_prefix("peak-rss-kib "))
         .and_then(|kib| kib.trim().parse().ok())
-        .expect("GNU time's report");
-    (seconds, peak)
+        .expect("GNU time's report")
+}
+
+/// Runs every tool once per round, the tools interleaved so that a slow
+/// spell of a shared machine falls on all of them; the median wall and CPU
+/// seconds of each.
+fn medians_of_rounds<'a>(
+    tools: &[(&'a str, Tool)],
+    rounds: u32,
+    mut run: impl FnMut(&Tool) -> (f64, f64),
+) -> Vec<(&'a str, (f64, f64))> {
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); tools.len()];
+    for _ in 0..rounds.max(1) {
+        for (i, (_, tool)) in tools.iter().enumerate() {
+            runs[i].push(run(tool));
+        }
+    }
+    tools
+        .iter()
+        .zip(runs)
+        .map(|((name, _), runs)| {
+            let median = |pick: fn(&(f64, f64)) -> f64| {
+                let mut values: Vec<f64> = runs.iter().map(pick).collect();
+                values.sort_by(f64::total_cmp);
+                values[values.len() / 2]
+            };
+            (*name, (median(|r| r.0), median(|r| r.1)))
+        })
+        .collect()
 }
 
 fn table(rows: &[(&str, f64)]) {

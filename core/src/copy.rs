@@ -606,11 +606,11 @@ fn refused_as_corrupt(error: CopyError, from: &Target, to: &Target, missing: &[T
     }
 }
 
-/// Asks the source for every NAR at once; the replies come in order. Then
-/// ends a serve session: the source exits after its last NAR, so a NAR
-/// shorter than its narSize ends in EOF rather than a wait for bytes never
-/// sent. A daemon stops at once when its input ends, so its session is
-/// returned, open, to be dropped once every NAR is read. Without `asks`
+/// Asks the source for every NAR at once; the replies come in order, each
+/// read to its own end (see [`nar::relay`]). Then ends a serve session: the
+/// source exits after its last NAR. A daemon stops at once when its input
+/// ends, so its session is returned, open, to be dropped once every NAR is
+/// read. Without `asks`
 /// (NARs read locally), ends the session at once.
 fn ask_for_nars(asks: Option<Requests>, speaks: Speaks, missing: &[Transfer]) -> io::Result<Option<Requests>> {
     let Some(mut asks) = asks else { return Ok(None) };

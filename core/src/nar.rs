@@ -84,8 +84,12 @@ pub enum Check {
     AtTarget,
 }
 
-/// Copies exactly `size` bytes of NAR from `from` to `to`, checked as
-/// `check` says (see [`Checked`]).
+/// Copies one NAR from `from` to `to`, checked as `check` says (see
+/// [`Checked`]). It follows the NAR's structure, so it stops where the NAR
+/// ends whatever its narSize says: a source whose file changed size since
+/// it was registered can neither leave us waiting for bytes it never sends
+/// nor make us take its next reply for the rest of this NAR. Bytes beyond
+/// `size` are read and counted, never passed on.
 pub fn relay(
     from: &mut impl Read,
     to: &mut impl Write,
@@ -95,15 +99,119 @@ pub fn relay(
     sent: impl FnMut(u64),
 ) -> Result<(), RelayError> {
     let mut checked = Checked::new(to, size, check, sent);
-    let mut buf = vec![0; CHUNK];
-    let mut left = size;
-    while left > 0 {
-        let want = left.min(CHUNK as u64) as usize;
-        from.read_exact(&mut buf[..want]).map_err(RelayError::Read)?;
-        checked.write_all(&buf[..want]).map_err(RelayError::Write)?;
-        left -= want as u64;
+    let mut nar = Follow { from, to: &mut checked, seen: 0, size, buf: vec![0; CHUNK] };
+    nar.archive()?;
+    let seen = nar.seen;
+    if seen > size {
+        return Err(RelayError::Size { seen, size });
     }
     checked.finish(expected)
+}
+
+/// One NAR read token by token: every byte counted, those within its
+/// recorded size passed on.
+struct Follow<'a, R: Read, W: Write> {
+    from: &'a mut R,
+    to: &'a mut W,
+    seen: u64,
+    size: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: Read, W: Write> Follow<'_, R, W> {
+    fn archive(&mut self) -> Result<(), RelayError> {
+        self.expect(b"nix-archive-1")?;
+        self.node()
+    }
+
+    fn node(&mut self) -> Result<(), RelayError> {
+        self.expect(b"(")?;
+        self.expect(b"type")?;
+        match self.token()?.as_slice() {
+            b"regular" => {
+                let mut next = self.token()?;
+                if next == b"executable" {
+                    self.expect(b"")?;
+                    next = self.token()?;
+                }
+                if next != b"contents" {
+                    return Err(not_a_nar("a file's contents"));
+                }
+                self.contents()?;
+            }
+            b"symlink" => {
+                self.expect(b"target")?;
+                self.token()?;
+            }
+            b"directory" => loop {
+                match self.token()?.as_slice() {
+                    b")" => return Ok(()),
+                    b"entry" => {
+                        self.expect(b"(")?;
+                        self.expect(b"name")?;
+                        self.token()?;
+                        self.expect(b"node")?;
+                        self.node()?;
+                        self.expect(b")")?;
+                    }
+                    _ => return Err(not_a_nar("a directory entry or its end")),
+                }
+            },
+            _ => return Err(not_a_nar("a regular file, symlink or directory")),
+        }
+        self.expect(b")")
+    }
+
+    fn expect(&mut self, word: &[u8]) -> Result<(), RelayError> {
+        match self.token()? == word {
+            true => Ok(()),
+            false => Err(not_a_nar(&format!("{:?}", String::from_utf8_lossy(word)))),
+        }
+    }
+
+    /// A string of the NAR's structure: a word, a name or a link target.
+    fn token(&mut self) -> Result<Vec<u8>, RelayError> {
+        let len = self.length()?;
+        if len > crate::wire::MAX_STRING {
+            return Err(not_a_nar(&format!("a name of at most {} bytes, not {len}", crate::wire::MAX_STRING)));
+        }
+        let mut token = vec![0; len as usize + crate::wire::padding(len)];
+        self.read(&mut token)?;
+        token.truncate(len as usize);
+        Ok(token)
+    }
+
+    /// A file's contents, in chunks.
+    fn contents(&mut self) -> Result<(), RelayError> {
+        let len = self.length()?;
+        let mut left = len + crate::wire::padding(len) as u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            self.read(&mut buf[..want])?;
+            left -= want as u64;
+        }
+        self.buf = buf;
+        Ok(())
+    }
+
+    fn length(&mut self) -> Result<u64, RelayError> {
+        let mut len = [0; 8];
+        self.read(&mut len)?;
+        Ok(u64::from_le_bytes(len))
+    }
+
+    /// Fills `buf` from the source and passes what fits in the size.
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), RelayError> {
+        self.from.read_exact(buf).map_err(RelayError::Read)?;
+        let fits = self.size.saturating_sub(self.seen).min(buf.len() as u64) as usize;
+        self.seen += buf.len() as u64;
+        self.to.write_all(&buf[..fits]).map_err(RelayError::Write)
+    }
+}
+
+fn not_a_nar(expected: &str) -> RelayError {
+    RelayError::Read(io::Error::new(io::ErrorKind::InvalidData, format!("not a NAR: expected {expected}")))
 }
 
 /// Writes the NAR of `path` (as [`dump`]) to `to`, checking it as
@@ -298,31 +406,63 @@ mod tests {
         }
     }
 
+    /// The NAR of one regular file holding `contents`.
+    fn nar_of_file(contents: &[u8]) -> Vec<u8> {
+        let mut nar = Vec::new();
+        for word in ["nix-archive-1", "(", "type", "regular", "contents"] {
+            crate::wire::write_str(&mut nar, word).unwrap();
+        }
+        crate::wire::write_bytes(&mut nar, contents).unwrap();
+        crate::wire::write_str(&mut nar, ")").unwrap();
+        nar
+    }
+
+    /// A NAR, then the bytes of whatever the source says next.
+    fn stream(nar: &[u8], next: &[u8]) -> Vec<u8> {
+        [nar, next].concat()
+    }
+
     #[test]
-    fn relays_exactly_the_size_and_leaves_the_rest() {
-        let data = vec![7u8; 600_000];
-        let mut from = &data[..];
+    fn relays_one_nar_and_leaves_the_next_reply() {
+        let nar = nar_of_file(&[7; 600_000]);
+        let data = stream(&nar, b"next");
+        let (mut from, mut to) = (&data[..], Vec::new());
+        relay(&mut from, &mut to, nar.len() as u64, &NarHash::of(&nar), Check::Here, |_| {}).unwrap();
+        assert_eq!(to, nar);
+        assert_eq!(from, b"next");
+    }
+
+    #[test]
+    fn relays_directories_executables_and_symlinks_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/run"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("d/run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("run", dir.path().join("d/link")).unwrap();
+        let mut nar = Vec::new();
+        dump(&dir.path().join("d"), &mut nar).unwrap();
         let mut to = Vec::new();
-        relay(&mut from, &mut to, 500_000, &NarHash::of(&data[..500_000]), Check::Here, |_| {}).unwrap();
-        assert_eq!(to.len(), 500_000);
-        assert_eq!(from.len(), 100_000);
+        relay(&mut &nar[..], &mut to, nar.len() as u64, &NarHash::of(&nar), Check::Here, |_| {}).unwrap();
+        assert_eq!(to, nar);
     }
 
     #[test]
     fn never_writes_the_end_of_a_wrong_nar() {
-        let data = vec![1u8; 300_000];
+        let nar = nar_of_file(&[1; 300_000]);
         let mut to = Vec::new();
-        let err = relay(&mut &data[..], &mut to, 300_000, &NarHash::of(b"other"), Check::Here, |_| {}).unwrap_err();
-        assert!(matches!(err, RelayError::Mismatch(got) if got == NarHash::of(&data)));
-        assert!(to.len() < data.len());
+        let err =
+            relay(&mut &nar[..], &mut to, nar.len() as u64, &NarHash::of(b"other"), Check::Here, |_| {}).unwrap_err();
+        assert!(matches!(err, RelayError::Mismatch(got) if got == NarHash::of(&nar)));
+        assert!(to.len() < nar.len());
     }
 
     #[test]
     fn where_the_target_checks_bytes_pass_at_once_and_only_the_size_is_counted() {
-        let data = vec![1u8; 300_000];
+        let nar = nar_of_file(&[1; 300_000]);
         let mut to = Vec::new();
-        relay(&mut &data[..], &mut to, 300_000, &NarHash::of(b"other"), Check::AtTarget, |_| {}).unwrap();
-        assert_eq!(to, data);
+        relay(&mut &nar[..], &mut to, nar.len() as u64, &NarHash::of(b"other"), Check::AtTarget, |_| {}).unwrap();
+        assert_eq!(to, nar);
         let mut to = Vec::new();
         let mut checked = Checked::new(&mut to, 10, Check::AtTarget, |_| {});
         checked.write_all(b"12345").unwrap();
@@ -330,13 +470,27 @@ mod tests {
     }
 
     #[test]
-    fn never_passes_more_than_the_recorded_size() {
-        let data = [1u8; 100];
-        let mut to = Vec::new();
-        let err = relay(&mut &data[..], &mut to, 50, &NarHash::of(&data[..50]), Check::Here, |_| {});
-        assert!(err.is_ok());
-        let mut checked = Checked::new(&mut to, 10, Check::AtTarget, |_| {});
-        assert_eq!(checked.write(&data[..11]).unwrap_err().kind(), io::ErrorKind::WriteZero);
+    fn a_nar_shorter_than_its_size_ends_where_it_ends_without_waiting_for_more() {
+        // A file that shrank since it was registered: the source sends the
+        // short NAR and then its next reply, which must not be taken in.
+        let nar = nar_of_file(b"shrunk");
+        let data = stream(&nar, b"next reply");
+        let mut from = &data[..];
+        let size = nar.len() as u64 + 64;
+        let err = relay(&mut from, &mut Vec::new(), size, &NarHash::of(b""), Check::AtTarget, |_| {}).unwrap_err();
+        assert!(matches!(err, RelayError::Size { seen, size: s } if seen == nar.len() as u64 && s == size));
+        assert_eq!(from, b"next reply");
+    }
+
+    #[test]
+    fn a_nar_longer_than_its_size_is_read_to_its_end_and_never_passed_beyond_it() {
+        let nar = nar_of_file(&[3; 1000]);
+        let data = stream(&nar, b"next");
+        let (mut from, mut to) = (&data[..], Vec::new());
+        let err = relay(&mut from, &mut to, 100, &NarHash::of(b""), Check::AtTarget, |_| {}).unwrap_err();
+        assert!(matches!(err, RelayError::Size { seen, size: 100 } if seen == nar.len() as u64));
+        assert_eq!(to.len(), 100);
+        assert_eq!(from, b"next");
     }
 
     #[test]
@@ -405,9 +559,21 @@ mod tests {
     }
 
     #[test]
-    fn a_short_source_is_a_read_error() {
+    fn a_source_that_stops_mid_nar_is_a_read_error() {
+        let nar = nar_of_file(&[5; 100]);
+        let cut = &nar[..60];
+        let err = relay(&mut &cut[..], &mut Vec::new(), nar.len() as u64, &NarHash::of(&nar), Check::AtTarget, |_| {})
+            .unwrap_err();
+        assert!(matches!(err, RelayError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_nar_are_a_read_error_that_says_so() {
+        let mut garbage = Vec::new();
+        crate::wire::write_str(&mut garbage, "nix-archive-1").unwrap();
+        crate::wire::write_str(&mut garbage, "{").unwrap();
         let err =
-            relay(&mut &b"short"[..], &mut Vec::new(), 10, &NarHash::of(b""), Check::AtTarget, |_| {}).unwrap_err();
-        assert!(matches!(err, RelayError::Read(_)));
+            relay(&mut &garbage[..], &mut Vec::new(), 1000, &NarHash::of(b""), Check::AtTarget, |_| {}).unwrap_err();
+        assert!(matches!(err, RelayError::Read(e) if e.to_string() == "not a NAR: expected \"(\""));
     }
 }

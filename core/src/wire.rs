@@ -62,7 +62,8 @@ pub fn read_strings(r: &mut impl Read) -> io::Result<Vec<String>> {
     (0..count).map(|_| read_string(r)).collect()
 }
 
-fn padding(len: u64) -> usize {
+/// How many zeros follow `len` bytes of a string.
+pub fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
 }
 

@@ -147,6 +147,31 @@ fn a_corrupt_path_stops_the_copy_naming_it_and_the_target_never_registers_it() {
 }
 
 #[test]
+fn a_path_whose_file_shrank_on_the_source_is_named_with_both_sizes_and_never_registered() {
+    let tb = Testbed::new();
+    let (build1, web1) = (tb.host("build1"), tb.host("web1"));
+    let chain = tb.filler(4, 5000, "-shrunk");
+    tb.sh(&format!("nixpipe-copy --to {} {chain}", build1.target())).ok();
+    let recorded = build1.sh(&format!("nix-store --query --size {chain}")).trim().to_owned();
+    build1.sh(&format!("chmod u+w {chain}/data && truncate --size 1000 {chain}/data"));
+    let now = build1.sh(&format!("nix-store --dump {chain} | wc -c")).trim().to_owned();
+
+    let run = tb.sh(&format!("nixpipe-copy --from {} --to {} {chain}", build1.target(), web1.target()));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(
+        error.ends_with(&format!(
+            "{chain}: the NAR from {} is {now} bytes, not {recorded} as its store records; stopped before the target registered it",
+            build1.target()
+        )),
+        "{error}"
+    );
+    assert!(!web1.has(&chain));
+    web1.assert_store_sound();
+}
+
+#[test]
 fn a_connection_cut_at_any_point_leaves_only_valid_paths_and_a_rerun_sends_the_rest() {
     let tb = Testbed::new();
     let chain = tb.filler(20, 100_000, "-cut");
