@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test demo man bench
+.PHONY: setup build test demo demo-pi man bench
 
 setup:
 	bash scripts/setup.sh
@@ -26,6 +26,12 @@ test: build
 # machine's.
 demo: build
 	NIXPIPE_TEST_TARGET_NIX=sid target/debug/nixpipe-testbed --systemd web1 -- bash scripts/demo.sh
+
+# The Raspberry Pi workflow: an aarch64-linux system built here through
+# qemu-user, bundled, and switched on an aarch64 host (qemu too) as deploy,
+# with one sudo password.
+demo-pi: build
+	target/debug/nixpipe-testbed --aarch64 pi -- bash scripts/demo-pi.sh
 
 # Regenerate man/ and completions/ from the clap definitions.
 man:

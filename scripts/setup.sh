@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux util-linux-extra procps zstd time
-    debootstrap systemd-container tcsh fish shellcheck)
+    debootstrap systemd-container tcsh fish shellcheck qemu-user-static binfmt-support)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -23,6 +23,28 @@ fi
 # Debian's nix-bin leaves /nix to the first Nix command; the testbed's hosts
 # mount their own stores on it, so it must be there before any of them starts.
 mkdir -p /nix
+
+# aarch64 emulation, for the Raspberry Pi scenarios: qemu registered with
+# binfmt_misc (Debian's qemu-user-static registers with the F flag: the
+# interpreter is opened once, so it runs in every namespace and root), and
+# Debian's static busybox for arm64, the stand-in nixpkgs' builder there.
+binfmt=/proc/sys/fs/binfmt_misc
+[ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt"
+[ -e "$binfmt/qemu-aarch64" ] || update-binfmts --enable qemu-aarch64
+busybox_arm64=/var/cache/nixpipe-testbed/aarch64-linux/busybox
+if [ ! -x "$busybox_arm64" ]; then
+    echo "setup: fetching busybox-static:arm64" >&2
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        dpkg --add-architecture arm64
+        apt-get update -qq
+    fi
+    deb=$(mktemp -d)
+    (cd "$deb" && apt-get download -qq -o APT::Sandbox::User=root busybox-static:arm64 && dpkg -x busybox-static_*.deb x)
+    mkdir -p "${busybox_arm64%/*}"
+    install -m 755 "$deb/x/bin/busybox" "$busybox_arm64.new"
+    mv "$busybox_arm64.new" "$busybox_arm64"
+    rm -rf "$deb"
+fi
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install a Rust toolchain (rustup) and put ~/.cargo/bin on PATH" >&2

@@ -5,8 +5,8 @@
 { request }:
 let
   req = builtins.fromJSON request;
+  # Builds the bundle here: it holds only files, links and a script.
   pkgs = import (/. + req.nixpkgs) { };
-  shell = pkgs.runtimeShell or "${pkgs.sh} sh";
   config = /. + req.config;
   # Every file under a directory, with its path relative to it.
   files = dir: prefix: builtins.concatLists (map
@@ -22,6 +22,10 @@ let
   bundle = machine:
     let
       toplevel = builtins.storePath machine.toplevel;
+      # bin/switch runs with the system's own shell (bash, which NixOS puts
+      # in every system's sw): built for the platform the system runs on,
+      # whatever platform the bundle is made on, and already in its closure.
+      shell = "${toplevel}/sw/bin/sh";
       manifest = builtins.toJSON {
         inherit (machine) name;
         toplevel = "${toplevel}";
@@ -31,6 +35,10 @@ let
       };
     in
     pkgs.runCommand "nixpipe-bundle${if machine.name == "" then "" else "-${machine.name}"}" { inherit manifest; } ''
+      if [ ! -x ${shell} ]; then
+        echo "${toplevel} has no sw/bin/sh to run bin/switch with: not a NixOS system" >&2
+        exit 1
+      fi
       mkdir -p $out/bin
       ${if req.configIsDir then "cp -R ${configSource}/. $out/" else "cp ${configSource} $out/${baseNameOf req.config}"}
       ln -s ${nixpkgsSource} $out/nixpkgs

@@ -46,6 +46,12 @@ pub enum EvalError {
     BadPath { machine: String, path: String, why: String },
     #[error("no machine carries the tag {}", .0.join(" or "))]
     NoTag(Vec<String>),
+    #[error(
+        "{machine}: this machine's Nix builds for {here}, not {system}: add `extra-platforms = {system}` to nix.conf \
+         with qemu-user registered for it in binfmt_misc (on NixOS: boot.binfmt.emulatedSystems = [ \"{system}\" ]), \
+         or build on a machine of that platform with --build-on TARGET; nothing was built"
+    )]
+    CannotBuildHere { machine: String, system: String, here: String },
     #[error("building the bundles failed (Nix's message is above)")]
     BundleBuild,
     #[error("nix-build gave {got} paths for {want} bundles")]
@@ -385,11 +391,38 @@ fn nix_string(text: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-/// Builds every machine in one Nix call and returns their records.
+/// Builds every machine in one Nix call and returns their records; first
+/// makes sure this machine's Nix can build each one's system.
 pub fn build(machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
+    check_buildable_here(machines)?;
     let drvs: Vec<&str> = machines.iter().map(|m| m.drv_path.as_str()).collect();
     crate::nix::realise(&drvs)?;
     machines.iter().map(|m| m.record(&m.out)).collect()
+}
+
+/// Refuses, before Nix starts, a machine whose system this machine's Nix
+/// neither builds (its `system` and `extra-platforms`) nor hands to remote
+/// `builders`: Nix would fail later with only "a 'aarch64-linux' with
+/// features {} is required", which names no setting.
+fn check_buildable_here(machines: &[Machine]) -> Result<(), EvalError> {
+    // This machine's own platform needs no question to Nix.
+    let native = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    let mut platforms = None;
+    for machine in machines {
+        let Some(system) = machine.system.as_deref().filter(|s| *s != native) else { continue };
+        let here = match &platforms {
+            Some(here) => here,
+            None => platforms.insert(crate::nix::Platforms::here()?),
+        };
+        if !here.can_build(system) {
+            return Err(EvalError::CannotBuildHere {
+                machine: machine.name.clone(),
+                system: system.to_owned(),
+                here: here.systems.join(", "),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Builds every machine on `target` (evaluate here, build there); the

@@ -50,12 +50,23 @@ pub enum Init {
     Systemd,
 }
 
-/// What a host is: its init and the root (so the Nix) it runs.
+/// The platform a host's Nix says it is (its `system` setting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    /// This machine's own.
+    Native,
+    /// aarch64-linux, its programs run by qemu through binfmt_misc: a
+    /// Raspberry Pi, as far as Nix and the programs it runs can tell.
+    Aarch64,
+}
+
+/// What a host is: its init, the root (so the Nix) it runs and its platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostKind {
     pub init: Init,
     /// None: this machine's own root and Nix (namespace hosts only).
     pub release: Option<Release>,
+    pub platform: Platform,
 }
 
 impl HostKind {
@@ -64,7 +75,11 @@ impl HostKind {
     /// Nix of the run ([`TARGET_NIX_VAR`], else this machine's).
     pub fn of_run() -> Result<HostKind, TestbedError> {
         match std::env::var(TARGET_INIT_VAR).unwrap_or_default().as_str() {
-            "" | "none" => Ok(HostKind { init: Init::None, release: Release::from_env(TARGET_NIX_VAR)? }),
+            "" | "none" => Ok(HostKind {
+                init: Init::None,
+                release: Release::from_env(TARGET_NIX_VAR)?,
+                platform: Platform::Native,
+            }),
             "systemd" => HostKind::systemd(),
             other => Err(TestbedError(format!("{TARGET_INIT_VAR}: unknown init `{other}`: none or systemd"))),
         }
@@ -74,7 +89,13 @@ impl HostKind {
     /// run names none (systemd-nspawn boots a release root, never /).
     pub fn systemd() -> Result<HostKind, TestbedError> {
         let release = Release::from_env(TARGET_NIX_VAR)?.unwrap_or(Release::Sid);
-        Ok(HostKind { init: Init::Systemd, release: Some(release) })
+        Ok(HostKind { init: Init::Systemd, release: Some(release), platform: Platform::Native })
+    }
+
+    /// The host of [`HostKind::of_run`], aarch64-linux.
+    pub fn aarch64() -> Result<HostKind, TestbedError> {
+        crate::check_aarch64_emulation()?;
+        Ok(HostKind { platform: Platform::Aarch64, ..HostKind::of_run()? })
     }
 }
 
@@ -113,7 +134,7 @@ impl Host {
             .tempdir()
             .map_err(|e| TestbedError(format!("cannot make a directory for {hostname}: {e}")))?;
         let root = dir.path();
-        lay_out(root, &base, hostname, testbed)?;
+        lay_out(root, &base, hostname, kind.platform, testbed)?;
         for _attempt in 0..5 {
             let port = free_port();
             let (namespace, cgroups) = match kind.init {
@@ -398,7 +419,13 @@ impl Drop for Machine {
 
 /// The host's directory before it starts: its keys, sshd configuration,
 /// users, Nix configuration and the directories it mounts.
-fn lay_out(root: &Path, base: &Path, hostname: &str, testbed: &Testbed) -> Result<(), TestbedError> {
+fn lay_out(
+    root: &Path,
+    base: &Path,
+    hostname: &str,
+    platform: Platform,
+    testbed: &Testbed,
+) -> Result<(), TestbedError> {
     let io = |e: std::io::Error| TestbedError(format!("cannot lay out host {hostname} in {}: {e}", root.display()));
     for sub in [
         "nix",
@@ -418,7 +445,11 @@ fn lay_out(root: &Path, base: &Path, hostname: &str, testbed: &Testbed) -> Resul
     ] {
         fs::create_dir_all(root.join(sub)).map_err(io)?;
     }
-    fs::write(root.join("etc/nix/nix.conf"), NIX_CONF).map_err(io)?;
+    let system = match platform {
+        Platform::Native => "",
+        Platform::Aarch64 => "system = aarch64-linux\n",
+    };
+    fs::write(root.join("etc/nix/nix.conf"), format!("{NIX_CONF}{system}")).map_err(io)?;
     fs::write(root.join("etc/hostname"), format!("{hostname}\n")).map_err(io)?;
     new_key_pair(&root.join("ssh/host_key"), hostname);
     fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).map_err(io)?;

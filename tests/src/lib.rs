@@ -12,7 +12,9 @@ pub mod http;
 pub mod proxy;
 pub mod release;
 
-pub use host::{Host, HostKind, Init, BOOT_FALLBACK, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR};
+pub use host::{
+    Host, HostKind, Init, Platform, BOOT_FALLBACK, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR,
+};
 pub use release::Release;
 
 use std::fs;
@@ -52,24 +54,62 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// The stand-in nixpkgs, with busybox put in place for its builders.
+/// This machine's Nix system, e.g. x86_64-linux.
+pub fn native_system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
+}
+
+/// Where scripts/setup.sh puts Debian's busybox-static for arm64.
+pub const AARCH64_BUSYBOX: &str = "/var/cache/nixpipe-testbed/aarch64-linux/busybox";
+
+/// The stand-in nixpkgs, with a busybox for each system it builds for put
+/// in place for its builders (bb/SYSTEM/busybox).
 pub fn nixpkgs() -> PathBuf {
     let nixpkgs = fixtures().join("nixpkgs");
-    let bb = nixpkgs.join("bb");
-    if !bb.join("busybox").exists() {
-        // Into place by rename, so concurrent tests never see half a file.
-        fs::create_dir_all(&bb).unwrap();
-        let tmp = tempfile::NamedTempFile::new_in(&bb).unwrap();
-        fs::copy(busybox().expect("busybox-static is not installed (make test installs it)"), tmp.path())
-            .expect("copy busybox into the stand-in nixpkgs");
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        tmp.persist(bb.join("busybox")).unwrap();
+    let native = busybox().expect("busybox-static is not installed (make test installs it)");
+    put_busybox(&nixpkgs.join("bb").join(native_system()), Path::new(native));
+    if Path::new(AARCH64_BUSYBOX).exists() {
+        put_busybox(&nixpkgs.join("bb/aarch64-linux"), Path::new(AARCH64_BUSYBOX));
     }
     nixpkgs
 }
 
+/// Copies `busybox` into `dir` unless it is there.
+fn put_busybox(dir: &Path, busybox: &Path) {
+    if dir.join("busybox").exists() {
+        return;
+    }
+    // Into place by rename, so concurrent tests never see half a file.
+    fs::create_dir_all(dir).unwrap();
+    let tmp = tempfile::NamedTempFile::new_in(dir).unwrap();
+    fs::copy(busybox, tmp.path()).expect("copy busybox into the stand-in nixpkgs");
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    tmp.persist(dir.join("busybox")).unwrap();
+}
+
 fn busybox() -> Option<&'static str> {
     ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists())
+}
+
+/// Fails in one line unless this machine runs aarch64 programs (qemu
+/// registered with binfmt_misc) and has the aarch64 busybox the stand-in
+/// nixpkgs builds with; scripts/setup.sh sets both up.
+pub fn check_aarch64_emulation() -> Result<(), TestbedError> {
+    let registered = fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
+    let missing: Vec<&str> = [
+        (!registered.starts_with("enabled")).then_some("qemu-aarch64 registered in binfmt_misc"),
+        (!Path::new(AARCH64_BUSYBOX).exists()).then_some(AARCH64_BUSYBOX),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(TestbedError(format!(
+            "no aarch64 emulation: missing {}; scripts/setup.sh sets it up (make test runs it)",
+            missing.join(" and ")
+        ))),
+    }
 }
 
 /// The programs the testbed runs, each with the Debian package that has it.
@@ -231,6 +271,19 @@ impl Testbed {
         self.host_of(hostname, HostKind::systemd().unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// Starts an aarch64-linux host named `hostname` (see [`Platform::Aarch64`]).
+    pub fn aarch64_host(&self, hostname: &str) -> Host {
+        self.host_of(hostname, HostKind::aarch64().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Lets the deployer's Nix build for aarch64-linux through qemu, as a
+    /// user does with `extra-platforms` in nix.conf.
+    pub fn build_aarch64_here(&self) {
+        let conf = self.path().join("nix-conf/nix.conf");
+        let mut file = fs::OpenOptions::new().append(true).open(conf).unwrap();
+        writeln!(file, "extra-platforms = aarch64-linux").unwrap();
+    }
+
     /// Starts a host named `hostname` of `kind`.
     pub fn host_of(&self, hostname: &str, kind: HostKind) -> Host {
         self.try_host(hostname, kind).unwrap_or_else(|e| panic!("{e}"))
@@ -371,14 +424,18 @@ impl Testbed {
     }
 
     /// Copies the flake tests/fixtures/NAME into the deployer's directory
-    /// (with web1's configuration.nix as web1.nix beside it), its nixpkgs
-    /// input pointing at the stand-in; its path.
+    /// (with its configuration.nix if it has one, and web1's as web1.nix
+    /// beside it), its nixpkgs input pointing at the stand-in; its path.
     pub fn flake(&self, name: &str) -> PathBuf {
         let dir = self.path().join(name);
         fs::create_dir_all(&dir).unwrap();
         let flake = fs::read_to_string(fixtures().join(name).join("flake.nix")).unwrap();
         fs::write(dir.join("flake.nix"), flake.replace("@nixpkgs@", &nixpkgs().display().to_string())).unwrap();
         fs::copy(fixtures().join("web1/configuration.nix"), dir.join("web1.nix")).unwrap();
+        let own = fixtures().join(name).join("configuration.nix");
+        if own.exists() {
+            fs::copy(own, dir.join("configuration.nix")).unwrap();
+        }
         dir
     }
 
@@ -408,6 +465,44 @@ impl Testbed {
         self.build(&format!(
             r#"'<nixpkgs/nixos>' -A system --arg configuration '{{ lib, pkgs, ... }}: {{ imports = [ "${{builtins.getEnv "FIXTURES"}}/{name}/configuration.nix" ]; {options} }}'"#
         ))
+    }
+}
+
+/// Scans every process's argv and environment for a secret, from
+/// [`SecretWatch::start`] to [`SecretWatch::stop`].
+pub struct SecretWatch {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    scanner: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl SecretWatch {
+    pub fn start(secret: &'static str) -> SecretWatch {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let scanner = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                for entry in fs::read_dir("/proc").unwrap().flatten() {
+                    for file in ["cmdline", "environ"] {
+                        let path = entry.path().join(file);
+                        let Ok(bytes) = fs::read(&path) else { continue };
+                        if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                            seen.push(path.display().to_string());
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            seen
+        });
+        SecretWatch { done, scanner }
+    }
+
+    /// Where the secret was seen.
+    pub fn stop(self) -> Vec<String> {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.scanner.join().unwrap()
     }
 }
 

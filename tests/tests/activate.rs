@@ -3,9 +3,7 @@
 //! and the ways to choose what is activated.
 
 use nixpipe_tests::proxy::{Link, Proxy};
-use nixpipe_tests::{Host, Run, Testbed, DEPLOY_PASSWORD};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use nixpipe_tests::{Host, Run, SecretWatch, Testbed, DEPLOY_PASSWORD};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -257,7 +255,10 @@ fn specialisation_activates_it_and_the_profile_gets_the_system() {
     let missing = tb.sh(&format!("nixpipe-activate --on {t} --specialisation nogpu switch $'web1\\t{system}'"));
 
     assert_eq!(web1.system_profile().as_deref(), Some(&*system));
-    assert_eq!(web1.switch_log(), [format!("action=switch toplevel={gpu} uid=0 tty=no")]);
+    assert_eq!(
+        web1.switch_log(),
+        [format!("action=switch toplevel={gpu} uid=0 tty=no arch={}", std::env::consts::ARCH)]
+    );
     assert_eq!(missing.code, 1);
     assert!(missing.error_line().ends_with("has no specialisation 'nogpu' (it has: gpu)"), "{}", missing.stderr);
 }
@@ -326,26 +327,6 @@ fn realise_pulls_the_system_from_a_binary_cache_served_on_loopback() {
     web1.assert_store_sound();
 }
 
-/// Scans every process's argv and environment for `secret` until `done`.
-fn watch_for(secret: &'static str, done: Arc<AtomicBool>) -> thread::JoinHandle<Vec<String>> {
-    thread::spawn(move || {
-        let mut seen = Vec::new();
-        while !done.load(Ordering::SeqCst) {
-            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-                for file in ["cmdline", "environ"] {
-                    let path = entry.path().join(file);
-                    let Ok(bytes) = std::fs::read(&path) else { continue };
-                    if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
-                        seen.push(path.display().to_string());
-                    }
-                }
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        seen
-    })
-}
-
 #[test]
 fn sudo_asks_once_for_every_host_and_the_password_is_in_no_argv_or_environment() {
     let tb = Testbed::new();
@@ -355,8 +336,7 @@ fn sudo_asks_once_for_every_host_and_the_password_is_in_no_argv_or_environment()
         host.start_nix_daemon();
         tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
     }
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = watch_for(DEPLOY_PASSWORD, done.clone());
+    let watch = SecretWatch::start(DEPLOY_PASSWORD);
 
     tb.alias("web1", &web1, "deploy");
     tb.alias("web2", &web2, "deploy");
@@ -370,14 +350,16 @@ fn sudo_asks_once_for_every_host_and_the_password_is_in_no_argv_or_environment()
         ),
         &format!("{DEPLOY_PASSWORD}\n"),
     );
-    done.store(true, Ordering::SeqCst);
 
     let run = run.ok();
     assert_eq!(run.stdout.matches("[nixpipe] sudo password:").count(), 1, "{}", run.stdout);
-    assert_eq!(watcher.join().unwrap(), Vec::<String>::new(), "the password leaked");
+    assert_eq!(watch.stop(), Vec::<String>::new(), "the password leaked");
     for host in [&web1, &web2] {
         assert_eq!(host.system_profile().as_deref(), Some(&*system));
-        assert_eq!(host.switch_log(), [format!("action=switch toplevel={system} uid=0 tty=no")]);
+        assert_eq!(
+            host.switch_log(),
+            [format!("action=switch toplevel={system} uid=0 tty=no arch={}", std::env::consts::ARCH)]
+        );
     }
 }
 
@@ -467,7 +449,10 @@ fn sudo_cmd_replaces_sudo_for_every_privileged_step() {
     tb.sh(&format!("{activate} --on {} $'web1\t{system}'", web1.target_as("deploy"))).ok();
 
     assert_eq!(web1.sh("cat ~deploy/doas.log").lines().collect::<Vec<_>>(), ["sh", "sh"], "start and confirm");
-    assert_eq!(web1.switch_log(), [format!("action=switch toplevel={system} uid=0 tty=no")]);
+    assert_eq!(
+        web1.switch_log(),
+        [format!("action=switch toplevel={system} uid=0 tty=no arch={}", std::env::consts::ARCH)]
+    );
 }
 
 #[test]

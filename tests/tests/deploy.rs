@@ -18,7 +18,10 @@ fn eval_copy_activate_deploys_a_configuration_to_a_fresh_host() {
     assert_eq!(name, "web1");
     assert_eq!(web1.system_profile().as_deref(), Some(toplevel));
     assert_eq!(web1.sh("readlink /nix/var/nix/profiles/system").trim(), "system-1-link");
-    assert_eq!(web1.switch_log(), [format!("action=switch toplevel={toplevel} uid=0 tty=no")]);
+    assert_eq!(
+        web1.switch_log(),
+        [format!("action=switch toplevel={toplevel} uid=0 tty=no arch={}", std::env::consts::ARCH)]
+    );
     assert_eq!(web1.sh("readlink /run/current-system").trim(), toplevel);
     web1.sh(&format!("nix-store --verify-path $(nix-store --query --requisites {toplevel})"));
 }

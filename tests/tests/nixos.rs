@@ -269,7 +269,7 @@ fn install_bootloader_passes_nixos_install_bootloader_only_when_asked() {
     let log = web1.switch_log();
     assert!(!log[0].contains("bootloader="), "{log:?}");
     assert!(
-        log[1].starts_with(&format!("action=boot toplevel={new} ")) && log[1].ends_with(" bootloader=1"),
+        log[1].starts_with(&format!("action=boot toplevel={new} ")) && log[1].contains(" bootloader=1 "),
         "{log:?}"
     );
     let run = activate(&tb, &web1, "--install-bootloader test", &new);

@@ -1,8 +1,10 @@
 //! Starts throwaway testbed hosts for a command, then stops them:
 //!
-//!     nixpipe-testbed [--systemd] HOSTNAME... -- COMMAND [ARG...]
+//!     nixpipe-testbed [--systemd | --aarch64] HOSTNAME... -- COMMAND [ARG...]
 //!
-//! With --systemd the hosts boot real systemd (systemd-nspawn).
+//! With --systemd the hosts boot real systemd (systemd-nspawn); with
+//! --aarch64 their Nix is aarch64-linux and their programs run under qemu,
+//! and COMMAND's Nix may build for aarch64-linux (extra-platforms).
 //! COMMAND runs in the deployer's environment (nixpipe on PATH, NIX_SSHOPTS,
 //! a private Nix configuration) with HOST_<NAME> set to each host's ssh
 //! target, e.g. HOST_WEB1=root@127.0.0.1:40123. `make demo` uses it.
@@ -14,15 +16,19 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let systemd = args.first().is_some_and(|a| a == "--systemd");
-    if systemd {
+    let kind = match args.first().map(String::as_str) {
+        Some("--systemd") => Kind::Systemd,
+        Some("--aarch64") => Kind::Aarch64,
+        _ => Kind::OfRun,
+    };
+    if kind != Kind::OfRun {
         args.remove(0);
     }
     let Some(split) = args.iter().position(|a| a == "--").filter(|&i| i > 0 && i + 1 < args.len()) else {
-        eprintln!("usage: nixpipe-testbed [--systemd] HOSTNAME... -- COMMAND [ARG...]");
+        eprintln!("usage: nixpipe-testbed [--systemd | --aarch64] HOSTNAME... -- COMMAND [ARG...]");
         return ExitCode::from(2);
     };
-    match run(systemd, &args[..split], &args[split + 1..]) {
+    match run(kind, &args[..split], &args[split + 1..]) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("nixpipe-testbed: {e}");
@@ -31,9 +37,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(systemd: bool, hostnames: &[String], command: &[String]) -> Result<ExitCode, TestbedError> {
+#[derive(PartialEq)]
+enum Kind {
+    OfRun,
+    Systemd,
+    Aarch64,
+}
+
+fn run(kind: Kind, hostnames: &[String], command: &[String]) -> Result<ExitCode, TestbedError> {
     let testbed = Testbed::try_new()?;
-    let kind = if systemd { HostKind::systemd()? } else { HostKind::of_run()? };
+    let kind = match kind {
+        Kind::OfRun => HostKind::of_run()?,
+        Kind::Systemd => HostKind::systemd()?,
+        Kind::Aarch64 => {
+            testbed.build_aarch64_here();
+            HostKind::aarch64()?
+        }
+    };
     let hosts = hostnames.iter().map(|name| testbed.try_host(name, kind)).collect::<Result<Vec<_>, _>>()?;
     let mut cmd = testbed.command(&command[0]);
     cmd.args(&command[1..]);
