@@ -82,10 +82,10 @@ fn the_stand_in_nixpkgs_has_the_entry_points_of_real_nixpkgs() {
     for file in files.into_iter().chain(["kernel", "initrd", "kernel-modules"]) {
         assert!(std::path::Path::new(&format!("{system}/{file}")).exists(), "{file}");
     }
-    // testbed.closure = 3 extra paths, plus busybox, hello, system-path, the
-    // kernel, the initrd and the toplevel.
+    // testbed.closure = 3 extra paths, plus busybox, bash (sw/bin/sh),
+    // hello, system-path, the kernel, the initrd and the toplevel.
     let closure = tb.sh(&format!("nix-store --query --requisites {system}")).ok().stdout_lines().len();
-    assert_eq!(closure, 9);
+    assert_eq!(closure, 10);
 }
 
 #[test]
