@@ -102,3 +102,47 @@ fn an_unknown_protocol_is_bad_usage() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("invalid value 'ftp' for '--protocol <PROTOCOL>'"), "{}", run.stderr);
 }
+
+/// Gives `host`'s deploy user, who is not root, what a deployer has: the
+/// testbed's ssh key and known hosts, and nixpipe-copy in its home. Its home.
+fn deployer_who_is_not_root(tb: &Testbed, host: &Host) -> std::path::PathBuf {
+    let home = host.dir().join("home/deploy");
+    for dir in [".ssh", "bin"] {
+        std::fs::create_dir_all(home.join(dir)).unwrap();
+    }
+    std::fs::copy(tb.path().join("id_ed25519"), home.join(".ssh/id_ed25519")).unwrap();
+    std::fs::copy(tb.path().join("known_hosts"), home.join(".ssh/known_hosts")).unwrap();
+    let config = format!(
+        "Host *\n  IdentityFile {0}/.ssh/id_ed25519\n  IdentitiesOnly yes\n  UserKnownHostsFile {0}/.ssh/known_hosts\n  \
+         StrictHostKeyChecking yes\n  BatchMode yes\n",
+        home.display()
+    );
+    std::fs::write(home.join(".ssh/config"), config).unwrap();
+    std::fs::copy(nixpipe_tests::bin_dir().join("nixpipe-copy"), home.join("bin/nixpipe-copy")).unwrap();
+    host.sh(&format!("chown -R deploy: {}", home.display()));
+    home
+}
+
+#[test]
+fn a_user_who_is_not_root_copies_into_the_local_store_through_its_daemon() {
+    let tb = Testbed::new();
+    let (src, web1) = (tb.host("src"), tb.host("web1"));
+    let chain = tb.filler(5, 5000, "-local-user");
+    tb.sh(&format!("nixpipe-copy --to {} {chain}", src.target())).ok();
+    // A multi-user Nix whose trusted users include deploy: its store is
+    // root's, written only by the daemon.
+    web1.sh("echo 'trusted-users = root deploy' >> /etc/nix/nix.conf");
+    web1.start_nix_daemon();
+    let home = deployer_who_is_not_root(&tb, &web1);
+    let protocol = std::env::var("NIXPIPE_COPY_PROTOCOL").unwrap_or_else(|_| "auto".into());
+
+    web1.sh(&format!(
+        "su deploy -c \"NIX_SSHOPTS='-F {h}/.ssh/config' {h}/bin/nixpipe-copy --protocol {protocol} --from {} --to local {chain}\"",
+        src.target(),
+        h = home.display()
+    ));
+
+    assert_eq!(closure_of(&web1, &chain), closure_of(&src, &chain));
+    assert_eq!(web1.sh(&format!("stat -c %U {chain}")).trim(), "root", "written by the daemon");
+    web1.assert_store_sound();
+}
