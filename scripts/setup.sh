@@ -41,7 +41,10 @@ if [ ! -x "$busybox_arm64" ]; then
     deb=$(mktemp -d)
     (cd "$deb" && apt-get download -qq -o APT::Sandbox::User=root busybox-static:arm64 && dpkg -x busybox-static_*.deb x)
     mkdir -p "${busybox_arm64%/*}"
-    install -m 755 "$deb/x/bin/busybox" "$busybox_arm64.new"
+    # bin/ up to bookworm, usr/bin/ from trixie on (merged /usr).
+    found=$(find "$deb/x" -path '*bin/busybox' -type f | head -n 1)
+    [ -n "$found" ] || { echo "setup: no bin/busybox in busybox-static:arm64" >&2; exit 1; }
+    install -m 755 "$found" "$busybox_arm64.new"
     mv "$busybox_arm64.new" "$busybox_arm64"
     rm -rf "$deb"
 fi
