@@ -107,7 +107,7 @@ fn an_unknown_protocol_is_bad_usage() {
 /// testbed's ssh key and known hosts, and nixpipe-copy in its home. Its home.
 fn deployer_who_is_not_root(tb: &Testbed, host: &Host) -> std::path::PathBuf {
     let home = host.dir().join("home/deploy");
-    for dir in [".ssh", "bin"] {
+    for dir in [".ssh", "bin", "lib"] {
         std::fs::create_dir_all(home.join(dir)).unwrap();
     }
     std::fs::copy(tb.path().join("id_ed25519"), home.join(".ssh/id_ed25519")).unwrap();
@@ -118,9 +118,37 @@ fn deployer_who_is_not_root(tb: &Testbed, host: &Host) -> std::path::PathBuf {
         home.display()
     );
     std::fs::write(home.join(".ssh/config"), config).unwrap();
-    std::fs::copy(nixpipe_tests::bin_dir().join("nixpipe-copy"), home.join("bin/nixpipe-copy")).unwrap();
+    install_with_its_libraries(&nixpipe_tests::bin_dir().join("nixpipe-copy"), &home);
     host.sh(&format!("chown -R deploy: {}", home.display()));
     home
+}
+
+/// Installs `program` as `home`/bin/NAME, run by this machine's own loader
+/// and libraries copied into `home`/lib: the host may run an older Debian,
+/// whose glibc is older than the one `program` was linked against here.
+fn install_with_its_libraries(program: &std::path::Path, home: &std::path::Path) {
+    let ldd = std::process::Command::new("ldd").arg(program).output().unwrap();
+    let mut loader = None;
+    for line in String::from_utf8(ldd.stdout).unwrap().lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", or the
+        // loader's "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vdso has no file.
+        let Some(file) = line.split_whitespace().rev().nth(1).filter(|f| f.starts_with('/')) else { continue };
+        let name = std::path::Path::new(file).file_name().unwrap();
+        std::fs::copy(file, home.join("lib").join(name)).unwrap();
+        if !line.contains("=>") {
+            loader = Some(home.join("lib").join(name));
+        }
+    }
+    let name = program.file_name().unwrap().to_str().unwrap();
+    std::fs::copy(program, home.join("lib").join(name)).unwrap();
+    let wrapper = format!(
+        "#!/bin/sh\nexec {} --library-path {lib} {lib}/{name} \"$@\"\n",
+        loader.expect("ldd names the loader").display(),
+        lib = home.join("lib").display()
+    );
+    let bin = home.join("bin").join(name);
+    std::fs::write(&bin, wrapper).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
 
 #[test]
