@@ -220,6 +220,16 @@ impl Default for Testbed {
     }
 }
 
+/// The ssh client configuration of a deployer whose key and known hosts
+/// are `dir`/id_ed25519 and `dir`/known_hosts: only those, host keys
+/// always checked, never a question asked.
+pub fn ssh_config(dir: &Path) -> String {
+    format!(
+        "Host *\n  IdentityFile {r}/id_ed25519\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile {r}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
+        r = dir.display()
+    )
+}
+
 impl Testbed {
     /// The deployer's side, with the Nix [`DEPLOYER_NIX_VAR`] names.
     pub fn new() -> Testbed {
@@ -242,11 +252,7 @@ impl Testbed {
         fs::write(root.join("nix-conf/nix.conf"), NIX_CONF).unwrap();
         new_key_pair(&root.join("id_ed25519"), "nixpipe-testbed");
         fs::write(root.join("known_hosts"), "").unwrap();
-        let config = format!(
-            "Host *\n  IdentityFile {r}/id_ed25519\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile {r}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
-            r = root.display()
-        );
-        fs::write(root.join("ssh_config"), config).unwrap();
+        fs::write(root.join("ssh_config"), ssh_config(root)).unwrap();
         Ok(Testbed { dir, deployer_nix })
     }
 

@@ -110,14 +110,11 @@ fn deployer_who_is_not_root(tb: &Testbed, host: &Host) -> std::path::PathBuf {
     for dir in [".ssh", "bin", "lib"] {
         std::fs::create_dir_all(home.join(dir)).unwrap();
     }
-    std::fs::copy(tb.path().join("id_ed25519"), home.join(".ssh/id_ed25519")).unwrap();
-    std::fs::copy(tb.path().join("known_hosts"), home.join(".ssh/known_hosts")).unwrap();
-    let config = format!(
-        "Host *\n  IdentityFile {0}/.ssh/id_ed25519\n  IdentitiesOnly yes\n  UserKnownHostsFile {0}/.ssh/known_hosts\n  \
-         StrictHostKeyChecking yes\n  BatchMode yes\n",
-        home.display()
-    );
-    std::fs::write(home.join(".ssh/config"), config).unwrap();
+    let ssh = home.join(".ssh");
+    for file in ["id_ed25519", "known_hosts"] {
+        std::fs::copy(tb.path().join(file), ssh.join(file)).unwrap();
+    }
+    std::fs::write(ssh.join("config"), nixpipe_tests::ssh_config(&ssh)).unwrap();
     install_with_its_libraries(&nixpipe_tests::bin_dir().join("nixpipe-copy"), &home);
     host.sh(&format!("chown -R deploy: {}", home.display()));
     home
