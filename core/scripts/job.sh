@@ -34,7 +34,7 @@ launch() {
     mkdir -m 0700 "$d" || exit 1
     # A full /run stops the job here, saying why, with nothing changed.
     # shellcheck disable=SC2154 # $self: this script, set by session.rs's bootstrap
-    if ! err=$({ : >"$d/log" && : >"$d/events" && printf '%s\n' "$self" >"$d/activate.sh"; } 2>&1); then
+    if ! err=$({ : >"$d/log" && : >"$d/events" && : >"$d/step" && printf '%s\n' "$self" >"$d/activate.sh"; } 2>&1); then
         rm -rf "$d"
         err=${err##*: }
         # dash's printf says "I/O error" for a full file system.
@@ -54,15 +54,29 @@ launch() {
     follow "$1" 0 0
 }
 
-# frame KIND FILE AT: the bytes of FILE after byte AT, as one frame; sets
-# $at to the end of what it sent.
-frame() {
-    end=$(wc -c <"$2")
-    if [ "$end" -gt "$3" ]; then
-        printf 'nixpipe-frame %s %s\n' "$1" "$((end - $3))" >&3
-        tail -c +"$(($3 + 1))" "$2" | head -c "$((end - $3))" >&3
-    fi
-    at=$end
+# send_log END: the log's bytes from $log_at up to byte END, as one frame.
+send_log() {
+    [ "$1" -gt "$log_at" ] || return 0
+    printf 'nixpipe-frame log %s\n' "$(($1 - log_at))" >&3
+    tail -c +"$((log_at + 1))" "$d/log" | head -c "$(($1 - log_at))" >&3
+    log_at=$1
+}
+
+# send_events: each whole event line after byte $events_at as a frame,
+# after the log bytes written before it (its log= field, the last), so
+# that the user reads both in the order they happened. Bytes, not
+# characters: LC_ALL=C.
+send_events() {
+    pos=0
+    while IFS= read -r line; do
+        pos=$((pos + ${#line} + 1))
+        [ "$pos" -le "$events_at" ] && continue
+        logged=${line##*"$event_tab"log=}
+        case $logged in '' | *[!0-9]*) logged=$log_at ;; esac
+        send_log "$logged"
+        printf 'nixpipe-frame event %s\n%s\n' "$((${#line} + 1))" "$line" >&3
+        events_at=$pos
+    done <"$d/events"
 }
 
 # An event of follow's own (KIND KEY=VALUE...), framed.
@@ -71,25 +85,36 @@ event() {
     printf 'nixpipe-frame event %s\n%s\n' "$((${#line} + 1))" "$line" >&3
 }
 
+# Sends what the job wrote from those bytes on until it ends. Between
+# reads it waits on the job's step file: the job holds a lock on it and
+# lets go of it at each event (see next_step) and when it ends, so a step
+# is sent as it happens; the log, at the latest 0.2 s after it is written.
 follow() {
     d=$jobs/$1 log_at=$2 events_at=$3 dead=0
+    LC_ALL=C
+    export LC_ALL
     [ -d "$d" ] || { event result outcome=gone; exit 0; }
     while :; do
+        # Opened before reading: an event written after the read has
+        # already let go of this lock, and the wait below ends at once.
+        if [ -e "$d/step" ]; then exec 6<"$d/step"; else exec 6</dev/null; fi
         ended=0
         [ -e "$d/done" ] && ended=1
-        frame log "$d/log" "$log_at"
-        log_at=$at
-        frame event "$d/events" "$events_at"
-        events_at=$at
+        send_events
+        send_log "$(wc -c <"$d/log")"
         [ "$ended" = 1 ] && exit 0
         if [ -s "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then
             dead=0
+            flock -s -w 0.2 6 2>/dev/null
+            # A flock without -w (busybox): poll.
+            [ "$?" -gt 1 ] && sleep 0.2
         else
             # Killed without a word (or never started): say so after 10 s.
             dead=$((dead + 1))
             [ "$dead" -gt 50 ] && { event result outcome=vanished; exit 0; }
+            sleep 0.2
         fi
-        sleep 0.2
+        exec 6<&-
     done
 }
 
@@ -101,8 +126,18 @@ reject() {
     [ -d "$jobs/$1" ] && : >"$jobs/$1/rejected"
 }
 
-# say KIND KEY=VALUE...: an event of the job, in its events file.
-say() { event_line "$@" >>"$d/events"; }
+# say KIND KEY=VALUE...: an event of the job, in its events file, with
+# how far its log was written then; followers are woken for it.
+say() {
+    event_line "$@" log="$(wc -c <"$d/log")" >>"$d/events"
+    next_step
+}
+
+# Lets go of the lock on the step file that followers wait on, after
+# putting a new, locked one in its place (fd 7) for the next step.
+next_step() {
+    exec 8>"$d/step.new" && flock 8 && mv -f "$d/step.new" "$d/step" && exec 7>&8 8>&-
+}
 
 # finish OUTCOME [DETAIL [KEY=VALUE...]]: the job's result, its last event.
 finish() {
@@ -114,16 +149,32 @@ finish() {
 }
 
 # switch PROGRAM ACTION [BOOTLOADER]: runs the switch; its exit status.
+# $switch_at: where its output starts in the log.
 switch() {
     say switching action="$2" system="${1%/bin/*}"
-    # The lock stays with this job, not with what the switch starts; the
+    switch_at=$(wc -c <"$d/log")
+    # The locks stay with this job, not with what the switch starts; the
     # switch never sees the event channel. NIXOS_INSTALL_BOOTLOADER: only
     # when asked (--install-bootloader), as nixos-rebuild passes it.
     if [ "${3:-0}" = 1 ]; then
-        NIXOS_INSTALL_BOOTLOADER=1 "$1" "$2" 3>&- 9>&-
+        NIXOS_INSTALL_BOOTLOADER=1 "$1" "$2" 3>&- 7>&- 9>&-
     else
-        "$1" "$2" 3>&- 9>&-
+        "$1" "$2" 3>&- 7>&- 9>&-
     fi
+}
+
+# Whether the switch that just failed activated anything, by what the
+# host shows rather than by its exit status (switch-to-configuration-ng
+# exits 1 both before and after activating; the Perl one dies with errno
+# anywhere): /run/current-system is no longer what ran before (NixOS's
+# activation script links it), or the switch said it stopped units or ran
+# the activation script (both print these before they act).
+activated() {
+    now=
+    [ -e /run/current-system ] && now=$(readlink -f /run/current-system)
+    [ "$now" != "$previous" ] && return 0
+    tail -c +"$((switch_at + 1))" "$d/log" |
+        grep -q -e '^activating the configuration' -e '^stopping the following units' -e '^stopping swap device'
 }
 
 generation() {
@@ -196,9 +247,11 @@ wait_for_nixos_lock() {
     done
 }
 
-# The units switch-to-configuration said failed, as it says them.
+# The units switch-to-configuration said failed, system and user units, as
+# it says them.
 failed_units() {
-    sed -n 's/.*the following units failed: //p' "$d/log" | tail -n 1
+    tail -c +"$((switch_at + 1))" "$d/log" |
+        sed -n 's/.*the following \(user \)\{0,1\}units failed: //p' | awk 'NR > 1 { printf ", " } { printf "%s", $0 }'
 }
 
 # The record's GC root (nixpipe-copy's), once the profile holds its path.
@@ -210,44 +263,61 @@ drop_gc_root() {
     done
 }
 
-# What a switch's exit status means (switch-to-configuration-ng's codes);
-# finishes the job unless it went well or its failed units are kept.
+# What a switch's exit status means (switch-to-configuration-ng's codes),
+# with what the host shows; finishes the job unless it went well or its
+# failed units are kept.
 judge() {
-    case $1 in
-        0) return ;;
-        # The init interface changed: nothing activated, and the new system
-        # is the boot default: a reboot activates it.
-        100) finish reboot-needed ;;
-        # Its own lock was taken after all: nothing activated.
-        11)
-            put_profile_back
-            finish busy "$(lock_holder)"
-            ;;
+    status=$1
+    [ "$status" = 0 ] && return
+    was_activated=0
+    case $action in
+        # Neither activates anything.
+        dry-activate | check) ;;
+        *) activated && was_activated=1 ;;
     esac
+    say exited status="$status" activated="$was_activated"
     case $action in
         dry-activate | check)
+            [ "$status" = 100 ] && finish init-changed nothing-changed
             [ "$action" = check ] && grep -q 'Usage:' "$d/log" && finish no-check-action
             finish failed nothing-changed
             ;;
     esac
-    case $1 in
-        # A pre-switch check or the bootloader failed: nothing was activated,
-        # so only the profile goes back.
-        1)
-            put_profile_back
-            finish not-activated "$rollback"
-            ;;
-        # Active, but some units failed: kept or rolled back, as asked.
-        4)
-            units=$(failed_units)
-            if [ "$units_policy" = keep ]; then
-                kept_units=$units
-                return
-            fi
-            roll_back
-            finish units-failed "$rollback" units="$units"
-            ;;
-    esac
+    if [ "$was_activated" = 0 ]; then
+        case $status/$action in
+            # The init interface changed, before anything was activated:
+            # after switch the profile and boot loader hold the new system,
+            # a reboot activates it; after test nothing points at it.
+            100/switch)
+                drop_gc_root
+                finish reboot-needed
+                ;;
+            100/test) finish init-changed nothing-changed ;;
+            # A pre-switch check or the boot loader failed: only the
+            # profile goes back.
+            1/*)
+                put_profile_back
+                finish not-activated "$rollback"
+                ;;
+            # Its own lock was taken after all.
+            11/*)
+                put_profile_back
+                finish busy "$(lock_holder)"
+                ;;
+        esac
+    fi
+    # Active, but some units failed: kept or rolled back, as asked.
+    if [ "$status" = 4 ]; then
+        units=$(failed_units)
+        if [ "$units_policy" = keep ]; then
+            kept_units=$units
+            return
+        fi
+        roll_back
+        finish units-failed "$rollback" units="$units"
+    fi
+    # Activated, even in part, or a status nobody documents (it may have):
+    # the whole rollback.
     roll_back
     finish failed "$rollback"
 }
@@ -258,6 +328,9 @@ job() {
     units_policy=$1 lock_wait=$2
     d=$jobs/$id
     exec >>"$d/log" 2>&1 </dev/null
+    # Locked for as long as the job runs: its end wakes the followers too.
+    exec 7>"$d/step"
+    flock 7
     echo $$ >"$d/pid"
     say started
     exec 9>>"$state/lock"

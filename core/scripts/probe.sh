@@ -47,14 +47,16 @@ if [ -n "$spec" ]; then
     [ -x "$system/specialisation/$spec/bin/switch-to-configuration" ] && has_spec=1
     specs=$(find "$system/specialisation/" -mindepth 1 -maxdepth 1 2>/dev/null | sed 's|.*/||' | sort | tr '\n' ' ')
 fi
-# What the host's Nix builds and runs: `system` and `extra-platforms`.
+# What the host's Nix runs: its own `system` natively, `extra-platforms`
+# only through emulation or another machine (binfmt_misc, builders).
 config=$(nix --extra-experimental-features nix-command show-config 2>/dev/null)
-platforms=$(printf '%s\n' "$config" | sed -n 's/^system = //p; s/^extra-platforms = //p' | tr '\n' ' ')
+native=$(printf '%s\n' "$config" | sed -n 's/^system = //p')
+emulated=$(printf '%s\n' "$config" | sed -n 's/^extra-platforms = //p')
 toplevel_system=
 [ -f "$system/system" ] && toplevel_system=$(cat "$system/system")
 # Files as they are, whatever they hold: base64, decoded by nixpipe.
 encoded() { [ -f "$1" ] && base64 -w0 <"$1"; }
 emit probe hostname="$hostname" current="$current" resolved="$p" valid="$valid" bundle="$bundle" nixos="$nixos" \
     configured="$configured" specialisation="$has_spec" specialisations="$specs" system="$toplevel_system" \
-    platforms="$platforms" inhibitors="$(encoded "$system/switch-inhibitors")" \
+    native="$native" emulated="$emulated" inhibitors="$(encoded "$system/switch-inhibitors")" \
     inhibitors-current="$(encoded /run/current-system/switch-inhibitors)"

@@ -43,13 +43,19 @@ fi
 [ "$how" = roots ] && exit 0
 
 if [ "$protocol" = auto ]; then
-    # A nix-store without --serve says so before it reads anything.
-    if nix-store --serve </dev/null 2>&1 | grep -q "unrecognised flag '--serve'"; then
-        protocol=daemon
-        printf D
-    else
+    # Whether this nix-store speaks the serve protocol, by what it does,
+    # whatever it says when it does not (an unknown flag, "no longer
+    # supported" after NixOS/nix#16185): given the serve greeting
+    # (SERVE_MAGIC_1 and a version, little-endian u64s), a server answers
+    # SERVE_MAGIC_2 before it reads on.
+    answer=$(printf '\353\235\014\071\000\000\000\000\006\002\000\000\000\000\000\000' |
+        nix-store --serve 2>/dev/null | head -c 8 | od -An -tx1 | tr -d ' \n')
+    if [ "$answer" = cbee525400000000 ]; then
         protocol=serve
         printf S
+    else
+        protocol=daemon
+        printf D
     fi
 fi
 if [ "$how" = read ] && [ "$protocol" = daemon ]; then

@@ -207,14 +207,21 @@ pub enum ActivationError {
     ProfileNotSet { target: String, log: String },
     #[error("switch-to-configuration {action} failed on {target}; nothing changed")]
     DryActivateFailed { action: &'static str, target: String },
-    #[error("switch-to-configuration {action} failed on {target}; {rollback}")]
-    SwitchFailed { action: &'static str, target: String, rollback: Rollback },
+    #[error("switch-to-configuration {action} failed on {target}{}; {rollback}", exited.map(how_it_failed).unwrap_or_default())]
+    SwitchFailed { action: &'static str, target: String, exited: Option<job::Exited>, rollback: Rollback },
     #[error(
-        "switch-to-configuration {action} failed on {target} before activating anything (a pre-switch check or the \
+        "switch-to-configuration {action} failed on {target}{} before activating anything (a pre-switch check or the \
          bootloader); {}",
+        exited.map(|e| format!(" (exit {})", e.status)).unwrap_or_default(),
         if rollback.is_back() { "the profile is back on the previous generation" } else { "putting the profile back FAILED: the host needs attention" }
     )]
-    NotActivated { action: &'static str, target: String, rollback: Rollback },
+    NotActivated { action: &'static str, target: String, exited: Option<job::Exited>, rollback: Rollback },
+    #[error(
+        "{target}: the init interface of {path} differs from the running system's, so only a boot can start it, and \
+         {action} {}; nothing changed (nixpipe-activate --reboot boot, or switch and reboot)",
+        if *action == "test" { "does not make it the boot default: a reboot boots the running system again" } else { "shows no more" }
+    )]
+    InitChanged { action: &'static str, target: String, path: String },
     #[error(
         "switch-to-configuration {action} on {target} left units failed: {}; {}",
         units.join(", "),
@@ -240,6 +247,14 @@ impl ActivationError {
             ActivationError::RebootRolledBack { rolled_back, .. } => *rolled_back,
             _ => false,
         }
+    }
+}
+
+/// How a switch failed, by its exit status and what the host showed.
+fn how_it_failed(exited: job::Exited) -> String {
+    match exited.activated {
+        true => format!(" (exit {}) after it had begun activating", exited.status),
+        false => format!(" (exit {}, which may come after activating)", exited.status),
     }
 }
 
@@ -525,8 +540,8 @@ fn rebooted(session: &Session, label: &str, system: &str, wait: u64, opts: &Opti
 /// The action to run: the one asked for, unless the system's switch
 /// inhibitors forbid it: then refused, or with --if-inhibited boot, boot.
 fn action_allowed(target: &str, path: &str, changed: &[String], opts: &Options) -> Result<Action, ActivationError> {
-    // Only boot is never inhibited.
-    if changed.is_empty() || opts.action == Action::Boot {
+    // As NixOS's pre-switch check: never for boot, nor for dry-activate.
+    if changed.is_empty() || matches!(opts.action, Action::Boot | Action::DryActivate) {
         return Ok(opts.action);
     }
     match (opts.action, opts.if_inhibited) {
@@ -545,18 +560,21 @@ fn action_allowed(target: &str, path: &str, changed: &[String], opts: &Options) 
 fn verdict(target: &str, path: &str, action: Action, opts: &Options, end: &job::JobEnd) -> Verdict {
     let action = action.as_str();
     let log = format!("/run/nixpipe/jobs/{}/log", end.id);
-    let target = target.to_owned();
+    let (target, exited) = (target.to_owned(), end.exited);
     Verdict::Failed(match end.result.clone() {
         JobResult::Ok => return Verdict::Activated,
         JobResult::RebootNeeded => return Verdict::RebootNeeded,
+        JobResult::InitChanged => {
+            return Verdict::Refused(ActivationError::InitChanged { action, target, path: path.to_owned() })
+        }
         JobResult::Locked(owner) => return Verdict::Refused(ActivationError::Locked { target, owner }),
         JobResult::Busy(holder) => return Verdict::Refused(ActivationError::Busy { target, holder }),
         JobResult::NoCheckAction => return Verdict::Refused(ActivationError::NoCheckAction { path: path.to_owned() }),
-        JobResult::NotActivated(rollback) => ActivationError::NotActivated { action, target, rollback },
+        JobResult::NotActivated(rollback) => ActivationError::NotActivated { action, target, exited, rollback },
         JobResult::UnitsFailed { rollback, units } => ActivationError::UnitsFailed { action, target, units, rollback },
         JobResult::Failed(Rollback::ProfileNotSet) => ActivationError::ProfileNotSet { target, log },
         JobResult::Failed(Rollback::NothingChanged) => ActivationError::DryActivateFailed { action, target },
-        JobResult::Failed(rollback) => ActivationError::SwitchFailed { action, target, rollback },
+        JobResult::Failed(rollback) => ActivationError::SwitchFailed { action, target, exited, rollback },
         JobResult::Unconfirmed(rollback) => {
             ActivationError::Unconfirmed { seconds: opts.confirm_timeout.unwrap_or(0), target, rollback }
         }
@@ -586,7 +604,10 @@ fn check(target: &str, record: Option<&Record>, probe: &ProbeFacts, opts: &Optio
         return Err(ActivationError::NotNixos { path });
     }
     if let Some(system) = probe.platform_mismatch() {
-        let platforms = probe.platforms.join(", ");
+        let mut platforms = probe.native_platforms().join(", ");
+        if probe.emulated.contains(&system) {
+            platforms += &format!(" natively, {system} only under emulation (extra-platforms)");
+        }
         return Err(ActivationError::WrongPlatform { path, system, target: target.to_owned(), platforms });
     }
     if probe.bundle && opts.specialisation.is_some() {
@@ -688,7 +709,7 @@ mod tests {
 
     #[test]
     fn a_failed_switch_says_whether_the_rollback_worked() {
-        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, result };
+        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited: None, result };
         let verdict = |r: JobResult| verdict("local", "/nix/store/x", Action::Switch, &opts(), &end(r));
         let Verdict::Failed(e) = verdict(JobResult::Failed(Rollback::RolledBack)) else { panic!() };
         assert_eq!(
@@ -702,7 +723,7 @@ mod tests {
 
     #[test]
     fn each_exit_of_the_switch_is_told_apart() {
-        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, result };
+        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited: None, result };
         let verdict = |r: JobResult| verdict("web1", "/nix/store/x", Action::Switch, &opts(), &end(r));
         assert!(matches!(verdict(JobResult::RebootNeeded), Verdict::RebootNeeded));
         let Verdict::Failed(e) = verdict(JobResult::NotActivated(Rollback::RolledBack)) else { panic!() };
@@ -718,26 +739,49 @@ mod tests {
         assert!(e.to_string().contains("stayed taken (pid 7 (nixos-rebuild)); nothing activated"), "{e}");
     }
 
+    /// The cases of NixOS's pre-switch check (preSwitchChecks.switchInhibitors
+    /// in switchable-system.nix): the running system's keys, compared with
+    /// the new system's where it has them.
     #[test]
-    fn only_the_inhibitors_that_differ_are_named() {
+    fn inhibitors_are_compared_as_nixos_compares_them() {
         let probe = |new: &str, current: &str| ProbeFacts {
             current: Some("/nix/store/old".into()),
             inhibitors_new: Some(new.into()).filter(|s: &String| !s.is_empty()),
             inhibitors_current: Some(current.into()).filter(|s: &String| !s.is_empty()),
             ..ready("web1")
         };
-        assert_eq!(probe(r#"{"dbus":"broker","x":"1"}"#, r#"{"dbus":"dbus","x":"1"}"#).changed_inhibitors(), ["dbus"]);
-        assert_eq!(probe(r#"{"kernel":"6"}"#, "").changed_inhibitors(), ["kernel"]);
-        assert!(probe("", "").changed_inhibitors().is_empty());
-        let first_deploy = ProbeFacts { current: None, ..probe(r#"{"a":"b"}"#, "") };
+        let changed = |new: &str, current: &str| probe(new, current).changed_inhibitors();
+        assert_eq!(changed(r#"{"dbus":"broker","x":"1"}"#, r#"{"dbus":"dbus","x":"1"}"#), ["dbus"], "a value changed");
+        assert!(changed(r#"{"kernel":"6"}"#, "").is_empty(), "the running system has none");
+        assert!(changed(r#"{"kernel":"6","dbus":"d"}"#, r#"{"dbus":"d"}"#).is_empty(), "a key added");
+        assert!(changed(r#"{"dbus":"d"}"#, r#"{"dbus":"d","kernel":"6"}"#).is_empty(), "a key removed");
+        assert!(changed("", r#"{"dbus":"d"}"#).is_empty(), "the new system has none");
+        assert!(changed("not json", r#"{"dbus":"d"}"#).is_empty(), "not JSON is no inhibitors");
+        assert_eq!(changed(r#"{"b":"2","a":"2"}"#, r#"{"a":"1","b":"1"}"#), ["a", "b"]);
+        let first_deploy = ProbeFacts { current: None, ..probe(r#"{"a":"b"}"#, r#"{"a":"c"}"#) };
         assert!(first_deploy.changed_inhibitors().is_empty());
+    }
+
+    #[test]
+    fn dry_activate_and_boot_are_never_inhibited() {
+        let changed = ["dbus".to_owned()];
+        for (action, allowed) in [
+            (Action::Boot, true),
+            (Action::DryActivate, true),
+            (Action::Switch, false),
+            (Action::Test, false),
+            (Action::Check, false),
+        ] {
+            let opts = Options { action, ..opts() };
+            assert_eq!(action_allowed("web1", "/nix/store/x", &changed, &opts).is_ok(), allowed, "{action:?}");
+        }
     }
 
     #[test]
     fn a_system_for_another_platform_is_refused() {
         let probe = |system: &str| ProbeFacts {
             system: Some(system.into()),
-            platforms: vec!["x86_64-linux".into(), "i686-linux".into()],
+            native: Some("x86_64-linux".into()),
             ..ready("web1")
         };
         let e = check("root@web1", None, &probe("aarch64-linux"), &opts()).unwrap_err().to_string();
@@ -746,6 +790,87 @@ mod tests {
             "{e}"
         );
         assert!(check("root@web1", None, &probe("i686-linux"), &opts()).is_ok());
+    }
+
+    #[test]
+    fn a_platform_the_host_only_emulates_is_refused() {
+        let emulating = ProbeFacts {
+            system: Some("aarch64-linux".into()),
+            native: Some("x86_64-linux".into()),
+            emulated: vec!["i686-linux".into(), "aarch64-linux".into()],
+            ..ready("web1")
+        };
+        let e = check("root@web1", None, &emulating, &opts()).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "runs x86_64-linux, i686-linux natively, aarch64-linux only under emulation (extra-platforms); nothing changed"
+            ),
+            "{e}"
+        );
+        let pi = ProbeFacts { native: Some("aarch64-linux".into()), emulated: Vec::new(), ..emulating };
+        assert!(check("root@pi", None, &pi, &opts()).is_ok());
+    }
+
+    #[test]
+    fn a_failure_says_its_exit_status_and_what_the_host_showed() {
+        let end = |exited, result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited, result };
+        let after = Some(job::Exited { status: 1, activated: true });
+        let Verdict::Failed(e) = verdict(
+            "web1",
+            "/nix/store/x",
+            Action::Switch,
+            &opts(),
+            &end(after, JobResult::Failed(Rollback::RolledBack)),
+        ) else {
+            panic!()
+        };
+        assert!(e.to_string().contains("failed on web1 (exit 1) after it had begun activating; rolled back"), "{e}");
+        let unknown = Some(job::Exited { status: 137, activated: false });
+        let Verdict::Failed(e) = verdict(
+            "web1",
+            "/nix/store/x",
+            Action::Switch,
+            &opts(),
+            &end(unknown, JobResult::Failed(Rollback::RolledBack)),
+        ) else {
+            panic!()
+        };
+        assert!(e.to_string().contains("(exit 137, which may come after activating); rolled back"), "{e}");
+        let before = Some(job::Exited { status: 1, activated: false });
+        let Verdict::Failed(e) = verdict(
+            "web1",
+            "/nix/store/x",
+            Action::Switch,
+            &opts(),
+            &end(before, JobResult::NotActivated(Rollback::RolledBack)),
+        ) else {
+            panic!()
+        };
+        assert!(e.to_string().contains("failed on web1 (exit 1) before activating anything"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_init_interface_on_test_says_a_reboot_will_not_help() {
+        let end = job::JobEnd {
+            id: "1".into(),
+            previous: None,
+            needs_reboot: None,
+            exited: None,
+            result: JobResult::InitChanged,
+        };
+        let Verdict::Refused(e) = verdict("web1", "/nix/store/x", Action::Test, &opts(), &end) else { panic!() };
+        let e = e.to_string();
+        assert!(e.contains("a reboot boots the running system again; nothing changed"), "{e}");
+        let a = Activation::new(
+            None,
+            Verdict::Refused(ActivationError::InitChanged {
+                action: "test",
+                target: "web1".into(),
+                path: "/nix/store/x".into(),
+            }),
+        );
+        let json = serde_json::to_value(a.json("web1", Action::Test)).unwrap();
+        assert_eq!((json["result"].as_str(), json["needsReboot"].as_bool()), (Some("refused"), None));
     }
 
     #[test]

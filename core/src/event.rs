@@ -72,8 +72,11 @@ pub struct ProbeFacts {
     pub specialisations: String,
     /// The toplevel's own `system` file: the platform it is built for.
     pub system: Option<String>,
-    /// What the host's Nix runs: its `system` and `extra-platforms`.
-    pub platforms: Vec<String>,
+    /// The host Nix's own `system`: the platform it runs natively.
+    pub native: Option<String>,
+    /// Its `extra-platforms`: what it runs only under emulation (NixOS's
+    /// boot.binfmt.emulatedSystems puts them there) or builds elsewhere.
+    pub emulated: Vec<String>,
     /// The switch inhibitors of the new system and of the running one
     /// (JSON objects, name -> string), where they have them.
     pub inhibitors_new: Option<String>,
@@ -81,18 +84,35 @@ pub struct ProbeFacts {
 }
 
 impl ProbeFacts {
-    /// The toplevel's platform, when the host's Nix runs another one.
+    /// The platforms the host runs natively: its Nix's `system`, and on
+    /// x86_64-linux also i686-linux (the CPU runs both). Never one of
+    /// `extra-platforms`: a system activated under emulation would boot an
+    /// entry the machine cannot boot. Empty when the host did not say.
+    pub fn native_platforms(&self) -> Vec<String> {
+        let Some(native) = &self.native else { return Vec::new() };
+        let mut platforms = vec![native.clone()];
+        if native == "x86_64-linux" {
+            platforms.push("i686-linux".to_owned());
+        }
+        platforms
+    }
+
+    /// The toplevel's platform, when the host does not run it natively.
     pub fn platform_mismatch(&self) -> Option<String> {
         let system = self.system.as_ref()?;
-        match self.platforms.is_empty() || self.platforms.contains(system) {
+        let native = self.native_platforms();
+        match native.is_empty() || native.contains(system) {
             true => None,
             false => Some(system.clone()),
         }
     }
 
-    /// The names of the switch inhibitors that differ between the running
-    /// system and the new one (either may lack the file: no inhibitors).
-    /// Nothing runs yet: nothing to differ from.
+    /// The switch inhibitors that forbid the switch, as NixOS's own
+    /// pre-switch check decides (preSwitchChecks.switchInhibitors): each
+    /// key of the running system's that the new system has with another
+    /// value. A key only the new system has, or only the running one, does
+    /// not; a file that is not a JSON object is no inhibitors. Nothing runs
+    /// yet: nothing to differ from.
     pub fn changed_inhibitors(&self) -> Vec<String> {
         if self.current.is_none() {
             return Vec::new();
@@ -101,8 +121,7 @@ impl ProbeFacts {
             json.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default()
         };
         let (new, current) = (parse(&self.inhibitors_new), parse(&self.inhibitors_current));
-        let names: std::collections::BTreeSet<&String> = new.keys().chain(current.keys()).collect();
-        names.into_iter().filter(|n| new.get(*n) != current.get(*n)).cloned().collect()
+        current.into_iter().filter(|(key, value)| new.get(key).is_some_and(|v| v != value)).map(|(k, _)| k).collect()
     }
 }
 
@@ -126,6 +145,12 @@ pub enum JobEvent {
     /// Whether the booted kernel, initrd or modules are not the new
     /// system's; None where nothing says what was booted.
     NeedsReboot(Option<bool>),
+    /// The switch failed with this exit status; whether the host shows
+    /// that it activated (part of) the new system.
+    Exited {
+        status: i32,
+        activated: bool,
+    },
     Result(JobResult),
 }
 
@@ -144,9 +169,12 @@ pub enum JobResult {
         rollback: Option<Rollback>,
         units: Vec<String>,
     },
-    /// The init interface changed (exit 100): nothing activated, the new
-    /// system boots next.
+    /// The init interface changed (exit 100) on a switch: nothing
+    /// activated, the new system boots next.
     RebootNeeded,
+    /// The init interface changed (exit 100) on a test or dry-activate:
+    /// nothing activated, and nothing points at the new system.
+    InitChanged,
     /// NixOS's own lock stayed taken: by whom; nothing activated.
     Busy(String),
     /// The system's switch-to-configuration has no `check` action.
@@ -252,7 +280,8 @@ pub fn parse_line(line: &str) -> Option<Event> {
             specialisation: some("specialisation").map(|v| v == "1"),
             specialisations: get("specialisations").unwrap_or("").trim().to_owned(),
             system: some("system"),
-            platforms: get("platforms").unwrap_or("").split_whitespace().map(str::to_owned).collect(),
+            native: some("native"),
+            emulated: get("emulated").unwrap_or("").split_whitespace().map(str::to_owned).collect(),
             inhibitors_new: get("inhibitors").and_then(decode),
             inhibitors_current: get("inhibitors-current").and_then(decode),
         }),
@@ -265,6 +294,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
         }
         "waiting-for-lock" => Event::Job(JobEvent::WaitingForLock { holder: get("holder").unwrap_or("").to_owned() }),
         "needs-reboot" => Event::Job(JobEvent::NeedsReboot(reboot("value")?)),
+        "exited" => Event::Job(JobEvent::Exited { status: get("status")?.parse().ok()?, activated: flag("activated") }),
         "result" => {
             let units = get("units").unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty());
             let units = units.map(str::to_owned).collect();
@@ -322,6 +352,7 @@ fn job_result(outcome: &str, detail: &str, units: Vec<String>) -> JobResult {
             JobResult::UnitsFailed { rollback: (detail != "kept").then(|| Rollback::parse(detail)), units }
         }
         "reboot-needed" => JobResult::RebootNeeded,
+        "init-changed" => JobResult::InitChanged,
         "busy" => JobResult::Busy(detail.to_owned()),
         "no-check-action" => JobResult::NoCheckAction,
         "unconfirmed" => JobResult::Unconfirmed(Rollback::parse(detail)),

@@ -19,9 +19,12 @@ use std::sync::OnceLock;
 /// which would prove nothing about whether the host lets anyone in now.
 pub const NEW_CONNECTION: [&str; 4] = ["-o", "ControlMaster=no", "-o", "ControlPath=none"];
 
-/// Runs the script given as $1 with the arguments after it, so that a
-/// script can keep a copy of itself ($self: the job does).
-const BOOTSTRAP: &str = r#"self=$1; shift; eval "$self""#;
+/// Runs the script given in base64 as $1 with the arguments quoted for sh in
+/// base64 as $2, so that a script can keep a copy of itself ($self: the job
+/// does). In base64 because a `--sudo-cmd` of systemd-run or run0 hands the
+/// words to systemd, which expands `${...}` and `$$` in them (an unknown
+/// name to nothing): no `${` nor `$$` may reach it, here or in the script.
+const BOOTSTRAP: &str = r#"self=$(echo "$1" | base64 -d); eval "set -- $(echo "$2" | base64 -d)"; eval "$self""#;
 const PRELUDE: &str = include_str!("../scripts/prelude.sh");
 
 /// The scripts nixpipe runs on hosts.
@@ -81,11 +84,21 @@ impl Script {
         }
     }
 
-    /// The argv that runs the script with `args`, words never parsed as
-    /// shell.
+    /// The argv that runs the script with `args`, each quoted for sh as one
+    /// word (shlex, as every remote command).
     pub fn argv<S: AsRef<str>>(self, args: &[S]) -> Vec<String> {
-        let head = ["sh".to_owned(), "-c".to_owned(), BOOTSTRAP.to_owned(), "nixpipe".to_owned(), self.source()];
-        head.into_iter().chain(args.iter().map(|a| a.as_ref().to_owned())).collect()
+        use base64::Engine;
+        let base64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        // A NUL cannot be an argument at all; the script then sees none there.
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| shlex::try_quote(a.as_ref()).map_or_else(|_| "''".into(), |q| q.into_owned()))
+            .collect();
+        ["sh", "-c", BOOTSTRAP, "nixpipe"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain([base64(&self.source()), base64(&quoted.join(" "))])
+            .collect()
     }
 }
 
@@ -256,12 +269,28 @@ impl Script {
 mod tests {
     use super::*;
 
+    /// Runs `argv` here with sh, as a host would: what the script prints.
+    fn run_here(argv: &[String]) -> String {
+        let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     #[test]
     fn scripts_run_through_one_bootstrap_with_their_arguments_as_words() {
-        let argv = Script::Probe.argv(&["/nix/store/x y", "$(id)"]);
+        let args = ["/nix/store/x y", "$(id)", "${HOME}", "$$", "it's", "", "a\nb"];
+        let argv = Script::Probe.argv(&args);
         assert_eq!(argv[..4], ["sh", "-c", BOOTSTRAP, "nixpipe"]);
-        assert!(argv[4].starts_with(PRELUDE));
-        assert_eq!(argv[5..], ["/nix/store/x y", "$(id)"]);
-        assert!(!Script::Serve.argv(&[] as &[&str])[4].contains("emit"));
+        assert_eq!(argv.len(), 6);
+        let mut echo = Script::Serve.argv(&args);
+        echo[4] = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, r#"printf '[%s]' "$@""#);
+        assert_eq!(run_here(&echo), "[/nix/store/x y][$(id)][${HOME}][$$][it's][][a\nb]");
+    }
+
+    #[test]
+    fn nothing_systemd_would_expand_reaches_a_sudo_cmd() {
+        for script in [Script::Job, Script::Probe, Script::Keys, Script::Serve] {
+            let argv = script.argv(&["${x}", "$$"]);
+            assert!(!argv.iter().any(|word| word.contains("${") || word.contains("$$")), "{script:?}: {argv:?}");
+        }
     }
 }

@@ -451,6 +451,8 @@ fn lay_out(
     };
     fs::write(root.join("etc/nix/nix.conf"), format!("{NIX_CONF}{system}")).map_err(io)?;
     fs::write(root.join("etc/hostname"), format!("{hostname}\n")).map_err(io)?;
+    // What marks a NixOS installation, for switch-to-configuration.
+    fs::write(root.join("etc/NIXOS"), "").map_err(io)?;
     new_key_pair(&root.join("ssh/host_key"), hostname);
     fs::copy(testbed.path().join("id_ed25519.pub"), root.join("ssh/authorized_keys")).map_err(io)?;
     write_user_database(root, base, hostname).map_err(io)?;

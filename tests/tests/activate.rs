@@ -501,7 +501,7 @@ fn a_failed_first_switch_leaves_no_system_to_re_activate_and_the_profile_as_it_w
     let web1 = tb.host("web1");
     // NixOS's activation makes the new system /run/current-system, then a
     // unit fails: the system that ran before must not be taken to be it.
-    let bad = tb.system_with("web1", "testbed.switchFailsAfterActivating = true;");
+    let bad = tb.system_with("web1", "testbed.unitsFail = true;");
     let t = web1.target();
     tb.sh(&format!("nixpipe-copy --to {t} {bad}")).ok();
 

@@ -124,7 +124,7 @@ fn if_inhibited_boot_makes_the_inhibited_system_the_boot_default_instead() {
 fn a_failed_pre_switch_check_puts_the_profile_back_and_activates_nothing() {
     let tb = Testbed::new();
     let old = tb.system("web1");
-    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchExit = 1;"#);
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.preSwitchCheckFails = true;"#);
     let web1 = running_with_copied(&tb, &old, &new);
 
     let run = activate(&tb, &web1, "--json switch", &new);
@@ -145,7 +145,7 @@ fn failed_units_are_named_and_roll_the_system_back_by_default() {
     let old = tb.system("web1");
     let new = tb.system_with(
         "web1",
-        r#"system.nixos.version = "2"; testbed.switchExit = 4; testbed.failedUnits = [ "nginx.service" "acme.service" ];"#,
+        r#"system.nixos.version = "2"; testbed.unitsFail = true; testbed.failedUnits = [ "nginx.service" "acme.service" ];"#,
     );
     let web1 = running_with_copied(&tb, &old, &new);
 
@@ -165,7 +165,7 @@ fn failed_units_are_named_and_roll_the_system_back_by_default() {
 fn keep_on_unit_failure_keeps_the_new_system_and_says_so() {
     let tb = Testbed::new();
     let old = tb.system("web1");
-    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchExit = 4;"#);
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.unitsFail = true;"#);
     let web1 = running_with_copied(&tb, &old, &new);
 
     let run = activate(&tb, &web1, "--keep-on-unit-failure --json switch", &new);
@@ -182,7 +182,7 @@ fn keep_on_unit_failure_keeps_the_new_system_and_says_so() {
 fn a_changed_init_interface_is_a_reboot_needed_not_a_failure() {
     let tb = Testbed::new();
     let old = tb.system("web1");
-    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchExit = 100;"#);
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.initInterfaceVersion = "systemd-2";"#);
     let web1 = running_with_copied(&tb, &old, &new);
 
     let run = activate(&tb, &web1, "--json switch", &new).ok();
@@ -192,6 +192,202 @@ fn a_changed_init_interface_is_a_reboot_needed_not_a_failure() {
     assert!(run.stderr.contains("the init interface changed"), "{}", run.stderr);
     assert_eq!(web1.system_profile().as_deref(), Some(new.as_str()), "the boot default");
     assert_eq!(running(&web1), old, "nothing activated");
+    assert!(!web1.dir().join("nix/var/nix/gcroots/nixpipe/web1").exists(), "the profile holds it now");
+}
+
+#[test]
+fn a_changed_init_interface_on_test_activates_nothing_and_does_not_promise_a_reboot() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.initInterfaceVersion = "systemd-2";"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "--json test", &new);
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(
+        error.contains("test does not make it the boot default: a reboot boots the running system again"),
+        "{error}"
+    );
+    assert!(!run.stderr.contains("reboot it to activate it"), "{}", run.stderr);
+    let record = &run.json_lines()[0];
+    assert_eq!((record["result"].as_str(), record["needsReboot"].as_bool()), (Some("refused"), None), "{record}");
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)), "nothing points at it");
+}
+
+#[test]
+fn a_changed_init_interface_on_dry_activate_changes_nothing_and_says_why() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.initInterfaceVersion = "systemd-2";"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "--json dry-activate", &new);
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("only a boot can start it"), "{}", run.stderr);
+    assert_eq!(run.json_lines()[0]["result"], "refused");
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
+}
+
+#[test]
+fn exit_1_after_activating_is_a_full_rollback_decided_by_what_the_host_shows() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    // What an interrupted switch's leftover in /run/nixos/reload-list does to
+    // stc-ng: "Error: Failed to get unit ...", exit 1, after activating.
+    let new = tb.system_with(
+        "web1",
+        r#"system.nixos.version = "2"; testbed.stopsUnits = [ "nginx.service" ]; testbed.errorAfterActivating = "Failed to get unit nginx.service";"#,
+    );
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "--json switch", &new);
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("(exit 1) after it had begun activating; rolled back"), "{error}");
+    assert_eq!(run.json_lines()[0]["rolledBack"], true);
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old.clone())));
+    let log = web1.switch_log();
+    assert_eq!(log.len(), 3, "the system before activated again: {log:?}");
+    assert!(log[2].starts_with(&format!("action=switch toplevel={old} ")), "{log:?}");
+}
+
+#[test]
+fn exit_1_from_the_boot_loader_before_activating_puts_only_the_profile_back() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.bootloaderFails = true;"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "switch", &new);
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("(exit 1) before activating anything"), "{}", run.stderr);
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
+    assert_eq!(web1.switch_log().len(), 2, "nothing re-activated");
+}
+
+#[test]
+fn a_failed_activation_script_exit_2_is_a_full_rollback() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchFails = true;"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "switch", &new);
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("(exit 2) after it had begun activating; rolled back"), "{}", run.stderr);
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
+    assert_eq!(web1.switch_log().len(), 3);
+}
+
+#[test]
+fn an_exit_status_nobody_documents_is_taken_as_maybe_activated_and_rolled_back_fully() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    // The Perl switch-to-configuration's die: errno, anywhere.
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.dieWithErrno = 13;"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "switch", &new);
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("(exit 13, which may come after activating); rolled back"), "{}", run.stderr);
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
+    assert_eq!(web1.switch_log().len(), 3, "the system before re-activated");
+}
+
+#[test]
+fn failed_user_units_are_named_with_the_system_units() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with(
+        "web1",
+        r#"system.nixos.version = "2"; testbed.failedUserUnits = [ "syncthing.service" ]; testbed.unitsFail = true; testbed.failedUnits = [ "nginx.service" ];"#,
+    );
+    let only_user =
+        tb.system_with("web1", r#"system.nixos.version = "3"; testbed.failedUserUnits = [ "pipewire.service" ];"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+    tb.sh(&format!("nixpipe-copy --to {} {only_user}", web1.target())).ok();
+
+    let both = activate(&tb, &web1, "--json switch", &new);
+    let user = activate(&tb, &web1, "--json switch", &only_user);
+
+    assert_eq!(both.json_lines()[0]["failedUnits"], serde_json::json!(["syncthing.service", "nginx.service"]));
+    assert_eq!(user.json_lines()[0]["failedUnits"], serde_json::json!(["pipewire.service"]));
+    assert!(user.error_line().contains("left units failed: pipewire.service; rolled back"), "{}", user.stderr);
+    assert_eq!(running(&web1), old);
+}
+
+#[test]
+fn a_system_that_adds_a_switch_inhibitor_switches_as_nixos_lets_it() {
+    let tb = Testbed::new();
+    let old = tb.system_with("web1", r#"system.switch.inhibitors = { dbus = "dbus"; };"#);
+    let new = tb.system_with("web1", r#"system.switch.inhibitors = { dbus = "dbus"; kernel = "6.12"; };"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    activate(&tb, &web1, "switch", &new).ok();
+
+    assert_eq!(running(&web1), new);
+}
+
+#[test]
+fn dry_activate_is_not_inhibited_as_nixos_skips_the_check_for_it() {
+    let tb = Testbed::new();
+    let old = tb.system_with("web1", r#"system.switch.inhibitors = { dbus = "dbus"; };"#);
+    let new = tb.system_with("web1", r#"system.switch.inhibitors = { dbus = "broker"; };"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "dry-activate", &new).ok();
+
+    assert!(run.stderr.contains("Not checking switch inhibitors (action = dry-activate)"), "{}", run.stderr);
+    assert!(run.stderr.contains("would activate the configuration..."), "{}", run.stderr);
+    assert_eq!(running(&web1), old);
+}
+
+#[test]
+fn a_host_that_only_emulates_a_platform_is_not_switched_to_it() {
+    let tb = Testbed::new();
+    tb.build_aarch64_here();
+    let old = tb.system("web1");
+    let arm = tb.system_with("web1", r#"nixpkgs.system = "aarch64-linux";"#);
+    let web1 = running_with_copied(&tb, &old, &arm);
+    // As NixOS's boot.binfmt.emulatedSystems leaves it; qemu-user is
+    // registered with binfmt_misc on this machine (make test does it).
+    web1.sh("echo 'extra-platforms = aarch64-linux' >> /etc/nix/nix.conf");
+
+    let run = activate(&tb, &web1, "switch", &arm);
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("is built for aarch64-linux"), "{error}");
+    assert!(error.contains("aarch64-linux only under emulation (extra-platforms); nothing changed"), "{error}");
+    assert_eq!(web1.switch_log().len(), 1, "its switch never ran");
+    assert_eq!((running(&web1), web1.system_profile()), (old.clone(), Some(old)));
+}
+
+#[test]
+fn the_hosts_log_and_our_steps_come_in_the_order_they_happened() {
+    let tb = Testbed::new();
+    let old = tb.system("web1");
+    let new = tb.system_with("web1", r#"system.nixos.version = "2"; testbed.switchFails = true;"#);
+    let web1 = running_with_copied(&tb, &old, &new);
+
+    let run = activate(&tb, &web1, "switch", &new);
+
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let at = |what: &str, from: usize| {
+        from + lines[from..].iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {}", run.stderr))
+    };
+    let switching = at(&format!("switch-to-configuration switch {new}"), 0);
+    let failed = at("Failed to run activate script", switching);
+    let rolling = at("rolling back", failed);
+    let back = at(&format!("switch-to-configuration switch {old}"), rolling);
+    at("activating the configuration...", back);
 }
 
 #[test]

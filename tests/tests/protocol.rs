@@ -5,37 +5,50 @@
 
 use nixpipe_tests::{Host, Testbed};
 
-/// Makes `host` a Nix after NixOS/nix#16185: its nix-store, first on the
-/// PATH of every ssh session, refuses `--serve` as Nix refuses any flag it
-/// does not know, and is the real one otherwise. The stand-in is there to
-/// make the real Nix lack what a future one lacks; nix-daemon stays real.
-fn without_serve(host: &Host) {
-    host.sh(r#"mkdir -p /run/nixpipe-no-serve && ln -sfn /usr/bin/nix /run/nixpipe-no-serve/nix-store
+/// How a Nix without `nix-store --serve` refuses it: as any flag it does
+/// not know (a Nix built without it).
+const UNKNOWN_FLAG: &str = "error: unrecognised flag '--serve'\nTry 'nix-store --help' for more information.";
+/// As NixOS/nix#16185 makes it refuse: "no longer supported", pointing at
+/// the daemon protocol.
+const NO_LONGER_SUPPORTED: &str =
+    "error: 'nix-store --serve' is no longer supported; use 'nix-daemon --stdio' (the ssh-ng:// store) instead";
+
+/// Makes `host` a Nix without the serve protocol: its nix-store, first on
+/// the PATH of every ssh session, refuses `--serve` with `message` on
+/// stderr and exit 1, and is the real one otherwise. The stand-in is there
+/// to make the real Nix lack what a future one lacks; nix-daemon stays real.
+fn without_serve(host: &Host, message: &str) {
+    std::fs::write(host.dir().join("no-serve-message"), format!("{message}\n")).unwrap();
+    host.sh(&format!(
+        r#"mkdir -p /run/nixpipe-no-serve && ln -sfn /usr/bin/nix /run/nixpipe-no-serve/nix-store
+cp {}/no-serve-message /run/nixpipe-no-serve/message
 mount -t tmpfs -o mode=755 nixpipe-no-serve /usr/local/bin
 cat >/usr/local/bin/nix-store <<'EOF'
 #!/bin/sh
 for arg; do
     if [ "$arg" = --serve ]; then
-        echo "error: unrecognised flag '--serve'" >&2
-        echo "Try 'nix-store --help' for more information." >&2
+        cat /run/nixpipe-no-serve/message >&2
         exit 1
     fi
 done
 exec /run/nixpipe-no-serve/nix-store "$@"
 EOF
-chmod +x /usr/local/bin/nix-store"#);
+chmod +x /usr/local/bin/nix-store"#,
+        host.dir().display()
+    ));
 }
 
 fn closure_of(host: &Host, path: &str) -> String {
     host.sh(&format!("nix-store --query --requisites {path} | sort"))
 }
 
-#[test]
-fn auto_copies_over_the_daemon_protocol_to_a_nix_without_serve() {
+/// auto to a host whose nix-store refuses `--serve` with `message`: every
+/// path arrives over the daemon protocol, and a rerun copies nothing.
+fn auto_copies_over_the_daemon_protocol_to(message: &str, seed: &str) {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    without_serve(&web1);
-    let chain = tb.filler(10, 10_000, "-no-serve");
+    without_serve(&web1, message);
+    let chain = tb.filler(10, 10_000, seed);
     let t = web1.target();
 
     let first = tb.sh(&format!("nixpipe-copy --json --to {t} {chain}")).ok().json_lines();
@@ -48,12 +61,27 @@ fn auto_copies_over_the_daemon_protocol_to_a_nix_without_serve() {
 }
 
 #[test]
+fn auto_copies_over_the_daemon_protocol_to_a_nix_without_serve() {
+    auto_copies_over_the_daemon_protocol_to(UNKNOWN_FLAG, "-no-serve");
+}
+
+#[test]
+fn auto_copies_over_the_daemon_protocol_to_a_nix_that_says_serve_is_no_longer_supported() {
+    auto_copies_over_the_daemon_protocol_to(NO_LONGER_SUPPORTED, "-serve-removed");
+}
+
+#[test]
+fn auto_chooses_by_what_nix_store_does_not_by_what_it_says() {
+    auto_copies_over_the_daemon_protocol_to("nix-store: --serve went fishing today", "-serve-fishing");
+}
+
+#[test]
 fn auto_copies_from_a_nix_without_serve_to_one_with_it() {
     let tb = Testbed::new();
     let (build1, web1) = (tb.host("build1"), tb.host("web1"));
     let chain = tb.filler(5, 5000, "-from-no-serve");
     tb.sh(&format!("nixpipe-copy --to {} {chain}", build1.target())).ok();
-    without_serve(&build1);
+    without_serve(&build1, NO_LONGER_SUPPORTED);
     // Gone from here, so the bytes can only come from build1.
     tb.sh(&format!("nix-store --delete $(nix-store --query --requisites {chain})")).ok();
 
@@ -67,7 +95,7 @@ fn auto_copies_from_a_nix_without_serve_to_one_with_it() {
 fn serve_asked_of_a_nix_without_it_is_one_line_and_copies_nothing() {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
-    without_serve(&web1);
+    without_serve(&web1, UNKNOWN_FLAG);
     let chain = tb.filler(2, 100, "-serve-gone");
 
     let run = tb.sh(&format!("nixpipe-copy --protocol serve --to {} {chain}", web1.target()));

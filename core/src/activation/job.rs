@@ -53,7 +53,17 @@ pub struct JobEnd {
     pub previous: Option<String>,
     /// Whether a reboot is needed to run the new system fully.
     pub needs_reboot: Option<bool>,
+    /// How the switch failed, when it did: its exit status, and whether
+    /// the host showed it had activated anything.
+    pub exited: Option<Exited>,
     pub result: JobResult,
+}
+
+/// A failed switch, as the job saw it on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exited {
+    pub status: i32,
+    pub activated: bool,
 }
 
 /// One activation job on one target.
@@ -127,7 +137,8 @@ impl<'a> Job<'a> {
             }
         }
         let result = follower.result.take().expect("the loop ends with a result");
-        Ok(JobEnd { id: self.id, previous: follower.previous, needs_reboot: follower.needs_reboot, result })
+        let (previous, needs_reboot, exited) = (follower.previous, follower.needs_reboot, follower.exited);
+        Ok(JobEnd { id: self.id, previous, needs_reboot, exited, result })
     }
 
     /// Runs one job.sh COMMAND as root and feeds its output to `follower`,
@@ -289,6 +300,7 @@ struct Follower {
     started: bool,
     previous: Option<String>,
     needs_reboot: Option<bool>,
+    exited: Option<Exited>,
     result: Option<JobResult>,
 }
 
@@ -322,6 +334,7 @@ impl Follower {
             JobEvent::AwaitingConfirmation { seconds } => return Some(seconds),
             JobEvent::WaitingForLock { holder } => report::report(Report::WaitingForLock { label, holder }),
             JobEvent::NeedsReboot(needs) => self.needs_reboot = needs,
+            JobEvent::Exited { status, activated } => self.exited = Some(Exited { status, activated }),
             JobEvent::Result(result) => self.result = Some(result),
         }
         None
