@@ -1,7 +1,7 @@
 # The target's side of nixpipe-activate, run as root (directly or through
-# sudo). nixpipe starts it, as every script, with `sh -c 'self=$1; shift;
-# eval "$self"' nixpipe SCRIPT COMMAND ARGS...`, so that `launch` can keep a
-# copy of it:
+# sudo). nixpipe starts it, as every script, through session.rs's
+# bootstrap, which sets $self to the script's text, so that `launch` can
+# keep a copy of it:
 #   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE ROOT BOOTLOADER UNITS LOCK_WAIT
 #                                                       start the job detached, then follow it
 #   follow ID LOG_AT EVENTS_AT                          the job's log and events from those bytes until it ends
@@ -15,11 +15,14 @@
 # profile holds PATH; empty for none. BOOTLOADER: 1 to pass
 # NIXOS_INSTALL_BOOTLOADER=1. UNITS: `keep` or `roll-back` the system when
 # some units failed (exit 4). LOCK_WAIT: seconds to wait for NixOS's lock.
-# The job records its events (prelude.sh's format) in its events file,
-# which only it writes; what the switched program prints goes to its log.
-# follow sends both on the event channel as frames, `nixpipe-frame
-# log|event LENGTH` and LENGTH bytes: what a program prints is inside a log
-# frame, and cannot pass for an event.
+# The job records its events (prelude.sh's format, with log=BYTES last: how
+# far the log was written then) in its events file, which only it writes;
+# what the switched program prints goes to its log. follow sends both on
+# the event channel as frames, `nixpipe-frame log|event LENGTH` and LENGTH
+# bytes, each event after the log bytes written before it: what a program
+# prints is inside a log frame, and cannot pass for an event. The job holds
+# a lock on its `step` file and replaces it at every event (next_step), so
+# a follower waiting on it wakes at once.
 set -u
 state=/run/nixpipe
 jobs=$state/jobs
