@@ -235,3 +235,150 @@ fn across_a_fleet_each_host_gets_its_own_keys_and_no_other() {
     assert_eq!((keys(&hosts[0]), keys(&hosts[1])), (vec!["db-password".to_owned()], vec!["api-token".to_owned()]));
     assert_eq!(hosts[1].sh("cat /run/keys/api-token"), TOKEN);
 }
+
+/// nixpipe-activate --keys with one record for web1 carrying `keys` (JSON
+/// objects), its system copied to `host` first.
+fn activate_with_keys(tb: &Testbed, host: &Host, keys: &str) -> Run {
+    let system = tb.system("web1");
+    let t = host.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+    let record = format!(r#"{{"name":"web1","path":"{system}","keys":[{keys}]}}"#);
+    std::fs::write(tb.path().join("record.json"), format!("{record}\n")).unwrap();
+    tb.sh(&format!("nixpipe-activate --on {t} --keys switch < record.json"))
+}
+
+/// A key of `size` bytes of PASSWORD's letters, in the deployer's directory.
+fn key_of_size(tb: &Testbed, size: usize) -> String {
+    let path = tb.path().join("big-key");
+    std::fs::write(&path, PASSWORD.repeat(size / PASSWORD.len() + 1)[..size].as_bytes()).unwrap();
+    path.display().to_string()
+}
+
+fn key_json(file: &str, dest_dir: &str, user: &str) -> String {
+    format!(
+        r#"{{"name":"app","keyFile":"{file}","destDir":"{dest_dir}","user":"{user}","group":"{user}","permissions":"0600"}}"#
+    )
+}
+
+/// root's own secret on the host, that no key upload may touch.
+const VICTIM: &str = "/root/victim";
+
+fn plant_victim(host: &Host) {
+    host.sh(&format!("printf 'root only' > {VICTIM} && chmod 0600 {VICTIM}"));
+}
+
+fn assert_victim_untouched(host: &Host) {
+    assert_eq!(host.sh(&format!("cat {VICTIM}")), "root only");
+    assert_eq!(owner_and_mode(host, VICTIM), "root root 600");
+}
+
+#[test]
+fn a_dest_dir_that_is_a_symlink_is_refused_and_nothing_is_written() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    web1.sh("ln -s /etc /var/lib/app-secrets");
+    let file = key_of_size(&tb, 100);
+
+    let run = activate_with_keys(&tb, &web1, &key_json(&file, "/var/lib/app-secrets", "root"));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("/var/lib/app-secrets is a symbolic link; nothing written"), "{error}");
+    assert!(!web1.dir().join("etc/app").exists() && web1.sh("ls /etc/app 2>&1 || true").contains("No such file"));
+    assert!(web1.switch_log().is_empty(), "nothing activated");
+}
+
+#[test]
+fn a_root_key_in_a_directory_another_user_can_write_is_refused() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    web1.sh("mkdir -p /home/deploy/keys && chown deploy:deploy /home/deploy/keys && chmod 0700 /home/deploy/keys");
+    let file = key_of_size(&tb, 100);
+
+    let run = activate_with_keys(&tb, &web1, &key_json(&file, "/home/deploy/keys", "root"));
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("/home/deploy/keys belongs to uid 4242"), "{}", run.stderr);
+    assert_eq!(web1.sh("ls -A /home/deploy/keys"), "");
+}
+
+#[test]
+fn a_world_writable_parent_is_refused() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    web1.sh("mkdir -p /var/lib/shared && chmod 0777 /var/lib/shared");
+    let file = key_of_size(&tb, 100);
+
+    let run = activate_with_keys(&tb, &web1, &key_json(&file, "/var/lib/shared/app", "deploy"));
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("/var/lib/shared can be written by users other than root"), "{}", run.stderr);
+    assert!(!web1.sh("ls -A /var/lib/shared").contains("app"));
+}
+
+#[test]
+fn a_key_user_swapping_the_temporary_file_for_a_link_never_gets_root_to_follow_it() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    plant_victim(&web1);
+    web1.sh("mkdir -p /home/deploy/secrets && chown deploy:deploy /home/deploy/secrets && chmod 0700 /home/deploy/secrets");
+    // The key's user, racing: every temporary file that appears in its
+    // directory is replaced by a link to root's secret, for 30 s.
+    web1.sh(
+        "(setpriv --reuid=deploy --regid=deploy --clear-groups sh -c 'end=$(($(date +%s) + 30)); \
+         while [ $(date +%s) -lt $end ]; do for f in /home/deploy/secrets/.nixpipe-key.*; do \
+         [ -f \"$f\" ] && ln -sf /root/victim \"$f\"; done; done' </dev/null >/dev/null 2>&1 &)",
+    );
+    let file = key_of_size(&tb, 4 << 20);
+
+    for _ in 0..5 {
+        let run = activate_with_keys(&tb, &web1, &key_json(&file, "/home/deploy/secrets", "deploy"));
+        assert!(run.code == 0 || run.error_line().contains("was replaced while it was written"), "{}", run.stderr);
+        assert_victim_untouched(&web1);
+    }
+    web1.sh("pkill -u deploy || true");
+}
+
+#[test]
+fn what_a_cut_upload_left_is_removed_and_a_whole_key_arrives() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    // What an upload cut before this change left: a partial secret.
+    web1.sh("mkdir -p /run/keys && printf 'db-pass' > /run/keys/.nixpipe-key.Ab12Cd && printf x > /run/keys/.nixpipe-key.4242.0");
+    let file = key_of_size(&tb, 1000);
+
+    activate_with_keys(&tb, &web1, &key_json(&file, "/run/keys", "root")).ok();
+
+    assert_eq!(web1.sh("ls -A /run/keys"), "app\n");
+    assert_eq!(web1.sh("wc -c < /run/keys/app").trim(), "1000");
+}
+
+#[test]
+fn a_connection_cut_mid_upload_leaves_no_part_of_the_key() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+    let file = key_of_size(&tb, 256 << 20);
+    let record = format!(r#"{{"name":"web1","path":"{system}","keys":[{}]}}"#, key_json(&file, "/run/keys", "root"));
+    std::fs::write(tb.path().join("record.json"), format!("{record}\n")).unwrap();
+    let input = std::fs::File::open(tb.path().join("record.json")).unwrap();
+
+    // The upload runs until part of the key is on the host, then every ssh
+    // of the deployer to this host is killed.
+    let mut activate = tb.command("nixpipe-activate");
+    let mut activate = activate.args(["--on", &t, "--keys", "switch"]).stdin(input).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while web1.sh("ls -A /run/keys 2>/dev/null || true").is_empty() {
+        assert!(started.elapsed().as_secs() < 60, "the upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("pkill").args(["-9", "-f", &format!("ssh.*{}", web1.port)]).status().unwrap();
+    let status = activate.wait().unwrap();
+
+    assert!(!status.success());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(web1.sh("ls -A /run/keys"), "", "nothing partial is left");
+    assert!(web1.switch_log().is_empty());
+}
