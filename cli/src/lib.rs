@@ -8,7 +8,7 @@ pub mod progress;
 pub mod reporter;
 
 use nixpipe_core::fleet::{self, Rollout};
-use nixpipe_core::privilege::Privilege;
+use nixpipe_core::privilege::{Ask, Privilege};
 use nixpipe_core::{Error, Outcome, Record, RecordWriter};
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -94,9 +94,14 @@ pub struct OutputArgs {
 /// takes it.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct PrivilegeArgs {
-    /// Ask the sudo password once, on the terminal, for every host of the run
+    /// Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks
+    /// for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)
     #[arg(long)]
     pub ask_sudo_password: bool,
+
+    /// Ask a sudo password for each host that needs one, naming the host: no host gets another's
+    #[arg(long, conflicts_with = "ask_sudo_password")]
+    pub sudo_password_per_host: bool,
 
     /// Become root with CMD instead of sudo: 'doas -n', run0 (systemd 256 and later), 'systemd-run --uid=0
     /// --pipe --wait --quiet'; it must let the user in without a password
@@ -107,7 +112,12 @@ pub struct PrivilegeArgs {
 impl PrivilegeArgs {
     /// The privilege of the run; asks the password now when told to.
     pub fn privilege(&self) -> Result<Privilege, Error> {
-        Ok(Privilege::new(self.sudo_cmd.as_deref(), self.ask_sudo_password)?)
+        let ask = match (self.ask_sudo_password, self.sudo_password_per_host) {
+            (_, true) => Ask::PerHost,
+            (true, false) => Ask::Once,
+            (false, false) => Ask::Never,
+        };
+        Ok(Privilege::new(self.sudo_cmd.as_deref(), ask)?)
     }
 }
 

@@ -28,9 +28,36 @@ fn hosts() -> &'static Mutex<HashMap<String, ProgressBar>> {
     HOSTS.get_or_init(Default::default)
 }
 
+/// The longest line shown: a host or peer may send one of any length.
+const LONGEST_LINE: usize = 4096;
+
+/// `line` as it is safe to show on a terminal: every control character (C0
+/// but tab, DEL, C1) escaped, so that nothing a host, peer or host file
+/// says can move the cursor, set the title, write the clipboard (OSC 52),
+/// erase or hide what was shown, or start a new line that looks like ours;
+/// cut after [`LONGEST_LINE`] characters. Records and JSON are not shown
+/// through here: they keep their bytes (JSON escapes its own).
+pub fn printable(line: &str) -> String {
+    let mut shown = String::with_capacity(line.len().min(LONGEST_LINE));
+    for (count, c) in line.chars().enumerate() {
+        if count == LONGEST_LINE {
+            let left = line.chars().count() - count;
+            shown.push_str(&format!("... ({left} more characters)"));
+            break;
+        }
+        match c {
+            '\t' => shown.push(c),
+            c if c.is_control() => shown.extend(c.escape_default()),
+            c => shown.push(c),
+        }
+    }
+    shown
+}
+
 /// Writes a line to stderr above the progress lines, which are drawn again
-/// below it.
+/// below it; made [`printable`] first.
 pub fn println(line: &str) {
+    let line = printable(line);
     suspend(|| eprintln!("{line}"));
 }
 
@@ -55,7 +82,7 @@ impl HostLine {
                 .tick_strings(&["|", "/", "-", "\\", "done"]),
         );
         bar.set_prefix(label.to_owned());
-        bar.set_message(step.to_owned());
+        bar.set_message(printable(step));
         bar.enable_steady_tick(Duration::from_millis(120));
         hosts().lock().unwrap_or_else(|p| p.into_inner()).insert(label.to_owned(), bar);
         HostLine { label: label.to_owned() }
@@ -74,7 +101,7 @@ impl Drop for HostLine {
 /// Shows `step` on the line of the host labelled `label`, if it has one.
 pub fn step(label: &str, step: &str) {
     if let Some(bar) = hosts().lock().unwrap_or_else(|p| p.into_inner()).get(label) {
-        bar.set_message(step.to_owned());
+        bar.set_message(printable(step));
     }
 }
 
@@ -114,5 +141,21 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
         bars().remove(&self.bar);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_long_lines_cut() {
+        let forged = "\u{1b}]52;c;Zm9v\u{7}\u{1b}[2K\rweb1: runs it\u{8}\u{0}\u{9b}31m\ttab";
+        let shown = printable(forged);
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\t'), "{shown:?}");
+        assert_eq!(shown, r"\u{1b}]52;c;Zm9v\u{7}\u{1b}[2K\rweb1: runs it\u{8}\u{0}\u{9b}31m".to_owned() + "\ttab");
+        let long = printable(&"x".repeat(1 << 20));
+        assert!(long.len() < LONGEST_LINE + 40 && long.ends_with("... (1044480 more characters)"), "{}", long.len());
+        assert_eq!(printable("web1 | activating the configuration... ü"), "web1 | activating the configuration... ü");
     }
 }

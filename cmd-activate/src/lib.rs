@@ -113,6 +113,11 @@ pub struct Cli {
     #[arg(long)]
     pub keys: bool,
 
+    /// Run the keyCommand of records' keys here, as you (--keys): the records are code then, so only for
+    /// records you made (nixpipe-eval of your own configuration), never ones fetched from elsewhere
+    #[arg(long, requires = "keys")]
+    pub run_key_commands: bool,
+
     /// Run COMMAND on each target after switching (e.g. 'curl -fsS localhost/health'); when it fails, that target rolls back
     #[arg(long, value_name = "COMMAND")]
     pub check: Option<String>,
@@ -163,7 +168,7 @@ impl Plan {
             false => Work::Records(fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))?),
         };
         if let (true, Work::Records(records)) = (cli.keys, &work) {
-            check_keys(records)?;
+            check_keys(records, cli.run_key_commands)?;
         }
         let rollout = Rollout { jobs: cli.jobs.jobs, batch: cli.batch, fail_fast: cli.fail_fast };
         // Asked last: no password for a run that would stop at bad input.
@@ -207,8 +212,9 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
 
 /// Every record's keys are well formed, before any host is touched. A
 /// plain record carries no keys at all: a step without --json in between
-/// would drop them without a word.
-fn check_keys(records: &[(Record, Target)]) -> Result<(), Error> {
+/// would drop them without a word. A keyCommand runs a program here: only
+/// when the user says the records are theirs (--run-key-commands).
+fn check_keys(records: &[(Record, Target)], run_key_commands: bool) -> Result<(), Error> {
     for (record, _) in records {
         let usage = |why: String| Error::Usage(format!("{}: {why}", record.label()));
         if record.extra.is_empty() {
@@ -217,7 +223,14 @@ fn check_keys(records: &[(Record, Target)]) -> Result<(), Error> {
                     .into(),
             ));
         }
-        keys::of_record(record).map_err(|e| usage(e.to_string()))?;
+        let keys = keys::of_record(record).map_err(|e| usage(e.to_string()))?;
+        if let Some(key) = keys.iter().find(|k| k.key_command.is_some()).filter(|_| !run_key_commands) {
+            return Err(usage(format!(
+                "key {}: its keyCommand would run here, as you: records are code then; \
+                 --run-key-commands when these records are your own",
+                key.name
+            )));
+        }
     }
     Ok(())
 }

@@ -52,7 +52,10 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Usage(_) | Error::Record(_) => true,
-            Error::Privilege(e) => matches!(e, PrivilegeError::NoTerminal(_) | PrivilegeError::BadSudoCmd(_)),
+            Error::Privilege(e) => matches!(
+                e,
+                PrivilegeError::NoTerminal(_) | PrivilegeError::BadSudoCmd(_) | PrivilegeError::PasswordForCustom
+            ),
             Error::Ssh(e) => matches!(e, SshError::BadSshOpts),
             Error::Copy(e) => e.is_usage(),
             Error::Eval(e) => e.is_usage(),

@@ -71,27 +71,52 @@ impl Key {
         let bad = |why: String| Err(KeyError::Bad { key: self.name.clone(), why });
         let name_ok = !self.name.starts_with('.')
             && !self.name.is_empty()
+            && self.name.len() <= 255
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-@".contains(c));
         if !name_ok {
-            return bad("a key's name is a file name: letters, digits and . _ + - @, not first a dot".into());
+            return bad(
+                "a key's name is a file name of at most 255 bytes: letters, digits and . _ + - @, not first a dot"
+                    .into(),
+            );
         }
-        if !self.dest_dir.starts_with('/') || self.dest_dir.split('/').any(|part| part == "..") {
-            return bad(format!("destDir {:?} is not an absolute path without ..", self.dest_dir));
+        let dir_ok = self.dest_dir.starts_with('/')
+            && self.dest_dir != "/"
+            && self.dest_dir.len() < 4096
+            && !self.dest_dir.split('/').any(|part| part == ".." || part == ".")
+            && !self.dest_dir.chars().any(char::is_control);
+        if !dir_ok {
+            return bad(format!(
+                "destDir {:?} is not a directory below / (absolute, without . or .. or control characters)",
+                self.dest_dir
+            ));
         }
         for (what, id) in [("user", &self.user), ("group", &self.group)] {
             let ok = id.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && id.len() <= 32
                 && id.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
             if !ok {
                 return bad(format!("{what} {id:?} is not a user or group name"));
             }
         }
-        let mode_ok =
-            (3..=4).contains(&self.permissions.len()) && self.permissions.chars().all(|c| ('0'..='7').contains(&c));
-        if !mode_ok {
-            return bad(format!("permissions {:?} are not an octal mode such as 0600", self.permissions));
+        let mode =
+            (3..=4).contains(&self.permissions.len()).then(|| u32::from_str_radix(&self.permissions, 8).ok()).flatten();
+        match mode {
+            None => return bad(format!("permissions {:?} are not an octal mode such as 0600", self.permissions)),
+            Some(mode) if mode > 0o777 => {
+                return bad(format!(
+                    "permissions {:?} set setuid, setgid or sticky bits: a key is no program",
+                    self.permissions
+                ))
+            }
+            Some(mode) if mode & 0o400 == 0 => {
+                return bad(format!("permissions {:?} do not let the key's own user read it", self.permissions))
+            }
+            Some(_) => {}
         }
         match (&self.key_file, &self.key_command) {
-            (Some(_), None) | (None, Some(_)) => Ok(()),
+            (Some(_), None) => Ok(()),
+            (None, Some(argv)) if argv.first().is_none_or(String::is_empty) => bad("its keyCommand is empty".into()),
+            (None, Some(_)) => Ok(()),
             (None, None) => bad("it has no keyFile and no keyCommand".into()),
             (Some(_), Some(_)) => bad("it has both keyFile and keyCommand: give one".into()),
         }
@@ -126,9 +151,17 @@ impl Key {
     }
 }
 
-/// The keys a record carries (none without a `keys` field), checked.
+/// The keys a record carries (none without a `keys` field), checked. A
+/// key with `text` is refused, even beside a keyFile: its secret is in the
+/// configuration.
 pub fn of_record(record: &Record) -> Result<Vec<Key>, KeyError> {
     let Some(keys) = record.extra.get("keys") else { return Ok(Vec::new()) };
+    if let Some(list) = keys.as_array() {
+        if let Some(key) = list.iter().find(|k| k.get("text").is_some()) {
+            let name = key.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+            return Err(KeyError::Text(crate::record::excerpt(name)));
+        }
+    }
     let keys: Vec<Key> = serde_json::from_value(keys.clone()).map_err(|e| KeyError::NotKeys(e.to_string()))?;
     keys.iter().try_for_each(Key::check)?;
     Ok(keys)

@@ -6,7 +6,8 @@
 //! (`sudo -n true`) needs none. The password is asked only when a host of
 //! the run needs it, and then once for all of them.
 //!
-//! The password, when there is one, is asked once on /dev/tty and written
+//! The password, when there is one, is asked on /dev/tty (once for the
+//! run, or once per host that needs one: --sudo-password-per-host) and written
 //! to the stdin of a sudo of the run only when that sudo asks for it (its
 //! prompt is a marker we watch for on its stderr): never to the command's
 //! own input, argv, the environment, a log or a file. Without a password
@@ -16,9 +17,10 @@
 use crate::event::HostFacts;
 use crate::session::SessionError;
 use crate::target::{SshError, Target};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 /// What sudo prints (on stderr, with -S) when it asks for the password.
@@ -50,6 +52,25 @@ pub enum PrivilegeError {
     /// Bad usage: found before anything was done.
     #[error("--sudo-cmd '{0}' is not a command")]
     BadSudoCmd(String),
+    /// Bad usage: found before anything was done.
+    #[error(
+        "a sudo password goes to sudo only: a --sudo-cmd must let the user in without one (doas.conf's nopass, a \
+         polkit rule for run0 and systemd-run)"
+    )]
+    PasswordForCustom,
+}
+
+/// Whether, and how, the sudo password is asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ask {
+    /// Never: a sudo that wants one fails at once.
+    #[default]
+    Never,
+    /// Once for the run, given to every host whose sudo asks for it.
+    Once,
+    /// Once for each host that needs one, so that no host ever gets
+    /// another's.
+    PerHost,
 }
 
 /// How the privileged steps of a run become root.
@@ -57,43 +78,58 @@ pub enum PrivilegeError {
 pub struct Privilege {
     /// The program and its arguments from --sudo-cmd; None for sudo.
     custom: Option<Vec<String>>,
-    /// --ask-sudo-password: ask when a host needs it.
-    ask: bool,
-    /// The password, once asked.
-    password: OnceLock<Zeroizing<String>>,
-    /// Held while asking, so that hosts needing it at once ask once.
-    asking: Mutex<()>,
+    ask: Ask,
+    /// The passwords asked: by target for [`Ask::PerHost`], under "" for
+    /// [`Ask::Once`]. Held while asking, so that hosts needing one at once
+    /// ask once.
+    passwords: Mutex<HashMap<String, Zeroizing<String>>>,
 }
 
 impl Privilege {
     /// `sudo_cmd` split as a shell would; `ask`: ask the password when a
     /// host needs it (a terminal to ask on must be there now).
-    pub fn new(sudo_cmd: Option<&str>, ask: bool) -> Result<Privilege, PrivilegeError> {
+    pub fn new(sudo_cmd: Option<&str>, ask: Ask) -> Result<Privilege, PrivilegeError> {
         let custom = sudo_cmd
             .map(|cmd| match shlex::split(cmd) {
                 Some(words) if !words.is_empty() => Ok(words),
                 _ => Err(PrivilegeError::BadSudoCmd(cmd.to_owned())),
             })
             .transpose()?;
-        if ask {
+        if custom.is_some() && ask != Ask::Never {
+            return Err(PrivilegeError::PasswordForCustom);
+        }
+        if ask != Ask::Never {
             std::fs::File::open("/dev/tty").map_err(|e| PrivilegeError::NoTerminal(e.to_string()))?;
         }
         Ok(Privilege { custom, ask, ..Privilege::default() })
     }
 
-    /// The password for a host, asked now if it is the first to need it;
-    /// None when the host needs none (root, passwordless sudo, --sudo-cmd)
-    /// or none was to be asked.
-    fn password_for(&self, facts: &HostFacts) -> Result<Option<&str>, PrivilegeError> {
-        if facts.uid == 0 || self.custom.is_some() || !self.ask || facts.sudo_without_password == Some(true) {
+    /// The password for `target`, asked now if it is the first to need it
+    /// (of the run, or of that host with [`Ask::PerHost`]); None when the
+    /// host needs none (root, passwordless sudo, --sudo-cmd) or none was to
+    /// be asked.
+    fn password_for(&self, target: &Target, facts: &HostFacts) -> Result<Option<Zeroizing<String>>, PrivilegeError> {
+        if facts.uid == 0
+            || self.custom.is_some()
+            || self.ask == Ask::Never
+            || facts.sudo_without_password == Some(true)
+        {
             return Ok(None);
         }
-        let _asking = self.asking.lock().unwrap_or_else(|p| p.into_inner());
-        if self.password.get().is_none() {
-            let password = crate::report::while_paused(ask_password)?;
-            let _ = self.password.set(password);
+        let key = match self.ask {
+            Ask::PerHost => target.to_string(),
+            _ => String::new(),
+        };
+        let mut passwords = self.passwords.lock().unwrap_or_else(|p| p.into_inner());
+        if !passwords.contains_key(&key) {
+            let prompt = match self.ask {
+                Ask::PerHost => format!("[nixpipe] sudo password for {target}: "),
+                _ => "[nixpipe] sudo password: ".to_owned(),
+            };
+            let password = crate::report::while_paused(|| ask_password(&prompt))?;
+            passwords.insert(key.clone(), password);
         }
-        Ok(self.password.get().map(|p| p.as_str()))
+        Ok(passwords.get(&key).cloned())
     }
 
     /// The argv that runs `argv` as root on a host with `facts`, with or
@@ -136,14 +172,14 @@ impl Privilege {
         argv: &[&str],
         ssh_options: &[&str],
     ) -> Result<Child, SessionError> {
-        let password = self.password_for(facts)?;
+        let password = self.password_for(target, facts)?;
         let argv = self.argv(facts, password.is_some(), argv);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd: Command = target.command_with(&argv, ssh_options)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| SshError::from(crate::process::CannotRun::of(&cmd, e)))?;
         match password {
-            Some(password) => Ok(self.answer_sudo(target, &mut child, password).map(|()| child)?),
+            Some(password) => Ok(self.answer_sudo(target, &mut child, &password).map(|()| child)?),
             None => Ok(child),
         }
     }
@@ -258,10 +294,8 @@ fn custom_refusal(sudo: String, target: String, stderr: &str) -> Option<Privileg
 }
 
 /// Asks on the terminal, never on stdin (the pipe); no terminal is an error.
-fn ask_password() -> Result<Zeroizing<String>, PrivilegeError> {
-    rpassword::prompt_password("[nixpipe] sudo password: ")
-        .map(Zeroizing::new)
-        .map_err(|e| PrivilegeError::NoTerminal(e.to_string()))
+fn ask_password(prompt: &str) -> Result<Zeroizing<String>, PrivilegeError> {
+    rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(|e| PrivilegeError::NoTerminal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -273,8 +307,8 @@ mod tests {
     }
 
     fn asked() -> Privilege {
-        let privilege = Privilege { ask: true, ..Privilege::default() };
-        let _ = privilege.password.set(Zeroizing::new("secret".into()));
+        let privilege = Privilege { ask: Ask::Once, ..Privilege::default() };
+        privilege.passwords.lock().unwrap().insert(String::new(), Zeroizing::new("secret".into()));
         privilege
     }
 
@@ -301,16 +335,33 @@ mod tests {
     #[test]
     fn a_host_that_needs_no_password_is_given_none() {
         let privilege = asked();
-        assert_eq!(privilege.password_for(&host(0, None)).unwrap(), None);
-        assert_eq!(privilege.password_for(&host(1000, Some(true))).unwrap(), None);
-        assert_eq!(privilege.password_for(&host(1000, Some(false))).unwrap(), Some("secret"));
-        assert_eq!(Privilege::default().password_for(&host(1000, Some(false))).unwrap(), None);
+        let web1 = Target::parse("deploy@web1").unwrap();
+        let given = |p: &Privilege, facts| p.password_for(&web1, &facts).unwrap().map(|p| p.to_string());
+        assert_eq!(given(&privilege, host(0, None)), None);
+        assert_eq!(given(&privilege, host(1000, Some(true))), None);
+        assert_eq!(given(&privilege, host(1000, Some(false))).as_deref(), Some("secret"));
+        assert_eq!(given(&Privilege::default(), host(1000, Some(false))), None);
+    }
+
+    #[test]
+    fn per_host_passwords_are_kept_apart() {
+        let privilege = Privilege { ask: Ask::PerHost, ..Privilege::default() };
+        privilege.passwords.lock().unwrap().insert("deploy@web1".into(), Zeroizing::new("one".into()));
+        privilege.passwords.lock().unwrap().insert("deploy@web2".into(), Zeroizing::new("two".into()));
+        let given = |t: &str| privilege.password_for(&Target::parse(t).unwrap(), &host(1000, Some(false))).unwrap();
+        assert_eq!(given("deploy@web1").as_deref().map(String::as_str), Some("one"));
+        assert_eq!(given("deploy@web2").as_deref().map(String::as_str), Some("two"));
+    }
+
+    #[test]
+    fn a_password_for_a_sudo_cmd_is_bad_usage() {
+        assert_eq!(Privilege::new(Some("doas -n"), Ask::Once).err(), Some(PrivilegeError::PasswordForCustom));
     }
 
     #[test]
     fn the_refusals_of_doas_and_polkit_are_told_apart() {
         let target = Target::Local;
-        let refusal = |cmd: &str, stderr: &str| Privilege::new(Some(cmd), false).unwrap().refusal(&target, stderr);
+        let refusal = |cmd: &str, stderr: &str| Privilege::new(Some(cmd), Ask::Never).unwrap().refusal(&target, stderr);
         let interactive = "Failed to start transient service unit: Access denied as the requested operation \
                            requires interactive authentication. However, ...";
         for (cmd, stderr) in [
@@ -332,8 +383,8 @@ mod tests {
 
     #[test]
     fn a_custom_command_is_used_as_given() {
-        let doas = Privilege::new(Some("doas -n"), false).unwrap();
+        let doas = Privilege::new(Some("doas -n"), Ask::Never).unwrap();
         assert_eq!(doas.argv(&host(1000, None), false, &["id"]), ["doas", "-n", "id"]);
-        assert!(Privilege::new(Some(""), false).is_err());
+        assert!(Privilege::new(Some(""), Ask::Never).is_err());
     }
 }

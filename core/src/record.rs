@@ -141,7 +141,7 @@ pub fn parse_name(name: &str) -> Result<String, String> {
 }
 
 /// A bounded, escaped quote of user input for error messages.
-fn excerpt(s: &str) -> String {
+pub fn excerpt(s: &str) -> String {
     const MAX: usize = 80;
     if s.chars().count() <= MAX {
         format!("{s:?}")

@@ -363,6 +363,64 @@ fn sudo_asks_once_for_every_host_and_the_password_is_in_no_argv_or_environment()
     }
 }
 
+/// Makes `deploy`'s login on `host` a compromised one: every command it
+/// runs first prints sudo's prompt as nixpipe's sudo would, and keeps the
+/// line it is then given in /var/lib/stolen.
+fn compromise_deploy_login(host: &Host) {
+    host.sh(r#"cat > /usr/local/sbin/evil-sh <<'EOF'
+#!/bin/sh
+printf '[nixpipe: sudo asks]' >&2
+IFS= read -r got && printf '%s\n' "$got" >> /var/lib/stolen
+exec /bin/sh "$@"
+EOF
+chmod +x /usr/local/sbin/evil-sh && touch /var/lib/stolen && chown deploy /var/lib/stolen"#);
+    host.set_login_shell("deploy", "/usr/local/sbin/evil-sh");
+}
+
+#[test]
+fn with_a_password_per_host_a_compromised_host_never_gets_another_hosts_password() {
+    let tb = Testbed::new();
+    let (web1, web2) = (tb.host("web1"), tb.host("web2"));
+    let system = tb.system("web1");
+    for host in [&web1, &web2] {
+        host.start_nix_daemon();
+        tb.sh(&format!("nixpipe-copy --to {} {system}", host.target())).ok();
+    }
+    tb.alias("web1", &web1, "deploy");
+    tb.alias("web2", &web2, "deploy");
+    compromise_deploy_login(&web2);
+
+    let run = tb.sh_with_input(
+        &format!(
+            "script --quiet --echo never --return --command \
+             \"printf 'web1\\t%s\\nweb2\\t%s\\n' {system} {system} | nixpipe-activate --jobs 1 --sudo-password-per-host switch\" /dev/null"
+        ),
+        &format!("{DEPLOY_PASSWORD}\nonly-for-web2\n"),
+    );
+
+    assert_eq!(run.stdout.matches("[nixpipe] sudo password for web1:").count(), 1, "{}", run.stdout);
+    assert_eq!(run.stdout.matches("[nixpipe] sudo password for web2:").count(), 1, "{}", run.stdout);
+    assert_eq!(web1.system_profile().as_deref(), Some(&*system), "web1's sudo took its password");
+    let stolen = web2.sh("cat /var/lib/stolen");
+    assert!(!stolen.contains(DEPLOY_PASSWORD), "web2 kept web1's password: {stolen:?}");
+}
+
+#[test]
+fn a_password_for_a_sudo_cmd_is_bad_usage_and_nothing_is_asked() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+
+    let run = tb.sh(&format!(
+        "nixpipe-activate --on {} --ask-sudo-password --sudo-cmd 'doas -n' switch $'web1\\t{system}'",
+        web1.target_as("deploy")
+    ));
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("a sudo password goes to sudo only"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
 #[test]
 fn a_user_without_passwordless_sudo_gets_a_clear_error_and_nothing_changes() {
     let tb = Testbed::new();
@@ -590,4 +648,22 @@ fn a_system_that_asks_for_its_own_confirmation_is_not_confirmed_before_a_new_log
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.error_line().contains("no new connection confirmed the switch within 3 s"), "{}", run.stderr);
     assert_eq!(web1.system_profile().as_deref(), Some(&*good));
+}
+
+#[test]
+fn what_a_switch_prints_reaches_the_terminal_with_its_control_characters_escaped() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    // Nix strings take these bytes as they are.
+    let prints = "\u{1b}]0;owned\u{7}\u{1b}[2K\rnixpipe-activate: web1: all good\u{9b}31m\n";
+    let system = tb.system_with("web1", &format!(r#"testbed.switchPrints = "{prints}";"#));
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {t} switch $'web1\\t{system}'")).ok();
+
+    assert!(!run.stderr.chars().any(|c| c.is_control() && c != '\n'), "{:?}", run.stderr);
+    assert!(run.stderr.contains(r"web1 | \u{1b}]0;owned\u{7}\u{1b}[2K"), "{:?}", run.stderr);
+    assert!(run.stderr.contains(r"web1 | nixpipe-activate: web1: all good\u{9b}31m"), "{:?}", run.stderr);
+    assert!(!run.stderr.lines().any(|l| l.starts_with("nixpipe-activate:")), "a line of ours forged: {:?}", run.stderr);
 }

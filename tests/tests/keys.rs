@@ -33,7 +33,7 @@ const TWO_KEYS: &str = r#"{
 fn deploy_command(network: &str, on: &str) -> String {
     format!(
         "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --to {on} \
-         | nixpipe-activate --on {on} --keys --json switch"
+         | nixpipe-activate --on {on} --keys --run-key-commands --json switch"
     )
 }
 
@@ -129,7 +129,7 @@ fn a_deploy_user_with_sudo_writes_the_keys_as_root() {
         .ok();
 
     tb.sh(&format!(
-        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-activate --on {} --keys switch",
+        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-activate --on {} --keys --run-key-commands switch",
         web1.target_as("deploy")
     ))
     .ok();
@@ -226,7 +226,7 @@ fn across_a_fleet_each_host_gets_its_own_keys_and_no_other() {
 
     tb.sh(&format!(
         "nixpipe-eval --network {} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --jobs 2 \
-         | nixpipe-activate --jobs 2 --keys switch",
+         | nixpipe-activate --jobs 2 --keys --run-key-commands switch",
         network.display()
     ))
     .ok();
@@ -321,14 +321,14 @@ fn a_key_user_swapping_the_temporary_file_for_a_link_never_gets_root_to_follow_i
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     plant_victim(&web1);
-    web1.sh("mkdir -p /home/deploy/secrets && chown deploy:deploy /home/deploy/secrets && chmod 0700 /home/deploy/secrets");
+    web1.sh(
+        "mkdir -p /home/deploy/secrets && chown deploy:deploy /home/deploy/secrets && chmod 0700 /home/deploy/secrets",
+    );
     // The key's user, racing: every temporary file that appears in its
     // directory is replaced by a link to root's secret, for 30 s.
-    web1.sh(
-        "(setpriv --reuid=deploy --regid=deploy --clear-groups sh -c 'end=$(($(date +%s) + 30)); \
+    web1.sh("(setpriv --reuid=deploy --regid=deploy --clear-groups sh -c 'end=$(($(date +%s) + 30)); \
          while [ $(date +%s) -lt $end ]; do for f in /home/deploy/secrets/.nixpipe-key.*; do \
-         [ -f \"$f\" ] && ln -sf /root/victim \"$f\"; done; done' </dev/null >/dev/null 2>&1 &)",
-    );
+         [ -f \"$f\" ] && ln -sf /root/victim \"$f\"; done; done' </dev/null >/dev/null 2>&1 &)");
     let file = key_of_size(&tb, 4 << 20);
 
     for _ in 0..5 {
@@ -381,4 +381,59 @@ fn a_connection_cut_mid_upload_leaves_no_part_of_the_key() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(web1.sh("ls -A /run/keys"), "", "nothing partial is left");
     assert!(web1.switch_log().is_empty());
+}
+
+#[test]
+fn a_key_command_from_records_runs_only_when_the_user_says_they_are_theirs() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let marker = tb.path().join("ran");
+    let key = format!(
+        r#"{{"name":"app","keyCommand":["touch","{}"],"destDir":"/run/keys","user":"root","group":"root","permissions":"0600"}}"#,
+        marker.display()
+    );
+    let record = format!(r#"{{"name":"web1","path":"{system}","keys":[{key}]}}"#);
+    std::fs::write(tb.path().join("record.json"), format!("{record}\n")).unwrap();
+
+    let run = tb.sh(&format!("nixpipe-activate --on {} --keys switch < record.json", web1.target()));
+
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("key app: its keyCommand would run here, as you"), "{}", run.stderr);
+    assert!(run.error_line().ends_with("--run-key-commands when these records are your own"), "{}", run.stderr);
+    assert!(!marker.exists(), "the command never ran");
+}
+
+#[test]
+fn key_settings_that_make_no_sense_are_refused_before_any_host_is_touched() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let long = "k".repeat(256);
+    let cases = [
+        (r#""permissions":"4777""#, "setuid, setgid or sticky"),
+        (r#""permissions":"6755""#, "setuid, setgid or sticky"),
+        (r#""permissions":"0000""#, "do not let the key's own user read it"),
+        (r#""destDir":"/""#, "is not a directory below /"),
+        (r#""destDir":"/run/keys\u001b[2J""#, "is not a directory below /"),
+        (&*format!(r#""name":"{long}""#), "at most 255 bytes"),
+        (r#""keyFile":null,"keyCommand":[]"#, "its keyCommand is empty"),
+        (r#""text":"hunter2""#, "a key's text lives in the repository"),
+    ];
+    for (setting, why) in cases {
+        let key = format!(
+            r#"{{"name":"app","keyFile":"/dev/null","destDir":"/run/keys","user":"root","group":"root","permissions":"0600",{setting}}}"#
+        );
+        let record = format!(r#"{{"name":"web1","path":"{system}","keys":[{key}]}}"#);
+        std::fs::write(tb.path().join("record.json"), format!("{record}\n")).unwrap();
+
+        let run =
+            tb.sh(&format!("nixpipe-activate --on {} --keys --run-key-commands switch < record.json", web1.target()));
+
+        assert_eq!(run.code, 2, "{setting}: {}", run.stderr);
+        assert!(run.error_line().contains(why), "{setting}: {}", run.stderr);
+        assert!(!run.stderr.contains("hunter2"));
+    }
+    assert!(web1.switch_log().is_empty());
+    assert_eq!(web1.sh("ls -A /run/keys 2>/dev/null || true"), "");
 }

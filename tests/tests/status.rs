@@ -102,3 +102,23 @@ fn garbage_on_stdin_is_one_line_and_asks_no_host() {
     assert!(run.error_line().starts_with("nixpipe-status: "), "{}", run.stderr);
     assert!(run.stdout.is_empty());
 }
+
+#[test]
+fn what_a_host_says_reaches_the_terminal_with_its_control_characters_escaped() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    tb.alias("web1", &web1, "root");
+    let system = tb.system("web1");
+    // A running system whose name sets the terminal's title, writes its
+    // clipboard (OSC 52), erases the line and forges one of ours.
+    web1.sh(r#"d="$(printf '/nix/store/x\033]0;owned\007\033]52;c;Zm9v\007\033[2K\r\033[8mweb1: runs it')" && mkdir -p "$d" && ln -sfn "$d" /run/current-system"#);
+
+    let run = tb.sh(&format!("nixpipe-status $'web1\\t{system}'"));
+
+    assert!(
+        !run.stderr.contains('\u{1b}') && !run.stderr.contains('\u{7}') && !run.stderr.contains('\r'),
+        "{:?}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(r"\u{1b}]52;c;Zm9v"), "{:?}", run.stderr);
+}
