@@ -54,6 +54,8 @@ pub enum CopyError {
     NotValid { path: StorePath, store: String },
     #[error("the source store has no path info for {0}")]
     NoPathInfo(StorePath),
+    #[error("the store on {store} left {path} out of its closure: it does not have it; nothing was copied")]
+    LeftOut { path: StorePath, store: String },
     #[error(
         "{path}: the NAR from {from} has hash {got}, not {expected} as its store records; stopped before the target registered it"
     )]
@@ -307,6 +309,11 @@ fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &
     source.greet()?;
     let infos = source.closure_infos(&wanted)?;
     let closure: Vec<StorePath> = infos.iter().map(|info| info.path.clone()).collect();
+    // A source that answers with a closure without the path asked for
+    // must not pass for one that copied it.
+    if let Some(path) = wanted.iter().find(|p| !closure.contains(p)) {
+        return Err(CopyError::LeftOut { path: path.clone(), store: from.to_string() });
+    }
     let ordered = dependency_order(&closure, infos)?;
     let present = sink.present(&closure, options.substitute)?;
     let missing = ordered

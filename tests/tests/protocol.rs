@@ -199,3 +199,30 @@ fn a_user_who_is_not_root_copies_into_the_local_store_through_its_daemon() {
     assert_eq!(web1.sh(&format!("stat -c %U {chain}")).trim(), "root", "written by the daemon");
     web1.assert_store_sound();
 }
+
+#[test]
+fn a_source_whose_closure_leaves_out_the_path_asked_for_is_an_error_naming_it() {
+    let tb = Testbed::new();
+    let (build1, web1) = (tb.host("build1"), tb.host("web1"));
+    let chain = tb.filler(3, 100, "-left-out");
+    tb.sh(&format!("nixpipe-copy --to {} {chain}", build1.target())).ok();
+    tb.sh(&format!("nix-store --delete $(nix-store --query --requisites {chain})")).ok();
+    // build1's nix-store answers every closure without the path asked for.
+    build1.sh(r#"mkdir -p /run/nixpipe-lying && ln -sfn /usr/bin/nix /run/nixpipe-lying/nix-store
+mount -t tmpfs -o mode=755 nixpipe-lying /usr/local/bin
+cat >/usr/local/bin/nix-store <<'EOF'
+#!/bin/sh
+case "$*" in
+    *--requisites*) last=; for a; do last=$a; done; /run/nixpipe-lying/nix-store "$@" | grep -vxF "$last" ;;
+    *) exec /run/nixpipe-lying/nix-store "$@" ;;
+esac
+EOF
+chmod +x /usr/local/bin/nix-store"#);
+
+    let run = tb.sh(&format!("nixpipe-copy --protocol daemon --from {} --to {} {chain}", build1.target(), web1.target()));
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains(&format!("left {chain} out of its closure")), "{}", run.stderr);
+    assert_eq!(run.stdout, "", "no record for a path that is not there");
+    assert!(!web1.has(&chain));
+}
