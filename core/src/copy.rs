@@ -46,6 +46,8 @@ pub enum CopyError {
     Ssh(#[from] SshError),
     #[error("connection to the store on {store} broke: {why}")]
     Broken { store: String, why: String },
+    #[error("the store's server on {store} broke the protocol: {why}")]
+    Protocol { store: String, why: String },
     #[error("the store on {store} refused: {why}")]
     Refused { store: String, why: String },
     #[error("nix-store on {store}: {why}")]

@@ -152,8 +152,12 @@ pub fn read_hello(r: &mut impl Read) -> io::Result<Hello> {
     }
     let theirs = Version(read_u64(r)?);
     if theirs.0 >> 8 != OURS.0 >> 8 || theirs < Version::OLDEST {
-        let message =
-            format!("speaks worker protocol {theirs}; nixpipe needs {} or newer (Nix 2.4 or newer)", Version::OLDEST);
+        let message = match theirs.0 >> 8 > OURS.0 >> 8 {
+            true => format!("speaks worker protocol {theirs}, newer than the {}.x nixpipe speaks", OURS.0 >> 8),
+            false => {
+                format!("speaks worker protocol {theirs}; nixpipe needs {} or newer (Nix 2.4 or newer)", Version::OLDEST)
+            }
+        };
         return Err(io::Error::new(io::ErrorKind::Unsupported, message));
     }
     let version = theirs.min(OURS);
@@ -509,6 +513,15 @@ mod tests {
         let err = read_hello(&mut &buf[..]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported);
         assert!(err.to_string().contains("worker protocol 1.21"), "{err}");
+    }
+
+    #[test]
+    fn a_daemon_newer_than_ours_is_named_as_newer() {
+        let mut buf = Vec::new();
+        write_u64(&mut buf, SERVER_MAGIC).unwrap();
+        write_u64(&mut buf, 0x200).unwrap();
+        let err = read_hello(&mut &buf[..]).unwrap_err().to_string();
+        assert!(err.ends_with("speaks worker protocol 2.0, newer than the 1.x nixpipe speaks"), "{err}");
     }
 
     #[test]

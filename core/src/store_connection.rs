@@ -201,6 +201,12 @@ impl Server {
         if let Some(Refusal(why)) = Refusal::of(&error) {
             return CopyError::Refused { store: self.target.to_string(), why: why.clone() };
         }
+        // A live server that broke the protocol is not waited for: what it
+        // sent is the error, not how it ended once killed.
+        if error.kind() == io::ErrorKind::InvalidData {
+            self.kill();
+            return CopyError::Protocol { store: self.target.to_string(), why: error.to_string() };
+        }
         match self.wait_briefly() {
             Some(status) if !status.success() || !self.all_stderr().is_empty() => self.failure(status),
             _ => CopyError::Broken { store: self.target.to_string(), why: error.to_string() },

@@ -226,3 +226,36 @@ chmod +x /usr/local/bin/nix-store"#);
     assert_eq!(run.stdout, "", "no record for a path that is not there");
     assert!(!web1.has(&chain));
 }
+
+#[test]
+fn a_peer_that_breaks_the_protocol_is_named_with_what_it_sent_at_once() {
+    let tb = Testbed::new();
+    let (build1, web1) = (tb.host("build1"), tb.host("web1"));
+    let chain = tb.filler(1, 100, "-peer-breaks");
+    // build1's nix-store --serve greets, answers the closure query with a
+    // path outside the store, and stays on the line.
+    build1.sh(r#"mkdir -p /run/nixpipe-broken && ln -sfn /usr/bin/nix /run/nixpipe-broken/nix-store
+mount -t tmpfs -o mode=755 nixpipe-broken /usr/local/bin
+cat >/usr/local/bin/nix-store <<'EOF'
+#!/bin/sh
+for arg; do
+    if [ "$arg" = --serve ]; then
+        head -c 16 >/dev/null
+        printf '\313\356\122\124\000\000\000\000\005\002\000\000\000\000\000\000'
+        printf '\001\000\000\000\000\000\000\000\013\000\000\000\000\000\000\000/etc/passwd\000\000\000\000\000'
+        exec sleep 600
+    fi
+done
+exec /run/nixpipe-broken/nix-store "$@"
+EOF
+chmod +x /usr/local/bin/nix-store"#);
+
+    let started = std::time::Instant::now();
+    let run = tb.sh(&format!("nixpipe-copy --protocol serve --from {} --to {} {chain}", build1.target(), web1.target()));
+
+    assert_eq!(run.code, 1);
+    let error = run.error_line();
+    assert!(error.contains("broke the protocol") && error.contains("/etc/passwd"), "{error}");
+    assert!(!error.contains("signal"), "{error}");
+    assert!(started.elapsed().as_secs() < 4, "it waited {:?}", started.elapsed());
+}
