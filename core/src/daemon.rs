@@ -155,7 +155,10 @@ pub fn read_hello(r: &mut impl Read) -> io::Result<Hello> {
         let message = match theirs.0 >> 8 > OURS.0 >> 8 {
             true => format!("speaks worker protocol {theirs}, newer than the {}.x nixpipe speaks", OURS.0 >> 8),
             false => {
-                format!("speaks worker protocol {theirs}; nixpipe needs {} or newer (Nix 2.4 or newer)", Version::OLDEST)
+                format!(
+                    "speaks worker protocol {theirs}; nixpipe needs {} or newer (Nix 2.4 or newer)",
+                    Version::OLDEST
+                )
             }
         };
         return Err(io::Error::new(io::ErrorKind::Unsupported, message));

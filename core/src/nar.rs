@@ -119,12 +119,43 @@ struct Follow<'a, R: Read, W: Write> {
 }
 
 impl<R: Read, W: Write> Follow<'_, R, W> {
+    /// The whole NAR, checked as Nix's parser checks it, without
+    /// recursion: a NAR may nest directories as deep as its sender likes.
     fn archive(&mut self) -> Result<(), RelayError> {
         self.expect(b"nix-archive-1")?;
-        self.node()
+        // The open directories, innermost last, each with the name of its
+        // last entry: entries come sorted, each once.
+        let mut open: Vec<Option<Vec<u8>>> = Vec::new();
+        self.node(&mut open)?;
+        while let Some(last) = open.last_mut() {
+            match self.token()?.as_slice() {
+                b")" => {
+                    open.pop();
+                    // A directory inside another ends its entry too.
+                    if !open.is_empty() {
+                        self.expect(b")")?;
+                    }
+                }
+                b"entry" => {
+                    self.expect(b"(")?;
+                    self.expect(b"name")?;
+                    let name = self.token()?;
+                    check_entry_name(&name, last.as_deref())?;
+                    *last = Some(name);
+                    self.expect(b"node")?;
+                    if !self.node(&mut open)? {
+                        self.expect(b")")?;
+                    }
+                }
+                _ => return Err(not_a_nar("a directory entry or its end")),
+            }
+        }
+        Ok(())
     }
 
-    fn node(&mut self) -> Result<(), RelayError> {
+    /// One node: a file or symlink is read to its end (false); a directory
+    /// is opened, its entries left to [`Follow::archive`] (true).
+    fn node(&mut self, open: &mut Vec<Option<Vec<u8>>>) -> Result<bool, RelayError> {
         self.expect(b"(")?;
         self.expect(b"type")?;
         match self.token()?.as_slice() {
@@ -143,23 +174,14 @@ impl<R: Read, W: Write> Follow<'_, R, W> {
                 self.expect(b"target")?;
                 self.token()?;
             }
-            b"directory" => loop {
-                match self.token()?.as_slice() {
-                    b")" => return Ok(()),
-                    b"entry" => {
-                        self.expect(b"(")?;
-                        self.expect(b"name")?;
-                        self.token()?;
-                        self.expect(b"node")?;
-                        self.node()?;
-                        self.expect(b")")?;
-                    }
-                    _ => return Err(not_a_nar("a directory entry or its end")),
-                }
-            },
+            b"directory" => {
+                open.push(None);
+                return Ok(true);
+            }
             _ => return Err(not_a_nar("a regular file, symlink or directory")),
         }
-        self.expect(b")")
+        self.expect(b")")?;
+        Ok(false)
     }
 
     fn expect(&mut self, word: &[u8]) -> Result<(), RelayError> {
@@ -208,6 +230,20 @@ impl<R: Read, W: Write> Follow<'_, R, W> {
         self.seen += buf.len() as u64;
         self.to.write_all(&buf[..fits]).map_err(RelayError::Write)
     }
+}
+
+/// A directory entry's name as Nix's NAR parser takes it: not empty, not
+/// `.` or `..`, without `/` or NUL, after the entry before it (sorted, each
+/// once). Anything else could write outside its directory, or twice.
+fn check_entry_name(name: &[u8], previous: Option<&[u8]>) -> Result<(), RelayError> {
+    let shown = String::from_utf8_lossy(name);
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(not_a_nar(&format!("an entry name, not {shown:?}")));
+    }
+    if previous.is_some_and(|previous| name <= previous) {
+        return Err(not_a_nar(&format!("entries sorted and each once, not {shown:?} again or out of order")));
+    }
+    Ok(())
 }
 
 fn not_a_nar(expected: &str) -> RelayError {
@@ -565,6 +601,52 @@ mod tests {
         let err = relay(&mut &cut[..], &mut Vec::new(), nar.len() as u64, &NarHash::of(&nar), Check::AtTarget, |_| {})
             .unwrap_err();
         assert!(matches!(err, RelayError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    /// A NAR of a directory with these entries (each an empty file), in
+    /// the order given.
+    fn nar_of_dir(names: &[&[u8]]) -> Vec<u8> {
+        let mut nar = Vec::new();
+        strs(&mut nar, &[b"nix-archive-1", b"(", b"type", b"directory"]).unwrap();
+        for name in names {
+            strs(&mut nar, &[b"entry", b"(", b"name", name, b"node"]).unwrap();
+            strs(&mut nar, &[b"(", b"type", b"regular", b"contents", b"", b")", b")"]).unwrap();
+        }
+        strs(&mut nar, &[b")"]).unwrap();
+        nar
+    }
+
+    fn relayed_here(nar: &[u8]) -> Result<(), RelayError> {
+        relay(&mut &nar[..], &mut Vec::new(), nar.len() as u64, &NarHash::of(nar), Check::Here, |_| {})
+    }
+
+    #[test]
+    fn entries_are_checked_as_nix_checks_them() {
+        assert!(relayed_here(&nar_of_dir(&[b"a", b"b"])).is_ok());
+        let bad: [&[&[u8]]; 8] =
+            [&[b".."], &[b"."], &[b"/"], &[b"a/b"], &[b"a\0b"], &[b""], &[b"a", b"a"], &[b"b", b"a"]];
+        for names in bad {
+            let err = relayed_here(&nar_of_dir(names)).unwrap_err();
+            assert!(
+                matches!(&err, RelayError::Read(e) if e.to_string().starts_with("not a NAR")),
+                "{names:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_nar_nested_deeper_than_any_stack_is_followed_without_recursion() {
+        let depth = 200_000;
+        let mut nar = Vec::new();
+        strs(&mut nar, &[b"nix-archive-1", b"(", b"type", b"directory"]).unwrap();
+        for _ in 0..depth {
+            strs(&mut nar, &[b"entry", b"(", b"name", b"d", b"node", b"(", b"type", b"directory"]).unwrap();
+        }
+        strs(&mut nar, &[b")"]).unwrap();
+        for _ in 0..depth {
+            strs(&mut nar, &[b")", b")"]).unwrap();
+        }
+        assert!(relayed_here(&nar).is_ok());
     }
 
     #[test]

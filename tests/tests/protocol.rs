@@ -219,7 +219,8 @@ esac
 EOF
 chmod +x /usr/local/bin/nix-store"#);
 
-    let run = tb.sh(&format!("nixpipe-copy --protocol daemon --from {} --to {} {chain}", build1.target(), web1.target()));
+    let run =
+        tb.sh(&format!("nixpipe-copy --protocol daemon --from {} --to {} {chain}", build1.target(), web1.target()));
 
     assert_eq!(run.code, 1);
     assert!(run.error_line().contains(&format!("left {chain} out of its closure")), "{}", run.stderr);
@@ -251,7 +252,8 @@ EOF
 chmod +x /usr/local/bin/nix-store"#);
 
     let started = std::time::Instant::now();
-    let run = tb.sh(&format!("nixpipe-copy --protocol serve --from {} --to {} {chain}", build1.target(), web1.target()));
+    let run =
+        tb.sh(&format!("nixpipe-copy --protocol serve --from {} --to {} {chain}", build1.target(), web1.target()));
 
     assert_eq!(run.code, 1);
     let error = run.error_line();
