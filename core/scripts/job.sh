@@ -57,12 +57,16 @@ launch() {
     follow "$1" 0 0
 }
 
-# send_log END: the log's bytes from $log_at up to byte END, as one frame.
+# send_log END: the log's bytes from $log_at up to byte END, in frames of
+# at most 1 MiB (nixpipe takes no longer ones).
 send_log() {
-    [ "$1" -gt "$log_at" ] || return 0
-    printf 'nixpipe-frame log %s\n' "$(($1 - log_at))" >&3
-    tail -c +"$((log_at + 1))" "$d/log" | head -c "$(($1 - log_at))" >&3
-    log_at=$1
+    while [ "$1" -gt "$log_at" ]; do
+        n=$(($1 - log_at))
+        [ "$n" -gt 1048576 ] && n=1048576
+        printf 'nixpipe-frame log %s\n' "$n" >&3
+        tail -c +"$((log_at + 1))" "$d/log" | head -c "$n" >&3
+        log_at=$((log_at + n))
+    done
 }
 
 # send_events: each whole event line after byte $events_at as a frame,

@@ -580,6 +580,9 @@ fn verdict(target: &str, path: &str, action: Action, opts: &Options, end: &job::
         }
         JobResult::Rejected(rollback) => ActivationError::CheckFailed { target, rollback },
         JobResult::Lost(why) => ActivationError::Lost { target, why, log },
+        JobResult::Gone => {
+            ActivationError::Lost { target, why: "the job is gone from the target (did it reboot?)".into(), log }
+        }
     })
 }
 

@@ -247,7 +247,7 @@ fn store_path(text: &str) -> io::Result<StorePath> {
 }
 
 fn read_store_paths(r: &mut impl Read) -> io::Result<Vec<StorePath>> {
-    read_strings(r)?.iter().map(|text| store_path(text)).collect()
+    wire::read_list(r, |text| store_path(&text))
 }
 
 /// narHash as the daemon sends it: the digest alone, base 16.

@@ -187,6 +187,9 @@ pub enum JobResult {
     Locked(String),
     /// The job cannot be followed any more: why.
     Lost(String),
+    /// No such job on the target: it never started there, or the target
+    /// rebooted since (/run is gone).
+    Gone,
 }
 
 /// What came of a failed switch.
@@ -241,6 +244,12 @@ pub struct VmState {
 }
 
 /// Every event in a script's output, in order.
+/// Whether a line of a script's output is one of its events: the only
+/// lines of a host's output nixpipe keeps.
+pub fn is_event_line(line: &[u8]) -> bool {
+    line.starts_with(MARK.as_bytes())
+}
+
 pub fn parse_all(output: &[u8]) -> Vec<Event> {
     String::from_utf8_lossy(output).lines().filter_map(parse_line).collect()
 }
@@ -358,7 +367,7 @@ fn job_result(outcome: &str, detail: &str, units: Vec<String>) -> JobResult {
         "unconfirmed" => JobResult::Unconfirmed(Rollback::parse(detail)),
         "rejected" => JobResult::Rejected(Rollback::parse(detail)),
         "locked" => JobResult::Locked(detail.to_owned()),
-        "gone" => JobResult::Lost("the job is gone from the target (did it reboot?)".into()),
+        "gone" => JobResult::Gone,
         "vanished" => JobResult::Lost("the job died without a result".into()),
         other => JobResult::Lost(format!("the job ended with an unknown result '{other}'")),
     }

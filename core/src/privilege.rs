@@ -236,8 +236,7 @@ impl Privilege {
             // A command that died early is reported from its stderr.
             let _ = stdin.write_all(input);
         }
-        child
-            .wait_with_output()
+        crate::process::wait_keeping(child, crate::event::is_event_line)
             .map_err(|e| SshError::from(crate::process::CannotRun { program: "ssh".into(), why: e.to_string() }).into())
     }
 

@@ -169,7 +169,14 @@ impl<'a> Session<'a> {
     ) -> Result<Vec<Event>, SessionError> {
         let argv = script.argv(args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let output = process::capture(&mut self.target.command_with(&argv, ssh_options)?).map_err(SshError::from)?;
+        let mut cmd = self.target.command_with(&argv, ssh_options)?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let output = cmd
+            .spawn()
+            .and_then(|child| process::wait_keeping(child, crate::event::is_event_line))
+            .map_err(|e| SshError::from(process::CannotRun::of(&cmd, e)))?;
         if !output.status.success() {
             return Err(self.target.failure(script.name(), &output).into());
         }

@@ -9,8 +9,10 @@ use std::io::{self, Read, Write};
 
 /// The longest string a peer may send us: store paths, hashes, signatures.
 pub const MAX_STRING: u64 = 1 << 20;
-/// The longest list: a closure of many paths, never more.
-pub const MAX_LIST: u64 = 1 << 24;
+/// The longest list: a closure of a million paths, twenty times the
+/// largest NixOS system; a peer that says more is refused before anything
+/// of it is read.
+pub const MAX_LIST: u64 = 1 << 20;
 
 pub fn write_u64(w: &mut impl Write, n: u64) -> io::Result<()> {
     w.write_all(&n.to_le_bytes())
@@ -55,11 +57,17 @@ pub fn read_string(r: &mut impl Read) -> io::Result<String> {
 }
 
 pub fn read_strings(r: &mut impl Read) -> io::Result<Vec<String>> {
+    read_list(r, Ok)
+}
+
+/// A list of strings, each taken by `item` as it is read: a bad one stops
+/// the read there, before the rest of a list of junk is held.
+pub fn read_list<T>(r: &mut impl Read, mut item: impl FnMut(String) -> io::Result<T>) -> io::Result<Vec<T>> {
     let count = read_u64(r)?;
     if count > MAX_LIST {
-        return Err(invalid(format!("a list of {count} strings")));
+        return Err(invalid(format!("a list of {count} strings (at most {MAX_LIST})")));
     }
-    (0..count).map(|_| read_string(r)).collect()
+    (0..count).map(|_| read_string(r).and_then(&mut item)).collect()
 }
 
 /// How many zeros follow `len` bytes of a string.

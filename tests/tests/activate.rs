@@ -667,3 +667,31 @@ fn what_a_switch_prints_reaches_the_terminal_with_its_control_characters_escaped
     assert!(run.stderr.contains(r"web1 | nixpipe-activate: web1: all good\u{9b}31m"), "{:?}", run.stderr);
     assert!(!run.stderr.lines().any(|l| l.starts_with("nixpipe-activate:")), "a line of ours forged: {:?}", run.stderr);
 }
+
+#[test]
+fn a_login_that_forges_a_huge_frame_header_neither_takes_memory_nor_hides_the_switch() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    tb.sh(&format!("nixpipe-copy --to {t} {system}")).ok();
+    // root's login says a 5 GB log frame follows, then sends 200 MB.
+    web1.sh(r#"cat > /usr/local/sbin/forge-sh <<'EOF'
+#!/bin/sh
+echo 'nixpipe-frame log 5000000000'
+head -c 200000000 /dev/zero
+echo
+exec /bin/sh "$@"
+EOF
+chmod +x /usr/local/sbin/forge-sh"#);
+    web1.set_login_shell("root", "/usr/local/sbin/forge-sh");
+
+    let run =
+        tb.sh(&format!("/usr/bin/time -f 'maxrss %M' nixpipe-activate --on {t} --json switch $'web1\\t{system}'"));
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json_lines()[0]["result"], "activated");
+    let kib: u64 = run.stderr.lines().find_map(|l| l.strip_prefix("maxrss ")).unwrap().trim().parse().unwrap();
+    assert!(kib < 64 << 10, "{} MiB", kib >> 10);
+    assert_eq!(web1.system_profile().as_deref(), Some(&*system));
+}

@@ -122,3 +122,35 @@ fn what_a_host_says_reaches_the_terminal_with_its_control_characters_escaped() {
     );
     assert!(run.stderr.contains(r"\u{1b}]52;c;Zm9v"), "{:?}", run.stderr);
 }
+
+/// The most memory `run` (of `/usr/bin/time -f 'maxrss %M' ...`) took, in MiB.
+fn max_rss_mib(stderr: &str) -> u64 {
+    let kib: u64 = stderr.lines().find_map(|l| l.strip_prefix("maxrss ")).expect("time's line").trim().parse().unwrap();
+    kib / 1024
+}
+
+#[test]
+fn a_login_that_prints_a_flood_before_the_answer_costs_no_memory() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    tb.alias("web1", &web1, "root");
+    let system = tb.system("web1");
+    tb.sh(&format!("nixpipe-copy --to web1 $'web1\\t{system}' | nixpipe-activate switch")).ok();
+    // root's login prints 300 MB on stdout (and 30 MB on stderr) before
+    // every command it runs.
+    web1.sh(r#"cat > /usr/local/sbin/flood-sh <<'EOF'
+#!/bin/sh
+head -c 300000000 /dev/zero | tr '\0' x
+echo
+head -c 30000000 /dev/zero | tr '\0' y >&2
+echo >&2
+exec /bin/sh "$@"
+EOF
+chmod +x /usr/local/sbin/flood-sh"#);
+    web1.set_login_shell("root", "/usr/local/sbin/flood-sh");
+
+    let run = tb.sh(&format!("/usr/bin/time -f 'maxrss %M' nixpipe-status --json $'web1\\t{system}'")).ok();
+
+    assert_eq!(run.json_lines()[0]["runs"], true);
+    assert!(max_rss_mib(&run.stderr) < 64, "{} MiB", max_rss_mib(&run.stderr));
+}

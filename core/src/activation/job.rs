@@ -18,6 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What starts the header of a frame of job.sh's follow.
 const FRAME: &str = "nixpipe-frame ";
+/// The longest frame job.sh sends (it sends a long log in pieces of 1 MiB);
+/// a header that says more is no frame of ours.
+const LONGEST_FRAME: u64 = 4 << 20;
 /// How long nixpipe keeps trying to get a dropped connection back.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
 /// A link that died without a word is noticed within 15 s, not hours.
@@ -110,7 +113,13 @@ impl<'a> Job<'a> {
         let (status, stderr) =
             self.follow(&mut follower, "launch", &launch, &KEEPALIVE).map_err(ActivationError::NotStarted)?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
-            return Err(self.launch_failure(status, &stderr));
+            // Nothing said it started; whether it did is the host's to say.
+            let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
+            let options = [&NEW_CONNECTION[..], &KEEPALIVE[..]].concat();
+            let follow = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], &options);
+            if follow.is_err() || matches!(follower.result, None | Some(JobResult::Gone)) {
+                return Err(self.launch_failure(status, &stderr));
+            }
         }
         let give_up = Instant::now() + RECONNECT_FOR;
         while follower.result.is_none() {
@@ -246,12 +255,9 @@ enum Frame {
 /// its header said when the connection dropped). None at the end. A line
 /// that is no frame header (what a login shell printed, say) is skipped.
 fn read_frame(input: &mut impl BufRead) -> Option<(Frame, Vec<u8>)> {
-    let mut header = Vec::new();
     loop {
-        header.clear();
-        if input.read_until(b'\n', &mut header).ok()? == 0 {
-            return None;
-        }
+        // Bounded: a login shell may print anything, as long as it likes.
+        let header = process::bounded_line(input, 256).ok()??;
         let text = String::from_utf8_lossy(&header);
         let Some((kind, length)) = text.trim_end().strip_prefix(FRAME).and_then(|rest| rest.split_once(' ')) else {
             continue;
@@ -261,7 +267,7 @@ fn read_frame(input: &mut impl BufRead) -> Option<(Frame, Vec<u8>)> {
             "event" => Frame::Event,
             _ => continue,
         };
-        let Ok(length) = length.parse::<u64>() else { continue };
+        let Some(length) = length.parse::<u64>().ok().filter(|&l| l <= LONGEST_FRAME) else { continue };
         let mut bytes = Vec::new();
         let _ = input.take(length).read_to_end(&mut bytes);
         return Some((kind, bytes));
@@ -404,6 +410,15 @@ mod tests {
         assert_eq!(read_frame(&mut input), Some((Frame::Log, b"nixpipe-frame event 3\n".to_vec())));
         assert_eq!(read_frame(&mut input), Some((Frame::Event, b"nixpipe-event\tstarted\n".to_vec())));
         assert_eq!(read_frame(&mut input), None);
+    }
+
+    #[test]
+    fn a_frame_longer_than_any_of_ours_is_no_frame() {
+        let out = "nixpipe-frame log 5000000000\nx\nnixpipe-frame event 22\nnixpipe-event\tstarted\n";
+        let mut input = out.as_bytes();
+        assert_eq!(read_frame(&mut input), Some((Frame::Event, b"nixpipe-event\tstarted\n".to_vec())));
+        let endless = format!("{}nixpipe-frame event 22\nnixpipe-event\tstarted\n", "y".repeat(10 << 20));
+        assert_eq!(read_frame(&mut endless.as_bytes()), None, "a header line is at most 256 bytes");
     }
 
     #[test]
