@@ -502,11 +502,13 @@ fn run(
     }
 }
 
-/// Reboots into `system`; with --confirm-timeout, a host that comes back on
-/// another system within it is made to boot the previous generation again
-/// (it is the boot default again, then the host is rebooted once more).
+/// Reboots into `system`, waiting up to `wait` seconds (--reboot-timeout)
+/// for the host to be back, whatever --confirm-timeout says: a boot slower
+/// than the confirmation must not leave the failed system the boot
+/// default. With --confirm-timeout, a host that comes back on another
+/// system is made to boot the previous generation again (it is the boot
+/// default again, then the host is rebooted once more).
 fn rebooted(session: &Session, label: &str, system: &str, wait: u64, opts: &Options) -> Verdict {
-    let wait = opts.confirm_timeout.unwrap_or(wait);
     let error = match reboot::reboot(session, label, wait).and_then(|state| reboot::runs(session, &state, system)) {
         Ok(()) => return Verdict::Activated,
         Err(error) => error,
