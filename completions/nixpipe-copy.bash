@@ -23,7 +23,7 @@ _nixpipe__copy() {
 
     case "${cmd}" in
         nixpipe__copy)
-            opts="-s -j -h -V --to --from --protocol --substitute-on-destination --sign-key --compress --no-gc-root --dry-run --via --cache-url --jobs --json --help --version"
+            opts="-s -j -h -V --to --from --protocol --substitute-on-destination --sign-key --compress --no-gc-root --dry-run --via --cache-url --jobs --timeout --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -62,6 +62,10 @@ _nixpipe__copy() {
                     return 0
                     ;;
                 -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -9,6 +9,7 @@ zstd\t'zstd-compressed by nixpipe, decompressed by the target\'s zstd (or ssh\'s
 complete -c nixpipe-copy -l via -d 'Upload once: copy the closures to this relay host or binary cache (file:///DIR, with --sign-key), and let every target fetch them from there' -r
 complete -c nixpipe-copy -l cache-url -d 'Where the targets fetch a --via file:///DIR cache from, e.g. https://cache.example.org [default: the file:// URL itself, for a directory every target mounts]' -r
 complete -c nixpipe-copy -s j -l jobs -d 'Work on up to N hosts at once' -r
+complete -c nixpipe-copy -l timeout -d 'Give up on a host (or store) that neither says nor takes a byte for SECONDS: a login that hangs, a daemon that never answers, a frozen link; the other hosts go on' -r
 complete -c nixpipe-copy -s s -l substitute-on-destination -d 'Let the target fetch what it can from its own substituters first'
 complete -c nixpipe-copy -l no-gc-root -d 'Keep no GC root on the target for the records copied (by default each record\'s path is one, under /nix/var/nix/gcroots/nixpipe/NAME, until nixpipe-activate has put it in the system profile)'
 complete -c nixpipe-copy -l dry-run -d 'Say on stderr what would be copied; copy nothing, write no records'

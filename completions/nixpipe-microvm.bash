@@ -151,7 +151,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__install)
-            opts="-h --on --ask-sudo-password --sudo-cmd --restart --build-on-host --json --help"
+            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --restart --build-on-host --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -177,7 +177,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__list)
-            opts="-h --on --ask-sudo-password --sudo-cmd --json --help"
+            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -199,7 +199,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__remove)
-            opts="-h --on --ask-sudo-password --sudo-cmd --purge --help"
+            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --purge --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -221,7 +221,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__switch)
-            opts="-j -h --vm --no-hostname-check --ask-sudo-password --sudo-cmd --jobs --json --help switch boot test dry-activate check"
+            opts="-j -h --vm --no-hostname-check --ask-sudo-password --sudo-password-per-host --sudo-cmd --jobs --timeout --json --help switch boot test dry-activate check"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -240,6 +240,10 @@ _nixpipe__microvm() {
                     return 0
                     ;;
                 -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

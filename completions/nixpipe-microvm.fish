@@ -36,25 +36,30 @@ complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install"
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l restart -d 'When to restart microvm@NAME.service' -r -f -a "auto\t'Only when the VM runs and was booted from another runner'
 always\t'Every time'
 never\t'Never: the VM runs its old runner until restarted'"
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, for every host of the run'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l build-on-host -d 'The records are .drv paths: copy them to the host and build there'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l vm -d 'The VM itself: [user@]host[:port], or a template such as \'root@{name}\'' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -s j -l jobs -d 'Work on up to N hosts at once' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l timeout -d 'Give up on a host (or store) that neither says nor takes a byte for SECONDS: a login that hangs, a daemon that never answers, a frozen link; the other hosts go on' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l no-hostname-check -d 'Switch even when the VM\'s hostname is not the record\'s NAME'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, for every host of the run'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l on -d 'The host that runs the VMs' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, for every host of the run'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l json -d 'Write JSON records (one object per line) instead of plain lines'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -s h -l help -d 'Print help'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l on -d 'The host that runs the VMs' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, for every host of the run'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l purge -d 'Remove its state directory too'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -s h -l help -d 'Print help'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand help; and not __fish_seen_subcommand_from install switch list remove help" -f -a "install" -d 'Point /var/lib/microvms/NAME/current at each runner record (NAME: the VM)'

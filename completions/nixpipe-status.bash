@@ -23,7 +23,7 @@ _nixpipe__status() {
 
     case "${cmd}" in
         nixpipe__status)
-            opts="-j -h -V --on --changed --jobs --json --help --version"
+            opts="-j -h -V --on --changed --jobs --timeout --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -38,6 +38,10 @@ _nixpipe__status() {
                     return 0
                     ;;
                 -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -170,7 +170,7 @@ impl Plan {
         if let (true, Work::Records(records)) = (cli.keys, &work) {
             check_keys(records, cli.run_key_commands)?;
         }
-        let rollout = Rollout { jobs: cli.jobs.jobs, batch: cli.batch, fail_fast: cli.fail_fast };
+        let rollout = Rollout { jobs: cli.jobs.jobs(), batch: cli.batch, fail_fast: cli.fail_fast };
         // Asked last: no password for a run that would stop at bad input.
         Ok(Plan { opts, work, rollout, privilege: cli.privilege.privilege()? })
     }

@@ -112,7 +112,7 @@ impl Plan {
         if let Some(via) = &via {
             via.check(&options, &routes.iter().map(|(route, _)| &route.to).collect::<Vec<_>>())?;
         }
-        Ok(Plan { routes, via, options, jobs: cli.jobs.jobs })
+        Ok(Plan { routes, via, options, jobs: cli.jobs.jobs() })
     }
 
     /// Copies every route; writes each route's records once its copy is

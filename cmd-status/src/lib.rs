@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut results = Results::new(&cli.output);
     fleet::each(
         &records,
-        cli.jobs.jobs,
+        cli.jobs.jobs(),
         |(record, target)| {
             let _line = report::host_line(record.label(), &format!("asking {target}"));
             status::of(&Session::new(target.clone(), &privilege), record)

@@ -97,7 +97,7 @@ event() {
 # lets go of it at each event (see next_step) and when it ends, so a step
 # is sent as it happens; the log, at the latest 0.2 s after it is written.
 follow() {
-    d=$jobs/$1 log_at=$2 events_at=$3 dead=0
+    d=$jobs/$1 log_at=$2 events_at=$3 dead=0 quiet=0
     LC_ALL=C
     export LC_ALL
     [ -d "$d" ] || { event result outcome=gone; exit 0; }
@@ -107,9 +107,17 @@ follow() {
         if [ -e "$d/step" ]; then exec 6<"$d/step"; else exec 6</dev/null; fi
         ended=0
         [ -e "$d/done" ] && ended=1
+        sent=$log_at.$events_at
         send_events
         send_log "$(wc -c <"$d/log")"
         [ "$ended" = 1 ] && exit 0
+        # A sign of life every 50 quiet rounds (about 10 s): nixpipe stops
+        # a session that says nothing for --timeout.
+        if [ "$sent" = "$log_at.$events_at" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        if [ "$quiet" -ge 50 ]; then
+            printf 'nixpipe-frame event 0\n' >&3
+            quiet=0
+        fi
         if [ -s "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then
             dead=0
             flock -s -w 0.2 6 2>/dev/null

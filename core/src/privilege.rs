@@ -236,8 +236,10 @@ impl Privilege {
             // A command that died early is reported from its stderr.
             let _ = stdin.write_all(input);
         }
-        crate::process::wait_keeping(child, crate::event::is_event_line)
-            .map_err(|e| SshError::from(crate::process::CannotRun { program: "ssh".into(), why: e.to_string() }).into())
+        crate::process::wait_keeping(child, crate::event::is_event_line).map_err(|e| {
+            let ssh = Command::new("ssh");
+            target.waited(&ssh, e).into()
+        })
     }
 
     /// The error of a privileged `program` that failed: sudo's refusal,

@@ -1,8 +1,11 @@
 //! Running programs: capturing what they say and turning a failure into one
 //! readable line.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A program that could not be started (or waited for).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +46,127 @@ fn program_name(cmd: &Command) -> String {
     cmd.get_program().to_string_lossy().into_owned()
 }
 
+/// How long a host or peer may go without a byte either way before its
+/// program is stopped: far longer than any answer takes, so that only a
+/// host that hangs (a login that never runs the command, a daemon that
+/// never answers, a frozen link) meets it. `--timeout` sets it.
+static SILENCE_LIMIT: AtomicU64 = AtomicU64::new(DEFAULT_SILENCE_LIMIT);
+pub const DEFAULT_SILENCE_LIMIT: u64 = 120;
+
+/// Sets how many seconds of silence a host's program is given (see
+/// [`Watchdog`]), for the whole run.
+pub fn set_silence_limit(seconds: u64) {
+    SILENCE_LIMIT.store(seconds.max(1), Ordering::Relaxed);
+}
+
+pub fn silence_limit() -> u64 {
+    SILENCE_LIMIT.load(Ordering::Relaxed)
+}
+
+/// When a watched program last moved a byte, in milliseconds since the
+/// watch began.
+#[derive(Clone)]
+pub struct Activity {
+    since: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { since: Instant::now(), last: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn tick(&self) {
+        self.last.store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        Duration::from_millis(self.since.elapsed().as_millis() as u64 - self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// Kills a program when no byte went to or came from it for the run's
+/// silence limit, so that a hung host or peer ends, named, instead of
+/// holding the command (and every host after it) for ever. Stopped when
+/// dropped.
+pub struct Watchdog {
+    activity: Activity,
+    stop: Arc<AtomicBool>,
+    fired: Arc<AtomicBool>,
+    limit: u64,
+}
+
+impl Watchdog {
+    /// Watches the process `pid`.
+    pub fn start(pid: u32) -> Watchdog {
+        let (activity, stop, fired) =
+            (Activity::new(), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let limit = silence_limit();
+        let (watched, stopped, fire) = (activity.clone(), stop.clone(), fired.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                if watched.quiet_for() >= Duration::from_secs(limit) {
+                    fire.store(true, Ordering::Relaxed);
+                    // SAFETY: kill(2) with a pid we started; at worst the
+                    // process is already gone (ESRCH).
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Watchdog { activity, stop, fired, limit }
+    }
+
+    /// `inner` with every byte through it counted as a sign of life.
+    pub fn watched<T>(&self, inner: T) -> Watched<T> {
+        Watched { inner, activity: self.activity.clone() }
+    }
+
+    /// Seconds of silence it waited before it stopped the program, if it did.
+    pub fn fired(&self) -> Option<u64> {
+        self.fired.load(Ordering::Relaxed).then_some(self.limit)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A pipe to or from a watched program.
+pub struct Watched<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T: Read> Read for Watched<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.activity.tick();
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Watched<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.activity.tick();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<T: std::os::fd::AsRawFd> std::os::fd::AsRawFd for Watched<T> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
 /// How much of a host program's stderr is kept, at its start and at its
 /// end: every error message there is, and no more memory than that however
 /// much a host prints.
@@ -55,11 +179,18 @@ pub const LONGEST_KEPT_LINE: usize = 16 << 20;
 /// (each at most [`LONGEST_KEPT_LINE`]) and of its stderr the first and
 /// last [`KEPT_STDERR`] bytes: what a host prints before or around its
 /// answer costs no memory.
+///
+/// A program silent for the run's silence limit is stopped ([`Watchdog`]):
+/// [`Silent`] says so.
 pub fn wait_keeping(mut child: Child, keep: fn(&[u8]) -> bool) -> io::Result<Output> {
-    let stderr = child.stderr.take().map(|e| std::thread::spawn(move || head_and_tail(e, KEPT_STDERR)));
+    let watchdog = Watchdog::start(child.id());
+    let stderr = child.stderr.take().map(|e| {
+        let e = watchdog.watched(e);
+        std::thread::spawn(move || head_and_tail(e, KEPT_STDERR))
+    });
     let mut kept = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        let mut reader = BufReader::new(stdout);
+        let mut reader = BufReader::new(watchdog.watched(stdout));
         while let Some(line) = bounded_line(&mut reader, LONGEST_KEPT_LINE)? {
             if keep(&line) {
                 kept.extend_from_slice(&line);
@@ -68,8 +199,16 @@ pub fn wait_keeping(mut child: Child, keep: fn(&[u8]) -> bool) -> io::Result<Out
     }
     let status = child.wait()?;
     let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    if let Some(seconds) = watchdog.fired() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, Silent(seconds)));
+    }
     Ok(Output { status, stdout: kept, stderr })
 }
+
+/// A program stopped for saying nothing for this many seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no answer for {0} s (--timeout): stopped it")]
+pub struct Silent(pub u64);
 
 /// The next line of `reader` with its newline; a line longer than `max` is
 /// read to its end and given as empty. None at the end.
@@ -187,6 +326,18 @@ mod tests {
         assert_eq!(bounded_line(&mut reader, 10).unwrap(), Some(Vec::new()));
         assert_eq!(bounded_line(&mut reader, 10).unwrap(), Some(b"next\n".to_vec()));
         assert_eq!(bounded_line(&mut reader, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn a_program_that_says_nothing_is_stopped_after_the_silence_limit() {
+        set_silence_limit(1);
+        let child = Command::new("sleep").arg("30").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = Instant::now();
+        let err = wait_keeping(child, |_| true).unwrap_err();
+        set_silence_limit(DEFAULT_SILENCE_LIMIT);
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "no answer for 1 s (--timeout): stopped it");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -8,10 +8,11 @@
 use crate::copy::CopyError;
 use crate::daemon::{self, Refusal};
 use crate::path_info::PathInfo;
+use crate::process::{Watchdog, Watched};
 use crate::serve::{self, Closure};
 use crate::session::Script;
 use crate::store_path::StorePath;
-use crate::target::Target;
+use crate::target::{SshError, Target};
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
@@ -70,12 +71,14 @@ pub struct Server {
     child: Child,
     stderr: StderrLog,
     stderr_reader: Option<JoinHandle<()>>,
+    /// Stops a server that neither answers nor takes requests.
+    watchdog: Watchdog,
 }
 
 /// The request side of a connection.
-pub type Requests = BufWriter<ChildStdin>;
+pub type Requests = BufWriter<Watched<ChildStdin>>;
 /// The reply side of a connection.
-pub type Replies = BufReader<ChildStdout>;
+pub type Replies = BufReader<Watched<ChildStdout>>;
 
 /// A client talking to a server process.
 pub struct Connection {
@@ -201,6 +204,9 @@ impl Server {
         if let Some(Refusal(why)) = Refusal::of(&error) {
             return CopyError::Refused { store: self.target.to_string(), why: why.clone() };
         }
+        if let Some(seconds) = self.watchdog.fired() {
+            return CopyError::Ssh(SshError::Silent { target: self.target.to_string(), seconds });
+        }
         // A live server that broke the protocol is not waited for: what it
         // sent is the error, not how it ended once killed.
         if error.kind() == io::ErrorKind::InvalidData {
@@ -312,9 +318,10 @@ impl Connection {
         let stdout = child.stdout.take().expect("piped");
         widen_pipe(&stdin);
         widen_pipe(&stdout);
-        let requests = BufWriter::with_capacity(BUFFER, stdin);
-        let replies = BufReader::with_capacity(BUFFER, stdout);
-        let server = Server { target: target.clone(), child, stderr, stderr_reader };
+        let watchdog = Watchdog::start(child.id());
+        let requests = BufWriter::with_capacity(BUFFER, watchdog.watched(stdin));
+        let replies = BufReader::with_capacity(BUFFER, watchdog.watched(stdout));
+        let server = Server { target: target.clone(), child, stderr, stderr_reader, watchdog };
         let speaks = protocol.speaks();
         Ok(Connection { server, replies, requests, mode, speaks, has_zstd: None, closure: Vec::new() })
     }

@@ -6,8 +6,10 @@
 
 use crate::process::{self, CannotRun};
 use crate::record::Record;
+use std::collections::HashMap;
 use std::fmt;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 
 /// A target the user wrote that cannot be one: bad usage.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +39,9 @@ pub enum SshError {
     /// A script ended without the answer it gives.
     #[error("{target} did not say its {what}")]
     NoAnswer { target: String, what: String },
+    /// Nothing came from the host, nor went to it, for this long.
+    #[error("{target} gave no sign of life for {seconds} s (--timeout); stopped waiting for it")]
+    Silent { target: String, seconds: u64 },
     #[error("cannot quote the remote command: {0}")]
     Quote(String),
     #[error("NIX_SSHOPTS: unbalanced quotes")]
@@ -147,6 +152,15 @@ impl Target {
         Ok(cmd)
     }
 
+    /// The error for a program on this target that failed to run or was
+    /// stopped by its watchdog.
+    pub fn waited(&self, cmd: &Command, e: std::io::Error) -> SshError {
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<process::Silent>()) {
+            Some(&process::Silent(seconds)) => SshError::Silent { target: self.to_string(), seconds },
+            None => process::CannotRun::of(cmd, e).into(),
+        }
+    }
+
     /// Runs `argv` on the target and returns what it printed on stdout.
     pub fn run(&self, argv: &[&str]) -> Result<String, SshError> {
         let mut cmd = self.command(argv)?;
@@ -242,11 +256,44 @@ impl SshHost {
         Ok(opts)
     }
 
-    /// `ssh EXTRA OPTIONS -- user@host`, ready for the remote command.
+    /// `ssh EXTRA OPTIONS LIVENESS -- user@host`, ready for the remote command.
     pub fn ssh_command(&self, extra: &[&str]) -> Result<Command, SshError> {
+        let options = self.ssh_options()?;
         let mut cmd = Command::new("ssh");
-        cmd.args(extra).args(self.ssh_options()?).arg("--").arg(self.destination());
+        cmd.args(extra).args(&options).args(self.liveness(&options)).arg("--").arg(self.destination());
         Ok(cmd)
+    }
+
+    /// Keepalives and a connect timeout for this host, where the user's ssh
+    /// configuration and NIX_SSHOPTS set none (`ssh -G` says, once per
+    /// host and options): a dead link is noticed within a minute, and a
+    /// host that never finishes the handshake within 30 s.
+    fn liveness(&self, options: &[String]) -> Vec<String> {
+        static KNOWN: OnceLock<Mutex<HashMap<Vec<String>, Vec<String>>>> = OnceLock::new();
+        let key: Vec<String> = options.iter().cloned().chain([self.destination()]).collect();
+        let known = KNOWN.get_or_init(Default::default);
+        if let Some(liveness) = known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return liveness.clone();
+        }
+        let config = Command::new("ssh")
+            .arg("-G")
+            .args(options)
+            .arg("--")
+            .arg(self.destination())
+            .stdin(Stdio::null())
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let setting = |name: &str| config.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::trim));
+        let mut liveness = Vec::new();
+        if matches!(setting("serveraliveinterval"), Some("0")) {
+            liveness.extend(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"].map(String::from));
+        }
+        if matches!(setting("connecttimeout"), Some("none")) {
+            liveness.extend(["-o", "ConnectTimeout=30"].map(String::from));
+        }
+        known.lock().unwrap_or_else(|p| p.into_inner()).insert(key, liveness.clone());
+        liveness
     }
 }
 
@@ -292,6 +339,19 @@ mod tests {
 
     fn ssh(user: Option<&str>, host: &str, port: Option<u16>) -> Target {
         Target::Ssh(SshHost { user: user.map(Into::into), host: host.into(), port })
+    }
+
+    #[test]
+    fn keepalives_and_a_connect_timeout_only_where_the_user_set_none() {
+        let host = SshHost { user: None, host: "web1.invalid".into(), port: None };
+        let none = ["-F".to_owned(), "/dev/null".to_owned()];
+        assert_eq!(
+            host.liveness(&none),
+            ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=30"]
+        );
+        let theirs: Vec<String> =
+            ["-F", "/dev/null", "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=60"].map(String::from).to_vec();
+        assert!(host.liveness(&theirs).is_empty());
     }
 
     #[test]
@@ -362,9 +422,10 @@ mod tests {
         let t = ssh(Some("root"), "web1", Some(2222));
         let cmd = t.command(&["sh", "-c", "echo $1\nid", "x y"]).unwrap();
         let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap().to_owned()).collect();
-        let tail = &args[args.len() - 4..];
-        assert_eq!(tail[0..3], ["2222", "--", "root@web1"]);
-        let remote = &tail[3];
+        let tail = &args[args.len() - 3..];
+        assert_eq!(tail[0..2], ["--", "root@web1"]);
+        assert!(args.windows(2).any(|w| w == ["-p", "2222"]), "{args:?}");
+        let remote = &tail[2];
         assert!(!remote.contains('\n'), "{remote}");
         let encoded = remote.strip_prefix("sh -c 'eval \"$(echo ").and_then(|r| r.strip_suffix(" | base64 -d)\"'"));
         let line = base64::engine::general_purpose::STANDARD.decode(encoded.expect(remote)).unwrap();

@@ -13,7 +13,8 @@ pub mod proxy;
 pub mod release;
 
 pub use host::{
-    Host, HostKind, Init, Platform, BOOT_FALLBACK, BOOT_TAKES, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR,
+    Host, HostKind, Init, Platform, BOOT_FALLBACK, BOOT_TAKES, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR,
+    TARGET_NIX_VAR,
 };
 pub use release::Release;
 

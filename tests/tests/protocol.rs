@@ -261,3 +261,20 @@ chmod +x /usr/local/bin/nix-store"#);
     assert!(!error.contains("signal"), "{error}");
     assert!(started.elapsed().as_secs() < 4, "it waited {:?}", started.elapsed());
 }
+
+#[test]
+fn a_daemon_that_never_answers_is_given_up_on_after_the_timeout() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let chain = tb.filler(1, 100, "-silent-daemon");
+    // web1's nix-daemon takes the connection and never says a word.
+    web1.sh(r#"mount -t tmpfs -o mode=755 nixpipe-silent /usr/local/bin
+printf '#!/bin/sh\nexec sleep 600\n' > /usr/local/bin/nix-daemon && chmod +x /usr/local/bin/nix-daemon"#);
+    let started = std::time::Instant::now();
+
+    let run = tb.sh(&format!("nixpipe-copy --protocol daemon --timeout 3 --to {} {chain}", web1.target()));
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains("gave no sign of life for 3 s (--timeout)"), "{}", run.stderr);
+    assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
+}

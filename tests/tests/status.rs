@@ -154,3 +154,48 @@ chmod +x /usr/local/sbin/flood-sh"#);
     assert_eq!(run.json_lines()[0]["runs"], true);
     assert!(max_rss_mib(&run.stderr) < 64, "{} MiB", max_rss_mib(&run.stderr));
 }
+
+#[test]
+fn a_host_whose_login_hangs_is_named_after_the_timeout_and_the_others_finish() {
+    let tb = Testbed::new();
+    let (web1, web2) = (tb.host("web1"), tb.host("web2"));
+    let system = tb.system("web1");
+    for (name, host) in [("web1", &web1), ("web2", &web2)] {
+        tb.alias(name, host, "root");
+        tb.sh(&format!("nixpipe-copy --to {name} $'{name}\\t{system}' | nixpipe-activate switch")).ok();
+    }
+    web2.sh("printf '#!/bin/sh\\nsleep 600\\nexec /bin/sh \"$@\"\\n' > /usr/local/sbin/hung-sh && chmod +x /usr/local/sbin/hung-sh");
+    web2.set_login_shell("root", "/usr/local/sbin/hung-sh");
+    let started = std::time::Instant::now();
+
+    let run = tb.sh(&format!("printf 'web1\\t{system}\\nweb2\\t{system}\\n' | nixpipe-status --jobs 2 --timeout 3"));
+
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, format!("web1\t{system}\n"), "the healthy host's record");
+    assert!(
+        run.stderr.contains("nixpipe-status: web2: web2 gave no sign of life for 3 s (--timeout)"),
+        "{}",
+        run.stderr
+    );
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_port_that_accepts_and_never_speaks_is_given_up_on() {
+    let tb = Testbed::new();
+    let system = tb.system("web1");
+    // Takes the connection, says nothing, keeps it open. (The testbed's
+    // ssh configuration sets ConnectTimeout 10, which nixpipe keeps; where
+    // none is set it gives 30.)
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+    let started = std::time::Instant::now();
+
+    let run = tb.sh(&format!("nixpipe-status --on root@127.0.0.1:{port} $'web1\\t{system}'"));
+
+    assert_eq!(run.code, 1);
+    assert!(run.error_line().contains(&format!("cannot reach root@127.0.0.1:{port}")), "{}", run.stderr);
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+    drop(holder);
+}

@@ -161,7 +161,10 @@ impl<'a> Job<'a> {
     ) -> Result<(ExitStatus, String), SessionError> {
         let mut child = self.session.spawn_script_as_root(Script::Job, &Self::job_args(command, args), ssh_options)?;
         let stderr = drain(child.stderr.take().expect("piped"));
-        let mut frames = BufReader::new(child.stdout.take().expect("piped"));
+        // The follower says something at least every 10 s: a session that
+        // stays silent (a login that hangs) is stopped, and reconnected.
+        let watchdog = process::Watchdog::start(child.id());
+        let mut frames = BufReader::new(watchdog.watched(child.stdout.take().expect("piped")));
         while let Some((kind, bytes)) = read_frame(&mut frames) {
             if let Some(seconds) = follower.take(kind, &bytes, self.label) {
                 self.confirm(seconds);
