@@ -818,40 +818,20 @@ mod tests {
 
     #[test]
     fn a_failure_says_its_exit_status_and_what_the_host_showed() {
-        let end = |exited, result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited, result };
-        let after = Some(job::Exited { status: 1, activated: true });
-        let Verdict::Failed(e) = verdict(
-            "web1",
-            "/nix/store/x",
-            Action::Switch,
-            &opts(),
-            &end(after, JobResult::Failed(Rollback::RolledBack)),
-        ) else {
-            panic!()
+        let said = |status, activated, result| {
+            let exited = Some(job::Exited { status, activated });
+            let end = job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited, result };
+            match verdict("web1", "/nix/store/x", Action::Switch, &opts(), &end) {
+                Verdict::Failed(e) => e.to_string(),
+                other => panic!("{other:?}"),
+            }
         };
-        assert!(e.to_string().contains("failed on web1 (exit 1) after it had begun activating; rolled back"), "{e}");
-        let unknown = Some(job::Exited { status: 137, activated: false });
-        let Verdict::Failed(e) = verdict(
-            "web1",
-            "/nix/store/x",
-            Action::Switch,
-            &opts(),
-            &end(unknown, JobResult::Failed(Rollback::RolledBack)),
-        ) else {
-            panic!()
-        };
-        assert!(e.to_string().contains("(exit 137, which may come after activating); rolled back"), "{e}");
-        let before = Some(job::Exited { status: 1, activated: false });
-        let Verdict::Failed(e) = verdict(
-            "web1",
-            "/nix/store/x",
-            Action::Switch,
-            &opts(),
-            &end(before, JobResult::NotActivated(Rollback::RolledBack)),
-        ) else {
-            panic!()
-        };
-        assert!(e.to_string().contains("failed on web1 (exit 1) before activating anything"), "{e}");
+        let after = said(1, true, JobResult::Failed(Rollback::RolledBack));
+        assert!(after.contains("failed on web1 (exit 1) after it had begun activating; rolled back"), "{after}");
+        let unknown = said(137, false, JobResult::Failed(Rollback::RolledBack));
+        assert!(unknown.contains("(exit 137, which may come after activating); rolled back"), "{unknown}");
+        let before = said(1, false, JobResult::NotActivated(Rollback::RolledBack));
+        assert!(before.contains("failed on web1 (exit 1) before activating anything"), "{before}");
     }
 
     #[test]

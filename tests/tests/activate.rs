@@ -405,16 +405,21 @@ fn with_a_password_per_host_a_compromised_host_never_gets_another_hosts_password
     assert!(!stolen.contains(DEPLOY_PASSWORD), "web2 kept web1's password: {stolen:?}");
 }
 
-#[test]
-fn a_password_for_a_sudo_cmd_is_bad_usage_and_nothing_is_asked() {
+/// `nixpipe-activate --on deploy@web1 FLAGS switch` of web1's system,
+/// with no terminal (setsid: as in cron or CI).
+fn switch_web1_as_deploy_with(flags: &str) -> Run {
     let tb = Testbed::new();
     let web1 = tb.host("web1");
     let system = tb.system("web1");
-
-    let run = tb.sh(&format!(
-        "nixpipe-activate --on {} --ask-sudo-password --sudo-cmd 'doas -n' switch $'web1\\t{system}'",
+    tb.sh(&format!(
+        "setsid --wait nixpipe-activate --on {} {flags} switch $'web1\\t{system}'",
         web1.target_as("deploy")
-    ));
+    ))
+}
+
+#[test]
+fn a_password_for_a_sudo_cmd_is_bad_usage_and_nothing_is_asked() {
+    let run = switch_web1_as_deploy_with("--ask-sudo-password --sudo-cmd 'doas -n'");
 
     assert_eq!(run.code, 2);
     assert!(run.error_line().contains("a sudo password goes to sudo only"), "{}", run.stderr);
@@ -515,15 +520,7 @@ fn sudo_cmd_replaces_sudo_for_every_privileged_step() {
 
 #[test]
 fn ask_sudo_password_without_a_terminal_is_refused_before_anything() {
-    let tb = Testbed::new();
-    let web1 = tb.host("web1");
-    let system = tb.system("web1");
-
-    // setsid: no controlling terminal, as in cron or CI.
-    let run = tb.sh(&format!(
-        "setsid --wait nixpipe-activate --on {} --ask-sudo-password switch $'web1\\t{system}'",
-        web1.target_as("deploy")
-    ));
+    let run = switch_web1_as_deploy_with("--ask-sudo-password");
 
     assert_eq!(run.code, 2);
     assert!(run.error_line().contains("--ask-sudo-password needs a terminal to ask on (/dev/tty)"), "{}", run.stderr);
