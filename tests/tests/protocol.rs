@@ -278,3 +278,107 @@ printf '#!/bin/sh\nexec sleep 600\n' > /usr/local/bin/nix-daemon && chmod +x /us
     assert!(run.error_line().contains("gave no sign of life for 3 s (--timeout)"), "{}", run.stderr);
     assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
 }
+
+/// The words of a NAR, as Nix writes them: each a length, then its bytes
+/// padded to 8.
+fn nar_words(words: &[&[u8]]) -> Vec<u8> {
+    let mut nar = Vec::new();
+    for word in words {
+        nar.extend((word.len() as u64).to_le_bytes());
+        nar.extend(*word);
+        nar.extend(vec![0; (8 - word.len() % 8) % 8]);
+    }
+    nar
+}
+
+/// A path that `host`'s `nix-store --serve` serves with `nar` as its NAR
+/// (the fake peer nixpipe-fake-serve, with the NAR's true size and hash):
+/// its store path.
+fn served_by_a_fake_peer(host: &Host, nar: &[u8], name: &str) -> String {
+    let path = format!("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-{name}");
+    std::fs::write(host.dir().join("fake.nar"), nar).unwrap();
+    std::fs::copy(nixpipe_tests::bin_dir().join("nixpipe-fake-serve"), host.dir().join("fake-serve")).unwrap();
+    host.sh(&format!(
+        r#"mkdir -p /run/nixpipe-fake && cp {dir}/fake.nar {dir}/fake-serve /run/nixpipe-fake/
+ln -sfn /usr/bin/nix /run/nixpipe-fake/nix-store
+mount -t tmpfs -o mode=755 nixpipe-fake /usr/local/bin
+cat >/usr/local/bin/nix-store <<'EOF'
+#!/bin/sh
+for arg; do
+    [ "$arg" = --serve ] && exec /run/nixpipe-fake/fake-serve /run/nixpipe-fake/fake.nar {path}
+done
+exec /run/nixpipe-fake/nix-store "$@"
+EOF
+chmod +x /usr/local/bin/nix-store"#,
+        dir = host.dir().display()
+    ));
+    path
+}
+
+/// Every file in the cache directory `dir`, as `nar`, `narinfo` or its name.
+fn cache_files(tb: &Testbed, dir: &std::path::Path) -> Vec<String> {
+    let files = tb.sh(&format!("cd {} && find . -type f", dir.display())).ok().stdout;
+    let mut kinds: Vec<String> = files
+        .lines()
+        .map(|f| match f {
+            _ if f.ends_with(".narinfo") => "narinfo".to_owned(),
+            _ if f.starts_with("./nar/") => "nar".to_owned(),
+            _ => f.to_owned(),
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+#[test]
+fn a_nar_nested_twenty_thousand_directories_deep_reaches_a_cache_whole_and_nothing_else_is_left() {
+    let tb = Testbed::new();
+    let build1 = tb.host("build1");
+    let depth = 20_000;
+    let mut words: Vec<&[u8]> = vec![b"nix-archive-1", b"(", b"type", b"directory"];
+    for _ in 0..depth {
+        words.extend([&b"entry"[..], b"(", b"name", b"d", b"node", b"(", b"type", b"directory"]);
+    }
+    words.push(b")");
+    for _ in 0..depth {
+        words.extend([&b")"[..], b")"]);
+    }
+    let path = served_by_a_fake_peer(&build1, &nar_words(&words), "deep");
+    let cache = tb.path().join("deep-cache");
+
+    tb.sh(&format!("nixpipe-copy --protocol serve --from {} --to file://{} {path}", build1.target(), cache.display()))
+        .ok();
+
+    assert_eq!(cache_files(&tb, &cache), ["./nix-cache-info", "nar", "narinfo"]);
+}
+
+#[test]
+fn a_cache_takes_no_nar_whose_entries_nix_would_refuse() {
+    let tb = Testbed::new();
+    let build1 = tb.host("build1");
+    let entry = |name: &'static [u8]| -> Vec<&'static [u8]> {
+        vec![b"entry", b"(", b"name", name, b"node", b"(", b"type", b"regular", b"contents", b"", b")", b")"]
+    };
+    let cases: [&[&'static [u8]]; 8] =
+        [&[b".."], &[b"."], &[b"/"], &[b"a/b"], &[b"a\0b"], &[b""], &[b"a", b"a"], &[b"b", b"a"]];
+    for (n, names) in cases.into_iter().enumerate() {
+        let mut words: Vec<&[u8]> = vec![b"nix-archive-1", b"(", b"type", b"directory"];
+        for name in names {
+            words.extend(entry(name));
+        }
+        words.push(b")");
+        let path = served_by_a_fake_peer(&build1, &nar_words(&words), &format!("bad{n}"));
+        let cache = tb.path().join(format!("bad-cache-{n}"));
+
+        let run = tb.sh(&format!(
+            "nixpipe-copy --protocol serve --from {} --to file://{} {path}",
+            build1.target(),
+            cache.display()
+        ));
+
+        assert_eq!(run.code, 1, "{names:?}: {}", run.stderr);
+        assert!(run.error_line().contains("not a NAR"), "{names:?}: {}", run.stderr);
+        assert_eq!(cache_files(&tb, &cache), ["./nix-cache-info"], "{names:?}: nothing of it is in the cache");
+        build1.sh("umount /usr/local/bin");
+    }
+}
