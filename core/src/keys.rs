@@ -115,7 +115,7 @@ impl Key {
         }
         match (&self.key_file, &self.key_command) {
             (Some(_), None) => Ok(()),
-            (None, Some(argv)) if argv.first().is_none_or(String::is_empty) => bad("its keyCommand is empty".into()),
+            (None, Some(argv)) if argv.first().map_or(true, String::is_empty) => bad("its keyCommand is empty".into()),
             (None, Some(_)) => Ok(()),
             (None, None) => bad("it has no keyFile and no keyCommand".into()),
             (Some(_), Some(_)) => bad("it has both keyFile and keyCommand: give one".into()),

@@ -250,7 +250,7 @@ fn activate_with_keys(tb: &Testbed, host: &Host, keys: &str) -> Run {
 /// A key of `size` bytes of PASSWORD's letters, in the deployer's directory.
 fn key_of_size(tb: &Testbed, size: usize) -> String {
     let path = tb.path().join("big-key");
-    std::fs::write(&path, PASSWORD.repeat(size / PASSWORD.len() + 1)[..size].as_bytes()).unwrap();
+    std::fs::write(&path, &PASSWORD.repeat(size / PASSWORD.len() + 1).as_bytes()[..size]).unwrap();
     path.display().to_string()
 }
 
