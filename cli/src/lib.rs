@@ -30,6 +30,13 @@ pub fn main<C: clap::Parser>(program: &'static str, run: impl FnOnce(C) -> Resul
         Ok(cli) => cli,
         Err(e) => return usage_error(program, e),
     };
+    // NIX_SSHOPTS is part of the command line: a malformed one is bad
+    // usage, said before anything is done, whatever later step would
+    // have found it.
+    if let Err(e) = nixpipe_core::target::nix_sshopts() {
+        progress::println(&format!("{program}: {e}"));
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {

@@ -145,3 +145,19 @@ fn every_usage_error_is_one_line_naming_the_flag() {
         assert!(error.starts_with(says), "{line}: {error}");
     }
 }
+
+#[test]
+fn a_malformed_nix_sshopts_is_bad_usage_for_every_command() {
+    let tb = Testbed::new();
+    let path = "/nix/store/36m5mhfn262qgji13vrgp907an576qjz-x";
+    for line in [
+        format!("nixpipe-copy --to web1 {path}"),
+        format!("nixpipe-activate --on web1 switch {path}"),
+        format!("nixpipe-status --on web1 {path}"),
+        format!("nixpipe-microvm install --on web1 {path}"),
+    ] {
+        let run = tb.sh(&format!("NIX_SSHOPTS=\"-o 'unterminated\" {line}"));
+        assert_eq!(run.code, 2, "{line}: {}", run.stderr);
+        assert!(run.error_line().ends_with("NIX_SSHOPTS: unbalanced quotes"), "{line}: {}", run.stderr);
+    }
+}
