@@ -18,6 +18,7 @@ build: setup
 # copy over the daemon protocol).
 test: build
 	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) xtask gen --check
 	bash scripts/shellcheck.sh
 	NIX="$(NIX)" TARGET_NIX="$(TARGET_NIX)" TARGET_INIT="$(TARGET_INIT)" PROTOCOL="$(PROTOCOL)" bash scripts/test.sh

@@ -200,7 +200,10 @@ fn switch(
         |(record, _), step| {
             let written = match step {
                 Step::Done(Ok(system)) => results.write(&system),
-                Step::Done(Err(why)) => Ok(results.failed(record.label(), &why)),
+                Step::Done(Err(why)) => {
+                    results.failed(record.label(), &why);
+                    Ok(())
+                }
                 Step::NotReached(_) => Ok(()),
             };
             results.keep(written);

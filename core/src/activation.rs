@@ -167,15 +167,15 @@ pub enum ActivationError {
     #[error("{target} has no generation before the current one to go back to")]
     NoPreviousGeneration { target: String },
     #[error("cannot fetch {path} from the substituters of {target}: {why}")]
-    Realise { path: String, target: String, why: SshError },
+    Realise { path: String, target: String, why: Box<SshError> },
     #[error("another nixpipe activation is running on {target}: {owner}; nothing changed")]
     Locked { target: String, owner: String },
     #[error("{0}; nothing changed")]
-    NotStarted(SessionError),
+    NotStarted(Box<SessionError>),
     #[error("could not start the activation on {target} ({status}): {why}; nothing changed")]
     LaunchFailed { target: String, status: String, why: String },
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Session(Box<SessionError>),
     #[error("not reached: the rollout stopped after {0} failed; nothing changed")]
     NotReached(String),
     #[error("{path} is built for {system}, and {target} runs {platforms}; nothing changed")]
@@ -234,6 +234,13 @@ pub enum ActivationError {
     CheckFailed { target: String, rollback: Rollback },
     #[error("lost track of the activation on {target}: {why} (see {log})")]
     Lost { target: String, why: String, log: String },
+}
+
+/// Boxed: a session's error is large, and errors travel in every Result.
+impl From<SessionError> for ActivationError {
+    fn from(e: SessionError) -> ActivationError {
+        ActivationError::Session(Box::new(e))
+    }
 }
 
 impl ActivationError {
@@ -419,9 +426,9 @@ fn run(
     };
     if !probe.valid && opts.realise {
         session.run(&["nix-store", "--realise", &path]).map_err(|why| ActivationError::Realise {
+            why: Box::new(why),
             path: path.clone(),
             target: target.clone(),
-            why,
         })?;
         probe = self::probe(session, Some(&path), "given", opts)?;
     }

@@ -370,7 +370,8 @@ impl Transfer {
 enum Sink {
     /// `zstd`: the session's input is a zstd stream, its greeting unread.
     Store {
-        conn: Connection,
+        // Boxed: a connection is large, a cache small.
+        conn: Box<Connection>,
         zstd: bool,
     },
     Cache(BinaryCache),
@@ -391,7 +392,7 @@ impl Sink {
                     roots,
                     closure_of: &[],
                 };
-                Ok(Sink::Store { conn: Connection::start(target, how)?, zstd: false })
+                Ok(Sink::Store { conn: Box::new(Connection::start(target, how)?), zstd: false })
             }
             Destination::Cache(cache) => {
                 cache.create()?;
@@ -428,14 +429,14 @@ impl Sink {
             let ssh_options = options.ssh_options(&[]);
             let how =
                 Start { mode: Mode::WriteZstd, protocol, ssh_options: &ssh_options, nix_args, roots, closure_of: &[] };
-            return Ok(Sink::Store { conn: Connection::start(&target, how)?, zstd: true });
+            return Ok(Sink::Store { conn: Box::new(Connection::start(&target, how)?), zstd: true });
         }
         report::report(Report::NoZstd { target: target.to_string(), daemon });
         let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
         let how = Start { mode: Mode::Write, protocol, ssh_options: &ssh_options, nix_args, roots, closure_of: &[] };
         let mut conn = Connection::start(&target, how)?;
         conn.greet()?;
-        Ok(Sink::Store { conn, zstd: false })
+        Ok(Sink::Store { conn: Box::new(conn), zstd: false })
     }
 
     /// Streams the NARs of `missing` from `source` into the sink, then ends
@@ -455,7 +456,7 @@ impl Sink {
         match self {
             Sink::Store { conn, zstd } => {
                 let to = conn.speaks();
-                let Connection { server: mut target_server, requests, replies: mut acks, .. } = conn;
+                let Connection { server: mut target_server, requests, replies: mut acks, .. } = *conn;
                 let adds = Outgoing::new(requests, zstd, to).map_err(|e| target_server.broken(e))?;
                 std::thread::scope(|s| {
                     let asking = s.spawn(move || ask_for_nars(asks, from, missing));

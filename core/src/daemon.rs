@@ -254,7 +254,7 @@ fn read_store_paths(r: &mut impl Read) -> io::Result<Vec<StorePath>> {
 fn read_nar_hash(r: &mut impl Read) -> io::Result<NarHash> {
     let text = read_string(r)?;
     let prefixed = if text.contains(':') || text.contains('-') { text.clone() } else { format!("sha256:{text}") };
-    NarHash::parse(&prefixed).map_err(|e| wire::invalid(e))
+    NarHash::parse(&prefixed).map_err(wire::invalid)
 }
 
 /// A path info after its path, in the layout of 1.16 and later.

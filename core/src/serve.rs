@@ -239,9 +239,9 @@ mod tests {
         let (a, b) = (path("a"), path("b"));
         let replies = [strings(&[&a]), strings(&[&a, &b])].concat();
         let mut c = client(&replies);
-        assert_eq!(c.query_closure(&[a.clone()]).unwrap(), Closure::Complete(vec![a.clone(), b]));
+        assert_eq!(c.query_closure(std::slice::from_ref(&a)).unwrap(), Closure::Complete(vec![a.clone(), b]));
         let mut expected = Vec::new();
-        write_query_valid_paths(&mut expected, &[a.clone()], false).unwrap();
+        write_query_valid_paths(&mut expected, std::slice::from_ref(&a), false).unwrap();
         write_query_closure(&mut expected, &[a]).unwrap();
         assert_eq!(c.requests, expected);
     }

@@ -110,8 +110,9 @@ impl<'a> Job<'a> {
         ];
         let mut follower = Follower::default();
         // A sudo that refused runs nothing: nothing changed.
-        let (status, stderr) =
-            self.follow(&mut follower, "launch", &launch, &KEEPALIVE).map_err(ActivationError::NotStarted)?;
+        let (status, stderr) = self
+            .follow(&mut follower, "launch", &launch, &KEEPALIVE)
+            .map_err(|e| ActivationError::NotStarted(Box::new(e)))?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
             // Nothing said it started; whether it did is the host's to say.
             let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
@@ -235,7 +236,7 @@ impl<'a> Job<'a> {
 
     fn launch_failure(&self, status: ExitStatus, stderr: &str) -> ActivationError {
         if let Some(refusal) = self.session.refusal(stderr) {
-            return ActivationError::NotStarted(refusal.into());
+            return ActivationError::NotStarted(Box::new(refusal.into()));
         }
         ActivationError::LaunchFailed {
             target: self.target(),
