@@ -104,7 +104,8 @@ follow() {
     while :; do
         # Opened before reading: an event written after the read has
         # already let go of this lock, and the wait below ends at once.
-        if [ -e "$d/step" ]; then exec 6<"$d/step"; else exec 6</dev/null; fi
+        # command: a redirection that fails must not end the shell.
+        { command exec 6<"$d/step"; } 2>/dev/null || exec 6</dev/null
         ended=0
         [ -e "$d/done" ] && ended=1
         sent=$log_at.$events_at
@@ -149,9 +150,14 @@ say() {
 }
 
 # Lets go of the lock on the step file that followers wait on, after
-# putting a new, locked one in its place (fd 7) for the next step.
+# putting a new, locked one in its place (fd 7) for the next step. Where
+# that cannot be done (a full /run), followers see the step at their next
+# poll: nothing here may stop the job (`command`: a failed redirection
+# does not end the shell; the braces keep 2>/dev/null to that one line).
 next_step() {
-    exec 8>"$d/step.new" && flock 8 && mv -f "$d/step.new" "$d/step" && exec 7>&8 8>&-
+    { command exec 8>"$d/step.new"; } 2>/dev/null || return 0
+    flock 8 && mv -f "$d/step.new" "$d/step" && exec 7>&8
+    exec 8>&-
 }
 
 # finish OUTCOME [DETAIL [KEY=VALUE...]]: the job's result, its last event.
@@ -344,8 +350,7 @@ job() {
     d=$jobs/$id
     exec >>"$d/log" 2>&1 </dev/null
     # Locked for as long as the job runs: its end wakes the followers too.
-    exec 7>"$d/step"
-    flock 7
+    { command exec 7>"$d/step"; } 2>/dev/null && flock 7
     echo $$ >"$d/pid"
     say started
     exec 9>>"$state/lock"
