@@ -133,17 +133,18 @@ impl PrivilegeArgs {
 pub struct JobsArgs {
     /// Work on up to N hosts at once
     #[arg(long, short = 'j', value_name = "N", default_value_t = fleet::DEFAULT_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub jobs: usize,
+    jobs: usize,
 
     /// Give up on a host (or store) that neither says nor takes a byte for SECONDS: a login that hangs, a
     /// daemon that never answers, a frozen link; the other hosts go on
     #[arg(long, value_name = "SECONDS", default_value_t = nixpipe_core::process::DEFAULT_SILENCE_LIMIT, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
-    pub timeout: u64,
+    timeout: u64,
 }
 
 impl JobsArgs {
     /// Hosts at once, and the silence limit of the run (set now, for
-    /// every host program the run starts).
+    /// every host program the run starts). The fields are private: no
+    /// command can take the one without the other.
     pub fn jobs(&self) -> usize {
         nixpipe_core::process::set_silence_limit(self.timeout);
         self.jobs

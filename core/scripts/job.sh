@@ -81,15 +81,19 @@ send_events() {
         logged=${line##*"$event_tab"log=}
         case $logged in '' | *[!0-9]*) logged=$log_at ;; esac
         send_log "$logged"
-        printf 'nixpipe-frame event %s\n%s\n' "$((${#line} + 1))" "$line" >&3
+        send_event "$line"
         events_at=$pos
     done <"$d/events"
 }
 
+# send_event LINE: one event line as a frame.
+send_event() {
+    printf 'nixpipe-frame event %s\n%s\n' "$((${#1} + 1))" "$1" >&3
+}
+
 # An event of follow's own (KIND KEY=VALUE...), framed.
 event() {
-    line=$(event_line "$@")
-    printf 'nixpipe-frame event %s\n%s\n' "$((${#line} + 1))" "$line" >&3
+    send_event "$(event_line "$@")"
 }
 
 # Sends what the job wrote from those bytes on until it ends. Between

@@ -29,10 +29,10 @@ refuse() {
 # can write the directory $1: its owner, its group's write bit (a group
 # other than root's), the others' write bit.
 check_dir() {
-    set -- "$1" "$2" "$(stat -c '%u %g %a' -- "$1")"
-    # shellcheck disable=SC2086 # owner, group, mode as three words
-    set -- "$1" "$2" $3
-    dir_owner=$3 dir_group=$4 dir_mode=$((0$5))
+    read -r dir_owner dir_group dir_mode <<EOF
+$(stat -c '%u %g %a' -- "$1")
+EOF
+    dir_mode=$((0$dir_mode))
     if [ "$dir_owner" != 0 ] && [ "$dir_owner" != "$2" ]; then
         refuse "$1 belongs to uid $dir_owner, who could put a link in the key's way"
     fi

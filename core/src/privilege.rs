@@ -236,10 +236,7 @@ impl Privilege {
             // A command that died early is reported from its stderr.
             let _ = stdin.write_all(input);
         }
-        crate::process::wait_keeping(child, crate::event::is_event_line).map_err(|e| {
-            let ssh = Command::new("ssh");
-            target.waited(&ssh, e).into()
-        })
+        crate::process::wait_keeping(child, crate::event::is_event_line).map_err(|e| target.waited("ssh", e).into())
     }
 
     /// The error of a privileged `program` that failed: sudo's refusal,

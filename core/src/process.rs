@@ -256,10 +256,9 @@ fn head_and_tail(mut input: impl Read, keep: usize) -> Vec<u8> {
         head.extend_from_slice(&bytes[..to_head]);
         bytes = &bytes[to_head..];
         tail.extend(bytes);
-        while tail.len() > keep {
-            tail.pop_front();
-            skipped += 1;
-        }
+        let excess = tail.len().saturating_sub(keep);
+        tail.drain(..excess);
+        skipped += excess as u64;
     }
     if skipped > 0 {
         head.extend_from_slice(format!("\n[{skipped} bytes not kept]\n").as_bytes());

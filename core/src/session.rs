@@ -176,7 +176,7 @@ impl<'a> Session<'a> {
         let output = cmd
             .spawn()
             .and_then(|child| process::wait_keeping(child, crate::event::is_event_line))
-            .map_err(|e| self.target.waited(&cmd, e))?;
+            .map_err(|e| self.target.waited(&cmd.get_program().to_string_lossy(), e))?;
         if !output.status.success() {
             return Err(self.target.failure(script.name(), &output).into());
         }

@@ -154,10 +154,10 @@ impl Target {
 
     /// The error for a program on this target that failed to run or was
     /// stopped by its watchdog.
-    pub fn waited(&self, cmd: &Command, e: std::io::Error) -> SshError {
+    pub fn waited(&self, program: &str, e: std::io::Error) -> SshError {
         match e.get_ref().and_then(|inner| inner.downcast_ref::<process::Silent>()) {
             Some(&process::Silent(seconds)) => SshError::Silent { target: self.to_string(), seconds },
-            None => process::CannotRun::of(cmd, e).into(),
+            None => process::CannotRun { program: program.to_owned(), why: e.to_string() }.into(),
         }
     }
 

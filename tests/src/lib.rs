@@ -186,7 +186,17 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// What goes before a command line whose peak memory
+/// [`Run::max_rss_mib`] then reads (GNU time, which make test installs).
+pub const MEASURING_MEMORY: &str = "/usr/bin/time -f 'maxrss %M'";
+
 impl Run {
+    /// The most memory the command run after [`MEASURING_MEMORY`] took, in MiB.
+    pub fn max_rss_mib(&self) -> u64 {
+        let line = self.stderr.lines().find_map(|l| l.strip_prefix("maxrss ")).expect("time's maxrss line");
+        line.trim().parse::<u64>().expect("KiB") / 1024
+    }
+
     pub fn ok(self) -> Run {
         assert_eq!(self.code, 0, "expected success; stderr:\n{}", self.stderr);
         self

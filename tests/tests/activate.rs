@@ -3,7 +3,7 @@
 //! and the ways to choose what is activated.
 
 use nixpipe_tests::proxy::{Link, Proxy};
-use nixpipe_tests::{Host, Run, SecretWatch, Testbed, DEPLOY_PASSWORD};
+use nixpipe_tests::{Host, Run, SecretWatch, Testbed, DEPLOY_PASSWORD, MEASURING_MEMORY};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -683,12 +683,10 @@ EOF
 chmod +x /usr/local/sbin/forge-sh"#);
     web1.set_login_shell("root", "/usr/local/sbin/forge-sh");
 
-    let run =
-        tb.sh(&format!("/usr/bin/time -f 'maxrss %M' nixpipe-activate --on {t} --json switch $'web1\\t{system}'"));
+    let run = tb.sh(&format!("{MEASURING_MEMORY} nixpipe-activate --on {t} --json switch $'web1\\t{system}'"));
 
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json_lines()[0]["result"], "activated");
-    let kib: u64 = run.stderr.lines().find_map(|l| l.strip_prefix("maxrss ")).unwrap().trim().parse().unwrap();
-    assert!(kib < 64 << 10, "{} MiB", kib >> 10);
+    assert!(run.max_rss_mib() < 64, "{} MiB", run.max_rss_mib());
     assert_eq!(web1.system_profile().as_deref(), Some(&*system));
 }

@@ -13,29 +13,36 @@ const UNKNOWN_FLAG: &str = "error: unrecognised flag '--serve'\nTry 'nix-store -
 const NO_LONGER_SUPPORTED: &str =
     "error: 'nix-store --serve' is no longer supported; use 'nix-daemon --stdio' (the ssh-ng:// store) instead";
 
-/// Makes `host` a Nix without the serve protocol: its nix-store, first on
-/// the PATH of every ssh session, refuses `--serve` with `message` on
-/// stderr and exit 1, and is the real one otherwise. The stand-in is there
-/// to make the real Nix lack what a future one lacks; nix-daemon stays real.
+/// Puts a stand-in for `program` (nix-store or nix-daemon) first on the
+/// PATH of every ssh session on `host`: a sh script of `body`, which
+/// reaches the real nix-store as /run/nixpipe-real/nix-store. A stand-in is
+/// there to make the real Nix lack or break what a test needs it to.
+fn stand_in(host: &Host, program: &str, body: &str) {
+    std::fs::write(host.dir().join(program), format!("#!/bin/sh\n{body}\n")).unwrap();
+    host.sh(&format!(
+        "mkdir -p /run/nixpipe-real && ln -sfn /usr/bin/nix /run/nixpipe-real/nix-store
+mountpoint -q /usr/local/bin || mount -t tmpfs -o mode=755 nixpipe-stand-in /usr/local/bin
+install -m 755 {}/{program} /usr/local/bin/{program}",
+        host.dir().display()
+    ));
+}
+
+/// Makes `host` a Nix without the serve protocol: its nix-store refuses
+/// `--serve` with `message` on stderr and exit 1, and is the real one
+/// otherwise; nix-daemon stays real.
 fn without_serve(host: &Host, message: &str) {
     std::fs::write(host.dir().join("no-serve-message"), format!("{message}\n")).unwrap();
-    host.sh(&format!(
-        r#"mkdir -p /run/nixpipe-no-serve && ln -sfn /usr/bin/nix /run/nixpipe-no-serve/nix-store
-cp {}/no-serve-message /run/nixpipe-no-serve/message
-mount -t tmpfs -o mode=755 nixpipe-no-serve /usr/local/bin
-cat >/usr/local/bin/nix-store <<'EOF'
-#!/bin/sh
-for arg; do
+    let body = format!(
+        r#"for arg; do
     if [ "$arg" = --serve ]; then
-        cat /run/nixpipe-no-serve/message >&2
+        cat {}/no-serve-message >&2
         exit 1
     fi
 done
-exec /run/nixpipe-no-serve/nix-store "$@"
-EOF
-chmod +x /usr/local/bin/nix-store"#,
+exec /run/nixpipe-real/nix-store "$@""#,
         host.dir().display()
-    ));
+    );
+    stand_in(host, "nix-store", &body);
 }
 
 fn closure_of(host: &Host, path: &str) -> String {
@@ -208,16 +215,14 @@ fn a_source_whose_closure_leaves_out_the_path_asked_for_is_an_error_naming_it() 
     tb.sh(&format!("nixpipe-copy --to {} {chain}", build1.target())).ok();
     tb.sh(&format!("nix-store --delete $(nix-store --query --requisites {chain})")).ok();
     // build1's nix-store answers every closure without the path asked for.
-    build1.sh(r#"mkdir -p /run/nixpipe-lying && ln -sfn /usr/bin/nix /run/nixpipe-lying/nix-store
-mount -t tmpfs -o mode=755 nixpipe-lying /usr/local/bin
-cat >/usr/local/bin/nix-store <<'EOF'
-#!/bin/sh
-case "$*" in
-    *--requisites*) last=; for a; do last=$a; done; /run/nixpipe-lying/nix-store "$@" | grep -vxF "$last" ;;
-    *) exec /run/nixpipe-lying/nix-store "$@" ;;
-esac
-EOF
-chmod +x /usr/local/bin/nix-store"#);
+    stand_in(
+        &build1,
+        "nix-store",
+        r#"case "$*" in
+    *--requisites*) last=; for a; do last=$a; done; /run/nixpipe-real/nix-store "$@" | grep -vxF "$last" ;;
+    *) exec /run/nixpipe-real/nix-store "$@" ;;
+esac"#,
+    );
 
     let run =
         tb.sh(&format!("nixpipe-copy --protocol daemon --from {} --to {} {chain}", build1.target(), web1.target()));
@@ -235,11 +240,10 @@ fn a_peer_that_breaks_the_protocol_is_named_with_what_it_sent_at_once() {
     let chain = tb.filler(1, 100, "-peer-breaks");
     // build1's nix-store --serve greets, answers the closure query with a
     // path outside the store, and stays on the line.
-    build1.sh(r#"mkdir -p /run/nixpipe-broken && ln -sfn /usr/bin/nix /run/nixpipe-broken/nix-store
-mount -t tmpfs -o mode=755 nixpipe-broken /usr/local/bin
-cat >/usr/local/bin/nix-store <<'EOF'
-#!/bin/sh
-for arg; do
+    stand_in(
+        &build1,
+        "nix-store",
+        r#"for arg; do
     if [ "$arg" = --serve ]; then
         head -c 16 >/dev/null
         printf '\313\356\122\124\000\000\000\000\005\002\000\000\000\000\000\000'
@@ -247,9 +251,8 @@ for arg; do
         exec sleep 600
     fi
 done
-exec /run/nixpipe-broken/nix-store "$@"
-EOF
-chmod +x /usr/local/bin/nix-store"#);
+exec /run/nixpipe-real/nix-store "$@""#,
+    );
 
     let started = std::time::Instant::now();
     let run =
@@ -268,8 +271,7 @@ fn a_daemon_that_never_answers_is_given_up_on_after_the_timeout() {
     let web1 = tb.host("web1");
     let chain = tb.filler(1, 100, "-silent-daemon");
     // web1's nix-daemon takes the connection and never says a word.
-    web1.sh(r#"mount -t tmpfs -o mode=755 nixpipe-silent /usr/local/bin
-printf '#!/bin/sh\nexec sleep 600\n' > /usr/local/bin/nix-daemon && chmod +x /usr/local/bin/nix-daemon"#);
+    stand_in(&web1, "nix-daemon", "exec sleep 600");
     let started = std::time::Instant::now();
 
     let run = tb.sh(&format!("nixpipe-copy --protocol daemon --timeout 3 --to {} {chain}", web1.target()));
@@ -298,20 +300,14 @@ fn served_by_a_fake_peer(host: &Host, nar: &[u8], name: &str) -> String {
     let path = format!("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-{name}");
     std::fs::write(host.dir().join("fake.nar"), nar).unwrap();
     std::fs::copy(nixpipe_tests::bin_dir().join("nixpipe-fake-serve"), host.dir().join("fake-serve")).unwrap();
-    host.sh(&format!(
-        r#"mkdir -p /run/nixpipe-fake && cp {dir}/fake.nar {dir}/fake-serve /run/nixpipe-fake/
-ln -sfn /usr/bin/nix /run/nixpipe-fake/nix-store
-mount -t tmpfs -o mode=755 nixpipe-fake /usr/local/bin
-cat >/usr/local/bin/nix-store <<'EOF'
-#!/bin/sh
-for arg; do
-    [ "$arg" = --serve ] && exec /run/nixpipe-fake/fake-serve /run/nixpipe-fake/fake.nar {path}
+    let body = format!(
+        r#"for arg; do
+    [ "$arg" = --serve ] && exec {dir}/fake-serve {dir}/fake.nar {path}
 done
-exec /run/nixpipe-fake/nix-store "$@"
-EOF
-chmod +x /usr/local/bin/nix-store"#,
+exec /run/nixpipe-real/nix-store "$@""#,
         dir = host.dir().display()
-    ));
+    );
+    stand_in(host, "nix-store", &body);
     path
 }
 
@@ -379,6 +375,5 @@ fn a_cache_takes_no_nar_whose_entries_nix_would_refuse() {
         assert_eq!(run.code, 1, "{names:?}: {}", run.stderr);
         assert!(run.error_line().contains("not a NAR"), "{names:?}: {}", run.stderr);
         assert_eq!(cache_files(&tb, &cache), ["./nix-cache-info"], "{names:?}: nothing of it is in the cache");
-        build1.sh("umount /usr/local/bin");
     }
 }

@@ -2,7 +2,7 @@
 //! read-only round trip per host; --changed for deploying only the hosts
 //! that drifted.
 
-use nixpipe_tests::{Host, Testbed};
+use nixpipe_tests::{Host, Testbed, MEASURING_MEMORY};
 
 /// web1 and web2, booting systemd and known by name, both running the
 /// same first system; web1's next system, and the records of both next
@@ -123,12 +123,6 @@ fn what_a_host_says_reaches_the_terminal_with_its_control_characters_escaped() {
     assert!(run.stderr.contains(r"\u{1b}]52;c;Zm9v"), "{:?}", run.stderr);
 }
 
-/// The most memory `run` (of `/usr/bin/time -f 'maxrss %M' ...`) took, in MiB.
-fn max_rss_mib(stderr: &str) -> u64 {
-    let kib: u64 = stderr.lines().find_map(|l| l.strip_prefix("maxrss ")).expect("time's line").trim().parse().unwrap();
-    kib / 1024
-}
-
 #[test]
 fn a_login_that_prints_a_flood_before_the_answer_costs_no_memory() {
     let tb = Testbed::new();
@@ -149,10 +143,10 @@ EOF
 chmod +x /usr/local/sbin/flood-sh"#);
     web1.set_login_shell("root", "/usr/local/sbin/flood-sh");
 
-    let run = tb.sh(&format!("/usr/bin/time -f 'maxrss %M' nixpipe-status --json $'web1\\t{system}'")).ok();
+    let run = tb.sh(&format!("{MEASURING_MEMORY} nixpipe-status --json $'web1\\t{system}'")).ok();
 
     assert_eq!(run.json_lines()[0]["runs"], true);
-    assert!(max_rss_mib(&run.stderr) < 64, "{} MiB", max_rss_mib(&run.stderr));
+    assert!(run.max_rss_mib() < 64, "{} MiB", run.max_rss_mib());
 }
 
 #[test]
