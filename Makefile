@@ -20,6 +20,7 @@ test: build
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) xtask gen --check
+	$(CARGO) xtask layers
 	bash scripts/shellcheck.sh
 	NIX="$(NIX)" TARGET_NIX="$(TARGET_NIX)" TARGET_INIT="$(TARGET_INIT)" PROTOCOL="$(PROTOCOL)" bash scripts/test.sh
 

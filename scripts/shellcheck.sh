@@ -8,15 +8,15 @@ cd "$(dirname "$0")/.."
 shellcheck -s bash scripts/*.sh
 checked=$(mktemp -d)
 trap 'rm -rf "$checked"' EXIT
-for script in core/scripts/*.sh; do
+for script in host/scripts/*.sh; do
     name=${script##*/}
     case $name in
         prelude.sh | serve.sh) cp "$script" "$checked/$name" ;;
-        *) cat core/scripts/prelude.sh "$script" >"$checked/$name" ;;
+        *) cat host/scripts/prelude.sh "$script" >"$checked/$name" ;;
     esac
 done
 # SC2317: functions called by name ("$@" at the end of a script) look unreachable.
 (cd "$checked" && shellcheck -s sh -e SC2317 ./*.sh)
 # The bundle's switch script, with its @placeholders@ as Nix fills them in.
-sed 's|^#!@shell@|#!/bin/sh|; s|@out@|/nix/store/00000000000000000000000000000000-bundle|g' core/nix/bundle-switch.sh >"$checked/bundle-switch"
+sed 's|^#!@shell@|#!/bin/sh|; s|@out@|/nix/store/00000000000000000000000000000000-bundle|g' deploy/nix/bundle-switch.sh >"$checked/bundle-switch"
 shellcheck -s sh "$checked/bundle-switch"

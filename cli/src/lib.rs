@@ -7,9 +7,10 @@
 pub mod progress;
 pub mod reporter;
 
-use nixpipe_core::fleet::{self, Rollout};
-use nixpipe_core::privilege::{Ask, Privilege};
-use nixpipe_core::{Error, Outcome, Record, RecordWriter};
+use nixpipe_deploy::fleet::{self, Rollout};
+use nixpipe_deploy::{Error, Outcome};
+use nixpipe_host::privilege::{Ask, Privilege};
+use nixpipe_store::{Record, RecordWriter};
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
@@ -25,7 +26,7 @@ pub fn program() -> &'static str {
 /// done, 1 some record failed, 2 bad usage or input.
 pub fn main<C: clap::Parser>(program: &'static str, run: impl FnOnce(C) -> Result<Outcome, Error>) -> ExitCode {
     let _ = PROGRAM.set(program);
-    nixpipe_core::report::install(Box::new(reporter::Terminal));
+    nixpipe_host::report::install(Box::new(reporter::Terminal));
     let cli = match C::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(program, e),
@@ -33,7 +34,7 @@ pub fn main<C: clap::Parser>(program: &'static str, run: impl FnOnce(C) -> Resul
     // NIX_SSHOPTS is part of the command line: a malformed one is bad
     // usage, said before anything is done, whatever later step would
     // have found it.
-    if let Err(e) = nixpipe_core::target::nix_sshopts() {
+    if let Err(e) = nixpipe_host::target::nix_sshopts() {
         progress::println(&format!("{program}: {e}"));
         return ExitCode::from(2);
     }
@@ -85,7 +86,7 @@ pub struct RecordArgs {
 impl RecordArgs {
     /// The records, from the arguments or else stdin, checked whole.
     pub fn read(&self) -> Result<Vec<Record>, Error> {
-        nixpipe_core::record::from_args_or_stdin(&self.paths)
+        Ok(nixpipe_store::record::from_args_or_stdin(&self.paths)?)
     }
 }
 
@@ -137,7 +138,7 @@ pub struct JobsArgs {
 
     /// Give up on a host (or store) that neither says nor takes a byte for SECONDS: a login that hangs, a
     /// daemon that never answers, a frozen link; the other hosts go on
-    #[arg(long, value_name = "SECONDS", default_value_t = nixpipe_core::process::DEFAULT_SILENCE_LIMIT, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
+    #[arg(long, value_name = "SECONDS", default_value_t = nixpipe_host::process::DEFAULT_SILENCE_LIMIT, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
     timeout: u64,
 }
 
@@ -146,7 +147,7 @@ impl JobsArgs {
     /// every host program the run starts). The fields are private: no
     /// command can take the one without the other.
     pub fn jobs(&self) -> usize {
-        nixpipe_core::process::set_silence_limit(self.timeout);
+        nixpipe_host::process::set_silence_limit(self.timeout);
         self.jobs
     }
 

@@ -127,7 +127,7 @@ impl Progress {
     }
 }
 
-impl nixpipe_core::report::CopyProgress for Progress {
+impl nixpipe_host::report::CopyProgress for Progress {
     fn sent(&self, bytes: u64) {
         self.bar.inc(bytes);
     }

@@ -4,7 +4,7 @@
 //! notes start with the command's name.
 
 use crate::progress;
-use nixpipe_core::report::{CopyProgress, Report, Reporter};
+use nixpipe_host::report::{CopyProgress, Report, Reporter};
 
 pub struct Terminal;
 

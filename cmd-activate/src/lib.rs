@@ -2,13 +2,15 @@
 
 use clap::Parser;
 use nixpipe_cli::{JobsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
-use nixpipe_core::activation::{self, Action, Activation, IfInhibited, Options, Specialisation};
-use nixpipe_core::fleet::{self, Rollout, Step};
-use nixpipe_core::keys;
-use nixpipe_core::privilege::Privilege;
-use nixpipe_core::report;
-use nixpipe_core::session::Session;
-use nixpipe_core::{Error, Outcome, Record, StorePath, Target, TargetSpec};
+use nixpipe_deploy::activation::{self, Action, Activation, IfInhibited, Options, Specialisation};
+use nixpipe_deploy::fleet::{self, Rollout, Step};
+use nixpipe_deploy::keys;
+use nixpipe_deploy::{Error, Outcome};
+use nixpipe_host::privilege::Privilege;
+use nixpipe_host::report;
+use nixpipe_host::session::Session;
+use nixpipe_host::{Target, TargetSpec};
+use nixpipe_store::{Record, StorePath};
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");
 const SAFETY: &str = include_str!("../doc/safety.txt");

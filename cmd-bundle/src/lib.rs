@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use nixpipe_cli::{OutputArgs, RecordArgs, Results};
-use nixpipe_core::bundle::Contents;
-use nixpipe_core::{Error, Outcome};
+use nixpipe_deploy::bundle::Contents;
+use nixpipe_deploy::{Error, Outcome};
 use std::path::PathBuf;
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");

@@ -2,12 +2,14 @@
 
 use clap::Parser;
 use nixpipe_cli::{JobsArgs, OutputArgs, RecordArgs, Results};
-use nixpipe_core::copy::{self, Compression, CopyError, DestinationSpec, Options, Route, Summary};
-use nixpipe_core::fleet;
-use nixpipe_core::signing::SecretKey;
-use nixpipe_core::store_connection::Protocol;
-use nixpipe_core::via::Via;
-use nixpipe_core::{Error, Outcome, Record, TargetSpec};
+use nixpipe_deploy::copy::{self, Compression, CopyError, DestinationSpec, Options, Route, Summary};
+use nixpipe_deploy::fleet;
+use nixpipe_deploy::via::Via;
+use nixpipe_deploy::{Error, Outcome};
+use nixpipe_host::store_connection::Protocol;
+use nixpipe_host::TargetSpec;
+use nixpipe_store::signing::SecretKey;
+use nixpipe_store::Record;
 use std::path::PathBuf;
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");

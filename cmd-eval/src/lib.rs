@@ -2,8 +2,9 @@
 
 use clap::Parser;
 use nixpipe_cli::{OutputArgs, Results};
-use nixpipe_core::eval::{self, Classic, EvalError, Evaluated, Flake, Machine, Network, NixArgs, Variant};
-use nixpipe_core::{Error, Outcome, Target, TargetSpec};
+use nixpipe_deploy::eval::{self, Classic, EvalError, Evaluated, Flake, Machine, Network, NixArgs, Variant};
+use nixpipe_deploy::{Error, Outcome};
+use nixpipe_host::{Target, TargetSpec};
 use std::path::PathBuf;
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");

@@ -3,15 +3,17 @@
 
 use clap::{Args, Parser, Subcommand};
 use nixpipe_cli::{JobsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
-use nixpipe_core::activation::{Action, Options};
-use nixpipe_core::copy::{self, Destination, Route};
-use nixpipe_core::fleet::{self, Step};
-use nixpipe_core::microvm::{self, Host, MicrovmError, Restart};
-use nixpipe_core::privilege::Privilege;
-use nixpipe_core::record::StdoutLines;
-use nixpipe_core::report::{self, Report};
-use nixpipe_core::session::Session;
-use nixpipe_core::{closure_diff, nix, Error, Outcome, Record, StorePath, Target, TargetSpec};
+use nixpipe_deploy::activation::{Action, Options};
+use nixpipe_deploy::copy::{self, Destination, Route};
+use nixpipe_deploy::fleet::{self, Step};
+use nixpipe_deploy::microvm::{self, Host, MicrovmError, Restart};
+use nixpipe_deploy::{build, diff, Error, Outcome};
+use nixpipe_host::privilege::Privilege;
+use nixpipe_host::report::{self, Report};
+use nixpipe_host::session::Session;
+use nixpipe_host::{Target, TargetSpec};
+use nixpipe_store::record::StdoutLines;
+use nixpipe_store::{Record, StorePath};
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");
 const LAYOUT: &str = include_str!("../doc/layout.txt");
@@ -154,7 +156,7 @@ fn install(
         let installed = host.install(name, runner.as_str(), restart);
         if let Ok(installed) = &installed {
             if let (true, Some(previous)) = (installed.changed, &installed.previous) {
-                closure_diff::report(&session, name, Some(previous), runner.as_str());
+                diff::report(&session, name, Some(previous), runner.as_str());
             }
             if installed.restarted {
                 report::report(Report::Restarted { label: name.to_owned() });
@@ -173,7 +175,7 @@ fn install(
 fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Result<Vec<StorePath>, Error> {
     let paths: Vec<StorePath> = records.iter().map(|r| r.path.clone()).collect();
     if build_on_host {
-        return Ok(nix::realise_on(target, &paths).map_err(MicrovmError::from)?);
+        return Ok(build::realise_on(target, &paths).map_err(MicrovmError::from)?);
     }
     let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
     let refs: Vec<&StorePath> = paths.iter().collect();

@@ -2,11 +2,13 @@
 
 use clap::Parser;
 use nixpipe_cli::{JobsArgs, OutputArgs, RecordArgs, Results};
-use nixpipe_core::privilege::Privilege;
-use nixpipe_core::report::{self, Report};
-use nixpipe_core::session::Session;
-use nixpipe_core::status::{self, FailedJson, HostStatus};
-use nixpipe_core::{fleet, Error, Outcome, Record, Target, TargetSpec};
+use nixpipe_deploy::status::{self, FailedJson, HostStatus};
+use nixpipe_deploy::{fleet, Error, Outcome};
+use nixpipe_host::privilege::Privilege;
+use nixpipe_host::report::{self, Report};
+use nixpipe_host::session::Session;
+use nixpipe_host::{Target, TargetSpec};
+use nixpipe_store::Record;
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");
 
@@ -65,7 +67,7 @@ fn write(
     cli: &Cli,
     record: &Record,
     target: &Target,
-    status: Result<HostStatus, nixpipe_core::session::SessionError>,
+    status: Result<HostStatus, nixpipe_host::session::SessionError>,
 ) -> Result<(), Error> {
     let target = target.to_string();
     let mut record = record.clone();

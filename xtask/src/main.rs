@@ -3,6 +3,10 @@
 //!
 //! `cargo xtask gen` writes them; `cargo xtask gen --check` fails when the
 //! checked-in files are not what the code generates (run in CI).
+//! `cargo xtask layers [--show]` checks the crates' module graphs (see
+//! layers.rs).
+
+mod layers;
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -23,15 +27,32 @@ fn commands() -> Vec<clap::Command> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let check = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["gen"] => false,
-        ["gen", "--check"] => true,
-        _ => {
-            eprintln!("usage: cargo xtask gen [--check]");
-            return ExitCode::from(2);
-        }
-    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["gen"] => generate(&root, false),
+        ["gen", "--check"] => generate(&root, true),
+        ["layers"] => check_layers(&root, false),
+        ["layers", "--show"] => check_layers(&root, true),
+        _ => {
+            eprintln!("usage: cargo xtask gen [--check] | cargo xtask layers [--show]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_layers(root: &Path, show: bool) -> ExitCode {
+    let problems = layers::check(root, show);
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    match problems.is_empty() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
+}
+
+/// Writes the generated files, or with `check` only says which are stale.
+fn generate(root: &Path, check: bool) -> ExitCode {
     let stale: Vec<PathBuf> = generated_files()
         .into_iter()
         .filter_map(|(rel, content)| {

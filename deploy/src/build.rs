@@ -1,0 +1,45 @@
+//! Building on another host: evaluate here, build there (`--build-on`,
+//! `nixpipe-microvm --build-on-host`).
+
+use crate::copy::{copy_closures, CopyError, Destination, Options, Route};
+use crate::nix::NixError;
+use nixpipe_host::process;
+use nixpipe_host::Target;
+use nixpipe_store::StorePath;
+
+/// Why a build on another host failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot send the derivations to {target}: {error}")]
+    SendDerivations { target: String, error: Box<CopyError> },
+    #[error(transparent)]
+    Nix(#[from] NixError),
+}
+
+/// Builds `drvs` on `target` (evaluate here, build there): their closures
+/// go there as nixpipe-copy sends them, then one `nix-store --realise`
+/// builds them all, its log on stderr. The output paths, in order; they stay
+/// on the target.
+pub fn realise_on(target: &Target, drvs: &[StorePath]) -> Result<Vec<StorePath>, BuildError> {
+    let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
+    let refs: Vec<&StorePath> = drvs.iter().collect();
+    copy_closures(&route, &refs, &Options::default())
+        .map_err(|e| BuildError::SendDerivations { target: target.to_string(), error: Box::new(e) })?;
+    let argv: Vec<&str> = ["nix-store", "--realise"].into_iter().chain(drvs.iter().map(StorePath::as_str)).collect();
+    let output =
+        process::capture_stdout(&mut target.command(&argv).map_err(NixError::from)?).map_err(NixError::from)?;
+    if !output.status.success() {
+        return Err(NixError::BuildOnFailed { target: target.to_string() }.into());
+    }
+    let outputs = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            StorePath::parse(line).map_err(|e| NixError::BadOutput {
+                program: format!("nix-store --realise on {target}"),
+                output: line.to_owned(),
+                why: e.to_string(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(outputs)
+}

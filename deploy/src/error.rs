@@ -1,0 +1,88 @@
+//! Errors and the exit statuses of the pipe contract. Each concern has its
+//! own typed error, with its own wording (one line, naming the record or
+//! host, what changed, the way out); this is the one place that maps them
+//! to exit 2 (bad usage or input, nothing done) or 1 (failed while acting).
+
+use crate::activation::ActivationError;
+use crate::copy::CopyError;
+use crate::eval::EvalError;
+use crate::microvm::MicrovmError;
+use nixpipe_host::privilege::PrivilegeError;
+use nixpipe_host::session::SessionError;
+use nixpipe_host::target::SshError;
+use nixpipe_store::record::{InputError, RecordError};
+use std::process::ExitCode;
+
+/// Why a command stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad usage found while making the plan: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// No records to work on.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    #[error(transparent)]
+    Microvm(#[from] MicrovmError),
+    /// stdout could not take a record (the pipe's reader is gone).
+    #[error("cannot write to stdout: {0}")]
+    Output(String),
+}
+
+impl From<SessionError> for Error {
+    fn from(e: SessionError) -> Error {
+        match e {
+            SessionError::Ssh(e) => Error::Ssh(e),
+            SessionError::Privilege(e) => Error::Privilege(e),
+        }
+    }
+}
+
+impl Error {
+    /// Whether nothing was done because the usage or input was bad.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Error::Usage(_) | Error::Record(_) | Error::Input(_) => true,
+            Error::Privilege(e) => matches!(
+                e,
+                PrivilegeError::NoTerminal(_) | PrivilegeError::BadSudoCmd(_) | PrivilegeError::PasswordForCustom
+            ),
+            Error::Ssh(e) => matches!(e, SshError::BadSshOpts),
+            Error::Copy(e) => e.is_usage(),
+            Error::Eval(e) => e.is_usage(),
+            Error::Activation(_) | Error::Microvm(_) | Error::Output(_) => false,
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(if self.is_usage() { 2 } else { 1 })
+    }
+}
+
+/// What a run over many records came to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub failed: usize,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> ExitCode {
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Upload once (`nixpipe-copy --via`): the closures go over this machine's
+//! uplink once, to a relay host or a binary cache, and every target fetches
+//! them from there; the bytes this machine sends do not grow with the
+//! number of targets.
+//!
+//! - A relay (`--via HOST`) gets the union of the closures by our own copy,
+//!   then copies each target what it lacks with nix-copy-closure (see
+//!   via/relay.sh). While the upload runs, the relay already logs in to
+//!   the targets and asks what they lack: the upload leaves this machine's
+//!   CPU and the relay's mostly idle, and a handshake is costly. The relay
+//!   logs in with this machine's ssh agent, forwarded to it for the run,
+//!   and checks each target's host key against the keys this machine
+//!   trusts for it.
+//! - A binary cache (`--via file:///DIR`) is written natively and signed;
+//!   each target then substitutes from it, told the cache's URL and public
+//!   key for that one session. Whatever a target could not substitute is
+//!   sent from here, and said.
+
+use crate::copy::{self, CopyError, Destination, Options, Route, Summary};
+use crate::nix;
+use nixpipe_host::event::Event;
+use nixpipe_host::host_key;
+use nixpipe_host::process;
+use nixpipe_host::session::Script;
+use nixpipe_host::store_connection::{self, GcRoot, Protocol};
+use nixpipe_host::target::Target;
+use nixpipe_store::binary_cache::BinaryCache;
+use nixpipe_store::record::Record;
+use nixpipe_store::store_path::StorePath;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// Where the closures go first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    Relay(Target),
+    Cache { cache: BinaryCache, url: String },
+}
+
+impl Via {
+    /// `spec` as given to --via: `file:///DIR`, or an ssh host. `cache_url`
+    /// is where targets fetch a cache from (default: its file:// URL).
+    pub fn parse(spec: &str, cache_url: Option<&str>) -> Result<Via, String> {
+        if let Some(cache) = BinaryCache::from_url(spec) {
+            let url = cache_url.unwrap_or(spec).to_owned();
+            return Ok(Via::Cache { cache: cache?, url });
+        }
+        if cache_url.is_some() {
+            return Err("--cache-url is for --via file:///DIR".into());
+        }
+        match Target::parse(spec).map_err(|e| e.to_string())? {
+            Target::Local => Err("--via local: this machine is where the copy starts; name a relay host".into()),
+            relay => Ok(Via::Relay(relay)),
+        }
+    }
+
+    /// Refuses what cannot work before anything moves.
+    pub fn check(&self, options: &Options, destinations: &[&Destination]) -> Result<(), CopyError> {
+        if matches!(self, Via::Cache { .. }) && options.sign_key.is_none() {
+            return Err(CopyError::ViaNeedsSignKey);
+        }
+        for to in destinations {
+            match (self, to) {
+                (_, Destination::Cache(_)) => return Err(CopyError::ViaToCache(to.to_string())),
+                (Via::Relay(_), Destination::Store(Target::Local)) => return Err(CopyError::ViaToLocal),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the closures of `paths` from this machine to the relay or the
+    /// cache: the one time they cross this machine's uplink.
+    pub fn upload(&self, paths: &[&StorePath], options: &Options) -> Result<Summary, CopyError> {
+        let to = match self {
+            Via::Relay(relay) => Destination::Store(relay.clone()),
+            Via::Cache { cache, .. } => Destination::Cache(cache.clone()),
+        };
+        copy::copy_closures(&Route { from: Target::Local, to }, paths, options)
+    }
+
+    /// Uploads the closures of `paths` while `fetch_all` has the targets
+    /// fetch them: each fetch does what it can before it needs the
+    /// closures, then waits for the upload. Err: the upload failed, and the
+    /// fetches took nothing.
+    pub fn deliver<R>(
+        &self,
+        paths: &[&StorePath],
+        options: &Options,
+        fetch_all: impl FnOnce(&Fetcher) -> R,
+    ) -> Result<R, CopyError> {
+        let from = self.source(options)?;
+        // The upload to a relay goes over the connection already open.
+        let upload_options = match &from {
+            Source::Relay(relay) => {
+                Options { target_ssh_options: RelayConnection::control(relay.dir.path()), ..options.clone() }
+            }
+            Source::Cache(_) => options.clone(),
+        };
+        let fetcher = Fetcher { from, uploaded: Gate::default() };
+        thread::scope(|scope| {
+            let upload = scope.spawn(|| {
+                let uploaded = self.upload(paths, &upload_options);
+                fetcher.uploaded.open(uploaded.is_ok());
+                uploaded
+            });
+            let fetched = fetch_all(&fetcher);
+            upload.join().expect("the upload does not panic")?;
+            Ok(fetched)
+        })
+    }
+
+    /// Where the targets fetch from.
+    fn source(&self, options: &Options) -> Result<Source, CopyError> {
+        match self {
+            Via::Relay(relay) => RelayConnection::open(relay).map(Source::Relay),
+            Via::Cache { url, .. } => {
+                let key = options.sign_key.as_ref().map(|k| k.public()).unwrap_or_default();
+                Ok(Source::Cache(Options {
+                    substitute: true,
+                    target_nix_args: [
+                        "--option",
+                        "extra-substituters",
+                        url,
+                        "--option",
+                        "extra-trusted-public-keys",
+                        &key,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    ..options.clone()
+                }))
+            }
+        }
+    }
+}
+
+/// Makes targets fetch from the relay or the cache.
+pub struct Fetcher {
+    from: Source,
+    uploaded: Gate,
+}
+
+enum Source {
+    Relay(RelayConnection),
+    /// The options of a copy whose target substitutes from the cache.
+    Cache(Options),
+}
+
+/// Why a target got nothing.
+#[derive(Debug)]
+pub enum Missed {
+    /// The upload failed: said once, not for each target.
+    NoUpload,
+    Failed(CopyError),
+}
+
+impl<E: Into<CopyError>> From<E> for Missed {
+    fn from(error: E) -> Missed {
+        Missed::Failed(error.into())
+    }
+}
+
+impl Fetcher {
+    /// Makes the closures of the records' paths valid on `to`, once they
+    /// are uploaded, with the GC roots of a copy under `options`.
+    pub fn fetch(&self, to: &Destination, records: &[Record], options: &Options) -> Result<Summary, Missed> {
+        match (&self.from, to) {
+            (Source::Relay(relay), Destination::Store(target)) => {
+                relay.copy_to(target, records, &copy::gc_roots(records, options), options.protocol, &self.uploaded)
+            }
+            (Source::Cache(session), to) => match self.uploaded.wait() {
+                true => Ok(copy::copy_records(&Route { from: Target::Local, to: to.clone() }, records, session)?),
+                false => Err(Missed::NoUpload),
+            },
+            (Source::Relay(_), Destination::Cache(_)) => unreachable!("refused by Via::check"),
+        }
+    }
+}
+
+/// Whether the upload succeeded: told once by the upload, waited for by
+/// the fetches.
+#[derive(Default)]
+struct Gate {
+    uploaded: Mutex<Option<bool>>,
+    told: Condvar,
+}
+
+impl Gate {
+    fn open(&self, uploaded: bool) {
+        *self.uploaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded);
+        self.told.notify_all();
+    }
+
+    /// Waits for the upload to end; whether it succeeded.
+    fn wait(&self) -> bool {
+        let uploaded = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+        let told = self.told.wait_while(uploaded, |u| u.is_none()).unwrap_or_else(|p| p.into_inner());
+        told.unwrap_or(false)
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Relay(relay) => relay.fmt(f),
+            Via::Cache { cache, .. } => write!(f, "file://{}", cache.dir().display()),
+        }
+    }
+}
+
+/// One ssh connection to the relay that every target's copy runs over:
+/// sshd lets only a few connections authenticate at once (MaxStartups),
+/// and each new one would pay the handshake over the slow link again.
+pub struct RelayConnection {
+    relay: Target,
+    master: Child,
+    /// Holds the control socket; removed when dropped.
+    dir: TempDir,
+}
+
+impl RelayConnection {
+    fn open(relay: &Target) -> Result<RelayConnection, CopyError> {
+        let Target::Ssh(host) = relay else { unreachable!("Via::parse refuses local") };
+        let dir = tempfile::Builder::new()
+            .prefix("nixpipe-relay.")
+            .tempdir()
+            .map_err(|e| CopyError::ControlDir(e.to_string()))?;
+        let mut options = Self::options(dir.path());
+        options.extend(["-o", "ControlMaster=yes", "-N"].map(String::from));
+        let mut cmd = host.ssh_command(&options.iter().map(String::as_str).collect::<Vec<_>>())?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut master =
+            cmd.spawn().map_err(|e| nixpipe_host::target::SshError::from(process::CannotRun::of(&cmd, e)))?;
+        // Ready once the control socket is there; an ssh that exits first
+        // could not connect.
+        while !dir.path().join(SOCKET).exists() {
+            if let Ok(Some(status)) = master.try_wait() {
+                let mut stderr = Vec::new();
+                master.stderr.take().map(|mut e| e.read_to_end(&mut stderr));
+                return Err(relay.failure("ssh", &Output { status, stdout: Vec::new(), stderr }).into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(RelayConnection { relay: relay.clone(), master, dir })
+    }
+
+    /// The ssh options of the master and of every session over it; the
+    /// agent forwarded on both (a session asks, the master forwards).
+    fn options(dir: &Path) -> Vec<String> {
+        let mut options = Self::control(dir);
+        options.extend(["-o", "ForwardAgent=yes"].map(String::from));
+        options
+    }
+
+    /// The options of a session over the master that needs no agent.
+    fn control(dir: &Path) -> Vec<String> {
+        let socket = format!("ControlPath={}", dir.join(SOCKET).display());
+        ["-o", &socket, "-o", "ControlPersist=no"].map(String::from).to_vec()
+    }
+
+    /// Runs relay.sh on the relay: it logs in to `target`, makes `roots`
+    /// there and finds what it lacks at once, and copies that once
+    /// `uploaded` says the closure is on the relay, speaking `protocol`.
+    fn copy_to(
+        &self,
+        target: &Target,
+        records: &[Record],
+        roots: &[GcRoot],
+        protocol: Protocol,
+        uploaded: &Gate,
+    ) -> Result<Summary, Missed> {
+        let started = std::time::Instant::now();
+        let relay = &self.relay;
+        let Target::Ssh(host) = target else { unreachable!("refused by Via::check") };
+        // Before the upload the relay cannot tell the closure: it is told.
+        let trust = host_key::trusted_for(host)?;
+        let mut input = trust.known_hosts + "\n";
+        let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
+        for path in nix::requisites(&paths)? {
+            input += &path;
+            input.push('\n');
+        }
+        input.push('\n');
+        let port = host.port.map(|p| p.to_string()).unwrap_or_default();
+        let destination = host.destination();
+        let making_roots = match roots.is_empty() {
+            true => String::new(),
+            false => {
+                let argv = store_connection::making_roots(roots);
+                nixpipe_host::target::remote_command(&argv.iter().map(String::as_str).collect::<Vec<_>>())?
+            }
+        };
+        let argv = Script::Relay.argv(&[&destination, &port, &trust.name, &making_roots, protocol.word()]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let options = Self::options(self.dir.path());
+        let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let mut go = false;
+        // The script prints one line before "go": its output can wait.
+        let output = process::capture_feeding(&mut cmd, |stdin| {
+            let _ = stdin.write_all(input.as_bytes());
+            go = uploaded.wait();
+            if go {
+                let _ = stdin.write_all(b"go\n");
+            }
+        })?;
+        if !go {
+            return Err(Missed::NoUpload);
+        }
+        match output.status.code() {
+            Some(0) => {}
+            Some(TARGET_UNREACHABLE) => {
+                return Err(Missed::Failed(CopyError::RelayCannotReach {
+                    relay: relay.to_string(),
+                    target: target.to_string(),
+                    why: process::summarize(&output.stderr),
+                }))
+            }
+            _ => return Err(relay.failure("the relay's copy", &output).into()),
+        }
+        let mut closure_paths = 0;
+        let mut sent = Vec::new();
+        for event in nixpipe_host::event::parse_all(&output.stdout) {
+            match event {
+                Event::Closure { paths } => closure_paths = paths,
+                Event::Sent { size, .. } => sent.push(size),
+                _ => {}
+            }
+        }
+        Ok(Summary {
+            from: relay.to_string(),
+            to: target.to_string(),
+            closure_paths,
+            copied_paths: sent.len(),
+            copied_bytes: sent.iter().sum(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+impl Drop for RelayConnection {
+    fn drop(&mut self) {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+}
+
+/// The control socket's name in its private directory.
+const SOCKET: &str = "ssh";
+
+/// The exit status of relay.sh when the target cannot be reached from the
+/// relay.
+const TARGET_UNREACHABLE: i32 = 3;

@@ -1,0 +1,188 @@
+//! The core reports; the edge prints. Core code never writes to a
+//! terminal: it sends [`Report`]s to the one [`Reporter`] the command
+//! installed (nixpipe-cli's, which renders them, owns the progress lines
+//! and knows about terminals), as the `log` crate's facade does for logs.
+//! Without one, reports go nowhere (unit tests).
+
+use nixpipe_store::closure_diff::ClosureDiff;
+use std::sync::OnceLock;
+
+/// Something the user should hear of while a command works.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A line of what happens on a host, about the record `label`: what the
+    /// switched program printed, the output of --check.
+    Step {
+        label: String,
+        line: String,
+    },
+    /// Nix's own messages (an evaluation's warnings), passed on as they are.
+    NixLog(Vec<u8>),
+    /// -s: the target could not substitute these; they are sent.
+    NotSubstituted {
+        to: String,
+        paths: usize,
+    },
+    /// --compress zstd to a target without zstd, or over the daemon
+    /// protocol (`daemon`).
+    NoZstd {
+        target: String,
+        daemon: bool,
+    },
+    /// --dry-run of a copy.
+    WouldCopy {
+        path: String,
+        bytes: u64,
+        to: String,
+    },
+    /// --dry-run of an activation.
+    WouldActivate {
+        label: String,
+        action: &'static str,
+        target: String,
+        path: String,
+    },
+    /// --diff: what changes from `before` to `after`.
+    ClosureDiff {
+        label: String,
+        before: String,
+        after: String,
+        diff: ClosureDiff,
+    },
+    /// --diff on a host that runs no system yet.
+    NothingToCompare {
+        label: String,
+        target: String,
+    },
+    /// --diff could not read both closures.
+    CannotCompare {
+        label: String,
+        before: String,
+        after: String,
+        why: String,
+    },
+    /// The activation job's steps.
+    Switching {
+        label: String,
+        action: String,
+        system: String,
+    },
+    RollingBack {
+        label: String,
+    },
+    Reconnecting {
+        label: String,
+        target: String,
+    },
+    /// --check failed after the switch: the host rolls back.
+    CheckFailed {
+        label: String,
+        why: String,
+    },
+    /// No new connection could confirm the switch.
+    Unconfirmed {
+        label: String,
+        target: String,
+        why: String,
+    },
+    /// nixpipe-microvm install restarted a VM.
+    Restarted {
+        label: String,
+    },
+    /// --if-inhibited boot: the switch its inhibitors forbid became a boot.
+    BootingInstead {
+        label: String,
+        keys: Vec<String>,
+    },
+    /// After a switch: the booted kernel, initrd or modules are not the new
+    /// system's.
+    NeedsReboot {
+        label: String,
+        target: String,
+    },
+    /// The switch said the init interface changed (exit 100): the new
+    /// system is the boot default, nothing was activated.
+    InitChanged {
+        label: String,
+        target: String,
+    },
+    /// The job waits for NixOS's own lock.
+    WaitingForLock {
+        label: String,
+        holder: String,
+    },
+}
+
+/// A byte bar for one copy.
+pub trait CopyProgress: Sync {
+    fn sent(&self, bytes: u64);
+    /// Called as the target confirms each path: `done` of them so far.
+    fn path_done(&self, done: u64);
+}
+
+/// What renders reports: one per command, installed by its `main`.
+pub trait Reporter: Sync + Send {
+    fn report(&self, report: Report);
+    /// A bar for a copy of `paths` paths, `bytes` bytes, to `label`; gone
+    /// when dropped.
+    fn copy_progress(&self, label: &str, paths: u64, bytes: u64) -> Box<dyn CopyProgress + '_>;
+    /// A line that shows what `label` is doing while the guard lives.
+    fn host_line(&self, label: &str, step: &str) -> Box<dyn Send + '_>;
+    /// Runs `f` with the terminal free of progress lines (a prompt).
+    fn paused(&self, f: &mut dyn FnMut());
+}
+
+static REPORTER: OnceLock<Box<dyn Reporter>> = OnceLock::new();
+
+/// Installs the reporter of the run; the first one stays.
+pub fn install(reporter: Box<dyn Reporter>) {
+    let _ = REPORTER.set(reporter);
+}
+
+struct Silent;
+
+impl CopyProgress for Silent {
+    fn sent(&self, _: u64) {}
+    fn path_done(&self, _: u64) {}
+}
+
+fn reporter() -> Option<&'static dyn Reporter> {
+    REPORTER.get().map(|r| r.as_ref())
+}
+
+/// Reports to the installed reporter.
+pub fn report(report: Report) {
+    if let Some(r) = reporter() {
+        r.report(report);
+    }
+}
+
+/// The installed reporter's bar for a copy.
+pub fn copy_progress(label: &str, paths: u64, bytes: u64) -> Box<dyn CopyProgress> {
+    match reporter() {
+        Some(r) => r.copy_progress(label, paths, bytes),
+        None => Box::new(Silent),
+    }
+}
+
+/// The installed reporter's line for a host at work, while the guard lives.
+pub fn host_line(label: &str, step: &str) -> Box<dyn Send> {
+    match reporter() {
+        Some(r) => r.host_line(label, step),
+        None => Box::new(()),
+    }
+}
+
+/// Runs `f` (a prompt on the terminal) with the installed reporter's
+/// progress lines out of the way.
+pub fn while_paused<T>(f: impl FnOnce() -> T) -> T {
+    let Some(r) = reporter() else { return f() };
+    let (mut f, mut out) = (Some(f), None);
+    r.paused(&mut || out = f.take().map(|f| f()));
+    out.expect("paused runs it")
+}
+
+/// A step of `label`'s work.
+pub fn step(label: &str, line: &str) {
+    report(Report::Step { label: label.to_owned(), line: line.to_owned() });
+}

@@ -1,0 +1,435 @@
+//! Where a command acts: `local`, or a host reached with the system ssh.
+//!
+//! Forms: `local`, `[user@]host[:port]`, `ssh://[user@]host[:port]`, with
+//! `[v6addr]` for IPv6. A target may hold `{name}`, replaced by the record's
+//! NAME, so `--to 'root@{name}'` fans records out to their machines.
+
+use crate::process::{self, CannotRun};
+use nixpipe_store::record::Record;
+use std::collections::HashMap;
+use std::fmt;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+/// A target the user wrote that cannot be one: bad usage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("bad target '{spec}': {why}")]
+    Bad { spec: String, why: String },
+    #[error("the record has no name to fill {{name}} in '{0}'")]
+    NoNameToFill(String),
+    #[error("the record has no name and no target was given")]
+    NoTarget,
+}
+
+/// Why running something on a target failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SshError {
+    /// ssh could not connect (no route, refused, wrong host key): what it said.
+    #[error("cannot reach {target}: {why}")]
+    Unreachable { target: String, why: String },
+    /// The connection (or a control master) died without a word.
+    #[error("the ssh connection to {target} dropped")]
+    Dropped { target: String },
+    /// The program ran there and failed.
+    #[error("{program} failed on {target} ({status}): {why}")]
+    Failed { program: String, target: String, status: String, why: String },
+    #[error("{program} on {target} printed something that is not UTF-8")]
+    NotUtf8 { program: String, target: String },
+    /// A script ended without the answer it gives.
+    #[error("{target} did not say its {what}")]
+    NoAnswer { target: String, what: String },
+    /// Nothing came from the host, nor went to it, for this long.
+    #[error("{target} gave no sign of life for {seconds} s (--timeout); stopped waiting for it")]
+    Silent { target: String, seconds: u64 },
+    #[error("cannot quote the remote command: {0}")]
+    Quote(String),
+    #[error("NIX_SSHOPTS: unbalanced quotes")]
+    BadSshOpts,
+    #[error(transparent)]
+    CannotRun(#[from] CannotRun),
+}
+
+const NAME_PLACEHOLDER: &str = "{name}";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Local,
+    Ssh(SshHost),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshHost {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// A target as the user wrote it, `{name}` not yet filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetSpec(String);
+
+impl std::str::FromStr for TargetSpec {
+    type Err = TargetError;
+
+    /// Checks the form up front, with a stand-in name, so that a typo is
+    /// bad usage before any record is touched.
+    fn from_str(s: &str) -> Result<TargetSpec, TargetError> {
+        let spec = TargetSpec(s.to_owned());
+        spec.resolve(Some("name"))?;
+        Ok(spec)
+    }
+}
+
+impl TargetSpec {
+    /// The target for one record: `{name}` replaced by its NAME.
+    pub fn resolve(&self, name: Option<&str>) -> Result<Target, TargetError> {
+        let text = if self.0.contains(NAME_PLACEHOLDER) {
+            let name = name.ok_or_else(|| TargetError::NoNameToFill(self.0.clone()))?;
+            self.0.replace(NAME_PLACEHOLDER, name)
+        } else {
+            self.0.clone()
+        };
+        Target::parse(&text)
+    }
+}
+
+/// The target of each record: `spec` when given; otherwise the record's
+/// NAME as an ssh host, or `unnamed` for a record without one.
+pub fn for_record(spec: Option<&TargetSpec>, record: &Record, unnamed: Option<Target>) -> Result<Target, TargetError> {
+    match (spec, &record.name) {
+        (Some(spec), name) => spec.resolve(name.as_deref()),
+        (None, Some(name)) => Target::parse(name),
+        (None, None) => unnamed.ok_or(TargetError::NoTarget),
+    }
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, TargetError> {
+        if s == "local" {
+            return Ok(Target::Local);
+        }
+        let rest = s.strip_prefix("ssh://").unwrap_or(s);
+        let (user, hostport) = match rest.split_once('@') {
+            Some((user, hostport)) => (Some(user), hostport),
+            None => (None, rest),
+        };
+        let (host, port) = split_port(hostport).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
+        if let Some(user) = user {
+            check_user(user).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
+        }
+        check_host(host).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
+        Ok(Target::Ssh(SshHost { user: user.map(str::to_owned), host: host.to_owned(), port }))
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Target::Local)
+    }
+
+    /// A command that runs `argv` on the target: directly when local,
+    /// through ssh otherwise. stdin is closed: it belongs to the pipe.
+    pub fn command(&self, argv: &[&str]) -> Result<Command, SshError> {
+        self.command_with(argv, &[])
+    }
+
+    /// [`Target::command`], with more ssh options. They come before
+    /// NIX_SSHOPTS, because ssh takes the first value it is given: a
+    /// ControlPath=none of ours must win over the user's ControlPath.
+    pub fn command_with(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Command, SshError> {
+        let mut cmd = match self {
+            Target::Local => {
+                let mut cmd = Command::new(argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            Target::Ssh(host) => {
+                let mut cmd = host.ssh_command(ssh_options)?;
+                cmd.arg(remote_command(argv)?);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// The error for a program on this target that failed to run or was
+    /// stopped by its watchdog.
+    pub fn waited(&self, program: &str, e: std::io::Error) -> SshError {
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<process::Silent>()) {
+            Some(&process::Silent(seconds)) => SshError::Silent { target: self.to_string(), seconds },
+            None => process::CannotRun { program: program.to_owned(), why: e.to_string() }.into(),
+        }
+    }
+
+    /// Runs `argv` on the target and returns what it printed on stdout.
+    pub fn run(&self, argv: &[&str]) -> Result<String, SshError> {
+        let mut cmd = self.command(argv)?;
+        let output = process::capture(&mut cmd)?;
+        if !output.status.success() {
+            return Err(self.failure(argv[0], &output));
+        }
+        String::from_utf8(output.stdout)
+            .map_err(|_| SshError::NotUtf8 { program: argv[0].to_owned(), target: self.to_string() })
+    }
+
+    /// The error of a failed remote program, telling an ssh failure (exit
+    /// 255: no route, refused, wrong host key) from the program's own.
+    pub fn failure(&self, program: &str, output: &Output) -> SshError {
+        let why = process::summarize(&output.stderr);
+        let target = self.to_string();
+        if !self.is_local() && output.status.code() == Some(255) {
+            // ssh says why it could not connect; a connection that drops
+            // later, or a control master that dies, leaves it silent.
+            return match why.is_empty() {
+                true => SshError::Dropped { target },
+                false => SshError::Unreachable { target, why },
+            };
+        }
+        let status = process::describe_status(output.status);
+        SshError::Failed { program: program.to_owned(), target, status, why }
+    }
+}
+
+fn split_port(hostport: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed '['")?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').ok_or("junk after ']'")?)),
+        }
+    } else {
+        match hostport.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        }
+    };
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("port '{p}' is not a number from 1 to 65535"))
+        })
+        .transpose()?;
+    Ok((host, port))
+}
+
+/// ssh takes a leading '-' as an option: never let a host or user be one.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if host.starts_with('-') {
+        return Err("a host cannot start with '-'".into());
+    }
+    if let Some(c) = host.chars().find(|&c| !(c.is_ascii_alphanumeric() || ".-_:%".contains(c))) {
+        return Err(format!("{c:?} is not allowed in a host name"));
+    }
+    Ok(())
+}
+
+fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.starts_with('-') {
+        return Err("bad user name".into());
+    }
+    if let Some(c) = user.chars().find(|&c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
+        return Err(format!("{c:?} is not allowed in a user name"));
+    }
+    Ok(())
+}
+
+impl SshHost {
+    /// `user@host`, as ssh and nix-copy-closure take it.
+    pub fn destination(&self) -> String {
+        match &self.user {
+            Some(user) => format!("{user}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// The ssh options for this host: NIX_SSHOPTS, then the port.
+    pub fn ssh_options(&self) -> Result<Vec<String>, SshError> {
+        let mut opts = nix_sshopts()?;
+        if let Some(port) = self.port {
+            opts.extend(["-p".to_owned(), port.to_string()]);
+        }
+        Ok(opts)
+    }
+
+    /// `ssh EXTRA OPTIONS LIVENESS -- user@host`, ready for the remote command.
+    pub fn ssh_command(&self, extra: &[&str]) -> Result<Command, SshError> {
+        let options = self.ssh_options()?;
+        let mut cmd = Command::new("ssh");
+        cmd.args(extra).args(&options).args(self.liveness(&options)).arg("--").arg(self.destination());
+        Ok(cmd)
+    }
+
+    /// Keepalives and a connect timeout for this host, where the user's ssh
+    /// configuration and NIX_SSHOPTS set none (`ssh -G` says, once per
+    /// host and options): a dead link is noticed within a minute, and a
+    /// host that never finishes the handshake within 30 s.
+    fn liveness(&self, options: &[String]) -> Vec<String> {
+        static KNOWN: OnceLock<Mutex<HashMap<Vec<String>, Vec<String>>>> = OnceLock::new();
+        let key: Vec<String> = options.iter().cloned().chain([self.destination()]).collect();
+        let known = KNOWN.get_or_init(Default::default);
+        if let Some(liveness) = known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return liveness.clone();
+        }
+        let config = Command::new("ssh")
+            .arg("-G")
+            .args(options)
+            .arg("--")
+            .arg(self.destination())
+            .stdin(Stdio::null())
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let setting = |name: &str| config.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::trim));
+        let mut liveness = Vec::new();
+        if matches!(setting("serveraliveinterval"), Some("0")) {
+            liveness.extend(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"].map(String::from));
+        }
+        if matches!(setting("connecttimeout"), Some("none")) {
+            liveness.extend(["-o", "ConnectTimeout=30"].map(String::from));
+        }
+        known.lock().unwrap_or_else(|p| p.into_inner()).insert(key, liveness.clone());
+        liveness
+    }
+}
+
+/// The one string ssh hands the login user's shell, whatever shell that is
+/// (sh, bash, fish, tcsh): a POSIX sh that decodes `argv`, every word
+/// quoted for sh, from base64 and runs it. A quoted multi-line script is not
+/// something every login shell passes through (tcsh rejects it, then runs
+/// pieces of it); `sh -c` and a quoted line of base64 and `$(...)` are.
+pub fn remote_command(argv: &[&str]) -> Result<String, SshError> {
+    use base64::Engine;
+    let line = shlex::try_join(argv.iter().copied()).map_err(|e| SshError::Quote(e.to_string()))?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(line);
+    Ok(format!("sh -c 'eval \"$(echo {encoded} | base64 -d)\"'"))
+}
+
+/// Extra ssh options from NIX_SSHOPTS, split as a shell would.
+pub fn nix_sshopts() -> Result<Vec<String>, SshError> {
+    match std::env::var("NIX_SSHOPTS") {
+        Err(_) => Ok(Vec::new()),
+        Ok(opts) => shlex::split(&opts).ok_or(SshError::BadSshOpts),
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Local => f.write_str("local"),
+            Target::Ssh(h) => {
+                let host = if h.host.contains(':') { format!("[{}]", h.host) } else { h.host.clone() };
+                let user = h.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+                match h.port {
+                    Some(port) => write!(f, "{user}{host}:{port}"),
+                    None => write!(f, "{user}{host}"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssh(user: Option<&str>, host: &str, port: Option<u16>) -> Target {
+        Target::Ssh(SshHost { user: user.map(Into::into), host: host.into(), port })
+    }
+
+    #[test]
+    fn keepalives_and_a_connect_timeout_only_where_the_user_set_none() {
+        let host = SshHost { user: None, host: "web1.invalid".into(), port: None };
+        let none = ["-F".to_owned(), "/dev/null".to_owned()];
+        assert_eq!(
+            host.liveness(&none),
+            ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=30"]
+        );
+        let theirs: Vec<String> =
+            ["-F", "/dev/null", "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=60"].map(String::from).to_vec();
+        assert!(host.liveness(&theirs).is_empty());
+    }
+
+    #[test]
+    fn parses_every_documented_form() {
+        assert_eq!(Target::parse("local"), Ok(Target::Local));
+        assert_eq!(Target::parse("web1"), Ok(ssh(None, "web1", None)));
+        assert_eq!(Target::parse("root@web1"), Ok(ssh(Some("root"), "web1", None)));
+        assert_eq!(Target::parse("root@127.0.0.1:2222"), Ok(ssh(Some("root"), "127.0.0.1", Some(2222))));
+        assert_eq!(
+            Target::parse("ssh://deploy@web1.example.org:22"),
+            Ok(ssh(Some("deploy"), "web1.example.org", Some(22)))
+        );
+        assert_eq!(Target::parse("root@[::1]:2222"), Ok(ssh(Some("root"), "::1", Some(2222))));
+        assert_eq!(Target::parse("[fe80::1%eth0]"), Ok(ssh(None, "fe80::1%eth0", None)));
+    }
+
+    #[test]
+    fn displays_as_written() {
+        for s in ["local", "web1", "root@127.0.0.1:2222", "root@[::1]:2222"] {
+            assert_eq!(Target::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn refuses_option_injection_and_junk() {
+        for s in [
+            "-oProxyCommand=sh",
+            "root@-x",
+            "-l@web1",
+            "",
+            "@web1",
+            "web1:",
+            "web1:0",
+            "web1:99999",
+            "web1:22x",
+            "a b",
+            "web1;id",
+            "[::1",
+            "[::1]x",
+            "web1/x",
+            "$(id)@h",
+        ] {
+            assert!(Target::parse(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn fills_in_the_record_name() {
+        let spec: TargetSpec = "root@{name}:2222".parse().unwrap();
+        assert_eq!(spec.resolve(Some("web1")), Ok(ssh(Some("root"), "web1", Some(2222))));
+        assert!(spec.resolve(None).unwrap_err().to_string().contains("has no name"));
+        assert!("root@{name}:x".parse::<TargetSpec>().is_err());
+    }
+
+    #[test]
+    fn defaults_to_the_record_name_then_to_the_fallback() {
+        let p = nixpipe_store::store_path::StorePath::parse("/nix/store/36m5mhfn262qgji13vrgp907an576qjz-top").unwrap();
+        let named = Record::new(Some("web1".into()), p.clone());
+        let unnamed = Record::new(None, p);
+        assert_eq!(for_record(None, &named, None), Ok(ssh(None, "web1", None)));
+        assert_eq!(for_record(None, &unnamed, Some(Target::Local)), Ok(Target::Local));
+        assert!(for_record(None, &unnamed, None).is_err());
+    }
+
+    #[test]
+    fn remote_commands_reach_sh_as_one_line_any_login_shell_passes_through() {
+        use base64::Engine;
+        let t = ssh(Some("root"), "web1", Some(2222));
+        let cmd = t.command(&["sh", "-c", "echo $1\nid", "x y"]).unwrap();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap().to_owned()).collect();
+        let tail = &args[args.len() - 3..];
+        assert_eq!(tail[0..2], ["--", "root@web1"]);
+        assert!(args.windows(2).any(|w| w == ["-p", "2222"]), "{args:?}");
+        let remote = &tail[2];
+        assert!(!remote.contains('\n'), "{remote}");
+        let encoded = remote.strip_prefix("sh -c 'eval \"$(echo ").and_then(|r| r.strip_suffix(" | base64 -d)\"'"));
+        let line = base64::engine::general_purpose::STANDARD.decode(encoded.expect(remote)).unwrap();
+        let words = shlex::split(std::str::from_utf8(&line).unwrap()).unwrap();
+        assert_eq!(words, ["sh", "-c", "echo $1\nid", "x y"]);
+    }
+}
