@@ -104,7 +104,7 @@ impl Plan {
             sign_key,
             dry_run: cli.dry_run,
             target_nix_args: Vec::new(),
-            target_ssh_options: Vec::new(),
+            target_link: Default::default(),
             no_gc_roots: cli.no_gc_root,
         };
         let via = cli.via.as_deref().map(|spec| Via::parse(spec, cli.cache_url.as_deref()));

@@ -12,8 +12,7 @@ use crate::keys::{self, UploadAt};
 use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
 use nixpipe_host::report::{self, Report};
-use nixpipe_host::session::{Script, Session, SessionError};
-use nixpipe_host::target::SshError;
+use nixpipe_host::session::{Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 use serde::Serialize;
 
@@ -166,7 +165,7 @@ pub enum ActivationError {
     #[error("{target} has no generation before the current one to go back to")]
     NoPreviousGeneration { target: String },
     #[error("cannot fetch {path} from the substituters of {target}: {why}")]
-    Realise { path: String, target: String, why: Box<SshError> },
+    Realise { path: String, target: String, why: Box<SessionError> },
     #[error("another nixpipe activation is running on {target}: {owner}; nothing changed")]
     Locked { target: String, owner: String },
     #[error("{0}; nothing changed")]
@@ -412,7 +411,7 @@ fn run(
         (None, _) => return Err(ActivationError::NoPreviousGeneration { target }),
     };
     if !probe.valid && opts.realise {
-        session.run(&["nix-store", "--realise", &path]).map_err(|why| ActivationError::Realise {
+        session.stdout(&Run::program(&["nix-store", "--realise", &path])).map_err(|why| ActivationError::Realise {
             why: Box::new(why),
             path: path.clone(),
             target: target.clone(),
@@ -587,7 +586,7 @@ fn verdict(target: &str, path: &str, action: Action, opts: &Options, end: &job::
 fn probe(session: &Session, path: Option<&str>, which: &str, opts: &Options) -> Result<ProbeFacts, ActivationError> {
     let spec = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
     let args = [path.unwrap_or(""), spec, which];
-    Ok(session.answer(Script::Probe, &args, &[], "probe", |e| match e {
+    Ok(session.answer(&Run::script(Script::Probe, &args), "probe", |e| match e {
         Event::Probe(probe) => Some(probe),
         _ => None,
     })?)

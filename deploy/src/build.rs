@@ -3,7 +3,7 @@
 
 use crate::copy::{copy_closures, CopyError, Destination, Options, Route};
 use crate::nix::NixError;
-use nixpipe_host::process;
+use nixpipe_host::session::{Run, Session, SessionError};
 use nixpipe_host::Target;
 use nixpipe_store::StorePath;
 
@@ -14,6 +14,8 @@ pub enum BuildError {
     SendDerivations { target: String, error: Box<CopyError> },
     #[error(transparent)]
     Nix(#[from] NixError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 /// Builds `drvs` on `target` (evaluate here, build there): their closures
@@ -26,8 +28,9 @@ pub fn realise_on(target: &Target, drvs: &[StorePath]) -> Result<Vec<StorePath>,
     copy_closures(&route, &refs, &Options::default())
         .map_err(|e| BuildError::SendDerivations { target: target.to_string(), error: Box::new(e) })?;
     let argv: Vec<&str> = ["nix-store", "--realise"].into_iter().chain(drvs.iter().map(StorePath::as_str)).collect();
-    let output =
-        process::capture_stdout(&mut target.command(&argv).map_err(NixError::from)?).map_err(NixError::from)?;
+    // Its build log goes to our stderr as it comes.
+    let session = Session::as_login_user(target.clone());
+    let output = session.output(&Run::program(&argv).showing_stderr())?;
     if !output.status.success() {
         return Err(NixError::BuildOnFailed { target: target.to_string() }.into());
     }

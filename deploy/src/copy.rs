@@ -21,10 +21,11 @@
 //! [`store_connection`]: nixpipe_host::store_connection
 
 use nixpipe_host::report::{self, CopyProgress, Report};
+use nixpipe_host::session::Session;
 use nixpipe_host::store_connection::{
     self, Connection, GcRoot, Mode, Protocol, Replies, Requests, Server, Speaks, Start, StoreError,
 };
-use nixpipe_host::target::{self, SshError, Target, TargetSpec};
+use nixpipe_host::target::{self, Link, SshError, Target, TargetSpec};
 use nixpipe_store::binary_cache::BinaryCache;
 use nixpipe_store::daemon;
 use nixpipe_store::nar::{self, Check, NarHash, RelayError};
@@ -174,19 +175,14 @@ pub struct Options {
     /// Settings for the destination's nix-store (`--option NAME VALUE`...),
     /// such as the extra substituter of `--via CACHE`.
     pub target_nix_args: Vec<String>,
-    /// More ssh options for the sessions to the destination, such as the
+    /// How the sessions to the destination reach it, such as over the
     /// control socket of a connection already open to it.
-    pub target_ssh_options: Vec<String>,
+    pub target_link: Link,
     /// --no-gc-root: keep no GC root for the records copied.
     pub no_gc_roots: bool,
 }
 
 impl Options {
-    /// The ssh options of a session to the destination: ours, then `extra`.
-    fn ssh_options<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        self.target_ssh_options.iter().map(String::as_str).chain(extra.iter().copied()).collect()
-    }
-
     /// Refuses options that cannot work with `to`, before anything is read.
     pub fn check(&self, to: Option<&DestinationSpec>) -> Result<(), CopyError> {
         match to {
@@ -295,12 +291,12 @@ fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &
     let reading = Start {
         mode: Mode::Read,
         protocol: options.protocol,
-        ssh_options: &[],
+        link: &Link::default(),
         nix_args: &[],
         roots: &[],
         closure_of: &wanted,
     };
-    let mut source = Connection::start(from, reading)?;
+    let mut source = Connection::start(&Session::as_login_user(from.clone()), reading)?;
     let mut sink = Sink::start(to, options, roots)?;
     source.greet()?;
     let infos = source.closure_infos(&wanted)?;
@@ -377,16 +373,18 @@ impl Sink {
             Destination::Store(target) => {
                 let probe = options.compression == Compression::Zstd && !target.is_local();
                 let mode = if probe { Mode::WriteProbingZstd } else { Mode::Write };
-                let ssh_options = options.ssh_options(&[]);
                 let how = Start {
                     mode,
                     protocol: options.protocol,
-                    ssh_options: &ssh_options,
+                    link: &options.target_link,
                     nix_args: &options.target_nix_args,
                     roots,
                     closure_of: &[],
                 };
-                Ok(Sink::Store { conn: Box::new(Connection::start(target, how)?), zstd: false })
+                Ok(Sink::Store {
+                    conn: Box::new(Connection::start(&Session::as_login_user(target.clone()), how)?),
+                    zstd: false,
+                })
             }
             Destination::Cache(cache) => {
                 cache.create()?;
@@ -412,7 +410,7 @@ impl Sink {
         if options.compression != Compression::Zstd || conn.server.target.is_local() {
             return Ok(Sink::Store { conn, zstd: false });
         }
-        let target = conn.server.target.clone();
+        let session = Session::as_login_user(conn.server.target.clone());
         let has_zstd = conn.has_zstd == Some(true);
         // The second session speaks what the first one found.
         let protocol = Protocol::from(conn.speaks());
@@ -420,15 +418,14 @@ impl Sink {
         let nix_args = &options.target_nix_args;
         let daemon = protocol == Protocol::Daemon;
         if has_zstd && !daemon {
-            let ssh_options = options.ssh_options(&[]);
-            let how =
-                Start { mode: Mode::WriteZstd, protocol, ssh_options: &ssh_options, nix_args, roots, closure_of: &[] };
-            return Ok(Sink::Store { conn: Box::new(Connection::start(&target, how)?), zstd: true });
+            let link = &options.target_link;
+            let how = Start { mode: Mode::WriteZstd, protocol, link, nix_args, roots, closure_of: &[] };
+            return Ok(Sink::Store { conn: Box::new(Connection::start(&session, how)?), zstd: true });
         }
-        report::report(Report::NoZstd { target: target.to_string(), daemon });
-        let ssh_options = options.ssh_options(&["-o", "Compression=yes"]);
-        let how = Start { mode: Mode::Write, protocol, ssh_options: &ssh_options, nix_args, roots, closure_of: &[] };
-        let mut conn = Connection::start(&target, how)?;
+        report::report(Report::NoZstd { target: session.target.to_string(), daemon });
+        let link = &Link { compression: true, ..options.target_link.clone() };
+        let how = Start { mode: Mode::Write, protocol, link, nix_args, roots, closure_of: &[] };
+        let mut conn = Connection::start(&session, how)?;
         conn.greet()?;
         Ok(Sink::Store { conn: Box::new(conn), zstd: false })
     }

@@ -8,7 +8,7 @@ use crate::nix::{self, NixError};
 pub use nixpipe_host::event::Installed;
 use nixpipe_host::event::{Event, VmState};
 use nixpipe_host::process::{self, CannotRun};
-use nixpipe_host::session::{Script, Session, SessionError};
+use nixpipe_host::session::{Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 pub use nixpipe_store::record::{parse_vm_name, VM_NAME_MAX};
 use nixpipe_store::store_path::StorePath;
@@ -96,7 +96,9 @@ impl<'a> Host<'a> {
     /// Points /var/lib/microvms/NAME/current at `runner` (keeping `old`),
     /// makes the GC roots, and restarts the VM as `restart` says.
     pub fn install(&self, name: &str, runner: &str, restart: Restart) -> Result<Installed, MicrovmError> {
-        let events = self.session.script_as_root(Script::MicrovmHost, &["install", name, runner, restart.as_str()])?;
+        let events = self
+            .session
+            .events(&Run::script(Script::MicrovmHost, &["install", name, runner, restart.as_str()]).as_root())?;
         Ok(events
             .into_iter()
             .find_map(|e| match e {
@@ -107,7 +109,7 @@ impl<'a> Host<'a> {
     }
 
     pub fn list(&self) -> Result<Vec<Vm>, MicrovmError> {
-        let events = self.session.script_as_root(Script::MicrovmHost, &["list"])?;
+        let events = self.session.events(&Run::script(Script::MicrovmHost, &["list"]).as_root())?;
         Ok(events
             .into_iter()
             .filter_map(|e| match e {
@@ -120,8 +122,9 @@ impl<'a> Host<'a> {
     /// Stops the VM and removes its links and GC roots; its state too with
     /// `purge`. Err when there is no such VM.
     pub fn remove(&self, name: &str, purge: bool) -> Result<(), MicrovmError> {
-        let events =
-            self.session.script_as_root(Script::MicrovmHost, &["remove", name, if purge { "1" } else { "0" }])?;
+        let events = self
+            .session
+            .events(&Run::script(Script::MicrovmHost, &["remove", name, if purge { "1" } else { "0" }]).as_root())?;
         match events.contains(&Event::Removed { found: true }) {
             true => Ok(()),
             false => Err(MicrovmError::NoSuchVm { target: self.session.target.to_string(), name: name.to_owned() }),
@@ -150,7 +153,7 @@ pub fn load_db(vm: &Session, system: &StorePath) -> Result<(), MicrovmError> {
     if !dump.status.success() {
         return Err(MicrovmError::DumpDb(process::summarize(&dump.stderr)));
     }
-    let output = vm.output_as_root(&["nix-store", "--load-db"], &[], &dump.stdout)?;
+    let output = vm.output(&Run::program(&["nix-store", "--load-db"]).as_root().input(&dump.stdout))?;
     if !output.status.success() {
         return Err(vm.root_failure("nix-store --load-db", &output).into());
     }
@@ -164,7 +167,7 @@ pub fn load_db(vm: &Session, system: &StorePath) -> Result<(), MicrovmError> {
 pub fn switch(vm: &Session, record: &Record, opts: &Options) -> Result<Record, MicrovmError> {
     let system = guest_system(&record.path)?;
     if let (true, Some(name)) = (opts.hostname_check, &record.name) {
-        let hostname = vm.run(&["cat", "/proc/sys/kernel/hostname"]).map_err(SessionError::from)?;
+        let hostname = vm.stdout(&Run::program(&["cat", "/proc/sys/kernel/hostname"]))?;
         activation::check_host_is(&vm.target.to_string(), hostname.trim(), name)?;
     }
     load_db(vm, &system)?;

@@ -21,15 +21,14 @@ use crate::nix;
 use nixpipe_host::event::Event;
 use nixpipe_host::host_key;
 use nixpipe_host::process;
-use nixpipe_host::session::Script;
-use nixpipe_host::store_connection::{self, GcRoot, Protocol};
-use nixpipe_host::target::Target;
+use nixpipe_host::session::{Run, Script, Session};
+use nixpipe_host::store_connection::{self, GcRoot, Protocol, StoreError};
+use nixpipe_host::target::{Control, Link, Target};
 use nixpipe_store::binary_cache::BinaryCache;
 use nixpipe_store::record::Record;
 use nixpipe_store::store_path::StorePath;
 use std::fmt;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::thread;
@@ -98,9 +97,7 @@ impl Via {
         let from = self.source(options)?;
         // The upload to a relay goes over the connection already open.
         let upload_options = match &from {
-            Source::Relay(relay) => {
-                Options { target_ssh_options: RelayConnection::control(relay.dir.path()), ..options.clone() }
-            }
+            Source::Relay(relay) => Options { target_link: relay.link(false, false), ..options.clone() },
             Source::Cache(_) => options.clone(),
         };
         let fetcher = Fetcher { from, uploaded: Gate::default() };
@@ -122,7 +119,7 @@ impl Via {
             Via::Relay(relay) => RelayConnection::open(relay).map(Source::Relay),
             Via::Cache { url, .. } => {
                 let key = options.sign_key.as_ref().map(|k| k.public()).unwrap_or_default();
-                Ok(Source::Cache(Options {
+                Ok(Source::Cache(Box::new(Options {
                     substitute: true,
                     target_nix_args: [
                         "--option",
@@ -135,7 +132,7 @@ impl Via {
                     .map(String::from)
                     .to_vec(),
                     ..options.clone()
-                }))
+                })))
             }
         }
     }
@@ -150,7 +147,7 @@ pub struct Fetcher {
 enum Source {
     Relay(RelayConnection),
     /// The options of a copy whose target substitutes from the cache.
-    Cache(Options),
+    Cache(Box<Options>),
 }
 
 /// Why a target got nothing.
@@ -232,9 +229,11 @@ impl RelayConnection {
             .prefix("nixpipe-relay.")
             .tempdir()
             .map_err(|e| CopyError::ControlDir(e.to_string()))?;
-        let mut options = Self::options(dir.path());
-        options.extend(["-o", "ControlMaster=yes", "-N"].map(String::from));
-        let mut cmd = host.ssh_command(&options.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let master = Link {
+            control: Some(Control { socket: dir.path().join(SOCKET), forward_agent: true, master: true }),
+            ..Link::default()
+        };
+        let mut cmd = host.ssh_command(&master)?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut master =
             cmd.spawn().map_err(|e| nixpipe_host::target::SshError::from(process::CannotRun::of(&cmd, e)))?;
@@ -251,18 +250,11 @@ impl RelayConnection {
         Ok(RelayConnection { relay: relay.clone(), master, dir })
     }
 
-    /// The ssh options of the master and of every session over it; the
-    /// agent forwarded on both (a session asks, the master forwards).
-    fn options(dir: &Path) -> Vec<String> {
-        let mut options = Self::control(dir);
-        options.extend(["-o", "ForwardAgent=yes"].map(String::from));
-        options
-    }
-
-    /// The options of a session over the master that needs no agent.
-    fn control(dir: &Path) -> Vec<String> {
-        let socket = format!("ControlPath={}", dir.join(SOCKET).display());
-        ["-o", &socket, "-o", "ControlPersist=no"].map(String::from).to_vec()
+    /// A session over the master; `forward_agent` for one that logs in
+    /// further (a session asks, the master forwards).
+    fn link(&self, forward_agent: bool, master: bool) -> Link {
+        let control = Control { socket: self.dir.path().join(SOCKET), forward_agent, master };
+        Link { control: Some(control), ..Link::default() }
     }
 
     /// Runs relay.sh on the relay: it logs in to `target`, makes `roots`
@@ -297,19 +289,20 @@ impl RelayConnection {
                 nixpipe_host::target::remote_command(&argv.iter().map(String::as_str).collect::<Vec<_>>())?
             }
         };
-        let argv = Script::Relay.argv(&[&destination, &port, &trust.name, &making_roots, protocol.word()]);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let options = Self::options(self.dir.path());
-        let mut cmd = relay.command_with(&argv, &options.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let mut go = false;
-        // The script prints one line before "go": its output can wait.
-        let output = process::capture_feeding(&mut cmd, |stdin| {
-            let _ = stdin.write_all(input.as_bytes());
-            go = uploaded.wait();
-            if go {
-                let _ = stdin.write_all(b"go\n");
-            }
-        })?;
+        let args = [&destination, &port, &trust.name, &making_roots, protocol.word()];
+        let session = Session::as_login_user(relay.clone());
+        let mut child =
+            session.spawn(&Run::script(Script::Relay, &args).over(self.link(true, false))).map_err(StoreError::from)?;
+        // The script prints one line before "go": its output can wait. A
+        // relay that exits without reading is reported by its status.
+        let mut stdin = child.stdin.take().expect("piped");
+        let _ = stdin.write_all(input.as_bytes());
+        let go = uploaded.wait();
+        if go {
+            let _ = stdin.write_all(b"go\n");
+        }
+        drop(stdin);
+        let output = child.wait_with_output().map_err(|e| relay.waited("ssh", e))?;
         if !go {
             return Err(Missed::NoUpload);
         }

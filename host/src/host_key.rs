@@ -51,7 +51,7 @@ pub fn trusted_for(host: &SshHost) -> Result<Trust, HostKeyError> {
 
 /// `ssh -G`: the settings ssh would use for `host`, as `(key, value)`.
 fn resolved_config(host: &SshHost) -> Result<Vec<(String, String)>, HostKeyError> {
-    let mut cmd = host.ssh_command(&["-G"])?;
+    let mut cmd = host.resolved_config()?;
     let output = process::capture(&mut cmd)?;
     if !output.status.success() {
         return Err(HostKeyError::SshConfig(process::failure(&cmd, &output)));

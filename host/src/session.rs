@@ -11,14 +11,10 @@
 use crate::event::{Event, HostFacts};
 use crate::privilege::{Privilege, PrivilegeError};
 use crate::process;
-use crate::target::{SshError, Target};
+use crate::target::{Link, SshError, Target};
 use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
-
-/// ssh options for a connection of its own: never a shared ControlMaster,
-/// which would prove nothing about whether the host lets anyone in now.
-pub const NEW_CONNECTION: [&str; 4] = ["-o", "ControlMaster=no", "-o", "ControlPath=none"];
+use std::process::{Child, Output, Stdio};
+use std::sync::{LazyLock, OnceLock};
 
 /// Runs the script given in base64 as $1 with the arguments quoted for sh in
 /// base64 as $2, so that a script can keep a copy of itself ($self: the job
@@ -112,16 +108,79 @@ pub enum SessionError {
     Privilege(#[from] PrivilegeError),
 }
 
-/// A target, how to become root there, and what was learnt about it.
+/// What runs on a host, as whom, with what input and over which link: the
+/// one description every run on a host takes ([`Session::spawn`] and the
+/// calls over it).
+#[derive(Clone, Debug)]
+pub struct Run<'r> {
+    argv: Vec<String>,
+    /// What errors call it.
+    name: String,
+    /// Its stdout is events (a [`Script`] that answers), the rest dropped.
+    answers: bool,
+    root: bool,
+    input: &'r [u8],
+    link: Link,
+    /// Its stderr goes to ours as it comes (a build's log).
+    shows_stderr: bool,
+}
+
+impl<'r> Run<'r> {
+    /// A program, as the login user.
+    pub fn program<S: AsRef<str>>(argv: &[S]) -> Run<'r> {
+        let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_owned()).collect();
+        let name = argv[0].clone();
+        Run { argv, name, answers: false, root: false, input: &[], link: Link::default(), shows_stderr: false }
+    }
+
+    /// One of our scripts, as the login user.
+    pub fn script<S: AsRef<str>>(script: Script, args: &[S]) -> Run<'r> {
+        Run {
+            argv: script.argv(args),
+            name: script.name().to_owned(),
+            answers: script.answers_in_events(),
+            ..Run::program(&["sh"])
+        }
+    }
+
+    /// As root, the way the session's privilege says.
+    pub fn as_root(self) -> Run<'r> {
+        Run { root: true, ..self }
+    }
+
+    /// With `input` on its stdin.
+    pub fn input(self, input: &'r [u8]) -> Run<'r> {
+        Run { input, ..self }
+    }
+
+    pub fn over(self, link: Link) -> Run<'r> {
+        Run { link, ..self }
+    }
+
+    pub fn showing_stderr(self) -> Run<'r> {
+        Run { shows_stderr: true, ..self }
+    }
+}
+
+/// A target, how to become root there, and what was learnt about it: the
+/// only way anything runs on a host, local or remote ([`Session::spawn`]).
 pub struct Session<'a> {
     pub target: Target,
     privilege: &'a Privilege,
     facts: OnceLock<HostFacts>,
 }
 
+/// The privilege of sessions that never become root (copies, builds).
+static AS_LOGIN_USER: LazyLock<Privilege> = LazyLock::new(Privilege::default);
+
 impl<'a> Session<'a> {
     pub fn new(target: Target, privilege: &'a Privilege) -> Session<'a> {
         Session { target, privilege, facts: OnceLock::new() }
+    }
+
+    /// A session that runs everything as the login user.
+    pub fn as_login_user(target: Target) -> Session<'static> {
+        Session::new(target, &AS_LOGIN_USER)
     }
 
     /// What the host is, learnt once: from the first script that said it
@@ -130,7 +189,7 @@ impl<'a> Session<'a> {
         if let Some(facts) = self.facts.get() {
             return Ok(facts);
         }
-        let facts = self.answer(Script::Facts, &[] as &[&str], &[], "facts", |e| match e {
+        let facts = self.answer(&Run::script(Script::Facts, &[] as &[&str]), "facts", |e| match e {
             Event::Host(facts) => Some(facts),
             _ => None,
         })?;
@@ -144,123 +203,76 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A command that runs `argv` on the host as the login user, ssh with
-    /// `ssh_options` first.
-    pub fn command(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Command, SshError> {
-        self.target.command_with(argv, ssh_options)
-    }
-
-    /// Runs `argv` as the login user; what it printed on stdout.
-    pub fn run(&self, argv: &[&str]) -> Result<String, SshError> {
-        self.target.run(argv)
-    }
-
-    /// Runs `script` as the login user; its events.
-    pub fn script<S: AsRef<str>>(&self, script: Script, args: &[S]) -> Result<Vec<Event>, SessionError> {
-        self.script_with(script, args, &[])
-    }
-
-    /// [`Session::script`] with more ssh options (a new connection, a
-    /// timeout).
-    pub fn script_with<S: AsRef<str>>(
-        &self,
-        script: Script,
-        args: &[S],
-        ssh_options: &[&str],
-    ) -> Result<Vec<Event>, SessionError> {
-        let argv = script.argv(args);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut cmd = self.target.command_with(&argv, ssh_options)?;
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let output = cmd
-            .spawn()
-            .and_then(|child| process::wait_keeping(child, crate::event::is_event_line))
-            .map_err(|e| self.target.waited(&cmd.get_program().to_string_lossy(), e))?;
-        if !output.status.success() {
-            return Err(self.target.failure(script.name(), &output).into());
-        }
-        let events = crate::event::parse_all(&output.stdout);
-        self.learn(&events);
-        Ok(events)
-    }
-
-    /// Runs `script` as the login user (ssh with `ssh_options`) for the one
-    /// answer `pick` takes from its events; a script that did not give it
-    /// is an error naming `what`.
-    pub fn answer<S: AsRef<str>, T>(
-        &self,
-        script: Script,
-        args: &[S],
-        ssh_options: &[&str],
-        what: &str,
-        pick: impl FnMut(Event) -> Option<T>,
-    ) -> Result<T, SessionError> {
-        let events = self.script_with(script, args, ssh_options)?;
-        events
-            .into_iter()
-            .find_map(pick)
-            .ok_or_else(|| SshError::NoAnswer { target: self.target.to_string(), what: what.to_owned() }.into())
-    }
-
-    /// Runs `script` as root to its end; its events, or why not.
-    pub fn script_as_root<S: AsRef<str>>(&self, script: Script, args: &[S]) -> Result<Vec<Event>, SessionError> {
-        self.script_as_root_with_input(script, args, &[])
-    }
-
-    /// [`Session::script_as_root`] with `input` on the script's stdin.
-    pub fn script_as_root_with_input<S: AsRef<str>>(
-        &self,
-        script: Script,
-        args: &[S],
-        input: &[u8],
-    ) -> Result<Vec<Event>, SessionError> {
-        let argv = script.argv(args);
-        let output = self.output_as_root(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &[], input)?;
-        if !output.status.success() {
-            return Err(self.root_failure(script.name(), &output));
-        }
-        Ok(crate::event::parse_all(&output.stdout))
-    }
-
-    /// Runs `argv` as root to its end with `input` on its stdin; what it
-    /// printed, whatever its status.
-    pub fn output_as_root(&self, argv: &[&str], ssh_options: &[&str], input: &[u8]) -> Result<Output, SessionError> {
-        let mut child = self.spawn_as_root_with_stdin(argv, ssh_options)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A command that died early is reported from its stderr.
-            let _ = stdin.write_all(input);
-        }
-        process::wait_keeping(child, crate::event::is_event_line).map_err(|e| self.target.waited("ssh", e).into())
-    }
-
-    /// Starts `argv` as root, stdout and stderr piped, its stdin open for
-    /// the command (sudo got the password first, if it asked for it).
-    pub fn spawn_as_root_with_stdin(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Child, SessionError> {
-        let elevated = self.privilege.elevate(&self.target, self.facts()?, argv)?;
-        let argv: Vec<&str> = elevated.argv.iter().map(String::as_str).collect();
-        let mut cmd = self.target.command_with(&argv, ssh_options)?;
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    /// Starts `run`, stdout (and stderr, unless it shows it) piped, stdin
+    /// open for the caller (sudo got its password first, when it asked):
+    /// the one place a process on a host is started.
+    pub fn spawn(&self, run: &Run) -> Result<Child, SessionError> {
+        let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
+        let elevated = match run.root {
+            true => Some(self.privilege.elevate(&self.target, self.facts()?, &argv)?),
+            false => None,
+        };
+        let argv: Vec<&str> = match &elevated {
+            Some(elevated) => elevated.argv.iter().map(String::as_str).collect(),
+            None => argv,
+        };
+        let mut cmd = self.target.command_with(&argv, &run.link)?;
+        let stderr = if run.shows_stderr { Stdio::inherit() } else { Stdio::piped() };
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
         let mut child = cmd.spawn().map_err(|e| SshError::from(process::CannotRun::of(&cmd, e)))?;
-        if let Some(password) = &elevated.password {
+        if let Some(password) = elevated.as_ref().and_then(|e| e.password.as_ref()) {
             self.privilege.answer_sudo(&self.target, &mut child, password)?;
         }
         Ok(child)
     }
 
-    /// Starts `script` as root, stdout and stderr piped, stdin closed.
-    pub fn spawn_script_as_root<S: AsRef<str>>(
-        &self,
-        script: Script,
-        args: &[S],
-        ssh_options: &[&str],
-    ) -> Result<Child, SessionError> {
-        let argv = script.argv(args);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut child = self.spawn_as_root_with_stdin(&argv, ssh_options)?;
-        drop(child.stdin.take());
-        Ok(child)
+    /// Runs `run` to its end, its input written; what it printed, whatever
+    /// its status (of a script, the event lines of its stdout).
+    pub fn output(&self, run: &Run) -> Result<Output, SessionError> {
+        let mut child = self.spawn(run)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that died early is reported from its stderr.
+            let _ = stdin.write_all(run.input);
+        }
+        let waited = match run.answers {
+            // Watched: a script says something, or is stopped.
+            true => process::wait_keeping(child, crate::event::is_event_line),
+            false => child.wait_with_output(),
+        };
+        waited.map_err(|e| self.target.waited("ssh", e).into())
+    }
+
+    /// Runs `run` to its end; what it printed, or the error of its failure.
+    pub fn succeeded(&self, run: &Run) -> Result<Output, SessionError> {
+        let output = self.output(run)?;
+        match (output.status.success(), run.root) {
+            (true, _) => Ok(output),
+            (false, true) => Err(self.root_failure(&run.name, &output)),
+            (false, false) => Err(self.target.failure(&run.name, &output).into()),
+        }
+    }
+
+    /// Runs `run`, a program, to its end; what it printed on stdout.
+    pub fn stdout(&self, run: &Run) -> Result<String, SessionError> {
+        let output = self.succeeded(run)?;
+        String::from_utf8(output.stdout)
+            .map_err(|_| SshError::NotUtf8 { program: run.name.clone(), target: self.target.to_string() }.into())
+    }
+
+    /// Runs `run`, a script, to its end; its events.
+    pub fn events(&self, run: &Run) -> Result<Vec<Event>, SessionError> {
+        let events = crate::event::parse_all(&self.succeeded(run)?.stdout);
+        self.learn(&events);
+        Ok(events)
+    }
+
+    /// Runs `run`, a script, for the one answer `pick` takes from its
+    /// events; a script that did not give it is an error naming `what`.
+    pub fn answer<T>(&self, run: &Run, what: &str, pick: impl FnMut(Event) -> Option<T>) -> Result<T, SessionError> {
+        self.events(run)?
+            .into_iter()
+            .find_map(pick)
+            .ok_or_else(|| SshError::NoAnswer { target: self.target.to_string(), what: what.to_owned() }.into())
     }
 
     /// One line for a privileged program that failed (sudo's refusal, or

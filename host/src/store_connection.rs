@@ -6,15 +6,15 @@
 //! one it started, so choosing costs no connection of its own.
 
 use crate::process::{CannotRun, Watchdog, Watched};
-use crate::session::Script;
-use crate::target::{SshError, Target};
+use crate::session::{Run, Script, Session, SessionError};
+use crate::target::{Link, SshError, Target};
 use nixpipe_store::daemon::{self, Refusal};
 use nixpipe_store::path_info::PathInfo;
 use nixpipe_store::serve::{self, Closure};
 use nixpipe_store::store_path::StorePath;
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub enum StoreError {
     NotValid { path: StorePath, store: String },
     #[error(transparent)]
     CannotRun(#[from] CannotRun),
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 /// Which protocol a copy speaks with a store, as the user chose it.
@@ -304,8 +306,8 @@ impl Drop for Server {
 pub struct Start<'a> {
     pub mode: Mode,
     pub protocol: Protocol,
-    /// More ssh options for this session.
-    pub ssh_options: &'a [&'a str],
+    /// How its ssh connection is made.
+    pub link: &'a Link,
     /// Options for the server's Nix (`--option NAME VALUE`...).
     pub nix_args: &'a [String],
     /// GC roots a writer makes first.
@@ -318,18 +320,15 @@ impl Connection {
     /// Starts the store's server on `target`. Nothing is waited for, so
     /// that several servers start at once and their ssh connections are
     /// made side by side; greet them after.
-    pub fn start(target: &Target, how: Start) -> Result<Connection, StoreError> {
-        let Start { mode, protocol, ssh_options, nix_args, roots, closure_of } = how;
+    pub fn start(session: &Session, how: Start) -> Result<Connection, StoreError> {
+        let Start { mode, protocol, link, nix_args, roots, closure_of } = how;
         let argv = match mode {
             Mode::Read => {
                 serve_script_with(protocol, mode.how(), closure_of.iter().map(StorePath::to_string), nix_args)
             }
             _ => serve_script(protocol, mode.how(), roots, nix_args),
         };
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut cmd = target.command_with(&argv, ssh_options)?;
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| crate::process::CannotRun::of(&cmd, e))?;
+        let mut child = session.spawn(&Run::program(&argv).over(link.clone()))?;
         let stderr = StderrLog::default();
         let stderr_reader = Some(stderr.collect(child.stderr.take().expect("piped")));
         let stdin = child.stdin.take().expect("piped");
@@ -339,7 +338,7 @@ impl Connection {
         let watchdog = Watchdog::start(child.id());
         let requests = BufWriter::with_capacity(BUFFER, watchdog.watched(stdin));
         let replies = BufReader::with_capacity(BUFFER, watchdog.watched(stdout));
-        let server = Server { target: target.clone(), child, stderr, stderr_reader, watchdog };
+        let server = Server { target: session.target.clone(), child, stderr, stderr_reader, watchdog };
         let speaks = protocol.speaks();
         Ok(Connection { server, replies, requests, mode, speaks, has_zstd: None, closure: Vec::new() })
     }

@@ -52,6 +52,76 @@ pub enum SshError {
 
 const NAME_PLACEHOLDER: &str = "{name}";
 
+/// How a command's ssh connection is made. The one value every ssh
+/// option of ours comes from, turned into ssh's words in one place
+/// ([`Link::options`]); NIX_SSHOPTS and the port follow them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// A connection of its own, never a shared ControlMaster: it proves a
+    /// new login works now (confirming a switch, after a reboot).
+    pub fresh: bool,
+    /// Keepalives every this many seconds, three missed ones ending it.
+    pub keepalive: Option<u64>,
+    /// Give up the handshake after this many seconds.
+    pub connect_timeout: Option<u64>,
+    /// ssh's own compression (zlib), for a stream nothing else compresses.
+    pub compression: bool,
+    /// Over a control master we hold (the relay's), or as that master.
+    pub control: Option<Control>,
+}
+
+/// A control master of ours: its socket, whether sessions over it forward
+/// the ssh agent, whether this command is the master itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub socket: std::path::PathBuf,
+    pub forward_agent: bool,
+    pub master: bool,
+}
+
+impl Link {
+    /// A connection of its own.
+    pub fn fresh() -> Link {
+        Link { fresh: true, ..Link::default() }
+    }
+
+    /// The ssh options that make this link. They come before NIX_SSHOPTS,
+    /// because ssh takes the first value it is given: a ControlPath=none of
+    /// ours must win over the user's ControlPath.
+    pub fn options(&self) -> Vec<String> {
+        let mut options: Vec<String> = Vec::new();
+        let mut set = |name: &str, value: &str| options.extend(["-o".to_owned(), format!("{name}={value}")]);
+        if self.fresh {
+            set("ControlMaster", "no");
+            set("ControlPath", "none");
+        }
+        if let Some(control) = &self.control {
+            set("ControlPath", &control.socket.display().to_string());
+            set("ControlPersist", "no");
+            if control.forward_agent {
+                set("ForwardAgent", "yes");
+            }
+            if control.master {
+                set("ControlMaster", "yes");
+            }
+        }
+        if let Some(seconds) = self.keepalive {
+            set("ServerAliveInterval", &seconds.to_string());
+            set("ServerAliveCountMax", "3");
+        }
+        if let Some(seconds) = self.connect_timeout {
+            set("ConnectTimeout", &seconds.to_string());
+        }
+        if self.compression {
+            set("Compression", "yes");
+        }
+        if self.control.as_ref().is_some_and(|c| c.master) {
+            options.push("-N".to_owned());
+        }
+        options
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Local,
@@ -126,16 +196,10 @@ impl Target {
         matches!(self, Target::Local)
     }
 
-    /// A command that runs `argv` on the target: directly when local,
-    /// through ssh otherwise. stdin is closed: it belongs to the pipe.
-    pub fn command(&self, argv: &[&str]) -> Result<Command, SshError> {
-        self.command_with(argv, &[])
-    }
-
-    /// [`Target::command`], with more ssh options. They come before
-    /// NIX_SSHOPTS, because ssh takes the first value it is given: a
-    /// ControlPath=none of ours must win over the user's ControlPath.
-    pub fn command_with(&self, argv: &[&str], ssh_options: &[&str]) -> Result<Command, SshError> {
+    /// A command that runs `argv` on the target over `link`: directly when
+    /// local, through ssh otherwise. stdin is closed: it belongs to the pipe.
+    /// Only a [`crate::session::Session`] starts it.
+    pub(crate) fn command_with(&self, argv: &[&str], link: &Link) -> Result<Command, SshError> {
         let mut cmd = match self {
             Target::Local => {
                 let mut cmd = Command::new(argv[0]);
@@ -143,7 +207,7 @@ impl Target {
                 cmd
             }
             Target::Ssh(host) => {
-                let mut cmd = host.ssh_command(ssh_options)?;
+                let mut cmd = host.ssh_command(link)?;
                 cmd.arg(remote_command(argv)?);
                 cmd
             }
@@ -159,17 +223,6 @@ impl Target {
             Some(&process::Silent(seconds)) => SshError::Silent { target: self.to_string(), seconds },
             None => process::CannotRun { program: program.to_owned(), why: e.to_string() }.into(),
         }
-    }
-
-    /// Runs `argv` on the target and returns what it printed on stdout.
-    pub fn run(&self, argv: &[&str]) -> Result<String, SshError> {
-        let mut cmd = self.command(argv)?;
-        let output = process::capture(&mut cmd)?;
-        if !output.status.success() {
-            return Err(self.failure(argv[0], &output));
-        }
-        String::from_utf8(output.stdout)
-            .map_err(|_| SshError::NotUtf8 { program: argv[0].to_owned(), target: self.to_string() })
     }
 
     /// The error of a failed remote program, telling an ssh failure (exit
@@ -256,12 +309,24 @@ impl SshHost {
         Ok(opts)
     }
 
-    /// `ssh EXTRA OPTIONS LIVENESS -- user@host`, ready for the remote command.
-    pub fn ssh_command(&self, extra: &[&str]) -> Result<Command, SshError> {
+    /// `ssh LINK OPTIONS LIVENESS -- user@host`, ready for the remote
+    /// command (none for a master): the one place an ssh argv is made.
+    pub fn ssh_command(&self, link: &Link) -> Result<Command, SshError> {
         let options = self.ssh_options()?;
+        let liveness = self.liveness(&options);
+        Ok(self.ssh(&[link.options(), options, liveness].concat()))
+    }
+
+    /// `ssh -G OPTIONS -- user@host`: prints the settings ssh would use
+    /// for the host, one `key value` per line.
+    pub fn resolved_config(&self) -> Result<Command, SshError> {
+        Ok(self.ssh(&[vec!["-G".to_owned()], self.ssh_options()?].concat()))
+    }
+
+    fn ssh(&self, options: &[String]) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(extra).args(&options).args(self.liveness(&options)).arg("--").arg(self.destination());
-        Ok(cmd)
+        cmd.args(options).arg("--").arg(self.destination()).stdin(Stdio::null());
+        cmd
     }
 
     /// Keepalives and a connect timeout for this host, where the user's ssh
@@ -275,12 +340,8 @@ impl SshHost {
         if let Some(liveness) = known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return liveness.clone();
         }
-        let config = Command::new("ssh")
-            .arg("-G")
-            .args(options)
-            .arg("--")
-            .arg(self.destination())
-            .stdin(Stdio::null())
+        let config = self
+            .ssh(&[vec!["-G".to_owned()], options.to_vec()].concat())
             .output()
             .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
             .unwrap_or_default();
@@ -420,7 +481,7 @@ mod tests {
     fn remote_commands_reach_sh_as_one_line_any_login_shell_passes_through() {
         use base64::Engine;
         let t = ssh(Some("root"), "web1", Some(2222));
-        let cmd = t.command(&["sh", "-c", "echo $1\nid", "x y"]).unwrap();
+        let cmd = t.command_with(&["sh", "-c", "echo $1\nid", "x y"], &Link::default()).unwrap();
         let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap().to_owned()).collect();
         let tail = &args[args.len() - 3..];
         assert_eq!(tail[0..2], ["--", "root@web1"]);

@@ -9,7 +9,8 @@ use super::ActivationError;
 use nixpipe_host::event::{self, Event, JobEvent, JobResult};
 use nixpipe_host::process;
 use nixpipe_host::report::{self, Report};
-use nixpipe_host::session::{Script, Session, SessionError, NEW_CONNECTION};
+use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::target::Link;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,7 +25,9 @@ const LONGEST_FRAME: u64 = 4 << 20;
 /// How long nixpipe keeps trying to get a dropped connection back.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
 /// A link that died without a word is noticed within 15 s, not hours.
-const KEEPALIVE: [&str; 4] = ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"];
+/// Keepalives every 5 s: a follower notices a dead link in 15 s.
+const KEEPALIVE: Link =
+    Link { fresh: false, keepalive: Some(5), connect_timeout: None, compression: false, control: None };
 
 /// What the job is to do; the arguments of remote.sh's `launch`.
 pub struct Args<'a> {
@@ -111,13 +114,13 @@ impl<'a> Job<'a> {
         let mut follower = Follower::default();
         // A sudo that refused runs nothing: nothing changed.
         let (status, stderr) = self
-            .follow(&mut follower, "launch", &launch, &KEEPALIVE)
+            .follow(&mut follower, "launch", &launch, KEEPALIVE)
             .map_err(|e| ActivationError::NotStarted(Box::new(e)))?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
             // Nothing said it started; whether it did is the host's to say.
             let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
-            let options = [&NEW_CONNECTION[..], &KEEPALIVE[..]].concat();
-            let follow = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], &options);
+            let link = Link { fresh: true, ..KEEPALIVE };
+            let follow = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], link);
             if follow.is_err() || matches!(follower.result, None | Some(JobResult::Gone)) {
                 return Err(self.launch_failure(status, &stderr));
             }
@@ -136,8 +139,8 @@ impl<'a> Job<'a> {
             report::report(Report::Reconnecting { label: self.label.to_owned(), target: self.target() });
             thread::sleep(Duration::from_secs(1));
             let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
-            let options = [&NEW_CONNECTION[..], &KEEPALIVE[..]].concat();
-            let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], &options)?;
+            let link = Link { fresh: true, ..KEEPALIVE };
+            let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], link)?;
             if follower.result.is_none() && !self.connection_lost(status) {
                 let why = match self.session.refusal(&stderr) {
                     Some(refusal) => refusal.to_string(),
@@ -158,9 +161,11 @@ impl<'a> Job<'a> {
         follower: &mut Follower,
         command: &str,
         args: &[&str],
-        ssh_options: &[&str],
+        link: Link,
     ) -> Result<(ExitStatus, String), SessionError> {
-        let mut child = self.session.spawn_script_as_root(Script::Job, &Self::job_args(command, args), ssh_options)?;
+        let mut child =
+            self.session.spawn(&Run::script(Script::Job, &Self::job_args(command, args)).as_root().over(link))?;
+        drop(child.stdin.take());
         let stderr = drain(child.stderr.take().expect("piped"));
         // The follower says something at least every 10 s: a session that
         // stays silent (a login that hangs) is stopped, and reconnected.
@@ -186,16 +191,15 @@ impl<'a> Job<'a> {
         if let Some(check) = self.check {
             if let Err(why) = self.run_check(check) {
                 report::report(Report::CheckFailed { label, why: why.to_string() });
-                let _ = self.job_output("reject", &NEW_CONNECTION);
+                let _ = self.job_output("reject", Link::fresh());
                 return;
             }
         }
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut why = String::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-            let timeout = format!("ConnectTimeout={}", left.as_secs().max(1));
-            let options = [&NEW_CONNECTION[..], &["-o", &timeout]].concat();
-            match self.job_output("confirm", &options) {
+            let link = Link { connect_timeout: Some(left.as_secs().max(1)), ..Link::fresh() };
+            match self.job_output("confirm", link) {
                 Ok(out) if out.status.success() => return,
                 Ok(out) => why = process::summarize(&out.stderr),
                 Err(e) => why = e.to_string(),
@@ -207,22 +211,20 @@ impl<'a> Job<'a> {
 
     /// Runs the --check command on the target over a new connection, as
     /// the login user, its output reported.
-    fn run_check(&self, check: &str) -> Result<(), nixpipe_host::target::SshError> {
-        let mut cmd = self.session.command(&["sh", "-c", check], &NEW_CONNECTION)?;
-        let output = process::capture(&mut cmd)?;
+    fn run_check(&self, check: &str) -> Result<(), SessionError> {
+        let output = self.session.output(&Run::program(&["sh", "-c", check]).over(Link::fresh()))?;
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             report::step(self.label, line);
         }
         if output.status.success() {
             return Ok(());
         }
-        Err(self.session.target.failure(check, &output))
+        Err(self.session.target.failure(check, &output).into())
     }
 
     /// Runs job.sh COMMAND ID as root on the target to its end.
-    fn job_output(&self, command: &str, ssh_options: &[&str]) -> Result<Output, SessionError> {
-        let argv = Script::Job.argv(&Self::job_args(command, &[&self.id]));
-        self.session.output_as_root(&argv.iter().map(String::as_str).collect::<Vec<_>>(), ssh_options, &[])
+    fn job_output(&self, command: &str, link: Link) -> Result<Output, SessionError> {
+        self.session.output(&Run::script(Script::Job, &Self::job_args(command, &[&self.id])).as_root().over(link))
     }
 
     fn job_args<'s>(command: &'s str, args: &[&'s str]) -> Vec<&'s str> {

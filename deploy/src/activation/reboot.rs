@@ -7,19 +7,20 @@
 use super::ActivationError;
 use nixpipe_host::event::{BootState, Event};
 use nixpipe_host::report;
-use nixpipe_host::session::{Script, Session, SessionError, NEW_CONNECTION};
+use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::target::Link;
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// How long a target may take to come back when nothing says otherwise.
 pub const REBOOT_WAIT: u64 = 300;
 /// Every try gives up after 5 s.
-const TRY_FOR: [&str; 2] = ["-o", "ConnectTimeout=5"];
+const TRY_FOR: u64 = 5;
 
 /// Reboots the session's host and waits up to `wait` seconds for it to
 /// answer from its next boot; what it runs then.
 pub(super) fn reboot(session: &Session, label: &str, wait: u64) -> Result<BootState, ActivationError> {
-    let before = boot_state(session, &[])?;
+    let before = boot_state(session, Link::default())?;
     restart(session)?;
     wait_for_restart(session, label, &before, wait)
         .ok_or_else(|| ActivationError::NeverCameBack { target: session.target.to_string(), seconds: wait })
@@ -38,8 +39,8 @@ pub(super) fn runs(session: &Session, state: &BootState, system: &str) -> Result
 }
 
 /// Which boot the host is in, and what it runs.
-fn boot_state(session: &Session, ssh_options: &[&str]) -> Result<BootState, SessionError> {
-    session.answer(Script::BootState, &[] as &[&str], ssh_options, "boot state", |e| match e {
+fn boot_state(session: &Session, link: Link) -> Result<BootState, SessionError> {
+    session.answer(&Run::script(Script::BootState, &[] as &[&str]).over(link), "boot state", |e| match e {
         Event::Boot(state) => Some(state),
         _ => None,
     })
@@ -48,7 +49,7 @@ fn boot_state(session: &Session, ssh_options: &[&str]) -> Result<BootState, Sess
 /// `systemctl reboot` as root. The connection may die with the host before
 /// it answers: only a refusal to run it is an error.
 fn restart(session: &Session) -> Result<(), ActivationError> {
-    match session.output_as_root(&["systemctl", "reboot"], &[], &[]) {
+    match session.output(&Run::program(&["systemctl", "reboot"]).as_root()) {
         Err(SessionError::Privilege(refused)) => Err(SessionError::Privilege(refused).into()),
         Ok(output) if !output.status.success() && output.status.code() != Some(255) => {
             Err(SessionError::from(session.target.failure("systemctl reboot", &output)).into())
@@ -66,7 +67,7 @@ fn wait_for_restart(session: &Session, label: &str, before: &BootState, wait: u6
         thread::sleep(Duration::from_secs(1));
         let waited = started.elapsed().as_secs();
         report::step(label, &format!("rebooting {}: waiting for it to answer ({waited} s of {wait})", session.target));
-        match boot_state(session, &[&NEW_CONNECTION[..], &TRY_FOR[..]].concat()) {
+        match boot_state(session, Link { connect_timeout: Some(TRY_FOR), ..Link::fresh() }) {
             Ok(state) if state.boot != before.boot => return Some(state),
             _ => continue,
         }
