@@ -242,6 +242,15 @@ impl From<SessionError> for ActivationError {
 }
 
 impl ActivationError {
+    /// Bad usage found before anything was done (a NIX_SSHOPTS ssh cannot
+    /// take, a --sudo-cmd that is no command), whichever step met it.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            ActivationError::Session(e) | ActivationError::NotStarted(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+
     /// Whether the target is back on what it ran before.
     pub fn rolled_back(&self) -> bool {
         match self {

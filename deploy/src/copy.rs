@@ -100,13 +100,16 @@ pub enum CopyError {
 impl CopyError {
     /// Refused before anything was read or sent: bad usage.
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
+        match self {
+            CopyError::Ssh(e) => e.is_usage(),
+            CopyError::Store(e) => e.is_usage(),
+            CopyError::Upload { error, .. } => error.is_usage(),
             CopyError::SubstituteIntoCache(_)
-                | CopyError::ViaNeedsSignKey
-                | CopyError::ViaToCache(_)
-                | CopyError::ViaToLocal
-        )
+            | CopyError::ViaNeedsSignKey
+            | CopyError::ViaToCache(_)
+            | CopyError::ViaToLocal => true,
+            _ => false,
+        }
     }
 }
 

@@ -55,14 +55,13 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Usage(_) | Error::Record(_) | Error::Input(_) => true,
-            Error::Privilege(e) => matches!(
-                e,
-                PrivilegeError::NoTerminal(_) | PrivilegeError::BadSudoCmd(_) | PrivilegeError::PasswordForCustom
-            ),
-            Error::Ssh(e) => matches!(e, SshError::BadSshOpts),
+            Error::Privilege(e) => e.is_usage(),
+            Error::Ssh(e) => e.is_usage(),
             Error::Copy(e) => e.is_usage(),
             Error::Eval(e) => e.is_usage(),
-            Error::Activation(_) | Error::Microvm(_) | Error::Output(_) => false,
+            Error::Activation(e) => e.is_usage(),
+            Error::Microvm(MicrovmError::Session(e)) => e.is_usage(),
+            Error::Microvm(_) | Error::Output(_) => false,
         }
     }
 
@@ -84,5 +83,30 @@ impl Outcome {
         } else {
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::CopyError;
+    use nixpipe_host::store_connection::StoreError;
+
+    #[test]
+    fn bad_usage_stays_bad_usage_whatever_wraps_it() {
+        let bad_opts = || SessionError::Ssh(SshError::BadSshOpts);
+        for error in [
+            Error::Ssh(SshError::BadSshOpts),
+            Error::Copy(CopyError::Ssh(SshError::BadSshOpts)),
+            Error::Copy(CopyError::Store(StoreError::Session(bad_opts()))),
+            Error::Activation(ActivationError::Session(Box::new(bad_opts()))),
+            Error::Microvm(MicrovmError::Session(bad_opts())),
+            Error::Privilege(PrivilegeError::PasswordForCustom),
+        ] {
+            assert!(error.is_usage(), "{error}");
+        }
+        let dropped = SshError::Dropped { target: "web1".into() };
+        assert!(!Error::Copy(CopyError::Ssh(dropped.clone())).is_usage());
+        assert!(!Error::Activation(ActivationError::Session(Box::new(dropped.into()))).is_usage());
     }
 }

@@ -59,6 +59,16 @@ pub enum PrivilegeError {
     PasswordForCustom,
 }
 
+impl PrivilegeError {
+    /// Bad usage, found before anything was done.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            PrivilegeError::NoTerminal(_) | PrivilegeError::BadSudoCmd(_) | PrivilegeError::PasswordForCustom
+        )
+    }
+}
+
 /// Whether, and how, the sudo password is asked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ask {

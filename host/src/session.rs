@@ -108,6 +108,16 @@ pub enum SessionError {
     Privilege(#[from] PrivilegeError),
 }
 
+impl SessionError {
+    /// Bad usage, found before anything ran, whichever error wraps it.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            SessionError::Ssh(e) => e.is_usage(),
+            SessionError::Privilege(e) => e.is_usage(),
+        }
+    }
+}
+
 /// What runs on a host, as whom, with what input and over which link: the
 /// one description every run on a host takes ([`Session::spawn`] and the
 /// calls over it).

@@ -301,6 +301,17 @@ impl Drop for Server {
     }
 }
 
+impl StoreError {
+    /// Bad usage, found before anything ran.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            StoreError::Ssh(e) => e.is_usage(),
+            StoreError::Session(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
 /// How to start a connection's server.
 #[derive(Clone, Copy, Debug)]
 pub struct Start<'a> {

@@ -50,6 +50,13 @@ pub enum SshError {
     CannotRun(#[from] CannotRun),
 }
 
+impl SshError {
+    /// Bad usage, found before anything ran: a NIX_SSHOPTS ssh cannot take.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, SshError::BadSshOpts)
+    }
+}
+
 const NAME_PLACEHOLDER: &str = "{name}";
 
 /// How a command's ssh connection is made. The one value every ssh
@@ -400,6 +407,33 @@ mod tests {
 
     fn ssh(user: Option<&str>, host: &str, port: Option<u16>) -> Target {
         Target::Ssh(SshHost { user: user.map(Into::into), host: host.into(), port })
+    }
+
+    #[test]
+    fn a_link_is_said_in_ssh_options_in_one_place() {
+        assert_eq!(Link::default().options(), Vec::<String>::new());
+        assert_eq!(Link::fresh().options(), ["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
+        let confirm = Link { connect_timeout: Some(7), keepalive: Some(5), ..Link::fresh() };
+        assert_eq!(
+            confirm.options()[4..],
+            ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=7"]
+        );
+        let control = Control { socket: "/tmp/x/s".into(), forward_agent: true, master: true };
+        let master = Link { control: Some(control), ..Link::default() };
+        assert_eq!(
+            master.options(),
+            [
+                "-o",
+                "ControlPath=/tmp/x/s",
+                "-o",
+                "ControlPersist=no",
+                "-o",
+                "ForwardAgent=yes",
+                "-o",
+                "ControlMaster=yes",
+                "-N"
+            ]
+        );
     }
 
     #[test]
