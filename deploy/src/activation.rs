@@ -12,7 +12,7 @@ use crate::keys::{self, UploadAt};
 use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
 use nixpipe_host::report::{self, Report};
-use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 use serde::Serialize;
 
@@ -395,15 +395,35 @@ pub fn activate(session: &Session, record: Option<&Record>, opts: &Options) -> A
 }
 
 /// What to activate, as probe.sh takes it.
-fn which(record: Option<&Record>, opts: &Options) -> &'static str {
-    match record {
-        Some(_) => "given",
-        None if opts.restore_bundle => "previous-bundle",
-        None => "rollback",
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    /// The record's system.
+    Given,
+    /// The generation before the current one (--rollback).
+    Rollback,
+    /// The bundle before the current one (--rollback of a bundle).
+    PreviousBundle,
+}
+
+impl Which {
+    fn of(record: Option<&Record>, opts: &Options) -> Which {
+        match record {
+            Some(_) => Which::Given,
+            None if opts.restore_bundle => Which::PreviousBundle,
+            None => Which::Rollback,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Which::Given => "given",
+            Which::Rollback => "rollback",
+            Which::PreviousBundle => "previous-bundle",
+        }
     }
 }
 
-/// Err: refused, nothing changed.
+/// Probe, checks, the job, its verdict. Err: refused, nothing changed.
 fn run(
     session: &Session,
     record: Option<&Record>,
@@ -412,24 +432,8 @@ fn run(
     activation: &mut Activation,
 ) -> Result<Verdict, ActivationError> {
     let target = session.target.to_string();
-    let which = which(record, opts);
-    let mut probe = probe(session, activation.path.as_deref(), which, opts)?;
-    let path = match (&probe.resolved, which) {
-        (Some(path), _) => path.clone(),
-        (None, "previous-bundle") => return Err(ActivationError::NoPreviousBundle { target }),
-        (None, _) => return Err(ActivationError::NoPreviousGeneration { target }),
-    };
-    if !probe.valid && opts.realise {
-        session.stdout(&Run::program(&["nix-store", "--realise", &path])).map_err(|why| ActivationError::Realise {
-            why: Box::new(why),
-            path: path.clone(),
-            target: target.clone(),
-        })?;
-        probe = self::probe(session, Some(&path), "given", opts)?;
-    }
-    activation.path = Some(path.clone());
-    activation.hostname = Some(probe.hostname.clone());
-    activation.previous = probe.current.clone();
+    let probe = probed(session, record, opts, activation)?;
+    let path = activation.path.clone().unwrap_or_default();
     check(&target, record, &probe, opts)?;
     activation.inhibitors = probe.changed_inhibitors();
     let action = action_allowed(&target, &path, &activation.inhibitors, opts)?;
@@ -438,26 +442,15 @@ fn run(
         let keys = activation.inhibitors.clone();
         report::report(Report::BootingInstead { label: label.to_owned(), keys });
     }
-    // A bundle carries its system as toplevel and switches with bin/switch.
-    let system = if probe.bundle { format!("{path}/toplevel") } else { path.clone() };
+    let steps = Steps::of(&path, &probe, Which::of(record, opts), opts);
     if opts.diff {
-        crate::diff::report(session, label, probe.current.as_deref(), &system);
+        crate::diff::report(session, label, probe.current.as_deref(), &steps.system);
     }
     if opts.dry_run {
         let (label, action) = (label.to_owned(), action.as_str());
         report::report(Report::WouldActivate { label, action, target, path });
         return Ok(Verdict::Checked);
     }
-    let program = match &opts.specialisation {
-        _ if probe.bundle => format!("{path}/bin/switch"),
-        Some(name) => format!("{system}/specialisation/{name}/bin/switch-to-configuration"),
-        None => format!("{system}/bin/switch-to-configuration"),
-    };
-    let mode = match which {
-        _ if probe.bundle => "bundle",
-        "given" => "set",
-        _ => "rollback",
-    };
     let keys = match (opts.keys, record) {
         (true, Some(record)) => keys::of_record(record).map_err(|e| ActivationError::KeysNotWritten(Box::new(e)))?,
         _ => Vec::new(),
@@ -466,18 +459,8 @@ fn run(
         |when: UploadAt| keys::upload(session, &keys.iter().filter(|k| k.upload_at == when).collect::<Vec<_>>());
     uploaded_at(UploadAt::PreActivation).map_err(|e| ActivationError::KeysNotWritten(Box::new(e)))?;
     let root = record.map(|r| format!("{}={}", crate::copy::gc_root_name(r), r.path)).unwrap_or_default();
-    let args = job::Args {
-        action: action.as_str(),
-        system: &system,
-        program: &program,
-        confirm: opts.confirm_timeout.or(opts.check.as_ref().map(|_| CHECK_WINDOW)).unwrap_or(0),
-        mode,
-        root: &root,
-        install_bootloader: opts.install_bootloader,
-        keep_on_unit_failure: opts.keep_on_unit_failure,
-        lock_timeout: opts.lock_timeout.unwrap_or(NIXOS_LOCK_WAIT),
-    };
-    let end = Job::new(session, label, opts.check.as_deref()).run(&args)?;
+    let plan = steps.plan(action, &root, opts);
+    let end = Job::new(session, label, opts.check.as_deref()).run(&plan)?;
     if end.previous.is_some() {
         activation.previous = end.previous.clone();
     }
@@ -498,9 +481,81 @@ fn run(
     match (opts.reboot, &verdict) {
         (Some(wait), Verdict::Activated | Verdict::RebootNeeded) if waiting => {
             activation.rebooted = true;
-            Ok(rebooted(session, label, &system, wait, opts))
+            Ok(rebooted(session, label, &steps.system, wait, opts))
         }
         _ => Ok(verdict),
+    }
+}
+
+/// The probe's facts of what to activate (realised first with --realise
+/// when the host lacks it), noted in `activation`.
+fn probed(
+    session: &Session,
+    record: Option<&Record>,
+    opts: &Options,
+    activation: &mut Activation,
+) -> Result<ProbeFacts, ActivationError> {
+    let target = session.target.to_string();
+    let which = Which::of(record, opts);
+    let mut probe = probe(session, activation.path.as_deref(), which, opts)?;
+    let path = match (&probe.resolved, which) {
+        (Some(path), _) => path.clone(),
+        (None, Which::PreviousBundle) => return Err(ActivationError::NoPreviousBundle { target }),
+        (None, _) => return Err(ActivationError::NoPreviousGeneration { target }),
+    };
+    if !probe.valid && opts.realise {
+        session.stdout(&Run::program(&["nix-store", "--realise", &path])).map_err(|why| ActivationError::Realise {
+            why: Box::new(why),
+            path: path.clone(),
+            target: target.clone(),
+        })?;
+        probe = self::probe(session, Some(&path), Which::Given, opts)?;
+    }
+    activation.path = Some(path);
+    activation.hostname = Some(probe.hostname.clone());
+    activation.previous = probe.current.clone();
+    Ok(probe)
+}
+
+/// Where the system to activate is, and what switches it.
+struct Steps {
+    /// The system itself: a bundle carries its system as toplevel.
+    system: String,
+    /// A bundle's bin/switch, or the system's (or its specialisation's)
+    /// switch-to-configuration.
+    program: String,
+    mode: job::Mode,
+}
+
+impl Steps {
+    fn of(path: &str, probe: &ProbeFacts, which: Which, opts: &Options) -> Steps {
+        let system = if probe.bundle { format!("{path}/toplevel") } else { path.to_owned() };
+        let program = match &opts.specialisation {
+            _ if probe.bundle => format!("{path}/bin/switch"),
+            Some(name) => format!("{system}/specialisation/{name}/bin/switch-to-configuration"),
+            None => format!("{system}/bin/switch-to-configuration"),
+        };
+        let mode = match which {
+            _ if probe.bundle => job::Mode::Bundle,
+            Which::Given => job::Mode::Set,
+            Which::Rollback | Which::PreviousBundle => job::Mode::Rollback,
+        };
+        Steps { system, program, mode }
+    }
+
+    /// The job's plan: these steps, `action`, the record's GC root `root`.
+    fn plan<'a>(&'a self, action: Action, root: &'a str, opts: &Options) -> job::Plan<'a> {
+        job::Plan {
+            action,
+            system: &self.system,
+            program: &self.program,
+            confirm: opts.confirm_timeout.or(opts.check.as_ref().map(|_| CHECK_WINDOW)).unwrap_or(0),
+            mode: self.mode,
+            root,
+            install_bootloader: opts.install_bootloader,
+            keep_on_unit_failure: opts.keep_on_unit_failure,
+            lock_timeout: opts.lock_timeout.unwrap_or(NIXOS_LOCK_WAIT),
+        }
     }
 }
 
@@ -592,9 +647,9 @@ fn verdict(target: &str, path: &str, action: Action, opts: &Options, end: &job::
 
 /// The facts of the target, read in one read-only round trip (the
 /// session learns its own from it too).
-fn probe(session: &Session, path: Option<&str>, which: &str, opts: &Options) -> Result<ProbeFacts, ActivationError> {
+fn probe(session: &Session, path: Option<&str>, which: Which, opts: &Options) -> Result<ProbeFacts, ActivationError> {
     let spec = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
-    let args = [path.unwrap_or(""), spec, which];
+    let args = Args::new().set("path", path.unwrap_or("")).set("spec", spec).set("which", which.as_str());
     Ok(session.answer(&Run::script(Script::Probe, &args), "probe", |e| match e {
         Event::Probe(probe) => Some(probe),
         _ => None,

@@ -3,7 +3,7 @@
 
 use nixpipe_host::event::Event;
 use nixpipe_host::report::{self, Report};
-use nixpipe_host::session::{Run, Script, Session};
+use nixpipe_host::session::{Args, Run, Script, Session};
 use nixpipe_store::closure_diff::ClosureDiff;
 
 /// Reports what changes on the session's host from `current` (None:
@@ -15,7 +15,7 @@ pub fn report(session: &Session, label: &str, current: Option<&str>, new: &str) 
         return;
     };
     let (before, after) = (current.to_owned(), new.to_owned());
-    match session.events(&Run::script(Script::Requisites, &[current, new])) {
+    match session.events(&Run::script(Script::Requisites, &Args::new().set("before", current).set("after", new))) {
         Ok(events) => {
             let mut closures: [Vec<&str>; 2] = Default::default();
             for event in &events {

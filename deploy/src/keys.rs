@@ -10,7 +10,7 @@
 //! or one with the wrong mode.
 
 use nixpipe_host::event::Event;
-use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 use serde::{Deserialize, Serialize};
 use std::process::{Command, Stdio};
@@ -188,7 +188,7 @@ pub fn upload(session: &Session, keys: &[&Key]) -> Result<(), KeyError> {
         ]);
         input.extend_from_slice(&content);
     }
-    let events = session.events(&Run::script(Script::Keys, &args).as_root().input(&input))?;
+    let events = session.events(&Run::script(Script::Keys, &Args::new().list(args)).as_root().input(&input))?;
     match events.iter().filter(|e| matches!(e, Event::KeyWritten)).count() == keys.len() {
         true => Ok(()),
         false => Err(KeyError::NotWritten { target: session.target.to_string() }),

@@ -8,7 +8,7 @@ use crate::nix::{self, NixError};
 pub use nixpipe_host::event::Installed;
 use nixpipe_host::event::{Event, VmState};
 use nixpipe_host::process::{self, CannotRun};
-use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 pub use nixpipe_store::record::{parse_vm_name, VM_NAME_MAX};
 use nixpipe_store::store_path::StorePath;
@@ -96,9 +96,13 @@ impl<'a> Host<'a> {
     /// Points /var/lib/microvms/NAME/current at `runner` (keeping `old`),
     /// makes the GC roots, and restarts the VM as `restart` says.
     pub fn install(&self, name: &str, runner: &str, restart: Restart) -> Result<Installed, MicrovmError> {
-        let events = self
-            .session
-            .events(&Run::script(Script::MicrovmHost, &["install", name, runner, restart.as_str()]).as_root())?;
+        let events = self.session.events(
+            &Run::script(
+                Script::MicrovmHost,
+                &Args::verb("install").set("name", name).set("runner", runner).set("restart", restart.as_str()),
+            )
+            .as_root(),
+        )?;
         Ok(events
             .into_iter()
             .find_map(|e| match e {
@@ -109,7 +113,7 @@ impl<'a> Host<'a> {
     }
 
     pub fn list(&self) -> Result<Vec<Vm>, MicrovmError> {
-        let events = self.session.events(&Run::script(Script::MicrovmHost, &["list"]).as_root())?;
+        let events = self.session.events(&Run::script(Script::MicrovmHost, &Args::verb("list")).as_root())?;
         Ok(events
             .into_iter()
             .filter_map(|e| match e {
@@ -122,9 +126,13 @@ impl<'a> Host<'a> {
     /// Stops the VM and removes its links and GC roots; its state too with
     /// `purge`. Err when there is no such VM.
     pub fn remove(&self, name: &str, purge: bool) -> Result<(), MicrovmError> {
-        let events = self
-            .session
-            .events(&Run::script(Script::MicrovmHost, &["remove", name, if purge { "1" } else { "0" }]).as_root())?;
+        let events = self.session.events(
+            &Run::script(
+                Script::MicrovmHost,
+                &Args::verb("remove").set("name", name).set("purge", if purge { "1" } else { "0" }),
+            )
+            .as_root(),
+        )?;
         match events.contains(&Event::Removed { found: true }) {
             true => Ok(()),
             false => Err(MicrovmError::NoSuchVm { target: self.session.target.to_string(), name: name.to_owned() }),

@@ -3,7 +3,7 @@
 
 use nixpipe_host::event::Event;
 pub use nixpipe_host::event::{HostStatus, StatusJson};
-use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 use serde::Serialize;
 
@@ -16,9 +16,11 @@ pub struct FailedJson<'a> {
 
 /// What the session's host runs, against `record`.
 pub fn of(session: &Session, record: &Record) -> Result<HostStatus, SessionError> {
-    session.answer(&Run::script(Script::Status, &[record.path.to_string()]), "status", |e| match e {
-        Event::Status(status) => Some(status),
-        _ => None,
+    session.answer(&Run::script(Script::Status, &Args::new().set("path", record.path.to_string())), "status", |e| {
+        match e {
+            Event::Status(status) => Some(status),
+            _ => None,
+        }
     })
 }
 

@@ -21,7 +21,7 @@ use crate::nix;
 use nixpipe_host::event::Event;
 use nixpipe_host::host_key;
 use nixpipe_host::process;
-use nixpipe_host::session::{Run, Script, Session};
+use nixpipe_host::session::{Args, Run, Script, Session};
 use nixpipe_host::store_connection::{self, GcRoot, Protocol, StoreError};
 use nixpipe_host::target::{Control, Link, Target};
 use nixpipe_store::binary_cache::BinaryCache;
@@ -289,7 +289,12 @@ impl RelayConnection {
                 nixpipe_host::target::remote_command(&argv.iter().map(String::as_str).collect::<Vec<_>>())?
             }
         };
-        let args = [&destination, &port, &trust.name, &making_roots, protocol.word()];
+        let args = Args::new()
+            .set("destination", destination)
+            .set("port", port)
+            .set("known_as", trust.name)
+            .set("making_roots", making_roots)
+            .set("protocol", protocol.word());
         let session = Session::as_login_user(relay.clone());
         let mut child =
             session.spawn(&Run::script(Script::Relay, &args).over(self.link(true, false))).map_err(StoreError::from)?;

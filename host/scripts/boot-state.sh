@@ -1,6 +1,7 @@
 # Which boot of the host this is, and what runs: a `boot` event. In a
 # container the boot id is the machine's, so PID 1's start time (in clock
 # ticks since the kernel booted) tells a restarted one too.
+takes -- "$@"
 current='' booted=''
 [ -e /run/current-system ] && current=$(readlink -f /run/current-system)
 [ -e /run/booted-system ] && booted=$(readlink -f /run/booted-system)

@@ -1,2 +1,3 @@
 # The facts of a session (host_facts in prelude.sh), and nothing else.
+takes -- "$@"
 host_facts

@@ -2,19 +2,21 @@
 # sudo). nixpipe starts it, as every script, through session.rs's
 # bootstrap, which sets $self to the script's text, so that `launch` can
 # keep a copy of it:
-#   launch ID WHO ACTION SYSTEM PROGRAM CONFIRM MODE ROOT BOOTLOADER UNITS LOCK_WAIT
-#                                                       start the job detached, then follow it
-#   follow ID LOG_AT EVENTS_AT                          the job's log and events from those bytes until it ends
-#   confirm ID                                          confirm a switch (--confirm-timeout)
-#   reject ID                                           roll a switch back now (a failed --check)
-#   job ID WHO ... (as launch)                          the detached job itself
-# PROGRAM is what switches: a system's bin/switch-to-configuration, or a
-# bundle's bin/switch. MODE: `set` the profile to SYSTEM, go back one
-# generation (`rollback`), or leave it to the program (`bundle`). ROOT:
-# NAME=PATH of the record's GC root (nixpipe-copy's), dropped once the
-# profile holds PATH; empty for none. BOOTLOADER: 1 to pass
-# NIXOS_INSTALL_BOOTLOADER=1. UNITS: `keep` or `roll-back` the system when
-# some units failed (exit 4). LOCK_WAIT: seconds to wait for NixOS's lock.
+#   launch id= who= action= system= program= confirm= mode= root= bootloader= units_policy= lock_wait=
+#                                       start the job detached, then follow it
+#   follow id= log_at= events_at=       the job's log and events from those bytes until it ends
+#   confirm id=                         confirm a switch (--confirm-timeout)
+#   reject id=                          roll a switch back now (a failed --check)
+#   job id= who= ... (as launch)        the detached job itself
+# (named arguments: args.sh). program is what switches: a system's
+# bin/switch-to-configuration, or a bundle's bin/switch. confirm: seconds
+# to wait for a confirmation, 0 for none. mode: `set` the profile to
+# system, go back one generation (`rollback`), or leave it to the program
+# (`bundle`). root: NAME=PATH of the record's GC root (nixpipe-copy's),
+# dropped once the profile holds PATH; empty for none. bootloader: 1 to
+# pass NIXOS_INSTALL_BOOTLOADER=1. units_policy: `keep` or `roll-back` the
+# system when some units failed (exit 4). lock_wait: seconds to wait for
+# NixOS's lock.
 # The job records its events (prelude.sh's format, with log=BYTES last: how
 # far the log was written then) in its events file, which only it writes;
 # what the switched program prints goes to its log. follow sends both on
@@ -29,7 +31,8 @@ jobs=$state/jobs
 profile=/nix/var/nix/profiles/system
 
 launch() {
-    d=$jobs/$1
+    takes id who action system program confirm mode root bootloader units_policy lock_wait -- "$@"
+    d=$jobs/$id
     mkdir -p "$state" "$jobs"
     chmod 0700 "$state" "$jobs"
     # Jobs older than a day have long been reported.
@@ -49,12 +52,12 @@ launch() {
     # a switch half way: a transient unit where systemd runs (as nixos-rebuild
     # does), else a session of its own whose parent is init.
     if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
-        systemd-run --unit="nixpipe-activate-$1" --description="nixpipe-activate $3 $4" --collect --quiet \
+        systemd-run --unit="nixpipe-activate-$id" --description="nixpipe-activate $action $system" --collect --quiet \
             --setenv=PATH="$PATH" -- "$(command -v sh)" "$d/activate.sh" job "$@" 3>&- || exit 1
     else
         (setsid sh "$d/activate.sh" job "$@" </dev/null >/dev/null 2>&1 3>&- &)
     fi
-    follow "$1" 0 0
+    follow id="$id" log_at=0 events_at=0
 }
 
 # send_log END: the log's bytes from $log_at up to byte END, in frames of
@@ -101,7 +104,8 @@ event() {
 # lets go of it at each event (see next_step) and when it ends, so a step
 # is sent as it happens; the log, at the latest 0.2 s after it is written.
 follow() {
-    d=$jobs/$1 log_at=$2 events_at=$3 dead=0 quiet=0
+    takes id log_at events_at -- "$@"
+    d=$jobs/$id dead=0 quiet=0
     LC_ALL=C
     export LC_ALL
     [ -d "$d" ] || { event result outcome=gone; exit 0; }
@@ -139,11 +143,13 @@ follow() {
 }
 
 confirm() {
-    [ -d "$jobs/$1" ] && : >"$jobs/$1/confirmed"
+    takes id -- "$@"
+    [ -d "$jobs/$id" ] && : >"$jobs/$id/confirmed"
 }
 
 reject() {
-    [ -d "$jobs/$1" ] && : >"$jobs/$1/rejected"
+    takes id -- "$@"
+    [ -d "$jobs/$id" ] && : >"$jobs/$id/rejected"
 }
 
 # say KIND KEY=VALUE...: an event of the job, in its events file, with
@@ -348,9 +354,7 @@ judge() {
 }
 
 job() {
-    id=$1 who=$2 action=$3 system=$4 program=$5 confirm=$6 mode=$7 root=$8 bootloader=$9
-    shift 9
-    units_policy=$1 lock_wait=$2
+    takes id who action system program confirm mode root bootloader units_policy lock_wait -- "$@"
     d=$jobs/$id
     exec >>"$d/log" 2>&1 </dev/null
     # Locked for as long as the job runs: its end wakes the followers too.
@@ -403,4 +407,10 @@ job() {
     finish ok
 }
 
-"$@"
+case ${1-} in
+    launch | follow | confirm | reject | job) "$@" ;;
+    *)
+        echo "nixpipe: '${1-}' is not a verb of the job script" >&2
+        exit 2
+        ;;
+esac

@@ -1,5 +1,5 @@
 # Writes deployment.keys, as root, for nixpipe-activate --keys:
-#   keys.sh NAME DIR USER GROUP MODE SIZE [NAME DIR USER GROUP MODE SIZE]...
+#   keys.sh -- NAME DIR USER GROUP MODE SIZE [NAME DIR USER GROUP MODE SIZE]...
 # stdin: the keys' contents one after the other, SIZE bytes each.
 # Nothing here follows a link another user could have put in the way:
 # every directory of DIR must be one only root (DIR itself: root or USER)
@@ -61,6 +61,9 @@ check_path() {
     done
 }
 
+takes ... -- "$@"
+shift "$taken"
+[ $(($# % 6)) = 0 ] || refuse "the keys come in groups of six words, not $#"
 while [ "$#" -ge 6 ]; do
     name=$1 dir=$2 user=$3 group=$4 mode=$5 size=$6
     shift 6

@@ -1,8 +1,8 @@
 # The host's side of nixpipe-microvm, run as root: microvm.nix's layout of
 # /var/lib/microvms, kept as microvm.nix keeps it. Entry points:
-#   install NAME RUNNER RESTART   point NAME/current at RUNNER (auto|always|never restart)
-#   list                          a `vm` event per VM: name current valid booted running
-#   remove NAME PURGE             stop NAME, drop its links and GC roots (and its state if PURGE=1)
+#   install name= runner= restart=   point name's current at runner (auto|always|never restart)
+#   list                             a `vm` event per VM: name current valid booted running
+#   remove name= purge=              stop it, drop its links and GC roots (and its state if purge=1)
 # The answers are events (prelude.sh): `installed`, `vm`, `removed`.
 set -eu
 dir=/var/lib/microvms
@@ -27,7 +27,8 @@ link() {
 running() { systemctl is-active --quiet "$(unit "$1")" 2>/dev/null; }
 
 install() {
-    name=$1 runner=$2 restart=$3 d=$dir/$1
+    takes name runner restart -- "$@"
+    d=$dir/$name
     mkdir -p "$dir" "$roots"
     [ -d "$d" ] || { mkdir "$d"; own "$d"; }
     chmod 0775 "$dir"
@@ -57,6 +58,7 @@ install() {
 }
 
 list() {
+    takes -- "$@"
     [ -d "$dir" ] || return 0
     for d in "$dir"/*/; do
         d=${d%/}
@@ -73,7 +75,8 @@ list() {
 }
 
 remove() {
-    name=$1 purge=$2 d=$dir/$1
+    takes name purge -- "$@"
+    d=$dir/$name
     [ -d "$d" ] || { emit removed found=0; return 0; }
     if running "$name"; then systemctl stop "$(unit "$name")"; fi
     rm -f "$roots/$name" "$roots/booted-$name" "$roots/old-$name" "$d/current" "$d/old" "$d/booted"
@@ -81,4 +84,10 @@ remove() {
     emit removed found=1
 }
 
-"$@"
+case ${1-} in
+    install | list | remove) "$@" ;;
+    *)
+        echo "nixpipe: '${1-}' is not a verb of the microvm host script" >&2
+        exit 2
+        ;;
+esac

@@ -1,9 +1,10 @@
 # Facts nixpipe-activate needs from the target, read as the login user, in
 # one round trip, changing nothing: the session's facts (a `host` event),
-# then one `probe` event. Arguments: PATH, SPECIALISATION (may be empty),
-# and WHICH: `given` (PATH), `rollback` (the generation before the current
-# one) or `previous-bundle` (/etc/nixos/previous-configuration).
-p=$1 spec=$2 which=$3
+# then one `probe` event. Arguments: path, spec (the specialisation, may be
+# empty), and which: `given` (path), `rollback` (the generation before the
+# current one) or `previous-bundle` (/etc/nixos/previous-configuration).
+takes path spec which -- "$@"
+p=$path
 profile=/nix/var/nix/profiles/system
 host_facts
 # readlink -f prints a path that does not exist too: with no

@@ -1,5 +1,6 @@
 # Runs on the relay of `nixpipe-copy --via HOST`, as
-#   relay.sh DESTINATION PORT KNOWN_AS MAKING_ROOTS PROTOCOL
+#   relay.sh destination= port= known_as= making_roots= protocol=
+# (named arguments: args.sh; their values below by their names in capitals)
 # Makes a closure valid on DESTINATION (user@host as the deployer wrote it,
 # resolved by this host's own ssh configuration), at PORT unless it is
 # empty, from this host's store. KNOWN_AS is the name the deployer's ssh
@@ -26,7 +27,7 @@
 # event per path it sent. Exit 3: the target could not be reached from
 # here; exit 4: no go.
 set -euf # -f: KNOWN_AS may look like a glob ([127.0.0.1]:2222)
-destination=$1 port=$2 known_as=$3 making_roots=$4 protocol=$5
+takes destination port known_as making_roots protocol -- "$@"
 scratch=$(mktemp -d)
 
 # Reads stdin up to the next empty line (or its end).

@@ -3,8 +3,8 @@
 # copy and the activation cannot delete it: the session's own temporary
 # roots die with it), and for --compress zstd, one byte saying whether zstd
 # is on the PATH.
-#   serve.sh PROTOCOL HOW NAME=PATH... -- NIX-OPTIONS...
-#   serve.sh PROTOCOL read PATH... -- NIX-OPTIONS...
+#   serve.sh protocol=PROTOCOL how=HOW -- NAME=PATH... -- NIX-OPTIONS...
+#   serve.sh protocol=PROTOCOL how=read -- PATH... -- NIX-OPTIONS...
 # PROTOCOL: serve (nix-store --serve), daemon (nix-daemon --stdio), or auto:
 # serve where this nix-store still has --serve, else daemon, said first in
 # one byte, S or D. HOW: read (a reader of the closures of PATH...; over the
@@ -16,8 +16,8 @@
 # path protects nothing, and costs nothing), in /nix/var/nix/gcroots/nixpipe
 # as root, else in the login user's per-user GC root directory; where
 # neither can be written, none.
-protocol=$1 how=$2
-shift 2
+takes protocol how ... -- "$@"
+shift "$taken"
 if [ "$how" = read ]; then
     # The paths whose closure the reader wants, not roots.
     wanted=

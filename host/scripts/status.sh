@@ -1,9 +1,10 @@
 # What a host runs, for nixpipe-status, read-only: a `status` event.
-#   status.sh PATH
+#   status.sh path=PATH
 # PATH is a record's path: a system, or a bundle (whose toplevel is the
 # system it runs). The profile's generation is the number in the name of
 # the link /nix/var/nix/profiles/system points at (system-N-link).
-system=$1
+takes path -- "$@"
+system=$path
 [ -e "$system/toplevel" ] && system=$(readlink -f "$system/toplevel")
 current='' booted='' profile='' generation='' reboot=unknown
 [ -e /run/current-system ] && current=$(readlink -f /run/current-system)

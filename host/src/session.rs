@@ -22,6 +22,7 @@ use std::sync::{LazyLock, OnceLock};
 /// words to systemd, which expands `${...}` and `$$` in them (an unknown
 /// name to nothing): no `${` nor `$$` may reach it, here or in the script.
 const BOOTSTRAP: &str = r#"self=$(echo "$1" | base64 -d); eval "set -- $(echo "$2" | base64 -d)"; eval "$self""#;
+const ARGS: &str = include_str!("../scripts/args.sh");
 const PRELUDE: &str = include_str!("../scripts/prelude.sh");
 
 /// The scripts nixpipe runs on hosts.
@@ -73,29 +74,108 @@ impl Script {
         self != Script::Serve
     }
 
-    /// The whole text that runs: the prelude, then the script.
+    /// The whole text that runs: args.sh, the prelude for a script that
+    /// answers in events, then the script.
     pub fn source(self) -> String {
         match self.answers_in_events() {
-            true => format!("{PRELUDE}\n{}", self.body()),
-            false => self.body().to_owned(),
+            true => format!("{ARGS}\n{PRELUDE}\n{}", self.body()),
+            false => format!("{ARGS}\n{}", self.body()),
         }
     }
 
-    /// The argv that runs the script with `args`, each quoted for sh as one
-    /// word (shlex, as every remote command).
-    pub fn argv<S: AsRef<str>>(self, args: &[S]) -> Vec<String> {
+    /// The named arguments the script (with `verb`) takes, as its `takes`
+    /// line says, and whether a list follows them; None for a verb it does
+    /// not have. [`Script::argv`] gives it exactly these.
+    fn takes(self, verb: Option<&str>) -> Option<(&'static [&'static str], bool)> {
+        const JOB: [&str; 11] = [
+            "id",
+            "who",
+            "action",
+            "system",
+            "program",
+            "confirm",
+            "mode",
+            "root",
+            "bootloader",
+            "units_policy",
+            "lock_wait",
+        ];
+        Some(match (self, verb) {
+            (Script::Facts | Script::BootState, None) => (&[], false),
+            (Script::Probe, None) => (&["path", "spec", "which"], false),
+            (Script::Job, Some("launch" | "job")) => (&JOB, false),
+            (Script::Job, Some("follow")) => (&["id", "log_at", "events_at"], false),
+            (Script::Job, Some("confirm" | "reject")) => (&["id"], false),
+            (Script::MicrovmHost, Some("install")) => (&["name", "runner", "restart"], false),
+            (Script::MicrovmHost, Some("list")) => (&[], false),
+            (Script::MicrovmHost, Some("remove")) => (&["name", "purge"], false),
+            (Script::Relay, None) => (&["destination", "port", "known_as", "making_roots", "protocol"], false),
+            (Script::Requisites, None) => (&["before", "after"], false),
+            (Script::Status, None) => (&["path"], false),
+            (Script::Keys, None) => (&[], true),
+            (Script::Serve, None) => (&["protocol", "how"], true),
+            _ => return None,
+        })
+    }
+
+    /// The argv that runs the script with `args`: the verb, `KEY=VALUE`
+    /// words, then `--` and the list, each quoted for sh as one word (shlex,
+    /// as every remote command). Arguments the script does not take are a
+    /// bug here, as they would be refused there (args.sh).
+    pub fn argv(self, args: &Args) -> Vec<String> {
         use base64::Engine;
         let base64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let (keys, list) = self.takes(args.verb).unwrap_or_else(|| panic!("{self:?} has no verb {:?}", args.verb));
+        let mut given: Vec<&str> = args.named.iter().map(|(key, _)| *key).collect();
+        given.sort_unstable();
+        let mut wanted = keys.to_vec();
+        wanted.sort_unstable();
+        assert!(
+            given == wanted && (list || args.list.is_empty()),
+            "{self:?} {:?} takes {keys:?}, given {given:?}",
+            args.verb
+        );
+        let words = args.verb.map(str::to_owned).into_iter().chain(args.named.iter().map(|(k, v)| format!("{k}={v}")));
+        let words = words.chain((!args.list.is_empty()).then(|| "--".to_owned())).chain(args.list.iter().cloned());
         // A NUL cannot be an argument at all; the script then sees none there.
-        let quoted: Vec<String> = args
-            .iter()
-            .map(|a| shlex::try_quote(a.as_ref()).map_or_else(|_| "''".into(), |q| q.into_owned()))
-            .collect();
+        let quoted: Vec<String> =
+            words.map(|a| shlex::try_quote(&a).map_or_else(|_| "''".into(), |q| q.into_owned())).collect();
         ["sh", "-c", BOOTSTRAP, "nixpipe"]
             .map(str::to_owned)
             .into_iter()
             .chain([base64(&self.source()), base64(&quoted.join(" "))])
             .collect()
+    }
+}
+
+/// A script's arguments: a verb for the scripts that have verbs (job.sh's
+/// `launch`, `follow`...), named values, and the list of the scripts that
+/// take one; args.sh reads them on the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Args {
+    verb: Option<&'static str>,
+    named: Vec<(&'static str, String)>,
+    list: Vec<String>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    /// The arguments of the script's `verb`.
+    pub fn verb(verb: &'static str) -> Args {
+        Args { verb: Some(verb), ..Args::default() }
+    }
+
+    pub fn set(mut self, key: &'static str, value: impl Into<String>) -> Args {
+        self.named.push((key, value.into()));
+        self
+    }
+
+    pub fn list<S: Into<String>>(mut self, items: impl IntoIterator<Item = S>) -> Args {
+        self.list.extend(items.into_iter().map(Into::into));
+        self
     }
 }
 
@@ -144,7 +224,7 @@ impl<'r> Run<'r> {
     }
 
     /// One of our scripts, as the login user.
-    pub fn script<S: AsRef<str>>(script: Script, args: &[S]) -> Run<'r> {
+    pub fn script(script: Script, args: &Args) -> Run<'r> {
         Run {
             argv: script.argv(args),
             name: script.name().to_owned(),
@@ -199,7 +279,7 @@ impl<'a> Session<'a> {
         if let Some(facts) = self.facts.get() {
             return Ok(facts);
         }
-        let facts = self.answer(&Run::script(Script::Facts, &[] as &[&str]), "facts", |e| match e {
+        let facts = self.answer(&Run::script(Script::Facts, &Args::new()), "facts", |e| match e {
             Event::Host(facts) => Some(facts),
             _ => None,
         })?;
@@ -330,28 +410,87 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// The argv of `script` with `words` as they are, unchecked.
+    fn with_words(script: Script, words: &[&str]) -> Vec<String> {
+        let mut argv = script.argv(&Args::new().set("path", ""));
+        let quoted = shlex::try_join(words.iter().copied()).unwrap();
+        argv[5] = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, quoted);
+        argv
+    }
+
     #[test]
     fn scripts_run_through_one_bootstrap_with_their_arguments_as_words() {
-        let args = ["/nix/store/x y", "$(id)", "${HOME}", "$$", "it's", "", "a\nb"];
-        let argv = Script::Probe.argv(&args);
-        assert_eq!(argv[..4], ["sh", "-c", BOOTSTRAP, "nixpipe"]);
-        assert_eq!(argv.len(), 6);
+        let list = ["/nix/store/x y", "$(id)", "${HOME}", "$$", "it's", "", "a\nb"];
+        let args = Args::new().set("protocol", "serve").set("how", "a b").list(list);
         let mut echo = Script::Serve.argv(&args);
+        assert_eq!(echo[..4], ["sh", "-c", BOOTSTRAP, "nixpipe"]);
+        assert_eq!(echo.len(), 6);
         echo[4] = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, r#"printf '[%s]' "$@""#);
-        assert_eq!(run_here(&echo), "[/nix/store/x y][$(id)][${HOME}][$$][it's][][a\nb]");
+        assert_eq!(run_here(&echo), "[protocol=serve][how=a b][--][/nix/store/x y][$(id)][${HOME}][$$][it's][][a\nb]");
     }
 
     #[test]
     fn nothing_systemd_would_expand_reaches_a_sudo_cmd() {
-        for script in [Script::Job, Script::Probe, Script::Keys, Script::Serve] {
-            let argv = script.argv(&["${x}", "$$"]);
+        for (script, args) in [
+            (Script::Probe, Args::new().set("path", "${x}").set("spec", "$$").set("which", "given")),
+            (Script::Job, Args::verb("confirm").set("id", "${x}$$")),
+            (Script::Keys, Args::new().list(["${x}", "$$"])),
+            (Script::Serve, Args::new().set("protocol", "${x}").set("how", "$$")),
+        ] {
+            let argv = script.argv(&args);
             assert!(!argv.iter().any(|word| word.contains("${") || word.contains("$$")), "{script:?}: {argv:?}");
         }
     }
 
     #[test]
+    fn every_script_takes_the_arguments_argv_gives_it() {
+        let verbs: [(Script, &[Option<&str>]); 10] = [
+            (Script::Facts, &[None]),
+            (Script::Probe, &[None]),
+            (Script::Job, &[Some("launch"), Some("follow"), Some("confirm"), Some("reject"), Some("job")]),
+            (Script::MicrovmHost, &[Some("install"), Some("list"), Some("remove")]),
+            (Script::Relay, &[None]),
+            (Script::Requisites, &[None]),
+            (Script::BootState, &[None]),
+            (Script::Status, &[None]),
+            (Script::Keys, &[None]),
+            (Script::Serve, &[None]),
+        ];
+        for (script, verbs) in verbs {
+            for &verb in verbs {
+                // The script's own `takes` line: in the verb's function, or
+                // the first at the top.
+                let body = script.body();
+                let from = verb.map_or(0, |v| body.find(&format!("\n{v}() {{")).expect("the verb's function"));
+                let line = body[from..].lines().map(str::trim).find(|l| l.starts_with("takes ")).expect("a takes line");
+                let words: Vec<&str> = line.split_whitespace().skip(1).take_while(|w| *w != "--").collect();
+                let (keys, list) = script.takes(verb).expect("known verb");
+                let declared: Vec<&str> = words.iter().copied().filter(|w| *w != "...").collect();
+                assert_eq!((declared.as_slice(), words.contains(&"...")), (keys, list), "{script:?} {verb:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_script_refuses_an_argument_it_does_not_take_and_one_it_lacks() {
+        let run = |words: &[&str]| {
+            let argv = with_words(Script::Status, words);
+            std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap()
+        };
+        for (words, said) in [
+            (&["path=/x", "extra=1"][..], "'extra' is not an argument"),
+            (&["/nix/store/x"][..], "'/nix/store/x' is not an argument"),
+            (&[][..], "needs the argument 'path'"),
+        ] {
+            let output = run(words);
+            assert_eq!(output.status.code(), Some(2), "{words:?}");
+            assert!(String::from_utf8_lossy(&output.stderr).contains(said), "{words:?}: {output:?}");
+        }
+    }
+
+    #[test]
     fn a_script_answers_in_events_whatever_its_programs_print() {
-        let argv = Script::Facts.argv(&[] as &[&str]);
+        let argv = Script::Facts.argv(&Args::new());
         let output = std::process::Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.lines().all(|l| crate::event::is_event_line(l.as_bytes())), "{text}");

@@ -6,7 +6,7 @@
 //! one it started, so choosing costs no connection of its own.
 
 use crate::process::{CannotRun, Watchdog, Watched};
-use crate::session::{Run, Script, Session, SessionError};
+use crate::session::{Args, Run, Script, Session, SessionError};
 use crate::target::{Link, SshError, Target};
 use nixpipe_store::daemon::{self, Refusal};
 use nixpipe_store::path_info::PathInfo;
@@ -203,13 +203,8 @@ fn serve_script_with(
     before: impl Iterator<Item = String>,
     nix_args: &[String],
 ) -> Vec<String> {
-    let args: Vec<String> = [protocol.word().to_owned(), how.to_owned()]
-        .into_iter()
-        .chain(before)
-        .chain(std::iter::once("--".to_owned()))
-        .chain(nix_args.iter().cloned())
-        .collect();
-    Script::Serve.argv(&args)
+    let list = before.chain(std::iter::once("--".to_owned())).chain(nix_args.iter().cloned());
+    Script::Serve.argv(&Args::new().set("protocol", protocol.word()).set("how", how).list(list))
 }
 
 /// Reader and writer buffers: large enough that a stream of NARs moves in

@@ -5,11 +5,11 @@
 //! the connection drops it reconnects and follows on from the last byte it
 //! read, so the user always gets the real result.
 
-use super::ActivationError;
+use super::{Action, ActivationError};
 use nixpipe_host::event::{self, Event, JobEvent, JobResult};
 use nixpipe_host::process;
 use nixpipe_host::report::{self, Report};
-use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_host::target::Link;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{ExitStatus, Output};
@@ -29,9 +29,31 @@ const RECONNECT_FOR: Duration = Duration::from_secs(300);
 const KEEPALIVE: Link =
     Link { fresh: false, keepalive: Some(5), connect_timeout: None, compression: false, control: None };
 
-/// What the job is to do; the arguments of remote.sh's `launch`.
-pub struct Args<'a> {
-    pub action: &'a str,
+/// What the job does to the system profile before it switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Set the profile to the new system.
+    Set,
+    /// Go back one generation (--rollback).
+    Rollback,
+    /// Leave it to the program: a bundle's bin/switch sets it.
+    Bundle,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Set => "set",
+            Mode::Rollback => "rollback",
+            Mode::Bundle => "bundle",
+        }
+    }
+}
+
+/// What the job is to do, checked: the arguments of job.sh's `launch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<'a> {
+    pub action: Action,
     /// What goes into the system profile.
     pub system: &'a str,
     /// What switches: bin/switch-to-configuration of the system or of a
@@ -39,9 +61,7 @@ pub struct Args<'a> {
     pub program: &'a str,
     /// Seconds to wait for a confirmation; 0 for none.
     pub confirm: u64,
-    /// `set` the profile to `system`, `rollback` one generation, or leave it
-    /// to the program (`bundle`).
-    pub mode: &'a str,
+    pub mode: Mode,
     /// NAME=PATH of the record's GC root on the target, dropped once the
     /// profile holds PATH; empty for none.
     pub root: &'a str,
@@ -92,35 +112,27 @@ impl<'a> Job<'a> {
 
     /// Starts the job and follows it to its end, through dropped connections.
     /// Err: it never started, and nothing changed.
-    pub fn run(self, args: &Args) -> Result<JobEnd, ActivationError> {
-        let confirm = args.confirm.to_string();
-        let who = who();
-        let bootloader = if args.install_bootloader { "1" } else { "0" };
-        let units = if args.keep_on_unit_failure { "keep" } else { "roll-back" };
-        let lock_wait = args.lock_timeout.to_string();
-        let launch = [
-            &*self.id,
-            &who,
-            args.action,
-            args.system,
-            args.program,
-            &confirm,
-            args.mode,
-            args.root,
-            bootloader,
-            units,
-            &lock_wait,
-        ];
+    pub fn run(self, plan: &Plan) -> Result<JobEnd, ActivationError> {
+        let launch = Args::verb("launch")
+            .set("id", &*self.id)
+            .set("who", who())
+            .set("action", plan.action.as_str())
+            .set("system", plan.system)
+            .set("program", plan.program)
+            .set("confirm", plan.confirm.to_string())
+            .set("mode", plan.mode.as_str())
+            .set("root", plan.root)
+            .set("bootloader", if plan.install_bootloader { "1" } else { "0" })
+            .set("units_policy", if plan.keep_on_unit_failure { "keep" } else { "roll-back" })
+            .set("lock_wait", plan.lock_timeout.to_string());
         let mut follower = Follower::default();
         // A sudo that refused runs nothing: nothing changed.
-        let (status, stderr) = self
-            .follow(&mut follower, "launch", &launch, KEEPALIVE)
-            .map_err(|e| ActivationError::NotStarted(Box::new(e)))?;
+        let (status, stderr) =
+            self.follow(&mut follower, &launch, KEEPALIVE).map_err(|e| ActivationError::NotStarted(Box::new(e)))?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
             // Nothing said it started; whether it did is the host's to say.
-            let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
-            let link = Link { fresh: true, ..KEEPALIVE };
-            let follow = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], link);
+            let from = self.follow_from(&follower);
+            let follow = self.follow(&mut follower, &from, Link { fresh: true, ..KEEPALIVE });
             if follow.is_err() || matches!(follower.result, None | Some(JobResult::Gone)) {
                 return Err(self.launch_failure(status, &stderr));
             }
@@ -138,9 +150,8 @@ impl<'a> Job<'a> {
             }
             report::report(Report::Reconnecting { label: self.label.to_owned(), target: self.target() });
             thread::sleep(Duration::from_secs(1));
-            let (log_at, events_at) = (follower.log.at.to_string(), follower.events.at.to_string());
-            let link = Link { fresh: true, ..KEEPALIVE };
-            let (status, stderr) = self.follow(&mut follower, "follow", &[&*self.id, &log_at, &events_at], link)?;
+            let from = self.follow_from(&follower);
+            let (status, stderr) = self.follow(&mut follower, &from, Link { fresh: true, ..KEEPALIVE })?;
             if follower.result.is_none() && !self.connection_lost(status) {
                 let why = match self.session.refusal(&stderr) {
                     Some(refusal) => refusal.to_string(),
@@ -154,17 +165,18 @@ impl<'a> Job<'a> {
         Ok(JobEnd { id: self.id, previous, needs_reboot, exited, result })
     }
 
-    /// Runs one job.sh COMMAND as root and feeds its output to `follower`,
-    /// confirming the switch when the job asks for it.
-    fn follow(
-        &self,
-        follower: &mut Follower,
-        command: &str,
-        args: &[&str],
-        link: Link,
-    ) -> Result<(ExitStatus, String), SessionError> {
-        let mut child =
-            self.session.spawn(&Run::script(Script::Job, &Self::job_args(command, args)).as_root().over(link))?;
+    /// job.sh's `follow` from where `follower` is.
+    fn follow_from(&self, follower: &Follower) -> Args {
+        Args::verb("follow")
+            .set("id", &*self.id)
+            .set("log_at", follower.log.at.to_string())
+            .set("events_at", follower.events.at.to_string())
+    }
+
+    /// Runs job.sh's `launch` or `follow` as root and feeds its output to
+    /// `follower`, confirming the switch when the job asks for it.
+    fn follow(&self, follower: &mut Follower, args: &Args, link: Link) -> Result<(ExitStatus, String), SessionError> {
+        let mut child = self.session.spawn(&Run::script(Script::Job, args).as_root().over(link))?;
         drop(child.stdin.take());
         let stderr = drain(child.stderr.take().expect("piped"));
         // The follower says something at least every 10 s: a session that
@@ -222,13 +234,10 @@ impl<'a> Job<'a> {
         Err(self.session.target.failure(check, &output).into())
     }
 
-    /// Runs job.sh COMMAND ID as root on the target to its end.
-    fn job_output(&self, command: &str, link: Link) -> Result<Output, SessionError> {
-        self.session.output(&Run::script(Script::Job, &Self::job_args(command, &[&self.id])).as_root().over(link))
-    }
-
-    fn job_args<'s>(command: &'s str, args: &[&'s str]) -> Vec<&'s str> {
-        std::iter::once(command).chain(args.iter().copied()).collect()
+    /// Runs job.sh's `verb` (confirm, reject) for this job as root on the
+    /// target to its end.
+    fn job_output(&self, verb: &'static str, link: Link) -> Result<Output, SessionError> {
+        self.session.output(&Run::script(Script::Job, &Args::verb(verb).set("id", &*self.id)).as_root().over(link))
     }
 
     /// ssh gave up (255), or was killed: the connection, not the job, ended.

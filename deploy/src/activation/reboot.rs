@@ -7,7 +7,7 @@
 use super::ActivationError;
 use nixpipe_host::event::{BootState, Event};
 use nixpipe_host::report;
-use nixpipe_host::session::{Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_host::target::Link;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ pub(super) fn runs(session: &Session, state: &BootState, system: &str) -> Result
 
 /// Which boot the host is in, and what it runs.
 fn boot_state(session: &Session, link: Link) -> Result<BootState, SessionError> {
-    session.answer(&Run::script(Script::BootState, &[] as &[&str]).over(link), "boot state", |e| match e {
+    session.answer(&Run::script(Script::BootState, &Args::new()).over(link), "boot state", |e| match e {
         Event::Boot(state) => Some(state),
         _ => None,
     })
