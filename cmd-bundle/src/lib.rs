@@ -4,6 +4,7 @@ use clap::Parser;
 use nixpipe_cli::{OutputArgs, RecordArgs, Results};
 use nixpipe_deploy::bundle::Contents;
 use nixpipe_deploy::{Error, Outcome};
+use nixpipe_store::Record;
 use std::path::PathBuf;
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");
@@ -31,12 +32,28 @@ pub struct Cli {
     pub output: OutputArgs,
 }
 
-pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    let contents = Contents::new(&cli.config, cli.nixpkgs.as_deref())?;
-    let records = cli.records.read()?;
-    let mut results = Results::new(&cli.output);
-    for bundle in contents.build(&records)? {
-        results.write(&bundle)?;
+/// What a run builds, checked before anything is built.
+struct Plan {
+    contents: Contents,
+    records: Vec<Record>,
+}
+
+impl Plan {
+    fn new(cli: &Cli) -> Result<Plan, Error> {
+        let contents = Contents::new(&cli.config, cli.nixpkgs.as_deref())?;
+        Ok(Plan { contents, records: cli.records.read()? })
     }
-    results.finish()
+
+    /// Builds every bundle with one nix-build; writes their records.
+    fn run(self, output: &OutputArgs) -> Result<Outcome, Error> {
+        let mut results = Results::new(output);
+        for bundle in self.contents.build(&self.records)? {
+            results.write(&bundle)?;
+        }
+        results.finish()
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    Plan::new(&cli)?.run(&cli.output)
 }

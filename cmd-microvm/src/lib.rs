@@ -4,16 +4,14 @@
 use clap::{Args, Parser, Subcommand};
 use nixpipe_cli::{JobsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
 use nixpipe_deploy::activation::{Action, Options};
-use nixpipe_deploy::copy::{self, Destination, Route};
 use nixpipe_deploy::fleet::{self, Step};
-use nixpipe_deploy::microvm::{self, Host, MicrovmError, Restart};
-use nixpipe_deploy::{build, diff, Error, Outcome};
+use nixpipe_deploy::microvm::{self, Host, Restart};
+use nixpipe_deploy::{Error, Outcome};
 use nixpipe_host::privilege::Privilege;
-use nixpipe_host::report::{self, Report};
 use nixpipe_host::session::Session;
 use nixpipe_host::{Target, TargetSpec};
 use nixpipe_store::record::StdoutLines;
-use nixpipe_store::{Record, StorePath};
+use nixpipe_store::Record;
 
 const EXAMPLES: &str = include_str!("../doc/examples.txt");
 const LAYOUT: &str = include_str!("../doc/layout.txt");
@@ -118,51 +116,97 @@ impl HostArgs {
     }
 }
 
-pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    match cli.command {
-        Command::Install { host, restart, build_on_host, records, output } => {
-            install(&host, restart, build_on_host, &records, &output)
-        }
-        Command::List { host, output } => list(&host, &output),
-        Command::Remove { host, name, purge } => remove(&host, &name, purge),
-        Command::Switch { vm, action, no_hostname_check, privilege, jobs, records, output } => {
-            let opts = Options { action, hostname_check: !no_hostname_check, ..Options::default() };
-            switch(&vm, &opts, &privilege, &jobs, &records, &output)
+/// What a run does, checked before anything is read from a host.
+enum Plan<'a> {
+    Install {
+        target: Target,
+        privilege: Privilege,
+        restart: Restart,
+        build_on_host: bool,
+        records: Vec<Record>,
+        output: &'a OutputArgs,
+    },
+    Switch {
+        vm: &'a TargetSpec,
+        opts: Options,
+        privilege: &'a PrivilegeArgs,
+        jobs: &'a JobsArgs,
+        records: Vec<Record>,
+        output: &'a OutputArgs,
+    },
+    List {
+        target: Target,
+        privilege: Privilege,
+        output: &'a OutputArgs,
+    },
+    Remove {
+        target: Target,
+        privilege: Privilege,
+        name: &'a str,
+        purge: bool,
+    },
+}
+
+impl<'a> Plan<'a> {
+    fn new(command: &'a Command) -> Result<Plan<'a>, Error> {
+        Ok(match command {
+            Command::Install { host, restart, build_on_host, records, output } => {
+                let records = records.read()?;
+                for record in &records {
+                    let Some(name) = &record.name else {
+                        return Err(Error::Usage(format!("{}: a runner record needs the VM's NAME", record.label())));
+                    };
+                    microvm::parse_vm_name(name).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
+                }
+                let (target, privilege) = host.open()?;
+                Plan::Install { target, privilege, restart: *restart, build_on_host: *build_on_host, records, output }
+            }
+            Command::Switch { vm, action, no_hostname_check, privilege, jobs, records, output } => {
+                let opts = Options { action: *action, hostname_check: !no_hostname_check, ..Options::default() };
+                Plan::Switch { vm, opts, privilege, jobs, records: records.read()?, output }
+            }
+            Command::List { host, output } => {
+                let (target, privilege) = host.open()?;
+                Plan::List { target, privilege, output }
+            }
+            Command::Remove { host, name, purge } => {
+                let (target, privilege) = host.open()?;
+                Plan::Remove { target, privilege, name, purge: *purge }
+            }
+        })
+    }
+
+    fn run(self) -> Result<Outcome, Error> {
+        match self {
+            Plan::Install { target, privilege, restart, build_on_host, records, output } => {
+                let session = Session::new(target, &privilege);
+                install(&Host::new(&session), &records, restart, build_on_host, output)
+            }
+            Plan::Switch { vm, opts, privilege, jobs, records, output } => {
+                switch(vm, &opts, privilege, jobs, records, output)
+            }
+            Plan::List { target, privilege, output } => list(&Host::new(&Session::new(target, &privilege)), output),
+            Plan::Remove { target, privilege, name, purge } => {
+                Host::new(&Session::new(target, &privilege)).remove(name, purge)?;
+                Ok(Outcome::default())
+            }
         }
     }
 }
 
+pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    Plan::new(&cli.command)?.run()
+}
+
 fn install(
-    args: &HostArgs,
+    host: &Host,
+    records: &[Record],
     restart: Restart,
     build_on_host: bool,
-    records: &RecordArgs,
     output: &OutputArgs,
 ) -> Result<Outcome, Error> {
-    let records = records.read()?;
-    for record in &records {
-        let Some(name) = &record.name else {
-            return Err(Error::Usage(format!("{}: a runner record needs the VM's NAME", record.label())));
-        };
-        microvm::parse_vm_name(name).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
-    }
-    let (target, privilege) = args.open()?;
-    let runners = runners_on(&target, &records, build_on_host)?;
-    let session = Session::new(target, &privilege);
-    let host = Host::new(&session);
     let mut results = Results::new(output);
-    for (record, runner) in records.iter().zip(runners) {
-        let name = record.name.as_deref().expect("checked above");
-        let installed = host.install(name, runner.as_str(), restart);
-        if let Ok(installed) = &installed {
-            if let (true, Some(previous)) = (installed.changed, &installed.previous) {
-                diff::report(&session, name, Some(previous), runner.as_str());
-            }
-            if installed.restarted {
-                report::report(Report::Restarted { label: name.to_owned() });
-            }
-        }
-        let mut record = Record::new(record.name.clone(), runner);
+    for (mut record, installed) in microvm::install_all(host, records, restart, build_on_host)? {
         if let (true, Ok(installed)) = (output.json, &installed) {
             record.add_fields(installed);
         }
@@ -171,28 +215,16 @@ fn install(
     results.finish()
 }
 
-/// The runners, valid on the host: copied there, or built there from .drv records.
-fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Result<Vec<StorePath>, Error> {
-    let paths: Vec<StorePath> = records.iter().map(|r| r.path.clone()).collect();
-    if build_on_host {
-        return Ok(build::realise_on(target, &paths).map_err(MicrovmError::from)?);
-    }
-    let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
-    let refs: Vec<&StorePath> = paths.iter().collect();
-    copy::copy_closures(&route, &refs, &copy::Options::default())?;
-    Ok(paths)
-}
-
 /// Each VM switched as nixpipe-activate switches hosts, by the same rollout.
 fn switch(
     vm: &TargetSpec,
     opts: &Options,
     privilege: &PrivilegeArgs,
     jobs: &JobsArgs,
-    records: &RecordArgs,
+    records: Vec<Record>,
     output: &OutputArgs,
 ) -> Result<Outcome, Error> {
-    let planned = fleet::with_targets(records.read()?, Some(vm), None)?;
+    let planned = fleet::with_targets(records, Some(vm), None)?;
     let privilege = privilege.privilege()?;
     let mut results = Results::new(output);
     jobs.rollout().run(
@@ -214,9 +246,8 @@ fn switch(
     results.finish()
 }
 
-fn list(args: &HostArgs, output: &OutputArgs) -> Result<Outcome, Error> {
-    let (target, privilege) = args.open()?;
-    let vms = Host::new(&Session::new(target, &privilege)).list()?;
+fn list(host: &Host, output: &OutputArgs) -> Result<Outcome, Error> {
+    let vms = host.list()?;
     let mut out = StdoutLines::default();
     for vm in vms {
         let line = match output.json {
@@ -225,11 +256,5 @@ fn list(args: &HostArgs, output: &OutputArgs) -> Result<Outcome, Error> {
         };
         out.line(&line).map_err(|e| Error::Output(e.to_string()))?;
     }
-    Ok(Outcome::default())
-}
-
-fn remove(args: &HostArgs, name: &str, purge: bool) -> Result<Outcome, Error> {
-    let (target, privilege) = args.open()?;
-    Host::new(&Session::new(target, &privilege)).remove(name, purge)?;
     Ok(Outcome::default())
 }

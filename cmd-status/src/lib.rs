@@ -40,25 +40,41 @@ pub struct Cli {
     pub output: OutputArgs,
 }
 
+/// Which host each record is asked on, checked before any is asked.
+struct Plan {
+    records: Vec<(Record, Target)>,
+}
+
+impl Plan {
+    fn new(cli: &Cli) -> Result<Plan, Error> {
+        Ok(Plan { records: fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))? })
+    }
+
+    /// Asks every host, `jobs` at a time; writes the records on as
+    /// `cli` says.
+    fn run(self, cli: &Cli) -> Result<Outcome, Error> {
+        // Nothing here needs root: sudo is never run.
+        let privilege = Privilege::default();
+        let mut results = Results::new(&cli.output);
+        fleet::each(
+            &self.records,
+            cli.jobs.jobs(),
+            |(record, target)| {
+                let _line = report::host_line(record.label(), &format!("asking {target}"));
+                status::of(&Session::new(target.clone(), &privilege), record)
+            },
+            |(record, target), status| {
+                let written = write(&mut results, cli, record, target, status);
+                results.keep(written);
+                true
+            },
+        );
+        results.finish()
+    }
+}
+
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    let records = fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))?;
-    // Nothing here needs root: sudo is never run.
-    let privilege = Privilege::default();
-    let mut results = Results::new(&cli.output);
-    fleet::each(
-        &records,
-        cli.jobs.jobs(),
-        |(record, target)| {
-            let _line = report::host_line(record.label(), &format!("asking {target}"));
-            status::of(&Session::new(target.clone(), &privilege), record)
-        },
-        |(record, target), status| {
-            let written = write(&mut results, &cli, record, target, status);
-            results.keep(written);
-            true
-        },
-    );
-    results.finish()
+    Plan::new(&cli)?.run(&cli)
 }
 
 /// Says what the host runs, and writes the record on when it should be.

@@ -5,6 +5,8 @@
 //! new connection confirms the switch in time (see `job`).
 
 mod job;
+#[cfg(test)]
+mod on_a_fake_host;
 mod reboot;
 
 use crate::bundle::PREVIOUS;

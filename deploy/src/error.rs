@@ -61,6 +61,7 @@ impl Error {
             Error::Eval(e) => e.is_usage(),
             Error::Activation(e) => e.is_usage(),
             Error::Microvm(MicrovmError::Session(e)) => e.is_usage(),
+            Error::Microvm(MicrovmError::Copy(e)) => e.is_usage(),
             Error::Microvm(_) | Error::Output(_) => false,
         }
     }

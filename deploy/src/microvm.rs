@@ -4,11 +4,14 @@
 //! side is microvm/host.sh, run as root.
 
 use crate::activation::{self, ActivationError, Options};
+use crate::copy::{copy_closures, CopyError, Destination, Options as CopyOptions, Route};
 use crate::nix::{self, NixError};
 pub use nixpipe_host::event::Installed;
 use nixpipe_host::event::{Event, VmState};
 use nixpipe_host::process::{self, CannotRun};
+use nixpipe_host::report::{self, Report};
 use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
+use nixpipe_host::Target;
 use nixpipe_store::record::Record;
 pub use nixpipe_store::record::{parse_vm_name, VM_NAME_MAX};
 use nixpipe_store::store_path::StorePath;
@@ -34,6 +37,8 @@ pub enum MicrovmError {
     CannotRun(#[from] CannotRun),
     #[error(transparent)]
     Activation(#[from] ActivationError),
+    #[error(transparent)]
+    Copy(Box<CopyError>),
 }
 
 /// When `nixpipe-microvm install` restarts microvm@NAME.service.
@@ -140,6 +145,53 @@ impl<'a> Host<'a> {
     }
 }
 
+/// A runner record at its runner's path, and what its install did.
+pub type InstalledRunner = (Record, Result<Installed, MicrovmError>);
+
+/// Installs each runner record (NAME: the VM) on the host: the runners
+/// copied there first, or built there from .drv records (`build_on_host`);
+/// then each pointed at, what changed and what restarted reported. Each
+/// record, at its runner's path, with what its install did; Err when the
+/// runners could not reach the host (nothing installed).
+pub fn install_all(
+    host: &Host,
+    records: &[Record],
+    restart: Restart,
+    build_on_host: bool,
+) -> Result<Vec<InstalledRunner>, MicrovmError> {
+    let runners = runners_on(&host.session.target, records, build_on_host)?;
+    Ok(records
+        .iter()
+        .zip(runners)
+        .map(|(record, runner)| {
+            let name = record.name.as_deref().unwrap_or_default();
+            let installed = host.install(name, runner.as_str(), restart);
+            if let Ok(installed) = &installed {
+                if let (true, Some(previous)) = (installed.changed, &installed.previous) {
+                    crate::diff::report(host.session, name, Some(previous), runner.as_str());
+                }
+                if installed.restarted {
+                    report::report(Report::Restarted { label: name.to_owned() });
+                }
+            }
+            (Record::new(record.name.clone(), runner), installed)
+        })
+        .collect())
+}
+
+/// The runners, valid on the host: copied there, or built there from .drv
+/// records.
+fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Result<Vec<StorePath>, MicrovmError> {
+    let paths: Vec<StorePath> = records.iter().map(|r| r.path.clone()).collect();
+    if build_on_host {
+        return Ok(crate::build::realise_on(target, &paths)?);
+    }
+    let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
+    let refs: Vec<&StorePath> = paths.iter().collect();
+    copy_closures(&route, &refs, &CopyOptions::default()).map_err(|e| MicrovmError::Copy(Box::new(e)))?;
+    Ok(paths)
+}
+
 /// The guest system a runner record carries (share/microvm/system), or the
 /// record's own path when it is a system already.
 pub fn guest_system(path: &StorePath) -> Result<StorePath, MicrovmError> {
@@ -206,5 +258,69 @@ mod tests {
         assert_eq!(state(true, Some("/nix/store/r1"), true), "outdated");
         assert_eq!(state(true, None, false), "not booted");
         assert_eq!(state(false, None, false), "stale");
+    }
+
+    mod on_a_fake_host {
+        use super::*;
+        use nixpipe_host::fake::{FakeHost, Reply};
+        use nixpipe_host::privilege::Privilege;
+
+        /// A host of MicroVMs whose script answers each verb as given.
+        fn with_vms(answer: impl Fn(&str) -> Reply + Sync + 'static) -> FakeHost {
+            FakeHost::new(move |call| match call.script {
+                Some(Script::MicrovmHost) => answer(call.verb.as_deref().unwrap_or_default()),
+                _ => Reply::events(&["host uid=0 init=systemd nix=2.34.0 machine=x86_64"]),
+            })
+        }
+
+        fn on(host: &FakeHost, act: impl FnOnce(&Host)) {
+            let privilege = Privilege::default();
+            let session = Session::with_runner(Target::parse("root@vmhost").unwrap(), &privilege, host);
+            act(&Host::new(&session));
+        }
+
+        #[test]
+        fn an_install_says_whether_the_runner_moved_and_the_vm_restarted() {
+            let host = with_vms(|_| Reply::events(&["installed changed=1 previous=/nix/store/r1 restarted=1"]));
+            on(&host, |vms| {
+                let installed = vms.install("web", "/nix/store/r2", Restart::Auto).unwrap();
+                assert_eq!(
+                    (installed.changed, installed.previous.as_deref(), installed.restarted),
+                    (true, Some("/nix/store/r1"), true)
+                );
+            });
+            let install = host.calls().into_iter().find(|c| c.is(Script::MicrovmHost, Some("install"))).unwrap();
+            assert_eq!(
+                (install.arg("name"), install.arg("runner"), install.arg("restart")),
+                (Some("web"), Some("/nix/store/r2"), Some("auto"))
+            );
+        }
+
+        #[test]
+        fn removing_a_vm_that_is_not_there_names_it() {
+            let host = with_vms(|_| Reply::events(&["removed found=0"]));
+            on(&host, |vms| {
+                let err = vms.remove("ghost", true).unwrap_err();
+                assert_eq!(err.to_string(), "root@vmhost has no MicroVM 'ghost' (no /var/lib/microvms/ghost)");
+            });
+            let remove = host.calls().into_iter().find(|c| c.is(Script::MicrovmHost, Some("remove"))).unwrap();
+            assert_eq!(remove.arg("purge"), Some("1"));
+        }
+
+        #[test]
+        fn a_list_says_which_vms_need_a_restart() {
+            let host = with_vms(|_| {
+                Reply::events(&[
+                    "vm name=a current=/nix/store/r2 booted=/nix/store/r1 running=1 valid=1",
+                    "vm name=b current=/nix/store/r3 booted= running=0 valid=1",
+                    "vm name=../x current=/nix/store/r3 booted= running=0 valid=1",
+                ])
+            });
+            on(&host, |vms| {
+                let listed: Vec<(String, &str)> =
+                    vms.list().unwrap().into_iter().map(|vm| (vm.name, vm.state)).collect();
+                assert_eq!(listed, [("a".to_owned(), "outdated"), ("b".to_owned(), "not booted")]);
+            });
+        }
     }
 }

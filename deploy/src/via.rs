@@ -355,3 +355,48 @@ const SOCKET: &str = "ssh";
 /// The exit status of relay.sh when the target cannot be reached from the
 /// relay.
 const TARGET_UNREACHABLE: i32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::{routes, DestinationSpec};
+
+    fn record(name: &str) -> Record {
+        let path = StorePath::parse("/nix/store/36m5mhfn262qgji13vrgp907an576qjz-nixos-system").unwrap();
+        Record::new(Some(name.into()), path)
+    }
+
+    fn destinations(to: &str, names: &[&str]) -> Vec<Destination> {
+        let to: DestinationSpec = to.parse().unwrap();
+        let records = names.iter().map(|n| record(n)).collect();
+        routes(records, None, Some(&to)).unwrap().into_iter().map(|(route, _)| route.to).collect()
+    }
+
+    #[test]
+    fn a_relay_routes_every_record_to_its_own_host() {
+        let via = Via::parse("deploy@relay:2222", None).unwrap();
+        let to = destinations("root@{name}", &["web1", "web2", "web1"]);
+        assert_eq!(to.iter().map(ToString::to_string).collect::<Vec<_>>(), ["root@web1", "root@web2"]);
+        assert!(via.check(&Options::default(), &to.iter().collect::<Vec<_>>()).is_ok());
+        assert_eq!(via.to_string(), "deploy@relay:2222");
+    }
+
+    #[test]
+    fn what_a_via_cannot_do_is_bad_usage_before_anything_moves() {
+        let relay = Via::parse("relay", None).unwrap();
+        let cache = Via::parse("file:///srv/cache", Some("https://cache.example")).unwrap();
+        let local = destinations("local", &["web1"]);
+        let into_cache = destinations("file:///srv/other", &["web1"]);
+        for (via, to, options) in [
+            (&relay, &local, Options::default()),
+            (&relay, &into_cache, Options::default()),
+            (&cache, &destinations("root@web1", &["web1"]), Options::default()),
+        ] {
+            let refused = via.check(&options, &to.iter().collect::<Vec<_>>()).unwrap_err();
+            assert!(refused.is_usage(), "{refused}");
+        }
+        for (spec, url) in [("local", None), ("relay", Some("https://cache.example")), ("-oProxyCommand=x", None)] {
+            assert!(Via::parse(spec, url).is_err(), "{spec}");
+        }
+    }
+}

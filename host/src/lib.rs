@@ -7,6 +7,8 @@
 //! edge). Built on nixpipe-store; knows nothing of deploying.
 
 pub mod event;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod host_key;
 pub mod privilege;
 pub mod process;

@@ -52,6 +52,19 @@ pub enum Script {
 }
 
 impl Script {
+    pub const ALL: [Script; 10] = [
+        Script::Facts,
+        Script::Probe,
+        Script::Job,
+        Script::MicrovmHost,
+        Script::Relay,
+        Script::Requisites,
+        Script::BootState,
+        Script::Status,
+        Script::Keys,
+        Script::Serve,
+    ];
+
     /// The script's own text.
     fn body(self) -> &'static str {
         match self {
@@ -252,11 +265,32 @@ impl<'r> Run<'r> {
     }
 }
 
+/// What starts a session's processes: on the host itself ([`OnHost`]),
+/// or in tests a scripted fake host (the `fake` feature's
+/// `fake::FakeHost`), as nixos-rebuild-ng's tests patch its runner.
+pub trait Runner: Sync {
+    /// Starts `argv` (made root's already, where it is to run as root) on
+    /// `target` over `link`: stdin and stdout piped, stderr as given.
+    fn start(&self, target: &Target, argv: &[&str], link: &Link, stderr: Stdio) -> Result<Child, SshError>;
+}
+
+/// Runs on the host: locally, or through ssh.
+pub struct OnHost;
+
+impl Runner for OnHost {
+    fn start(&self, target: &Target, argv: &[&str], link: &Link, stderr: Stdio) -> Result<Child, SshError> {
+        let mut cmd = target.command_with(argv, link)?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
+        Ok(cmd.spawn().map_err(|e| process::CannotRun::of(&cmd, e))?)
+    }
+}
+
 /// A target, how to become root there, and what was learnt about it: the
 /// only way anything runs on a host, local or remote ([`Session::spawn`]).
 pub struct Session<'a> {
     pub target: Target,
     privilege: &'a Privilege,
+    runner: &'a dyn Runner,
     facts: OnceLock<HostFacts>,
 }
 
@@ -265,7 +299,12 @@ static AS_LOGIN_USER: LazyLock<Privilege> = LazyLock::new(Privilege::default);
 
 impl<'a> Session<'a> {
     pub fn new(target: Target, privilege: &'a Privilege) -> Session<'a> {
-        Session { target, privilege, facts: OnceLock::new() }
+        Session::with_runner(target, privilege, &OnHost)
+    }
+
+    /// A session whose processes `runner` starts.
+    pub fn with_runner(target: Target, privilege: &'a Privilege, runner: &'a dyn Runner) -> Session<'a> {
+        Session { target, privilege, runner, facts: OnceLock::new() }
     }
 
     /// A session that runs everything as the login user.
@@ -306,10 +345,8 @@ impl<'a> Session<'a> {
             Some(elevated) => elevated.argv.iter().map(String::as_str).collect(),
             None => argv,
         };
-        let mut cmd = self.target.command_with(&argv, &run.link)?;
         let stderr = if run.shows_stderr { Stdio::inherit() } else { Stdio::piped() };
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
-        let mut child = cmd.spawn().map_err(|e| SshError::from(process::CannotRun::of(&cmd, e)))?;
+        let mut child = self.runner.start(&self.target, &argv, &run.link, stderr)?;
         if let Some(password) = elevated.as_ref().and_then(|e| e.password.as_ref()) {
             self.privilege.answer_sudo(&self.target, &mut child, password)?;
         }
