@@ -10,6 +10,7 @@ pub mod reporter;
 use nixpipe_deploy::fleet::{self, Rollout};
 use nixpipe_deploy::{Error, Outcome};
 use nixpipe_host::privilege::{Ask, Privilege};
+use nixpipe_host::report::Reports;
 use nixpipe_store::{Record, RecordWriter};
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -21,12 +22,15 @@ pub fn program() -> &'static str {
     PROGRAM.get().copied().unwrap_or("nixpipe")
 }
 
-/// Parses the command line, runs the command with the reporter installed,
-/// and turns its result into the exit status of the pipe contract: 0 all
+/// The reporter every command hands down: [`reporter::Terminal`].
+pub fn reports() -> Reports {
+    Reports::to(&reporter::Terminal)
+}
+
+/// Parses the command line, runs the command, and turns its result into the exit status of the pipe contract: 0 all
 /// done, 1 some record failed, 2 bad usage or input.
 pub fn main<C: clap::Parser>(program: &'static str, run: impl FnOnce(C) -> Result<Outcome, Error>) -> ExitCode {
     let _ = PROGRAM.set(program);
-    nixpipe_host::report::install(Box::new(reporter::Terminal));
     let cli = match C::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(program, e),

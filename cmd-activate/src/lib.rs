@@ -7,7 +7,7 @@ use nixpipe_deploy::fleet::{self, Rollout, Step};
 use nixpipe_deploy::keys;
 use nixpipe_deploy::{Error, Outcome};
 use nixpipe_host::privilege::Privilege;
-use nixpipe_host::report;
+
 use nixpipe_host::session::Session;
 use nixpipe_host::{Target, TargetSpec};
 use nixpipe_store::{Record, StorePath};
@@ -180,7 +180,7 @@ impl Plan {
     fn run(&self, results: &mut Results, json: bool) -> Result<(), Error> {
         let records = match &self.work {
             Work::GoBack(target) => {
-                let session = Session::new(target.clone(), &self.privilege);
+                let session = Session::new(target.clone(), &self.privilege, nixpipe_cli::reports());
                 let activation = activation::activate(&session, None, &self.opts);
                 return report(results, None, target, &activation, self.opts.action, json);
             }
@@ -189,8 +189,12 @@ impl Plan {
         self.rollout.run(
             records,
             |(record, target)| {
-                let _line = report::host_line(record.label(), &format!("activating on {target}"));
-                activation::activate(&Session::new(target.clone(), &self.privilege), Some(record), &self.opts)
+                let _line = nixpipe_cli::reports().host_line(record.label(), &format!("activating on {target}"));
+                activation::activate(
+                    &Session::new(target.clone(), &self.privilege, nixpipe_cli::reports()),
+                    Some(record),
+                    &self.opts,
+                )
             },
             |(record, _), activation| activation.error().map(|_| record.label().to_owned()),
             |(record, target), step| {

@@ -106,6 +106,7 @@ impl Plan {
             target_nix_args: Vec::new(),
             target_link: Default::default(),
             no_gc_roots: cli.no_gc_root,
+            reports: nixpipe_cli::reports(),
         };
         let via = cli.via.as_deref().map(|spec| Via::parse(spec, cli.cache_url.as_deref()));
         let via = via.transpose().map_err(Error::Usage)?;

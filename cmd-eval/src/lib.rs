@@ -132,12 +132,12 @@ impl Plan {
     /// machines that fail to evaluate are reported.
     fn run(&self, results: &mut Results) -> Result<(), Error> {
         let machines = match &self.input {
-            Input::Classic(classic) => classic.evaluate(&self.variant)?,
-            Input::Network(network) => report(network.evaluate(&self.variant)?, results),
+            Input::Classic(classic) => classic.evaluate(&self.variant, nixpipe_cli::reports())?,
+            Input::Network(network) => report(network.evaluate(&self.variant, nixpipe_cli::reports())?, results),
             Input::Flakes(flakes) => {
                 let mut machines = Vec::new();
                 for flake in flakes {
-                    machines.extend(report(flake.evaluate(&self.variant)?, results));
+                    machines.extend(report(flake.evaluate(&self.variant, nixpipe_cli::reports())?, results));
                 }
                 machines
             }
@@ -152,7 +152,7 @@ impl Plan {
         }
         let records = match &self.build {
             Build::Nowhere => eval::derivations(&machines)?,
-            Build::On(target) => eval::build_on(target, &machines)?,
+            Build::On(target) => eval::build_on(target, &machines, nixpipe_cli::reports())?,
             Build::Here => eval::build(&machines)?,
         };
         records.iter().try_for_each(|record| results.write(record))

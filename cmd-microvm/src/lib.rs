@@ -179,15 +179,17 @@ impl<'a> Plan<'a> {
     fn run(self) -> Result<Outcome, Error> {
         match self {
             Plan::Install { target, privilege, restart, build_on_host, records, output } => {
-                let session = Session::new(target, &privilege);
+                let session = Session::new(target, &privilege, nixpipe_cli::reports());
                 install(&Host::new(&session), &records, restart, build_on_host, output)
             }
             Plan::Switch { vm, opts, privilege, jobs, records, output } => {
                 switch(vm, &opts, privilege, jobs, records, output)
             }
-            Plan::List { target, privilege, output } => list(&Host::new(&Session::new(target, &privilege)), output),
+            Plan::List { target, privilege, output } => {
+                list(&Host::new(&Session::new(target, &privilege, nixpipe_cli::reports())), output)
+            }
             Plan::Remove { target, privilege, name, purge } => {
-                Host::new(&Session::new(target, &privilege)).remove(name, purge)?;
+                Host::new(&Session::new(target, &privilege, nixpipe_cli::reports())).remove(name, purge)?;
                 Ok(Outcome::default())
             }
         }
@@ -229,7 +231,9 @@ fn switch(
     let mut results = Results::new(output);
     jobs.rollout().run(
         &planned,
-        |(record, target)| microvm::switch(&Session::new(target.clone(), &privilege), record, opts),
+        |(record, target)| {
+            microvm::switch(&Session::new(target.clone(), &privilege, nixpipe_cli::reports()), record, opts)
+        },
         |(record, _), switched| switched.is_err().then(|| record.label().to_owned()),
         |(record, _), step| {
             let written = match step {

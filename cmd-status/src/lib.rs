@@ -5,7 +5,6 @@ use nixpipe_cli::{JobsArgs, OutputArgs, RecordArgs, Results};
 use nixpipe_deploy::status::{self, FailedJson, HostStatus};
 use nixpipe_deploy::{fleet, Error, Outcome};
 use nixpipe_host::privilege::Privilege;
-use nixpipe_host::report::{self, Report};
 use nixpipe_host::session::Session;
 use nixpipe_host::{Target, TargetSpec};
 use nixpipe_store::Record;
@@ -55,13 +54,14 @@ impl Plan {
     fn run(self, cli: &Cli) -> Result<Outcome, Error> {
         // Nothing here needs root: sudo is never run.
         let privilege = Privilege::default();
+        let reports = nixpipe_cli::reports();
         let mut results = Results::new(&cli.output);
         fleet::each(
             &self.records,
             cli.jobs.jobs(),
             |(record, target)| {
-                let _line = report::host_line(record.label(), &format!("asking {target}"));
-                status::of(&Session::new(target.clone(), &privilege), record)
+                let _line = reports.host_line(record.label(), &format!("asking {target}"));
+                status::of(&Session::new(target.clone(), &privilege, reports), record)
             },
             |(record, target), status| {
                 let written = write(&mut results, cli, record, target, status);
@@ -89,7 +89,7 @@ fn write(
     let mut record = record.clone();
     match status {
         Ok(status) => {
-            report::report(Report::Step { label: record.label().to_owned(), line: status.summary() });
+            nixpipe_cli::reports().step(record.label(), &status.summary());
             if cli.changed && status.runs() {
                 return Ok(());
             }

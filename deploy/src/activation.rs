@@ -13,7 +13,7 @@ use crate::bundle::PREVIOUS;
 use crate::keys::{self, UploadAt};
 use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
-use nixpipe_host::report::{self, Report};
+use nixpipe_host::report::Report;
 use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 use serde::Serialize;
@@ -442,7 +442,7 @@ fn run(
     activation.action = Some(action);
     if action != opts.action {
         let keys = activation.inhibitors.clone();
-        report::report(Report::BootingInstead { label: label.to_owned(), keys });
+        session.reports.report(Report::BootingInstead { label: label.to_owned(), keys });
     }
     let steps = Steps::of(&path, &probe, Which::of(record, opts), opts);
     if opts.diff {
@@ -450,7 +450,7 @@ fn run(
     }
     if opts.dry_run {
         let (label, action) = (label.to_owned(), action.as_str());
-        report::report(Report::WouldActivate { label, action, target, path });
+        session.reports.report(Report::WouldActivate { label, action, target, path });
         return Ok(Verdict::Checked);
     }
     let keys = match (opts.keys, record) {
@@ -468,7 +468,7 @@ fn run(
     }
     activation.needs_reboot = end.needs_reboot;
     if end.needs_reboot == Some(true) {
-        report::report(Report::NeedsReboot { label: label.to_owned(), target: target.clone() });
+        session.reports.report(Report::NeedsReboot { label: label.to_owned(), target: target.clone() });
     }
     let mut verdict = verdict(&target, &path, action, opts, &end);
     if matches!(verdict, Verdict::Activated) {
@@ -477,7 +477,7 @@ fn run(
         }
     }
     if matches!(verdict, Verdict::RebootNeeded) {
-        report::report(Report::InitChanged { label: label.to_owned(), target: target.clone() });
+        session.reports.report(Report::InitChanged { label: label.to_owned(), target: target.clone() });
     }
     let waiting = matches!(verdict, Verdict::RebootNeeded) || action == Action::Boot || end.needs_reboot == Some(true);
     match (opts.reboot, &verdict) {

@@ -3,6 +3,7 @@
 
 use crate::copy::{copy_closures, CopyError, Destination, Options, Route};
 use crate::nix::NixError;
+use nixpipe_host::report::Reports;
 use nixpipe_host::session::{Run, Session, SessionError};
 use nixpipe_host::Target;
 use nixpipe_store::StorePath;
@@ -22,14 +23,14 @@ pub enum BuildError {
 /// go there as nixpipe-copy sends them, then one `nix-store --realise`
 /// builds them all, its log on stderr. The output paths, in order; they stay
 /// on the target.
-pub fn realise_on(target: &Target, drvs: &[StorePath]) -> Result<Vec<StorePath>, BuildError> {
+pub fn realise_on(target: &Target, drvs: &[StorePath], reports: Reports) -> Result<Vec<StorePath>, BuildError> {
     let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
     let refs: Vec<&StorePath> = drvs.iter().collect();
-    copy_closures(&route, &refs, &Options::default())
+    copy_closures(&route, &refs, &Options { reports, ..Options::default() })
         .map_err(|e| BuildError::SendDerivations { target: target.to_string(), error: Box::new(e) })?;
     let argv: Vec<&str> = ["nix-store", "--realise"].into_iter().chain(drvs.iter().map(StorePath::as_str)).collect();
     // Its build log goes to our stderr as it comes.
-    let session = Session::as_login_user(target.clone());
+    let session = Session::as_login_user(target.clone(), reports);
     let output = session.output(&Run::program(&argv).showing_stderr())?;
     if !output.status.success() {
         return Err(NixError::BuildOnFailed { target: target.to_string() }.into());

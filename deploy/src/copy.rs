@@ -20,7 +20,7 @@
 //!
 //! [`store_connection`]: nixpipe_host::store_connection
 
-use nixpipe_host::report::{self, CopyProgress, Report};
+use nixpipe_host::report::{CopyProgress, Report, Reports};
 use nixpipe_host::session::Session;
 use nixpipe_host::store_connection::{
     self, Connection, GcRoot, Mode, Protocol, Replies, Requests, Server, Speaks, Start, StoreError,
@@ -183,6 +183,8 @@ pub struct Options {
     pub target_link: Link,
     /// --no-gc-root: keep no GC root for the records copied.
     pub no_gc_roots: bool,
+    /// Where what the copy does is reported.
+    pub reports: Reports,
 }
 
 impl Options {
@@ -299,7 +301,7 @@ fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &
         roots: &[],
         closure_of: &wanted,
     };
-    let mut source = Connection::start(&Session::as_login_user(from.clone()), reading)?;
+    let mut source = Connection::start(&Session::as_login_user(from.clone(), options.reports), reading)?;
     let mut sink = Sink::start(to, options, roots)?;
     source.greet()?;
     let infos = source.closure_infos(&wanted)?;
@@ -317,19 +319,19 @@ fn copy_rooted(route: &Route, paths: &[&StorePath], roots: &[GcRoot], options: &
         .map(|info| Transfer::new(info, options.sign_key.as_ref()))
         .collect::<Vec<_>>();
     if options.substitute && !missing.is_empty() {
-        report::report(Report::NotSubstituted { to: to.to_string(), paths: missing.len() });
+        options.reports.report(Report::NotSubstituted { to: to.to_string(), paths: missing.len() });
     }
     let bytes = missing.iter().map(|t| t.info.nar_size).sum();
     if options.dry_run || missing.is_empty() {
         for t in missing.iter().filter(|_| options.dry_run) {
             let (path, bytes) = (t.info.path.to_string(), t.info.nar_size);
-            report::report(Report::WouldCopy { path, bytes, to: to.to_string() });
+            options.reports.report(Report::WouldCopy { path, bytes, to: to.to_string() });
         }
         source.close()?;
         sink.leave();
     } else {
         let sink = sink.for_stream(options, roots)?;
-        let progress = report::copy_progress(&to.to_string(), missing.len() as u64, bytes);
+        let progress = options.reports.copy_progress(&to.to_string(), missing.len() as u64, bytes);
         sink.receive(source, &missing, progress.as_ref())?;
     }
     Ok(Summary {
@@ -385,7 +387,7 @@ impl Sink {
                     closure_of: &[],
                 };
                 Ok(Sink::Store {
-                    conn: Box::new(Connection::start(&Session::as_login_user(target.clone()), how)?),
+                    conn: Box::new(Connection::start(&Session::as_login_user(target.clone(), options.reports), how)?),
                     zstd: false,
                 })
             }
@@ -413,7 +415,7 @@ impl Sink {
         if options.compression != Compression::Zstd || conn.server.target.is_local() {
             return Ok(Sink::Store { conn, zstd: false });
         }
-        let session = Session::as_login_user(conn.server.target.clone());
+        let session = Session::as_login_user(conn.server.target.clone(), options.reports);
         let has_zstd = conn.has_zstd == Some(true);
         // The second session speaks what the first one found.
         let protocol = Protocol::from(conn.speaks());
@@ -425,7 +427,7 @@ impl Sink {
             let how = Start { mode: Mode::WriteZstd, protocol, link, nix_args, roots, closure_of: &[] };
             return Ok(Sink::Store { conn: Box::new(Connection::start(&session, how)?), zstd: true });
         }
-        report::report(Report::NoZstd { target: session.target.to_string(), daemon });
+        options.reports.report(Report::NoZstd { target: session.target.to_string(), daemon });
         let link = &Link { compression: true, ..options.target_link.clone() };
         let how = Start { mode: Mode::Write, protocol, link, nix_args, roots, closure_of: &[] };
         let mut conn = Connection::start(&session, how)?;

@@ -2,7 +2,7 @@
 //! read from the host's own store (nvd's view, [`ClosureDiff`]).
 
 use nixpipe_host::event::Event;
-use nixpipe_host::report::{self, Report};
+use nixpipe_host::report::Report;
 use nixpipe_host::session::{Args, Run, Script, Session};
 use nixpipe_store::closure_diff::ClosureDiff;
 
@@ -11,7 +11,7 @@ use nixpipe_store::closure_diff::ClosureDiff;
 pub fn report(session: &Session, label: &str, current: Option<&str>, new: &str) {
     let label = label.to_owned();
     let Some(current) = current else {
-        report::report(Report::NothingToCompare { label, target: session.target.to_string() });
+        session.reports.report(Report::NothingToCompare { label, target: session.target.to_string() });
         return;
     };
     let (before, after) = (current.to_owned(), new.to_owned());
@@ -24,8 +24,8 @@ pub fn report(session: &Session, label: &str, current: Option<&str>, new: &str) 
                 }
             }
             let diff = ClosureDiff::new(&closures[0], &closures[1]);
-            report::report(Report::ClosureDiff { label, before, after, diff });
+            session.reports.report(Report::ClosureDiff { label, before, after, diff });
         }
-        Err(e) => report::report(Report::CannotCompare { label, before, after, why: e.to_string() }),
+        Err(e) => session.reports.report(Report::CannotCompare { label, before, after, why: e.to_string() }),
     }
 }

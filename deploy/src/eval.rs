@@ -9,7 +9,7 @@
 use crate::keys::{Key, KeyError};
 use crate::nix::NixError;
 use nixpipe_host::process::{self, CannotRun};
-use nixpipe_host::report::{self, Report};
+use nixpipe_host::report::{Report, Reports};
 use nixpipe_host::target::Target;
 use nixpipe_store::record::Record;
 use nixpipe_store::store_path::StorePath;
@@ -218,11 +218,11 @@ impl Classic {
     }
 
     /// Evaluates the configuration; Nix's own messages are reported.
-    pub fn evaluate(&self, variant: &Variant) -> Result<Vec<Machine>, EvalError> {
+    pub fn evaluate(&self, variant: &Variant, reports: Reports) -> Result<Vec<Machine>, EvalError> {
         let expr = format!("({CLASSIC_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
         let output = self.nix.instantiate(&expr, &[("configuration", &file)])?;
-        pass_on_nix_log(&output);
+        pass_on_nix_log(&output, reports);
         nix_json(&output).map_err(|why| EvalError::Evaluation { input: file, why: why.to_string() })
     }
 }
@@ -241,7 +241,7 @@ impl Network {
     }
 
     /// Every machine in one nix-instantiate; on failure, each on its own.
-    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, EvalError> {
+    pub fn evaluate(&self, variant: &Variant, reports: Reports) -> Result<Evaluated, EvalError> {
         let expr = format!("({NETWORK_NIX}) ({DEPLOYMENT_NIX}) {}", variant.machine_nix());
         let file = self.file.display().to_string();
         let names = || self.nix.instantiate(&expr, &[("network", &file), ("namesOnly", "1")]);
@@ -249,10 +249,15 @@ impl Network {
             input: file.clone(),
             why: "not a network of machines (Nix's message is above)".into(),
         };
-        evaluate_all_or_each(None, (names, no_names), |only| {
-            let only = serde_json::to_string(&only).expect("strings serialise");
-            self.nix.instantiate(&expr, &[("network", &file), ("only", &only)])
-        })
+        evaluate_all_or_each(
+            None,
+            (names, no_names),
+            |only| {
+                let only = serde_json::to_string(&only).expect("strings serialise");
+                self.nix.instantiate(&expr, &[("network", &file), ("only", &only)])
+            },
+            reports,
+        )
     }
 }
 
@@ -287,27 +292,32 @@ impl Flake {
     }
 
     /// Evaluates the machines in one `nix eval`; on failure, each on its own.
-    pub fn evaluate(&self, variant: &Variant) -> Result<Evaluated, EvalError> {
+    pub fn evaluate(&self, variant: &Variant, reports: Reports) -> Result<Evaluated, EvalError> {
         let names = || self.nix_eval("builtins.attrNames");
         let no_names = EvalError::Evaluation {
             input: self.reference.clone(),
             why: "no nixosConfigurations (Nix's message is above)".into(),
         };
-        evaluate_all_or_each(self.names.as_deref(), (names, no_names), |only| {
-            let only = serde_json::to_string(&only).expect("strings serialise");
-            // A configuration that does not declare deployment.* itself
-            // gets nixpipe's declarations, as a network file's machines do.
-            let apply = format!(
-                "configurations: let machine = {}; only = builtins.fromJSON {}; \
+        evaluate_all_or_each(
+            self.names.as_deref(),
+            (names, no_names),
+            |only| {
+                let only = serde_json::to_string(&only).expect("strings serialise");
+                // A configuration that does not declare deployment.* itself
+                // gets nixpipe's declarations, as a network file's machines do.
+                let apply = format!(
+                    "configurations: let machine = {}; only = builtins.fromJSON {}; \
                  names = if only == null then builtins.attrNames configurations else only; \
                  declared = c: if c ? extendModules && !(c.options ? deployment) \
                    then (c.extendModules {{ modules = [ ({DEPLOYMENT_NIX}) ]; }}).config else c.config; in \
                  map (name: machine name (declared configurations.${{name}})) names",
-                variant.machine_nix(),
-                nix_string(&only)
-            );
-            self.nix_eval(&apply)
-        })
+                    variant.machine_nix(),
+                    nix_string(&only)
+                );
+                self.nix_eval(&apply)
+            },
+            reports,
+        )
     }
 
     fn nix_eval(&self, apply: &str) -> Result<Output, CannotRun> {
@@ -320,9 +330,9 @@ impl Flake {
 }
 
 /// Passes Nix's own messages (warnings, errors) on to the user.
-fn pass_on_nix_log(output: &Output) {
+fn pass_on_nix_log(output: &Output, reports: Reports) {
     if !output.stderr.is_empty() {
-        report::report(Report::NixLog(output.stderr.clone()));
+        reports.report(Report::NixLog(output.stderr.clone()));
     }
 }
 
@@ -342,10 +352,11 @@ fn evaluate_all_or_each(
     only: Option<&[String]>,
     all_names: (impl FnOnce() -> Result<Output, CannotRun>, EvalError),
     evaluate: impl Fn(Option<&[String]>) -> Result<Output, CannotRun>,
+    reports: Reports,
 ) -> Result<Evaluated, EvalError> {
     let output = evaluate(only)?;
     if output.status.success() {
-        pass_on_nix_log(&output);
+        pass_on_nix_log(&output, reports);
         return Ok(Evaluated { machines: nix_json(&output)?, failed: Vec::new() });
     }
     let names = match only {
@@ -354,7 +365,7 @@ fn evaluate_all_or_each(
             let (list, cannot) = all_names;
             let output = list()?;
             if !output.status.success() {
-                pass_on_nix_log(&output);
+                pass_on_nix_log(&output, reports);
                 return Err(cannot);
             }
             nix_json(&output)?
@@ -363,7 +374,7 @@ fn evaluate_all_or_each(
     let mut evaluated = Evaluated::default();
     for name in names {
         let output = evaluate(Some(std::slice::from_ref(&name)))?;
-        pass_on_nix_log(&output);
+        pass_on_nix_log(&output, reports);
         match nix_json::<Vec<Machine>>(&output) {
             Ok(machines) => evaluated.machines.extend(machines),
             Err(why) => evaluated.failed.push((name, why)),
@@ -429,9 +440,9 @@ fn check_buildable_here(machines: &[Machine]) -> Result<(), EvalError> {
 
 /// Builds every machine on `target` (evaluate here, build there); the
 /// outputs stay there.
-pub fn build_on(target: &Target, machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
+pub fn build_on(target: &Target, machines: &[Machine], reports: Reports) -> Result<Vec<Record>, EvalError> {
     let drvs = machines.iter().map(|m| m.store_path(&m.drv_path)).collect::<Result<Vec<_>, _>>()?;
-    crate::build::realise_on(target, &drvs)?;
+    crate::build::realise_on(target, &drvs, reports)?;
     machines.iter().map(|m| m.record(&m.out)).collect()
 }
 

@@ -6,7 +6,6 @@
 use crate::copy::{self, CopyError, Route, Summary};
 use crate::via::{Missed, Via};
 use crate::Error;
-use nixpipe_host::report;
 use nixpipe_host::target::{self, Target, TargetSpec};
 use nixpipe_store::record::Record;
 use nixpipe_store::store_path::StorePath;
@@ -148,7 +147,7 @@ pub fn copy_routes(
             jobs,
             |(route, records)| match fetcher {
                 Some(fetcher) => {
-                    let _line = report::host_line(&route.to.to_string(), &fetching);
+                    let _line = options.reports.host_line(&route.to.to_string(), &fetching);
                     fetcher.fetch(&route.to, records, options)
                 }
                 None => copy::copy_records(route, records, options).map_err(Missed::Failed),

@@ -9,7 +9,7 @@ use crate::nix::{self, NixError};
 pub use nixpipe_host::event::Installed;
 use nixpipe_host::event::{Event, VmState};
 use nixpipe_host::process::{self, CannotRun};
-use nixpipe_host::report::{self, Report};
+use nixpipe_host::report::Report;
 use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_host::Target;
 use nixpipe_store::record::Record;
@@ -159,7 +159,7 @@ pub fn install_all(
     restart: Restart,
     build_on_host: bool,
 ) -> Result<Vec<InstalledRunner>, MicrovmError> {
-    let runners = runners_on(&host.session.target, records, build_on_host)?;
+    let runners = runners_on(host.session, records, build_on_host)?;
     Ok(records
         .iter()
         .zip(runners)
@@ -171,7 +171,7 @@ pub fn install_all(
                     crate::diff::report(host.session, name, Some(previous), runner.as_str());
                 }
                 if installed.restarted {
-                    report::report(Report::Restarted { label: name.to_owned() });
+                    host.session.reports.report(Report::Restarted { label: name.to_owned() });
                 }
             }
             (Record::new(record.name.clone(), runner), installed)
@@ -181,14 +181,15 @@ pub fn install_all(
 
 /// The runners, valid on the host: copied there, or built there from .drv
 /// records.
-fn runners_on(target: &Target, records: &[Record], build_on_host: bool) -> Result<Vec<StorePath>, MicrovmError> {
+fn runners_on(session: &Session, records: &[Record], build_on_host: bool) -> Result<Vec<StorePath>, MicrovmError> {
     let paths: Vec<StorePath> = records.iter().map(|r| r.path.clone()).collect();
     if build_on_host {
-        return Ok(crate::build::realise_on(target, &paths)?);
+        return Ok(crate::build::realise_on(&session.target, &paths, session.reports)?);
     }
-    let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
+    let route = Route { from: Target::Local, to: Destination::Store(session.target.clone()) };
     let refs: Vec<&StorePath> = paths.iter().collect();
-    copy_closures(&route, &refs, &CopyOptions::default()).map_err(|e| MicrovmError::Copy(Box::new(e)))?;
+    copy_closures(&route, &refs, &CopyOptions { reports: session.reports, ..CopyOptions::default() })
+        .map_err(|e| MicrovmError::Copy(Box::new(e)))?;
     Ok(paths)
 }
 
@@ -275,7 +276,8 @@ mod tests {
 
         fn on(host: &FakeHost, act: impl FnOnce(&Host)) {
             let privilege = Privilege::default();
-            let session = Session::with_runner(Target::parse("root@vmhost").unwrap(), &privilege, host);
+            let session =
+                Session::with_runner(Target::parse("root@vmhost").unwrap(), &privilege, Default::default(), host);
             act(&Host::new(&session));
         }
 

@@ -22,7 +22,7 @@ use nixpipe_host::event::Event;
 use nixpipe_host::host_key;
 use nixpipe_host::process;
 use nixpipe_host::session::{Args, Run, Script, Session};
-use nixpipe_host::store_connection::{self, GcRoot, Protocol, StoreError};
+use nixpipe_host::store_connection::{self, StoreError};
 use nixpipe_host::target::{Control, Link, Target};
 use nixpipe_store::binary_cache::BinaryCache;
 use nixpipe_store::record::Record;
@@ -170,7 +170,7 @@ impl Fetcher {
     pub fn fetch(&self, to: &Destination, records: &[Record], options: &Options) -> Result<Summary, Missed> {
         match (&self.from, to) {
             (Source::Relay(relay), Destination::Store(target)) => {
-                relay.copy_to(target, records, &copy::gc_roots(records, options), options.protocol, &self.uploaded)
+                relay.copy_to(target, records, options, &self.uploaded)
             }
             (Source::Cache(session), to) => match self.uploaded.wait() {
                 true => Ok(copy::copy_records(&Route { from: Target::Local, to: to.clone() }, records, session)?),
@@ -257,18 +257,19 @@ impl RelayConnection {
         Link { control: Some(control), ..Link::default() }
     }
 
-    /// Runs relay.sh on the relay: it logs in to `target`, makes `roots`
-    /// there and finds what it lacks at once, and copies that once
-    /// `uploaded` says the closure is on the relay, speaking `protocol`.
+    /// Runs relay.sh on the relay: it logs in to `target`, makes the
+    /// records' GC roots there and finds what it lacks at once, and copies
+    /// that once `uploaded` says the closure is on the relay, as `options`
+    /// say (their protocol, their roots).
     fn copy_to(
         &self,
         target: &Target,
         records: &[Record],
-        roots: &[GcRoot],
-        protocol: Protocol,
+        options: &Options,
         uploaded: &Gate,
     ) -> Result<Summary, Missed> {
         let started = std::time::Instant::now();
+        let (roots, protocol) = (copy::gc_roots(records, options), options.protocol);
         let relay = &self.relay;
         let Target::Ssh(host) = target else { unreachable!("refused by Via::check") };
         // Before the upload the relay cannot tell the closure: it is told.
@@ -285,7 +286,7 @@ impl RelayConnection {
         let making_roots = match roots.is_empty() {
             true => String::new(),
             false => {
-                let argv = store_connection::making_roots(roots);
+                let argv = store_connection::making_roots(&roots);
                 nixpipe_host::target::remote_command(&argv.iter().map(String::as_str).collect::<Vec<_>>())?
             }
         };
@@ -295,7 +296,7 @@ impl RelayConnection {
             .set("known_as", trust.name)
             .set("making_roots", making_roots)
             .set("protocol", protocol.word());
-        let session = Session::as_login_user(relay.clone());
+        let session = Session::as_login_user(relay.clone(), options.reports);
         let mut child =
             session.spawn(&Run::script(Script::Relay, &args).over(self.link(true, false))).map_err(StoreError::from)?;
         // The script prints one line before "go": its output can wait. A

@@ -168,7 +168,8 @@ mod tests {
             _ => Reply::failing(1, "no"),
         });
         let privilege = Privilege::default();
-        let session = Session::with_runner(Target::parse("deploy@web1").unwrap(), &privilege, &host);
+        let session =
+            Session::with_runner(Target::parse("deploy@web1").unwrap(), &privilege, Default::default(), &host);
         let run = Run::script(Script::Status, &Args::new().set("path", "/nix/store/a-x")).as_root();
         assert_eq!(session.events(&run).unwrap().len(), 1);
         let err = session.stdout(&Run::program(&["false"]).over(Link::fresh())).unwrap_err();

@@ -15,6 +15,7 @@
 //! answer nobody can give.
 
 use crate::event::HostFacts;
+use crate::report::Reports;
 use crate::target::Target;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -127,7 +128,12 @@ impl Privilege {
     /// (of the run, or of that host with [`Ask::PerHost`]); None when the
     /// host needs none (root, passwordless sudo, --sudo-cmd) or none was to
     /// be asked.
-    fn password_for(&self, target: &Target, facts: &HostFacts) -> Result<Option<Zeroizing<String>>, PrivilegeError> {
+    fn password_for(
+        &self,
+        target: &Target,
+        facts: &HostFacts,
+        reports: Reports,
+    ) -> Result<Option<Zeroizing<String>>, PrivilegeError> {
         if facts.uid == 0
             || self.custom.is_some()
             || self.ask == Ask::Never
@@ -145,7 +151,7 @@ impl Privilege {
                 Ask::PerHost => format!("[nixpipe] sudo password for {target}: "),
                 _ => "[nixpipe] sudo password: ".to_owned(),
             };
-            let password = crate::report::while_paused(|| ask_password(&prompt))?;
+            let password = reports.while_paused(|| ask_password(&prompt))?;
             passwords.insert(key.clone(), password);
         }
         Ok(passwords.get(&key).cloned())
@@ -171,8 +177,14 @@ impl Privilege {
     /// What runs `argv` as root on `target` (a host with `facts`): the
     /// words to run there, and the password sudo is to be given when it asks
     /// (asked now, if this is the first host to need it).
-    pub fn elevate(&self, target: &Target, facts: &HostFacts, argv: &[&str]) -> Result<Elevated, PrivilegeError> {
-        let password = self.password_for(target, facts)?;
+    pub fn elevate(
+        &self,
+        target: &Target,
+        facts: &HostFacts,
+        argv: &[&str],
+        reports: Reports,
+    ) -> Result<Elevated, PrivilegeError> {
+        let password = self.password_for(target, facts, reports)?;
         Ok(Elevated { argv: self.argv(facts, password.is_some(), argv), password })
     }
 
@@ -297,7 +309,8 @@ mod tests {
     fn a_host_that_needs_no_password_is_given_none() {
         let privilege = asked();
         let web1 = Target::parse("deploy@web1").unwrap();
-        let given = |p: &Privilege, facts| p.password_for(&web1, &facts).unwrap().map(|p| p.to_string());
+        let given =
+            |p: &Privilege, facts| p.password_for(&web1, &facts, Reports::default()).unwrap().map(|p| p.to_string());
         assert_eq!(given(&privilege, host(0, None)), None);
         assert_eq!(given(&privilege, host(1000, Some(true))), None);
         assert_eq!(given(&privilege, host(1000, Some(false))).as_deref(), Some("secret"));
@@ -309,7 +322,9 @@ mod tests {
         let privilege = Privilege { ask: Ask::PerHost, ..Privilege::default() };
         privilege.passwords.lock().unwrap().insert("deploy@web1".into(), Zeroizing::new("one".into()));
         privilege.passwords.lock().unwrap().insert("deploy@web2".into(), Zeroizing::new("two".into()));
-        let given = |t: &str| privilege.password_for(&Target::parse(t).unwrap(), &host(1000, Some(false))).unwrap();
+        let given = |t: &str| {
+            privilege.password_for(&Target::parse(t).unwrap(), &host(1000, Some(false)), Reports::default()).unwrap()
+        };
         assert_eq!(given("deploy@web1").as_deref().map(String::as_str), Some("one"));
         assert_eq!(given("deploy@web2").as_deref().map(String::as_str), Some("two"));
     }

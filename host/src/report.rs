@@ -1,11 +1,10 @@
 //! The core reports; the edge prints. Core code never writes to a
-//! terminal: it sends [`Report`]s to the one [`Reporter`] the command
-//! installed (nixpipe-cli's, which renders them, owns the progress lines
-//! and knows about terminals), as the `log` crate's facade does for logs.
-//! Without one, reports go nowhere (unit tests).
+//! terminal: it sends [`Report`]s to the [`Reporter`] the command hands
+//! down as [`Reports`] (nixpipe-cli's, which renders them, owns the
+//! progress lines and knows about terminals), as ripgrep's searcher hands
+//! its matches to a printer. [`Quiet`] reports nowhere.
 
 use nixpipe_store::closure_diff::ClosureDiff;
-use std::sync::OnceLock;
 
 /// Something the user should hear of while a command works.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,12 +131,8 @@ pub trait Reporter: Sync + Send {
     fn paused(&self, f: &mut dyn FnMut());
 }
 
-static REPORTER: OnceLock<Box<dyn Reporter>> = OnceLock::new();
-
-/// Installs the reporter of the run; the first one stays.
-pub fn install(reporter: Box<dyn Reporter>) {
-    let _ = REPORTER.set(reporter);
-}
+/// Reports nowhere: unit tests, and runs nobody watches.
+pub struct Quiet;
 
 struct Silent;
 
@@ -146,43 +141,70 @@ impl CopyProgress for Silent {
     fn path_done(&self, _: u64) {}
 }
 
-fn reporter() -> Option<&'static dyn Reporter> {
-    REPORTER.get().map(|r| r.as_ref())
-}
+impl Reporter for Quiet {
+    fn report(&self, _: Report) {}
 
-/// Reports to the installed reporter.
-pub fn report(report: Report) {
-    if let Some(r) = reporter() {
-        r.report(report);
+    fn copy_progress(&self, _: &str, _: u64, _: u64) -> Box<dyn CopyProgress + '_> {
+        Box::new(Silent)
+    }
+
+    fn host_line(&self, _: &str, _: &str) -> Box<dyn Send + '_> {
+        Box::new(())
+    }
+
+    fn paused(&self, f: &mut dyn FnMut()) {
+        f()
     }
 }
 
-/// The installed reporter's bar for a copy.
-pub fn copy_progress(label: &str, paths: u64, bytes: u64) -> Box<dyn CopyProgress> {
-    match reporter() {
-        Some(r) => r.copy_progress(label, paths, bytes),
-        None => Box::new(Silent),
+/// The command's reporter, handed down to everything that reports (a
+/// session carries it, a copy's options do): never a global, so that a
+/// test hands down one that keeps what it is told.
+#[derive(Clone, Copy)]
+pub struct Reports(&'static dyn Reporter);
+
+impl Default for Reports {
+    /// Reports nowhere.
+    fn default() -> Reports {
+        Reports(&Quiet)
     }
 }
 
-/// The installed reporter's line for a host at work, while the guard lives.
-pub fn host_line(label: &str, step: &str) -> Box<dyn Send> {
-    match reporter() {
-        Some(r) => r.host_line(label, step),
-        None => Box::new(()),
+impl std::fmt::Debug for Reports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reports")
     }
 }
 
-/// Runs `f` (a prompt on the terminal) with the installed reporter's
-/// progress lines out of the way.
-pub fn while_paused<T>(f: impl FnOnce() -> T) -> T {
-    let Some(r) = reporter() else { return f() };
-    let (mut f, mut out) = (Some(f), None);
-    r.paused(&mut || out = f.take().map(|f| f()));
-    out.expect("paused runs it")
-}
+impl Reports {
+    pub fn to(reporter: &'static dyn Reporter) -> Reports {
+        Reports(reporter)
+    }
 
-/// A step of `label`'s work.
-pub fn step(label: &str, line: &str) {
-    report(Report::Step { label: label.to_owned(), line: line.to_owned() });
+    pub fn report(self, report: Report) {
+        self.0.report(report);
+    }
+
+    /// A step of `label`'s work.
+    pub fn step(self, label: &str, line: &str) {
+        self.report(Report::Step { label: label.to_owned(), line: line.to_owned() });
+    }
+
+    /// The reporter's bar for a copy.
+    pub fn copy_progress(self, label: &str, paths: u64, bytes: u64) -> Box<dyn CopyProgress> {
+        self.0.copy_progress(label, paths, bytes)
+    }
+
+    /// The reporter's line for a host at work, while the guard lives.
+    pub fn host_line(self, label: &str, step: &str) -> Box<dyn Send> {
+        self.0.host_line(label, step)
+    }
+
+    /// Runs `f` (a prompt on the terminal) with the reporter's progress
+    /// lines out of the way.
+    pub fn while_paused<T>(self, f: impl FnOnce() -> T) -> T {
+        let (mut f, mut out) = (Some(f), None);
+        self.0.paused(&mut || out = f.take().map(|f| f()));
+        out.expect("paused runs it")
+    }
 }

@@ -11,6 +11,7 @@
 use crate::event::{Event, HostFacts};
 use crate::privilege::{Privilege, PrivilegeError};
 use crate::process;
+use crate::report::Reports;
 use crate::target::{Link, SshError, Target};
 use std::io::Write;
 use std::process::{Child, Output, Stdio};
@@ -290,6 +291,8 @@ impl Runner for OnHost {
 pub struct Session<'a> {
     pub target: Target,
     privilege: &'a Privilege,
+    /// Where what happens on the host is reported.
+    pub reports: Reports,
     runner: &'a dyn Runner,
     facts: OnceLock<HostFacts>,
 }
@@ -298,18 +301,23 @@ pub struct Session<'a> {
 static AS_LOGIN_USER: LazyLock<Privilege> = LazyLock::new(Privilege::default);
 
 impl<'a> Session<'a> {
-    pub fn new(target: Target, privilege: &'a Privilege) -> Session<'a> {
-        Session::with_runner(target, privilege, &OnHost)
+    pub fn new(target: Target, privilege: &'a Privilege, reports: Reports) -> Session<'a> {
+        Session::with_runner(target, privilege, reports, &OnHost)
     }
 
     /// A session whose processes `runner` starts.
-    pub fn with_runner(target: Target, privilege: &'a Privilege, runner: &'a dyn Runner) -> Session<'a> {
-        Session { target, privilege, runner, facts: OnceLock::new() }
+    pub fn with_runner(
+        target: Target,
+        privilege: &'a Privilege,
+        reports: Reports,
+        runner: &'a dyn Runner,
+    ) -> Session<'a> {
+        Session { target, privilege, reports, runner, facts: OnceLock::new() }
     }
 
     /// A session that runs everything as the login user.
-    pub fn as_login_user(target: Target) -> Session<'static> {
-        Session::new(target, &AS_LOGIN_USER)
+    pub fn as_login_user(target: Target, reports: Reports) -> Session<'static> {
+        Session::new(target, &AS_LOGIN_USER, reports)
     }
 
     /// What the host is, learnt once: from the first script that said it
@@ -338,7 +346,7 @@ impl<'a> Session<'a> {
     pub fn spawn(&self, run: &Run) -> Result<Child, SessionError> {
         let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
         let elevated = match run.root {
-            true => Some(self.privilege.elevate(&self.target, self.facts()?, &argv)?),
+            true => Some(self.privilege.elevate(&self.target, self.facts()?, &argv, self.reports)?),
             false => None,
         };
         let argv: Vec<&str> = match &elevated {

@@ -8,7 +8,7 @@
 use super::{Action, ActivationError};
 use nixpipe_host::event::{self, Event, JobEvent, JobResult};
 use nixpipe_host::process;
-use nixpipe_host::report::{self, Report};
+use nixpipe_host::report::{Report, Reports};
 use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_host::target::Link;
 use std::io::{BufRead, BufReader, Read};
@@ -125,7 +125,7 @@ impl<'a> Job<'a> {
             .set("bootloader", if plan.install_bootloader { "1" } else { "0" })
             .set("units_policy", if plan.keep_on_unit_failure { "keep" } else { "roll-back" })
             .set("lock_wait", plan.lock_timeout.to_string());
-        let mut follower = Follower::default();
+        let mut follower = Follower { reports: self.session.reports, ..Follower::default() };
         // A sudo that refused runs nothing: nothing changed.
         let (status, stderr) =
             self.follow(&mut follower, &launch, KEEPALIVE).map_err(|e| ActivationError::NotStarted(Box::new(e)))?;
@@ -148,7 +148,7 @@ impl<'a> Job<'a> {
                 follower.result = Some(JobResult::Lost(why));
                 break;
             }
-            report::report(Report::Reconnecting { label: self.label.to_owned(), target: self.target() });
+            self.session.reports.report(Report::Reconnecting { label: self.label.to_owned(), target: self.target() });
             thread::sleep(Duration::from_secs(1));
             let from = self.follow_from(&follower);
             let (status, stderr) = self.follow(&mut follower, &from, Link { fresh: true, ..KEEPALIVE })?;
@@ -202,7 +202,7 @@ impl<'a> Job<'a> {
         let label = self.label.to_owned();
         if let Some(check) = self.check {
             if let Err(why) = self.run_check(check) {
-                report::report(Report::CheckFailed { label, why: why.to_string() });
+                self.session.reports.report(Report::CheckFailed { label, why: why.to_string() });
                 let _ = self.job_output("reject", Link::fresh());
                 return;
             }
@@ -218,7 +218,7 @@ impl<'a> Job<'a> {
             }
             thread::sleep(Duration::from_millis(500));
         }
-        report::report(Report::Unconfirmed { label, target: self.target(), why });
+        self.session.reports.report(Report::Unconfirmed { label, target: self.target(), why });
     }
 
     /// Runs the --check command on the target over a new connection, as
@@ -226,7 +226,7 @@ impl<'a> Job<'a> {
     fn run_check(&self, check: &str) -> Result<(), SessionError> {
         let output = self.session.output(&Run::program(&["sh", "-c", check]).over(Link::fresh()))?;
         for line in String::from_utf8_lossy(&output.stdout).lines() {
-            report::step(self.label, line);
+            self.session.reports.step(self.label, line);
         }
         if output.status.success() {
             return Ok(());
@@ -316,6 +316,8 @@ impl Stream {
 /// What nixpipe learnt from the job so far.
 #[derive(Default, Debug)]
 struct Follower {
+    /// Where the job's steps are reported.
+    reports: Reports,
     log: Stream,
     events: Stream,
     started: bool,
@@ -333,7 +335,7 @@ impl Follower {
         match kind {
             Frame::Log => {
                 for line in self.log.lines(bytes) {
-                    report::step(label, &line);
+                    self.reports.step(label, &line);
                 }
                 None
             }
@@ -350,10 +352,10 @@ impl Follower {
         match event {
             JobEvent::Started => self.started = true,
             JobEvent::Previous(previous) => self.previous = previous,
-            JobEvent::Switching { action, system } => report::report(Report::Switching { label, action, system }),
-            JobEvent::RollingBack => report::report(Report::RollingBack { label }),
+            JobEvent::Switching { action, system } => self.reports.report(Report::Switching { label, action, system }),
+            JobEvent::RollingBack => self.reports.report(Report::RollingBack { label }),
             JobEvent::AwaitingConfirmation { seconds } => return Some(seconds),
-            JobEvent::WaitingForLock { holder } => report::report(Report::WaitingForLock { label, holder }),
+            JobEvent::WaitingForLock { holder } => self.reports.report(Report::WaitingForLock { label, holder }),
             JobEvent::NeedsReboot(needs) => self.needs_reboot = needs,
             JobEvent::Exited { status, activated } => self.exited = Some(Exited { status, activated }),
             JobEvent::Result(result) => self.result = Some(result),

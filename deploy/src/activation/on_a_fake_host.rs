@@ -45,9 +45,40 @@ fn host(probe: String, job: Vec<Step>) -> FakeHost {
 }
 
 fn activate_on(host: &FakeHost, record: &Record, opts: &Options) -> Activation {
+    activate_telling(host, record, opts).0
+}
+
+/// What a reporter is told, kept.
+#[derive(Default)]
+struct Kept(std::sync::Mutex<Vec<Report>>);
+
+impl nixpipe_host::report::Reporter for Kept {
+    fn report(&self, report: Report) {
+        self.0.lock().unwrap().push(report);
+    }
+
+    fn copy_progress(&self, _: &str, _: u64, _: u64) -> Box<dyn nixpipe_host::report::CopyProgress + '_> {
+        unreachable!("an activation copies nothing")
+    }
+
+    fn host_line(&self, _: &str, _: &str) -> Box<dyn Send + '_> {
+        Box::new(())
+    }
+
+    fn paused(&self, f: &mut dyn FnMut()) {
+        f()
+    }
+}
+
+/// The activation, and what it reported.
+fn activate_telling(host: &FakeHost, record: &Record, opts: &Options) -> (Activation, Vec<Report>) {
     let privilege = Privilege::default();
-    let session = Session::with_runner(Target::parse("deploy@web1").unwrap(), &privilege, host);
-    activate(&session, Some(record), opts)
+    let kept: &'static Kept = Box::leak(Box::default());
+    let reports = nixpipe_host::report::Reports::to(kept);
+    let session = Session::with_runner(Target::parse("deploy@web1").unwrap(), &privilege, reports, host);
+    let activation = activate(&session, Some(record), opts);
+    let told = kept.0.lock().unwrap().clone();
+    (activation, told)
 }
 
 fn record() -> Record {
@@ -76,9 +107,18 @@ fn error_of(activation: &Activation) -> String {
 
 #[test]
 fn a_switch_that_went_well_is_activated() {
-    let host = host(probe(&[]), job(None, "result outcome=ok"));
-    let activation = activate_on(&host, &record(), &switch());
+    let mut steps = job(None, "result outcome=ok");
+    steps.insert(2, Step::Event("switching action=switch system=/nix/store/x"));
+    let host = host(probe(&[]), steps);
+    let (activation, told) = activate_telling(&host, &record(), &switch());
     assert!(matches!(activation.verdict, Verdict::Activated), "{:?}", activation.verdict);
+    assert_eq!(
+        told,
+        [
+            Report::Switching { label: "web1".into(), action: "switch".into(), system: "/nix/store/x".into() },
+            Report::Step { label: "web1".into(), line: "activating the configuration...".into() },
+        ]
+    );
     let launch = host.calls().into_iter().find(|c| c.is(Script::Job, Some("launch"))).expect("launched");
     assert_eq!(
         (launch.arg("action"), launch.arg("mode"), launch.arg("system")),

@@ -6,7 +6,6 @@
 
 use super::ActivationError;
 use nixpipe_host::event::{BootState, Event};
-use nixpipe_host::report;
 use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_host::target::Link;
 use std::thread;
@@ -66,7 +65,9 @@ fn wait_for_restart(session: &Session, label: &str, before: &BootState, wait: u6
     while Instant::now() < deadline {
         thread::sleep(Duration::from_secs(1));
         let waited = started.elapsed().as_secs();
-        report::step(label, &format!("rebooting {}: waiting for it to answer ({waited} s of {wait})", session.target));
+        session
+            .reports
+            .step(label, &format!("rebooting {}: waiting for it to answer ({waited} s of {wait})", session.target));
         match boot_state(session, Link { connect_timeout: Some(TRY_FOR), ..Link::fresh() }) {
             Ok(state) if state.boot != before.boot => return Some(state),
             _ => continue,
