@@ -37,7 +37,7 @@ const LONGEST_LINE: usize = 4096;
 /// erase or hide what was shown, or start a new line that looks like ours;
 /// cut after [`LONGEST_LINE`] characters. Records and JSON are not shown
 /// through here: they keep their bytes (JSON escapes its own).
-pub fn printable(line: &str) -> String {
+pub(crate) fn printable(line: &str) -> String {
     let mut shown = String::with_capacity(line.len().min(LONGEST_LINE));
     for (count, c) in line.chars().enumerate() {
         if count == LONGEST_LINE {
@@ -63,7 +63,7 @@ pub fn println(line: &str) {
 
 /// Runs `write` with the progress lines cleared, then draws them again: for
 /// anything written to the terminal meanwhile (records, when stdout is it).
-pub fn suspend<R>(write: impl FnOnce() -> R) -> R {
+pub(crate) fn suspend<R>(write: impl FnOnce() -> R) -> R {
     bars().suspend(write)
 }
 

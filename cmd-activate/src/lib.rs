@@ -304,3 +304,31 @@ fn report(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `check_combinations` says of `args`, as given after the command.
+    fn combination(args: &[&str]) -> Result<(), String> {
+        let cli = Cli::try_parse_from(["nixpipe-activate"].iter().chain(args)).map_err(|e| e.to_string())?;
+        check_combinations(&cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_that_cannot_work_together_are_bad_usage_before_anything_is_read() {
+        for (args, said) in [
+            (&["--rollback", "--on", "web1", "switch", "/nix/store/x"][..], "take no records"),
+            (&["--specialisation", "a", "boot"][..], "cannot be used with boot"),
+            (&["--reboot", "test"][..], "--reboot needs boot or switch"),
+            (&["--confirm-timeout", "30", "boot"][..], "need switch, test or --reboot"),
+            (&["--install-bootloader", "test"][..], "needs switch or boot"),
+        ] {
+            let refused = combination(args).unwrap_err();
+            assert!(refused.contains(said), "{args:?}: {refused}");
+        }
+        for args in [&["--reboot", "--confirm-timeout", "30", "boot"][..], &["--check", "true", "test"][..]] {
+            assert_eq!(combination(args), Ok(()), "{args:?}");
+        }
+    }
+}

@@ -18,8 +18,6 @@ use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
 use nixpipe_store::record::Record;
 use serde::Serialize;
 
-pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
-
 /// What switch-to-configuration is asked to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Action {
@@ -146,7 +144,7 @@ pub const NIXOS_LOCK_WAIT: u64 = 60;
 
 /// How long the target waits for a --check to pass when no
 /// --confirm-timeout says otherwise.
-pub const CHECK_WINDOW: u64 = 300;
+pub(crate) const CHECK_WINDOW: u64 = 300;
 
 /// Why an activation was refused, or failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -254,7 +252,7 @@ impl ActivationError {
     }
 
     /// Whether the target is back on what it ran before.
-    pub fn rolled_back(&self) -> bool {
+    pub(crate) fn rolled_back(&self) -> bool {
         match self {
             ActivationError::SwitchFailed { rollback, .. }
             | ActivationError::UnitsFailed { rollback: Some(rollback), .. }
@@ -699,7 +697,7 @@ fn check_hostname(target: &str, record: Option<&Record>, probe: &ProbeFacts) -> 
 }
 
 /// The error for a target that is not the host a record is for.
-pub fn check_host_is(target: &str, hostname: &str, expected: &str) -> Result<(), ActivationError> {
+pub(crate) fn check_host_is(target: &str, hostname: &str, expected: &str) -> Result<(), ActivationError> {
     match hostname == expected {
         true => Ok(()),
         false => Err(ActivationError::WrongHost {

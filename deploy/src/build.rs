@@ -23,7 +23,7 @@ pub enum BuildError {
 /// go there as nixpipe-copy sends them, then one `nix-store --realise`
 /// builds them all, its log on stderr. The output paths, in order; they stay
 /// on the target.
-pub fn realise_on(target: &Target, drvs: &[StorePath], reports: Reports) -> Result<Vec<StorePath>, BuildError> {
+pub(crate) fn realise_on(target: &Target, drvs: &[StorePath], reports: Reports) -> Result<Vec<StorePath>, BuildError> {
     let route = Route { from: Target::Local, to: Destination::Store(target.clone()) };
     let refs: Vec<&StorePath> = drvs.iter().collect();
     copy_closures(&route, &refs, &Options { reports, ..Options::default() })

@@ -15,7 +15,7 @@ const BUNDLE_NIX: &str = include_str!("../nix/bundle.nix");
 const SWITCH_SH: &str = include_str!("../nix/bundle-switch.sh");
 /// Where the target keeps the bundle before the one it runs (bin/switch
 /// keeps the current one at /etc/nixos/current-configuration).
-pub const PREVIOUS: &str = "/etc/nixos/previous-configuration";
+pub(crate) const PREVIOUS: &str = "/etc/nixos/previous-configuration";
 
 /// What goes into every bundle of a run.
 pub struct Contents {

@@ -258,7 +258,7 @@ pub struct Summary {
 }
 
 /// Makes the closures of `paths` valid at the route's destination.
-pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> Result<Summary, CopyError> {
+pub(crate) fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> Result<Summary, CopyError> {
     copy_rooted(route, paths, &[], options)
 }
 
@@ -266,7 +266,7 @@ pub fn copy_closures(route: &Route, paths: &[&StorePath], options: &Options) -> 
 /// destination, each record's path kept there as a GC root named after
 /// the record (unless `options.no_gc_roots`), until nixpipe-activate puts
 /// it in the system profile.
-pub fn copy_records(route: &Route, records: &[Record], options: &Options) -> Result<Summary, CopyError> {
+pub(crate) fn copy_records(route: &Route, records: &[Record], options: &Options) -> Result<Summary, CopyError> {
     let paths: Vec<&StorePath> = records.iter().map(|r| &r.path).collect();
     copy_rooted(route, &paths, &gc_roots(records, options), options)
 }
@@ -281,7 +281,7 @@ pub fn gc_roots(records: &[Record], options: &Options) -> Vec<GcRoot> {
 
 /// The name of a record's GC root on its target: its NAME, else its path's
 /// hash part (both safe as file names).
-pub fn gc_root_name(record: &Record) -> String {
+pub(crate) fn gc_root_name(record: &Record) -> String {
     record.name.clone().unwrap_or_else(|| record.path.hash_part().to_owned())
 }
 

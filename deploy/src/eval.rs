@@ -71,7 +71,7 @@ impl EvalError {
     }
 
     /// The error for an input path that cannot be used.
-    pub fn bad_input(path: &Path, why: impl ToString) -> EvalError {
+    pub(crate) fn bad_input(path: &Path, why: impl ToString) -> EvalError {
         EvalError::BadInput { path: path.display().to_string(), why: why.to_string() }
     }
 }

@@ -195,7 +195,7 @@ fn runners_on(session: &Session, records: &[Record], build_on_host: bool) -> Res
 
 /// The guest system a runner record carries (share/microvm/system), or the
 /// record's own path when it is a system already.
-pub fn guest_system(path: &StorePath) -> Result<StorePath, MicrovmError> {
+pub(crate) fn guest_system(path: &StorePath) -> Result<StorePath, MicrovmError> {
     let link = std::path::Path::new(path.as_str()).join("share/microvm/system");
     match std::fs::read_link(&link) {
         Ok(system) => StorePath::parse(&system.to_string_lossy())
@@ -208,7 +208,7 @@ pub fn guest_system(path: &StorePath) -> Result<StorePath, MicrovmError> {
 /// the host's store (the files are there, its database does not know them),
 /// as microvm.nix's sshSwitch does: `nix-store --dump-db` here, `nix-store
 /// --load-db` there, as root.
-pub fn load_db(vm: &Session, system: &StorePath) -> Result<(), MicrovmError> {
+pub(crate) fn load_db(vm: &Session, system: &StorePath) -> Result<(), MicrovmError> {
     let closure = nix::requisites(&[system])?;
     let dump = process::capture(Command::new("nix-store").arg("--dump-db").args(&closure))?;
     if !dump.status.success() {

@@ -70,7 +70,7 @@ impl Platforms {
         Platforms { systems, has_builders: names_builders(&setting("builders")) }
     }
 
-    pub fn can_build(&self, system: &str) -> bool {
+    pub(crate) fn can_build(&self, system: &str) -> bool {
         self.has_builders || self.systems.iter().any(|s| s == system)
     }
 }

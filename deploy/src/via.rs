@@ -88,7 +88,7 @@ impl Via {
     /// fetch them: each fetch does what it can before it needs the
     /// closures, then waits for the upload. Err: the upload failed, and the
     /// fetches took nothing.
-    pub fn deliver<R>(
+    pub(crate) fn deliver<R>(
         &self,
         paths: &[&StorePath],
         options: &Options,

@@ -343,7 +343,7 @@ pub struct VmState {
 /// Every event in a script's output, in order.
 /// Whether a line of a script's output is one of its events: the only
 /// lines of a host's output nixpipe keeps.
-pub fn is_event_line(line: &[u8]) -> bool {
+pub(crate) fn is_event_line(line: &[u8]) -> bool {
     line.starts_with(MARK.as_bytes())
 }
 

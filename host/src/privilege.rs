@@ -177,7 +177,7 @@ impl Privilege {
     /// What runs `argv` as root on `target` (a host with `facts`): the
     /// words to run there, and the password sudo is to be given when it asks
     /// (asked now, if this is the first host to need it).
-    pub fn elevate(
+    pub(crate) fn elevate(
         &self,
         target: &Target,
         facts: &HostFacts,
@@ -192,7 +192,7 @@ impl Privilege {
     /// command runs: its stderr from then on is the command's. A sudo that
     /// did not ask never gets it (its stdin is the command's input); one
     /// that asks again (a wrong password) gets end of input instead.
-    pub fn answer_sudo(&self, target: &Target, child: &mut Child, password: &str) -> Result<(), PrivilegeError> {
+    pub(crate) fn answer_sudo(&self, target: &Target, child: &mut Child, password: &str) -> Result<(), PrivilegeError> {
         let mut stderr = child.stderr.take().expect("piped");
         let mut said = Vec::new();
         let mut asked = false;

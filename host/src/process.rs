@@ -2,7 +2,7 @@
 //! readable line.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +59,7 @@ pub fn set_silence_limit(seconds: u64) {
     SILENCE_LIMIT.store(seconds.max(1), Ordering::Relaxed);
 }
 
-pub fn silence_limit() -> u64 {
+pub(crate) fn silence_limit() -> u64 {
     SILENCE_LIMIT.load(Ordering::Relaxed)
 }
 
@@ -124,7 +124,7 @@ impl Watchdog {
     }
 
     /// Seconds of silence it waited before it stopped the program, if it did.
-    pub fn fired(&self) -> Option<u64> {
+    pub(crate) fn fired(&self) -> Option<u64> {
         self.fired.load(Ordering::Relaxed).then_some(self.limit)
     }
 }
@@ -173,7 +173,7 @@ impl<T: std::os::fd::AsRawFd> std::os::fd::AsRawFd for Watched<T> {
 const KEPT_STDERR: usize = 32 << 10;
 /// The longest stdout line kept; longer ones (no answer of ours is) are
 /// read and dropped.
-pub const LONGEST_KEPT_LINE: usize = 16 << 20;
+pub(crate) const LONGEST_KEPT_LINE: usize = 16 << 20;
 
 /// Waits for `child`, keeping of its stdout only the lines `keep` takes
 /// (each at most [`LONGEST_KEPT_LINE`]) and of its stderr the first and
@@ -182,7 +182,7 @@ pub const LONGEST_KEPT_LINE: usize = 16 << 20;
 ///
 /// A program silent for the run's silence limit is stopped ([`Watchdog`]):
 /// [`Silent`] says so.
-pub fn wait_keeping(mut child: Child, keep: fn(&[u8]) -> bool) -> io::Result<Output> {
+pub(crate) fn wait_keeping(mut child: Child, keep: fn(&[u8]) -> bool) -> io::Result<Output> {
     let watchdog = Watchdog::start(child.id());
     let stderr = child.stderr.take().map(|e| {
         let e = watchdog.watched(e);
@@ -270,19 +270,6 @@ fn head_and_tail(mut input: impl Read, keep: usize) -> Vec<u8> {
 /// Runs `cmd` to the end with stdout and stderr captured.
 pub fn capture(cmd: &mut Command) -> Result<Output, CannotRun> {
     cmd.output().map_err(|e| CannotRun::of(cmd, e))
-}
-
-/// Runs `cmd` to the end, stdout and stderr captured, with `feed` writing
-/// its stdin as it goes (closed once `feed` returns). A program that exits
-/// without reading is reported by its status, so writes may fail quietly.
-/// `feed` must not wait on the program's output: it is read only after.
-pub fn capture_feeding(cmd: &mut Command, feed: impl FnOnce(&mut ChildStdin)) -> Result<Output, CannotRun> {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| CannotRun::of(cmd, e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        feed(&mut stdin);
-    }
-    child.wait_with_output().map_err(|e| CannotRun::of(cmd, e))
 }
 
 /// Runs `cmd` with stdout captured and stderr passed through to ours, for

@@ -202,7 +202,7 @@ impl Reports {
 
     /// Runs `f` (a prompt on the terminal) with the reporter's progress
     /// lines out of the way.
-    pub fn while_paused<T>(self, f: impl FnOnce() -> T) -> T {
+    pub(crate) fn while_paused<T>(self, f: impl FnOnce() -> T) -> T {
         let (mut f, mut out) = (Some(f), None);
         self.0.paused(&mut || out = f.take().map(|f| f()));
         out.expect("paused runs it")

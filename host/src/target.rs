@@ -308,7 +308,7 @@ impl SshHost {
     }
 
     /// The ssh options for this host: NIX_SSHOPTS, then the port.
-    pub fn ssh_options(&self) -> Result<Vec<String>, SshError> {
+    pub(crate) fn ssh_options(&self) -> Result<Vec<String>, SshError> {
         let mut opts = nix_sshopts()?;
         if let Some(port) = self.port {
             opts.extend(["-p".to_owned(), port.to_string()]);
@@ -326,7 +326,7 @@ impl SshHost {
 
     /// `ssh -G OPTIONS -- user@host`: prints the settings ssh would use
     /// for the host, one `key value` per line.
-    pub fn resolved_config(&self) -> Result<Command, SshError> {
+    pub(crate) fn resolved_config(&self) -> Result<Command, SshError> {
         Ok(self.ssh(&[vec!["-G".to_owned()], self.ssh_options()?].concat()))
     }
 

@@ -66,14 +66,14 @@ impl Op {
 
 /// The frames a daemon sends before each reply.
 mod frame {
-    pub const NEXT: u64 = 0x6f6c_6d67;
-    pub const READ: u64 = 0x6461_7461;
-    pub const WRITE: u64 = 0x6461_7416;
-    pub const LAST: u64 = 0x616c_7473;
-    pub const ERROR: u64 = 0x6378_7470;
-    pub const START_ACTIVITY: u64 = 0x5354_5254;
-    pub const STOP_ACTIVITY: u64 = 0x5354_4f50;
-    pub const RESULT: u64 = 0x5253_4c54;
+    pub(crate) const NEXT: u64 = 0x6f6c_6d67;
+    pub(crate) const READ: u64 = 0x6461_7461;
+    pub(crate) const WRITE: u64 = 0x6461_7416;
+    pub(crate) const LAST: u64 = 0x616c_7473;
+    pub(crate) const ERROR: u64 = 0x6378_7470;
+    pub(crate) const START_ACTIVITY: u64 = 0x5354_5254;
+    pub(crate) const STOP_ACTIVITY: u64 = 0x5354_4f50;
+    pub(crate) const RESULT: u64 = 0x5253_4c54;
 }
 
 /// An operation the daemon refused, in its own words (first line, without

@@ -37,12 +37,12 @@ impl NarHash {
     }
 
     /// The digest alone, in Nix's base 32.
-    pub fn nix32(&self) -> String {
+    pub(crate) fn nix32(&self) -> String {
         nix_base32::to_nix_base32(&self.0)
     }
 
     /// The digest alone, in base 16, as the daemon protocol carries it.
-    pub fn base16(&self) -> String {
+    pub(crate) fn base16(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

@@ -19,7 +19,7 @@ pub struct PathInfo {
 impl PathInfo {
     /// What a signature covers: `1;PATH;NARHASH;NARSIZE;REF,REF,...`, the
     /// hash in nix32 and the references sorted, exactly as Nix builds it.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         let mut references: Vec<&str> = self.references.iter().map(StorePath::as_str).collect();
         references.sort_unstable();
         format!("1;{};{};{};{}", self.path, self.nar_hash, self.nar_size, references.join(","))

@@ -14,7 +14,7 @@ use std::io::{self, BufRead, IsTerminal, Read, Write};
 
 /// Records are short; a longer line is junk and is refused before it is
 /// held in memory whole.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 const NAME_MAX: usize = 253;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -74,7 +74,7 @@ impl Record {
     }
 
     /// The line this record is written as (without the newline).
-    pub fn to_line(&self, json: bool) -> String {
+    pub(crate) fn to_line(&self, json: bool) -> String {
         if json {
             return serde_json::to_string(&self.to_json()).expect("records serialize");
         }
@@ -92,7 +92,7 @@ impl Record {
         }
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let mut obj = Map::new();
         if let Some(name) = &self.name {
             obj.insert("name".into(), name.clone().into());
@@ -124,7 +124,7 @@ fn parse_json(line: &str) -> Result<Record, String> {
 /// kept to what a host or configuration name needs. `local` is the target
 /// word for this machine: as a NAME it would make a record activate the
 /// deployer itself (say `--on local` for that).
-pub fn parse_name(name: &str) -> Result<String, String> {
+pub(crate) fn parse_name(name: &str) -> Result<String, String> {
     let ok_first = name.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
     let ok_rest = name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
     if name.is_empty() {
@@ -152,7 +152,7 @@ pub fn excerpt(s: &str) -> String {
 }
 
 /// Reads every record from `input`, or fails at the first bad line.
-pub fn read_all(mut input: impl BufRead) -> Result<Vec<Record>, RecordError> {
+pub(crate) fn read_all(mut input: impl BufRead) -> Result<Vec<Record>, RecordError> {
     let mut records = Vec::new();
     let mut buf = Vec::new();
     for number in 1.. {

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-pub const STORE_DIR: &str = "/nix/store";
+pub(crate) const STORE_DIR: &str = "/nix/store";
 const HASH_LEN: usize = 32;
 /// Nix's own limit (`StorePath::MaxPathLen` minus the hash and the dash).
 const NAME_MAX: usize = 211;
@@ -64,7 +64,7 @@ impl StorePath {
 
     /// `HASH-NAME`, the path without the store directory, as narinfo files
     /// list references.
-    pub fn base_name(&self) -> &str {
+    pub(crate) fn base_name(&self) -> &str {
         &self.0[STORE_DIR.len() + 1..]
     }
 }

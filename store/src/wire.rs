@@ -12,20 +12,20 @@ pub const MAX_STRING: u64 = 1 << 20;
 /// The longest list: a closure of a million paths, twenty times the
 /// largest NixOS system; a peer that says more is refused before anything
 /// of it is read.
-pub const MAX_LIST: u64 = 1 << 20;
+pub(crate) const MAX_LIST: u64 = 1 << 20;
 
 pub fn write_u64(w: &mut impl Write, n: u64) -> io::Result<()> {
     w.write_all(&n.to_le_bytes())
 }
 
-pub fn write_bytes(w: &mut impl Write, s: &[u8]) -> io::Result<()> {
+pub(crate) fn write_bytes(w: &mut impl Write, s: &[u8]) -> io::Result<()> {
     write_u64(w, s.len() as u64)?;
     w.write_all(s)?;
     write_padding(w, s.len() as u64)
 }
 
 /// The zeros after `len` bytes of a string or NAR file.
-pub fn write_padding(w: &mut impl Write, len: u64) -> io::Result<()> {
+pub(crate) fn write_padding(w: &mut impl Write, len: u64) -> io::Result<()> {
     w.write_all(&[0; 8][..padding(len)])
 }
 
@@ -33,7 +33,7 @@ pub fn write_str(w: &mut impl Write, s: &str) -> io::Result<()> {
     write_bytes(w, s.as_bytes())
 }
 
-pub fn write_strs<S: AsRef<str>>(w: &mut impl Write, items: &[S]) -> io::Result<()> {
+pub(crate) fn write_strs<S: AsRef<str>>(w: &mut impl Write, items: &[S]) -> io::Result<()> {
     write_u64(w, items.len() as u64)?;
     items.iter().try_for_each(|s| write_str(w, s.as_ref()))
 }
@@ -62,7 +62,7 @@ pub fn read_strings(r: &mut impl Read) -> io::Result<Vec<String>> {
 
 /// A list of strings, each taken by `item` as it is read: a bad one stops
 /// the read there, before the rest of a list of junk is held.
-pub fn read_list<T>(r: &mut impl Read, mut item: impl FnMut(String) -> io::Result<T>) -> io::Result<Vec<T>> {
+pub(crate) fn read_list<T>(r: &mut impl Read, mut item: impl FnMut(String) -> io::Result<T>) -> io::Result<Vec<T>> {
     let count = read_u64(r)?;
     if count > MAX_LIST {
         return Err(invalid(format!("a list of {count} strings (at most {MAX_LIST})")));
@@ -71,7 +71,7 @@ pub fn read_list<T>(r: &mut impl Read, mut item: impl FnMut(String) -> io::Resul
 }
 
 /// How many zeros follow `len` bytes of a string.
-pub fn padding(len: u64) -> usize {
+pub(crate) fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
 }
 

@@ -140,3 +140,13 @@ fn pipe_contract_page() -> String {
     }
     page.render()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_is_consistent() {
+        for command in super::commands() {
+            command.debug_assert();
+        }
+    }
+}
