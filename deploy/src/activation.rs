@@ -15,6 +15,7 @@ use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
 use nixpipe_host::report::Report;
 use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
+use nixpipe_host::Target;
 use nixpipe_store::record::Record;
 use serde::Serialize;
 
@@ -47,6 +48,12 @@ pub enum IfInhibited {
 impl Serialize for Action {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -151,7 +158,7 @@ pub(crate) const CHECK_WINDOW: u64 = 300;
 pub enum ActivationError {
     // Refused: nothing changed.
     #[error("{path} is not on {target}{}", if *.realise { " nor in its substituters" } else { "; run nixpipe-copy first" })]
-    NotOnTarget { path: String, target: String, realise: bool },
+    NotOnTarget { path: String, target: Target, realise: bool },
     #[error("{path} is not a NixOS system (no nixos-version or bin/switch-to-configuration)")]
     NotNixos { path: String },
     #[error("{path} is a bundle: its bin/switch activates its system, not a specialisation")]
@@ -159,39 +166,39 @@ pub enum ActivationError {
     #[error("{path} has no specialisation '{name}' (it has: {known})")]
     NoSpecialisation { path: String, name: String, known: String },
     #[error("{target} is host '{hostname}', not '{expected}'; nothing changed (--no-hostname-check to deploy anyway)")]
-    WrongHost { target: String, hostname: String, expected: String },
+    WrongHost { target: Target, hostname: String, expected: String },
     #[error("{target} has no previous bundle ({PREVIOUS}) to restore")]
-    NoPreviousBundle { target: String },
+    NoPreviousBundle { target: Target },
     #[error("{target} has no generation before the current one to go back to")]
-    NoPreviousGeneration { target: String },
+    NoPreviousGeneration { target: Target },
     #[error("cannot fetch {path} from the substituters of {target}: {why}")]
-    Realise { path: String, target: String, why: Box<SessionError> },
+    Realise { path: String, target: Target, why: Box<SessionError> },
     #[error("another nixpipe activation is running on {target}: {owner}; nothing changed")]
-    Locked { target: String, owner: String },
+    Locked { target: Target, owner: String },
     #[error("{0}; nothing changed")]
     NotStarted(Box<SessionError>),
     #[error("could not start the activation on {target} ({status}): {why}; nothing changed")]
-    LaunchFailed { target: String, status: String, why: String },
+    LaunchFailed { target: Target, status: String, why: String },
     #[error(transparent)]
     Session(Box<SessionError>),
     #[error("not reached: the rollout stopped after {0} failed; nothing changed")]
     NotReached(String),
     #[error("{path} is built for {system}, and {target} runs {platforms}; nothing changed")]
-    WrongPlatform { path: String, system: String, target: String, platforms: String },
+    WrongPlatform { path: String, system: String, target: Target, platforms: String },
     #[error(
         "{target}: {action} to {path} is inhibited: {} changed (its switch inhibitors); nothing changed \
          (activate it at the next boot: nixpipe-activate --reboot boot, or --if-inhibited boot)",
         keys.join(", ")
     )]
-    Inhibited { action: &'static str, path: String, target: String, keys: Vec<String> },
+    Inhibited { action: Action, path: String, target: Target, keys: Vec<String> },
     #[error("{target} did not answer within {seconds} s of its reboot; its boot default is the new system")]
-    NeverCameBack { target: String, seconds: u64 },
+    NeverCameBack { target: Target, seconds: u64 },
     #[error("{target} came back from its reboot running {running}, not {system}")]
-    CameBackOnOther { target: String, running: String, system: String },
+    CameBackOnOther { target: Target, running: String, system: String },
     #[error("{error}; {rollback}")]
     RebootRolledBack { error: Box<ActivationError>, rollback: String, rolled_back: bool },
     #[error("NixOS's own lock on {target} stayed taken ({holder}); nothing activated")]
-    Busy { target: String, holder: String },
+    Busy { target: Target, holder: String },
     #[error(
         "the switch-to-configuration of {path} has no check action (NixOS 25.05 and later have it); nothing changed"
     )]
@@ -202,36 +209,36 @@ pub enum ActivationError {
     #[error("{0}, after the switch: the new system runs")]
     KeysNotWrittenAfter(Box<crate::keys::KeyError>),
     #[error("could not set the system profile on {target}; nothing activated (see {log})")]
-    ProfileNotSet { target: String, log: String },
+    ProfileNotSet { target: Target, log: String },
     #[error("switch-to-configuration {action} failed on {target}; nothing changed")]
-    DryActivateFailed { action: &'static str, target: String },
+    DryActivateFailed { action: Action, target: Target },
     #[error("switch-to-configuration {action} failed on {target}{}; {rollback}", exited.map(how_it_failed).unwrap_or_default())]
-    SwitchFailed { action: &'static str, target: String, exited: Option<job::Exited>, rollback: Rollback },
+    SwitchFailed { action: Action, target: Target, exited: Option<job::Exited>, rollback: Rollback },
     #[error(
         "switch-to-configuration {action} failed on {target}{} before activating anything (a pre-switch check or the \
          bootloader); {}",
         exited.map(|e| format!(" (exit {})", e.status)).unwrap_or_default(),
         if rollback.is_back() { "the profile is back on the previous generation" } else { "putting the profile back FAILED: the host needs attention" }
     )]
-    NotActivated { action: &'static str, target: String, exited: Option<job::Exited>, rollback: Rollback },
+    NotActivated { action: Action, target: Target, exited: Option<job::Exited>, rollback: Rollback },
     #[error(
         "{target}: the init interface of {path} differs from the running system's, so only a boot can start it, and \
          {action} {}; nothing changed (nixpipe-activate --reboot boot, or switch and reboot)",
-        if *action == "test" { "does not make it the boot default: a reboot boots the running system again" } else { "shows no more" }
+        if *action == Action::Test { "does not make it the boot default: a reboot boots the running system again" } else { "shows no more" }
     )]
-    InitChanged { action: &'static str, target: String, path: String },
+    InitChanged { action: Action, target: Target, path: String },
     #[error(
         "switch-to-configuration {action} on {target} left units failed: {}; {}",
         units.join(", "),
         match rollback { Some(r) => r.to_string(), None => "kept (--keep-on-unit-failure): the new system stays active".into() }
     )]
-    UnitsFailed { action: &'static str, target: String, units: Vec<String>, rollback: Option<Rollback> },
+    UnitsFailed { action: Action, target: Target, units: Vec<String>, rollback: Option<Rollback> },
     #[error("no new connection confirmed the switch within {seconds} s; {target} {rollback}")]
-    Unconfirmed { seconds: u64, target: String, rollback: Rollback },
+    Unconfirmed { seconds: u64, target: Target, rollback: Rollback },
     #[error("the check failed after the switch; {target} {rollback}")]
-    CheckFailed { target: String, rollback: Rollback },
+    CheckFailed { target: Target, rollback: Rollback },
     #[error("lost track of the activation on {target}: {why} (see {log})")]
-    Lost { target: String, why: String, log: String },
+    Lost { target: Target, why: String, log: String },
 }
 
 /// Boxed: a session's error is large, and errors travel in every Result.
@@ -431,7 +438,7 @@ fn run(
     label: &str,
     activation: &mut Activation,
 ) -> Result<Verdict, ActivationError> {
-    let target = session.target.to_string();
+    let target = session.target.clone();
     let probe = probed(session, record, opts, activation)?;
     let path = activation.path.clone().unwrap_or_default();
     check(&target, record, &probe, opts)?;
@@ -448,7 +455,7 @@ fn run(
     }
     if opts.dry_run {
         let (label, action) = (label.to_owned(), action.as_str());
-        session.reports.report(Report::WouldActivate { label, action, target, path });
+        session.reports.report(Report::WouldActivate { label, action, target: target.to_string(), path });
         return Ok(Verdict::Checked);
     }
     let keys = match (opts.keys, record) {
@@ -466,7 +473,7 @@ fn run(
     }
     activation.needs_reboot = end.needs_reboot;
     if end.needs_reboot == Some(true) {
-        session.reports.report(Report::NeedsReboot { label: label.to_owned(), target: target.clone() });
+        session.reports.report(Report::NeedsReboot { label: label.to_owned(), target: target.to_string() });
     }
     let mut verdict = verdict(&target, &path, action, opts, &end);
     if matches!(verdict, Verdict::Activated) {
@@ -475,7 +482,7 @@ fn run(
         }
     }
     if matches!(verdict, Verdict::RebootNeeded) {
-        session.reports.report(Report::InitChanged { label: label.to_owned(), target: target.clone() });
+        session.reports.report(Report::InitChanged { label: label.to_owned(), target: target.to_string() });
     }
     let waiting = matches!(verdict, Verdict::RebootNeeded) || action == Action::Boot || end.needs_reboot == Some(true);
     match (opts.reboot, &verdict) {
@@ -495,7 +502,7 @@ fn probed(
     opts: &Options,
     activation: &mut Activation,
 ) -> Result<ProbeFacts, ActivationError> {
-    let target = session.target.to_string();
+    let target = session.target.clone();
     let which = Which::of(record, opts);
     let mut probe = probe(session, activation.path.as_deref(), which, opts)?;
     let path = match (&probe.resolved, which) {
@@ -598,7 +605,7 @@ fn rebooted(session: &Session, label: &str, system: &str, wait: u64, opts: &Opti
 
 /// The action to run: the one asked for, unless the system's switch
 /// inhibitors forbid it: then refused, or with --if-inhibited boot, boot.
-fn action_allowed(target: &str, path: &str, changed: &[String], opts: &Options) -> Result<Action, ActivationError> {
+fn action_allowed(target: &Target, path: &str, changed: &[String], opts: &Options) -> Result<Action, ActivationError> {
     // As NixOS's pre-switch check: never for boot, nor for dry-activate.
     if changed.is_empty() || matches!(opts.action, Action::Boot | Action::DryActivate) {
         return Ok(opts.action);
@@ -606,9 +613,9 @@ fn action_allowed(target: &str, path: &str, changed: &[String], opts: &Options) 
     match (opts.action, opts.if_inhibited) {
         (Action::Switch, IfInhibited::Boot) => Ok(Action::Boot),
         (action, _) => Err(ActivationError::Inhibited {
-            action: action.as_str(),
+            action,
             path: path.to_owned(),
-            target: target.to_owned(),
+            target: target.clone(),
             keys: changed.to_vec(),
         }),
     }
@@ -616,10 +623,9 @@ fn action_allowed(target: &str, path: &str, changed: &[String], opts: &Options) 
 
 /// The job's result as the user reads it: what failed, and whether the
 /// target is back on what it ran before.
-fn verdict(target: &str, path: &str, action: Action, opts: &Options, end: &job::JobEnd) -> Verdict {
-    let action = action.as_str();
+fn verdict(target: &Target, path: &str, action: Action, opts: &Options, end: &job::JobEnd) -> Verdict {
     let log = format!("/run/nixpipe/jobs/{}/log", end.id);
-    let (target, exited) = (target.to_owned(), end.exited);
+    let (target, exited) = (target.clone(), end.exited);
     Verdict::Failed(match end.result.clone() {
         JobResult::Ok => return Verdict::Activated,
         JobResult::RebootNeeded => return Verdict::RebootNeeded,
@@ -657,10 +663,10 @@ fn probe(session: &Session, path: Option<&str>, which: Which, opts: &Options) ->
 }
 
 /// Everything that must hold before anything on the target changes.
-fn check(target: &str, record: Option<&Record>, probe: &ProbeFacts, opts: &Options) -> Result<(), ActivationError> {
+fn check(target: &Target, record: Option<&Record>, probe: &ProbeFacts, opts: &Options) -> Result<(), ActivationError> {
     let path = probe.resolved.as_deref().or(record.map(|r| r.path.as_str())).unwrap_or_default().to_owned();
     if !probe.valid {
-        return Err(ActivationError::NotOnTarget { path, target: target.to_owned(), realise: opts.realise });
+        return Err(ActivationError::NotOnTarget { path, target: target.clone(), realise: opts.realise });
     }
     if !probe.nixos {
         return Err(ActivationError::NotNixos { path });
@@ -670,7 +676,7 @@ fn check(target: &str, record: Option<&Record>, probe: &ProbeFacts, opts: &Optio
         if probe.emulated.contains(&system) {
             platforms += &format!(" natively, {system} only under emulation (extra-platforms)");
         }
-        return Err(ActivationError::WrongPlatform { path, system, target: target.to_owned(), platforms });
+        return Err(ActivationError::WrongPlatform { path, system, target: target.clone(), platforms });
     }
     if probe.bundle && opts.specialisation.is_some() {
         return Err(ActivationError::BundleSpecialisation { path });
@@ -689,7 +695,7 @@ fn check(target: &str, record: Option<&Record>, probe: &ProbeFacts, opts: &Optio
 /// The host must be the one the record is for: its NAME, or for a record
 /// without one, the hostname the system is configured with (etc/hostname).
 /// A record with neither is not checked.
-fn check_hostname(target: &str, record: Option<&Record>, probe: &ProbeFacts) -> Result<(), ActivationError> {
+fn check_hostname(target: &Target, record: Option<&Record>, probe: &ProbeFacts) -> Result<(), ActivationError> {
     let Some(expected) = record.and_then(|r| r.name.as_ref()).or(probe.configured.as_ref()) else {
         return Ok(());
     };
@@ -697,11 +703,11 @@ fn check_hostname(target: &str, record: Option<&Record>, probe: &ProbeFacts) -> 
 }
 
 /// The error for a target that is not the host a record is for.
-pub(crate) fn check_host_is(target: &str, hostname: &str, expected: &str) -> Result<(), ActivationError> {
+pub(crate) fn check_host_is(target: &Target, hostname: &str, expected: &str) -> Result<(), ActivationError> {
     match hostname == expected {
         true => Ok(()),
         false => Err(ActivationError::WrongHost {
-            target: target.to_owned(),
+            target: target.clone(),
             hostname: hostname.to_owned(),
             expected: expected.to_owned(),
         }),
@@ -727,7 +733,7 @@ mod tests {
     }
 
     fn check_web1(record: &Record, probe: &ProbeFacts) -> Result<(), String> {
-        check("local", Some(record), probe, &opts()).map_err(|e| e.to_string())
+        check(&Target::Local, Some(record), probe, &opts()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -735,7 +741,7 @@ mod tests {
         let e = check_web1(&record(Some("web1")), &ready("db1")).unwrap_err();
         assert!(e.contains("is host 'db1', not 'web1'"), "{e}");
         let off = Options { hostname_check: false, ..opts() };
-        assert!(check("local", Some(&record(Some("web1"))), &ready("db1"), &off).is_ok());
+        assert!(check(&Target::Local, Some(&record(Some("web1"))), &ready("db1"), &off).is_ok());
     }
 
     #[test]
@@ -765,14 +771,14 @@ mod tests {
     fn refuses_a_specialisation_the_system_does_not_have() {
         let probe = ProbeFacts { specialisation: Some(false), specialisations: "gpu".into(), ..ready("web1") };
         let opts = Options { specialisation: Some(Specialisation::parse("nogpu").unwrap()), ..opts() };
-        let e = check("local", Some(&record(Some("web1"))), &probe, &opts).unwrap_err().to_string();
+        let e = check(&Target::Local, Some(&record(Some("web1"))), &probe, &opts).unwrap_err().to_string();
         assert!(e.ends_with("has no specialisation 'nogpu' (it has: gpu)"), "{e}");
     }
 
     #[test]
     fn a_failed_switch_says_whether_the_rollback_worked() {
         let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited: None, result };
-        let verdict = |r: JobResult| verdict("local", "/nix/store/x", Action::Switch, &opts(), &end(r));
+        let verdict = |r: JobResult| verdict(&Target::Local, "/nix/store/x", Action::Switch, &opts(), &end(r));
         let Verdict::Failed(e) = verdict(JobResult::Failed(Rollback::RolledBack)) else { panic!() };
         assert_eq!(
             e.to_string(),
@@ -786,7 +792,8 @@ mod tests {
     #[test]
     fn each_exit_of_the_switch_is_told_apart() {
         let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited: None, result };
-        let verdict = |r: JobResult| verdict("web1", "/nix/store/x", Action::Switch, &opts(), &end(r));
+        let verdict =
+            |r: JobResult| verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Switch, &opts(), &end(r));
         assert!(matches!(verdict(JobResult::RebootNeeded), Verdict::RebootNeeded));
         let Verdict::Failed(e) = verdict(JobResult::NotActivated(Rollback::RolledBack)) else { panic!() };
         assert!(e.to_string().contains("before activating anything") && !e.rolled_back(), "{e}");
@@ -835,7 +842,11 @@ mod tests {
             (Action::Check, false),
         ] {
             let opts = Options { action, ..opts() };
-            assert_eq!(action_allowed("web1", "/nix/store/x", &changed, &opts).is_ok(), allowed, "{action:?}");
+            assert_eq!(
+                action_allowed(&Target::parse("web1").unwrap(), "/nix/store/x", &changed, &opts).is_ok(),
+                allowed,
+                "{action:?}"
+            );
         }
     }
 
@@ -846,12 +857,14 @@ mod tests {
             native: Some("x86_64-linux".into()),
             ..ready("web1")
         };
-        let e = check("root@web1", None, &probe("aarch64-linux"), &opts()).unwrap_err().to_string();
+        let e = check(&Target::parse("root@web1").unwrap(), None, &probe("aarch64-linux"), &opts())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.ends_with("is built for aarch64-linux, and root@web1 runs x86_64-linux, i686-linux; nothing changed"),
             "{e}"
         );
-        assert!(check("root@web1", None, &probe("i686-linux"), &opts()).is_ok());
+        assert!(check(&Target::parse("root@web1").unwrap(), None, &probe("i686-linux"), &opts()).is_ok());
     }
 
     #[test]
@@ -862,7 +875,7 @@ mod tests {
             emulated: vec!["i686-linux".into(), "aarch64-linux".into()],
             ..ready("web1")
         };
-        let e = check("root@web1", None, &emulating, &opts()).unwrap_err().to_string();
+        let e = check(&Target::parse("root@web1").unwrap(), None, &emulating, &opts()).unwrap_err().to_string();
         assert!(
             e.ends_with(
                 "runs x86_64-linux, i686-linux natively, aarch64-linux only under emulation (extra-platforms); nothing changed"
@@ -870,7 +883,7 @@ mod tests {
             "{e}"
         );
         let pi = ProbeFacts { native: Some("aarch64-linux".into()), emulated: Vec::new(), ..emulating };
-        assert!(check("root@pi", None, &pi, &opts()).is_ok());
+        assert!(check(&Target::parse("root@pi").unwrap(), None, &pi, &opts()).is_ok());
     }
 
     #[test]
@@ -878,7 +891,7 @@ mod tests {
         let said = |status, activated, result| {
             let exited = Some(job::Exited { status, activated });
             let end = job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited, result };
-            match verdict("web1", "/nix/store/x", Action::Switch, &opts(), &end) {
+            match verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Switch, &opts(), &end) {
                 Verdict::Failed(e) => e.to_string(),
                 other => panic!("{other:?}"),
             }
@@ -900,14 +913,17 @@ mod tests {
             exited: None,
             result: JobResult::InitChanged,
         };
-        let Verdict::Refused(e) = verdict("web1", "/nix/store/x", Action::Test, &opts(), &end) else { panic!() };
+        let Verdict::Refused(e) = verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Test, &opts(), &end)
+        else {
+            panic!()
+        };
         let e = e.to_string();
         assert!(e.contains("a reboot boots the running system again; nothing changed"), "{e}");
         let a = Activation::new(
             None,
             Verdict::Refused(ActivationError::InitChanged {
-                action: "test",
-                target: "web1".into(),
+                action: Action::Test,
+                target: Target::parse("web1").unwrap(),
                 path: "/nix/store/x".into(),
             }),
         );

@@ -229,7 +229,7 @@ pub fn switch(vm: &Session, record: &Record, opts: &Options) -> Result<Record, M
     let system = guest_system(&record.path)?;
     if let (true, Some(name)) = (opts.hostname_check, &record.name) {
         let hostname = vm.stdout(&Run::program(&["cat", "/proc/sys/kernel/hostname"]))?;
-        activation::check_host_is(&vm.target.to_string(), hostname.trim(), name)?;
+        activation::check_host_is(&vm.target, hostname.trim(), name)?;
     }
     load_db(vm, &system)?;
     let system = Record::new(record.name.clone(), system);

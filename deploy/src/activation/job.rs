@@ -250,7 +250,7 @@ impl<'a> Job<'a> {
             return ActivationError::NotStarted(Box::new(refusal.into()));
         }
         ActivationError::LaunchFailed {
-            target: self.target(),
+            target: self.session.target.clone(),
             status: process::describe_status(status),
             why: process::summarize(stderr.as_bytes()),
         }

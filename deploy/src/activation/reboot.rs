@@ -22,7 +22,7 @@ pub(super) fn reboot(session: &Session, label: &str, wait: u64) -> Result<BootSt
     let before = boot_state(session, Link::default())?;
     restart(session)?;
     wait_for_restart(session, label, &before, wait)
-        .ok_or_else(|| ActivationError::NeverCameBack { target: session.target.to_string(), seconds: wait })
+        .ok_or_else(|| ActivationError::NeverCameBack { target: session.target.clone(), seconds: wait })
 }
 
 /// Ok when the host booted `system` and runs it.
@@ -30,7 +30,7 @@ pub(super) fn runs(session: &Session, state: &BootState, system: &str) -> Result
     match (state.current.as_deref(), state.booted.as_deref()) {
         (Some(current), Some(booted)) if current == system && booted == system => Ok(()),
         (current, _) => Err(ActivationError::CameBackOnOther {
-            target: session.target.to_string(),
+            target: session.target.clone(),
             running: current.unwrap_or("nothing").to_owned(),
             system: system.to_owned(),
         }),
