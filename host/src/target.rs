@@ -132,7 +132,8 @@ impl Link {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Local,
-    Ssh(SshHost),
+    /// Boxed: a target travels in every error.
+    Ssh(Box<SshHost>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,7 +197,7 @@ impl Target {
             check_user(user).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
         }
         check_host(host).map_err(|why| TargetError::Bad { spec: s.to_owned(), why })?;
-        Ok(Target::Ssh(SshHost { user: user.map(str::to_owned), host: host.to_owned(), port }))
+        Ok(Target::Ssh(Box::new(SshHost { user: user.map(str::to_owned), host: host.to_owned(), port })))
     }
 
     pub fn is_local(&self) -> bool {
@@ -406,7 +407,7 @@ mod tests {
     use super::*;
 
     fn ssh(user: Option<&str>, host: &str, port: Option<u16>) -> Target {
-        Target::Ssh(SshHost { user: user.map(Into::into), host: host.into(), port })
+        Target::Ssh(Box::new(SshHost { user: user.map(Into::into), host: host.into(), port }))
     }
 
     #[test]
