@@ -10,6 +10,7 @@ mod on_a_fake_host;
 mod reboot;
 
 use crate::bundle::PREVIOUS;
+use crate::error::Changed;
 use crate::keys::{self, UploadAt};
 use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
@@ -258,6 +259,39 @@ impl ActivationError {
         }
     }
 
+    /// What the failed activation changed on the host.
+    pub fn changed(&self) -> Changed {
+        use ActivationError as E;
+        match self {
+            _ if self.rolled_back() => Changed::RolledBack,
+            E::Session(e) | E::NotStarted(e) if e.is_usage() => Changed::Nothing,
+            E::NotOnTarget { .. }
+            | E::NotNixos { .. }
+            | E::BundleSpecialisation { .. }
+            | E::NoSpecialisation { .. }
+            | E::WrongHost { .. }
+            | E::NoPreviousBundle { .. }
+            | E::NoPreviousGeneration { .. }
+            | E::Locked { .. }
+            | E::NotStarted(_)
+            | E::LaunchFailed { .. }
+            | E::NotReached(_)
+            | E::WrongPlatform { .. }
+            | E::Inhibited { .. }
+            | E::Busy { .. }
+            | E::NoCheckAction { .. }
+            | E::KeysNotWritten(_)
+            | E::DryActivateFailed { .. } => Changed::Nothing,
+            // The probe's own failure, or a substituter's: nothing was
+            // started yet.
+            E::Session(_) | E::Realise { .. } => Changed::Nothing,
+            // Only the boot default moved (test: not even that).
+            E::InitChanged { action: Action::Test | Action::DryActivate, .. } => Changed::Nothing,
+            E::NotActivated { rollback, .. } if rollback.is_back() => Changed::Nothing,
+            _ => Changed::Something,
+        }
+    }
+
     /// Whether the target is back on what it ran before.
     pub(crate) fn rolled_back(&self) -> bool {
         match self {
@@ -379,7 +413,7 @@ impl Activation {
             action: self.action.unwrap_or(action),
             previous: self.previous.clone(),
             result,
-            rolled_back: self.error().is_some_and(ActivationError::rolled_back),
+            rolled_back: self.error().is_some_and(|e| e.changed() == Changed::RolledBack),
             needs_reboot: self.needs_reboot.or(matches!(self.verdict, Verdict::RebootNeeded).then_some(true)),
             rebooted: self.rebooted,
             switch_inhibitors: self.inhibitors.clone(),

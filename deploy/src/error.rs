@@ -71,6 +71,39 @@ impl Error {
     }
 }
 
+/// What a failed step changed: the second question every error answers
+/// (after "was it bad usage?"), for whoever reads a run's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Refused, or failed before changing anything.
+    Nothing,
+    /// Changed, then put back as it was.
+    RolledBack,
+    /// Something stayed changed (paths copied, a system activated, a boot
+    /// default moved): the message says what.
+    Something,
+}
+
+impl Error {
+    /// What the failed step changed, whichever error wraps the one that
+    /// knows.
+    pub fn changed(&self) -> Changed {
+        match self {
+            _ if self.is_usage() => Changed::Nothing,
+            Error::Activation(e) | Error::Microvm(MicrovmError::Activation(e)) => e.changed(),
+            // Reading, evaluating, building locally: nothing on a host.
+            Error::Record(_) | Error::Input(_) | Error::Eval(_) | Error::Output(_) | Error::Usage(_) => {
+                Changed::Nothing
+            }
+            // sudo refused, or ssh could not log in: nothing ran.
+            Error::Privilege(_) | Error::Ssh(SshError::Unreachable { .. }) => Changed::Nothing,
+            // A copy adds valid paths and roots; a session may have run
+            // anything; a MicroVM's links may have moved.
+            Error::Ssh(_) | Error::Copy(_) | Error::Microvm(_) => Changed::Something,
+        }
+    }
+}
+
 /// What a run over many records came to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -106,6 +139,7 @@ mod tests {
         ] {
             assert!(error.is_usage(), "{error}");
         }
+        assert!(Error::Ssh(SshError::BadSshOpts).changed() == Changed::Nothing);
         let dropped = SshError::Dropped { target: "web1".into() };
         assert!(!Error::Copy(CopyError::Ssh(dropped.clone())).is_usage());
         assert!(!Error::Activation(ActivationError::Session(Box::new(dropped.into()))).is_usage());

@@ -20,4 +20,4 @@ pub mod nix;
 pub mod status;
 pub mod via;
 
-pub use error::{Error, Outcome};
+pub use error::{Changed, Error, Outcome};

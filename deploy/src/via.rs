@@ -21,6 +21,7 @@ use crate::nix;
 use nixpipe_host::event::Event;
 use nixpipe_host::host_key;
 use nixpipe_host::process;
+use nixpipe_host::report::Reports;
 use nixpipe_host::session::{Args, Run, Script, Session};
 use nixpipe_host::store_connection::{self, StoreError};
 use nixpipe_host::target::{Control, Link, Target};
@@ -29,7 +30,7 @@ use nixpipe_store::record::Record;
 use nixpipe_store::store_path::StorePath;
 use std::fmt;
 use std::io::{Read, Write};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -116,7 +117,7 @@ impl Via {
     /// Where the targets fetch from.
     fn source(&self, options: &Options) -> Result<Source, CopyError> {
         match self {
-            Via::Relay(relay) => RelayConnection::open(relay).map(Source::Relay),
+            Via::Relay(relay) => RelayConnection::open(relay, options.reports).map(Source::Relay),
             Via::Cache { url, .. } => {
                 let key = options.sign_key.as_ref().map(|k| k.public()).unwrap_or_default();
                 Ok(Source::Cache(Box::new(Options {
@@ -223,8 +224,7 @@ pub struct RelayConnection {
 }
 
 impl RelayConnection {
-    fn open(relay: &Target) -> Result<RelayConnection, CopyError> {
-        let Target::Ssh(host) = relay else { unreachable!("Via::parse refuses local") };
+    fn open(relay: &Target, reports: Reports) -> Result<RelayConnection, CopyError> {
         let dir = tempfile::Builder::new()
             .prefix("nixpipe-relay.")
             .tempdir()
@@ -233,10 +233,9 @@ impl RelayConnection {
             control: Some(Control { socket: dir.path().join(SOCKET), forward_agent: true, master: true }),
             ..Link::default()
         };
-        let mut cmd = host.ssh_command(&master)?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut master =
-            cmd.spawn().map_err(|e| nixpipe_host::target::SshError::from(process::CannotRun::of(&cmd, e)))?;
+            Session::as_login_user(relay.clone(), reports).open_master(&master).map_err(StoreError::from)?;
+        drop(master.stdin.take());
         // Ready once the control socket is there; an ssh that exits first
         // could not connect.
         while !dir.path().join(SOCKET).exists() {

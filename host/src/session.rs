@@ -361,6 +361,13 @@ impl<'a> Session<'a> {
         Ok(child)
     }
 
+    /// Opens a control master to the host over `link` (which names its
+    /// socket): an ssh that runs nothing there and holds the connection
+    /// for the sessions over it.
+    pub fn open_master(&self, link: &Link) -> Result<Child, SessionError> {
+        Ok(self.runner.start(&self.target, &[], link, Stdio::piped())?)
+    }
+
     /// Runs `run` to its end, its input written; what it printed, whatever
     /// its status (of a script, the event lines of its stdout).
     pub fn output(&self, run: &Run) -> Result<Output, SessionError> {

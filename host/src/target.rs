@@ -209,6 +209,8 @@ impl Target {
     /// Only a [`crate::session::Session`] starts it.
     pub(crate) fn command_with(&self, argv: &[&str], link: &Link) -> Result<Command, SshError> {
         let mut cmd = match self {
+            // Nothing to run: a master here is nothing at all.
+            Target::Local if argv.is_empty() => Command::new("true"),
             Target::Local => {
                 let mut cmd = Command::new(argv[0]);
                 cmd.args(&argv[1..]);
@@ -216,7 +218,10 @@ impl Target {
             }
             Target::Ssh(host) => {
                 let mut cmd = host.ssh_command(link)?;
-                cmd.arg(remote_command(argv)?);
+                // A master (`-N`) runs nothing there.
+                if !argv.is_empty() {
+                    cmd.arg(remote_command(argv)?);
+                }
                 cmd
             }
         };

@@ -138,19 +138,20 @@ fn exit_1_after_activating_is_a_full_rollback() {
     };
     assert_eq!((*exited, *rollback), (Some(job::Exited { status: 1, activated: true }), Rollback::RolledBack));
     assert!(error_of(&activation).contains("(exit 1) after it had begun activating"), "{}", error_of(&activation));
-    assert!(activation.error().unwrap().rolled_back());
+    assert_eq!(activation.error().unwrap().changed(), Changed::RolledBack);
 }
 
 #[test]
 fn exit_1_before_activating_puts_only_the_profile_back() {
     let exited = "exited status=1 activated=0";
-    let host = host(probe(&[]), job(Some(exited), "result outcome=not-activated detail=profile-restored"));
+    let host = host(probe(&[]), job(Some(exited), "result outcome=not-activated detail=rolled-back"));
     let activation = activate_on(&host, &record(), &switch());
     assert!(
         matches!(activation.verdict, Verdict::Failed(ActivationError::NotActivated { .. })),
         "{:?}",
         activation.verdict
     );
+    assert_eq!(activation.error().unwrap().changed(), Changed::Nothing, "the profile is back");
 }
 
 #[test]
@@ -178,6 +179,7 @@ fn exit_4_names_the_failed_units_and_what_became_of_the_system() {
     let result = "result outcome=units-failed detail=rolled-back units=a.service,b.service";
     let host = host(probe(&[]), job(Some("exited status=4 activated=1"), result));
     let activation = activate_on(&host, &record(), &switch());
+    assert_eq!(activation.error().unwrap().changed(), Changed::RolledBack);
     let json = activation.json("deploy@web1", Action::Switch);
     assert_eq!(
         (json.result, json.failed_units, json.rolled_back),
@@ -218,6 +220,7 @@ fn what_the_probe_refuses_never_reaches_the_job() {
         assert!(matches!(activation.verdict, Verdict::Refused(_)), "{changed:?}: {:?}", activation.verdict);
         assert!(error_of(&activation).contains(wording), "{changed:?}: {}", error_of(&activation));
         assert!(!host.calls().iter().any(|c| c.is(Script::Job, None)), "{changed:?}");
+        assert_eq!(activation.error().unwrap().changed(), Changed::Nothing, "{changed:?}");
     }
 }
 
