@@ -101,8 +101,9 @@ event() {
 
 # Sends what the job wrote from those bytes on until it ends. Between
 # reads it waits on the job's step file: the job holds a lock on it and
-# lets go of it at each event (see next_step) and when it ends, so a step
-# is sent as it happens; the log, at the latest 0.2 s after it is written.
+# lets go of it at each event and each line the switch prints (see
+# next_step and logged) and when it ends, so both are sent as they happen;
+# anything else in the log, at the latest 0.2 s after it is written.
 follow() {
     takes id log_at events_at -- "$@"
     d=$jobs/$id dead=0 quiet=0
@@ -180,18 +181,48 @@ finish() {
 }
 
 # switch PROGRAM ACTION [BOOTLOADER]: runs the switch; its exit status.
-# $switch_at: where its output starts in the log.
+# $switch_at: where its output starts in the log. What it prints reaches
+# the log line by line through a FIFO (logged), each line waking the
+# followers as an event does, so that the user reads it as it is printed;
+# where no FIFO can be made, it goes to the log as it is.
 switch() {
     say switching action="$2" system="${1%/bin/*}"
     switch_at=$(wc -c <"$d/log")
-    # The locks stay with this job, not with what the switch starts; the
-    # switch never sees the event channel. NIXOS_INSTALL_BOOTLOADER: only
-    # when asked (--install-bootloader), as nixos-rebuild passes it.
+    rm -f "$d/output"
+    mkfifo -m 0600 "$d/output" 2>/dev/null || {
+        run_switch "$@"
+        return
+    }
+    run_switch "$@" >"$d/output" 2>&1 &
+    switched=$!
+    logged <"$d/output"
+    wait "$switched"
+}
+
+# run_switch PROGRAM ACTION [BOOTLOADER]. The locks stay with this job, not
+# with what the switch starts; the switch never sees the event channel.
+# NIXOS_INSTALL_BOOTLOADER: only when asked (--install-bootloader), as
+# nixos-rebuild passes it.
+run_switch() {
     if [ "${3:-0}" = 1 ]; then
         NIXOS_INSTALL_BOOTLOADER=1 "$1" "$2" 3>&- 7>&- 9>&-
     else
         "$1" "$2" 3>&- 7>&- 9>&-
     fi
+}
+
+# Copies its input into the log (this job's stdout) line by line, waking
+# the followers at each of the first 100 lines and then at every 20th:
+# waking costs two programs, and must not slow a chatty switch (the
+# followers still look every 0.2 s, and at the job's next event).
+logged() {
+    lines=0
+    while IFS= read -r line || [ -n "$line" ]; do
+        printf '%s\n' "$line"
+        lines=$((lines + 1))
+        if [ "$lines" -le 100 ] || [ $((lines % 20)) = 0 ]; then next_step; fi
+    done
+    rm -f "$d/output"
 }
 
 # Whether the switch that just failed activated anything, by what the

@@ -92,6 +92,13 @@ impl Link {
         Link { fresh: true, ..Link::default() }
     }
 
+    /// Whether it may go over the host's shared connection: not when it
+    /// must be a connection of its own, goes over a master of ours, or
+    /// compresses (a property of the connection, not of a session on it).
+    fn may_share(&self) -> bool {
+        !self.fresh && self.control.is_none() && !self.compression
+    }
+
     /// The ssh options that make this link. They come before NIX_SSHOPTS,
     /// because ssh takes the first value it is given: a ControlPath=none of
     /// ours must win over the user's ControlPath.
@@ -322,12 +329,16 @@ impl SshHost {
         Ok(opts)
     }
 
-    /// `ssh LINK OPTIONS LIVENESS -- user@host`, ready for the remote
+    /// `ssh LINK OPTIONS DEFAULTS -- user@host`, ready for the remote
     /// command (none for a master): the one place an ssh argv is made.
     pub fn ssh_command(&self, link: &Link) -> Result<Command, SshError> {
         let options = self.ssh_options()?;
-        let liveness = self.liveness(&options);
-        Ok(self.ssh(&[link.options(), options, liveness].concat()))
+        let defaults = self.defaults(&options);
+        let shared = match link.may_share() && defaults.shares_nothing {
+            true => shared_connection(),
+            false => Vec::new(),
+        };
+        Ok(self.ssh(&[link.options(), options, defaults.liveness, shared].concat()))
     }
 
     /// `ssh -G OPTIONS -- user@host`: prints the settings ssh would use
@@ -342,16 +353,17 @@ impl SshHost {
         cmd
     }
 
-    /// Keepalives and a connect timeout for this host, where the user's ssh
-    /// configuration and NIX_SSHOPTS set none (`ssh -G` says, once per
-    /// host and options): a dead link is noticed within a minute, and a
-    /// host that never finishes the handshake within 30 s.
-    fn liveness(&self, options: &[String]) -> Vec<String> {
-        static KNOWN: OnceLock<Mutex<HashMap<Vec<String>, Vec<String>>>> = OnceLock::new();
+    /// What we add where the user's ssh configuration and NIX_SSHOPTS set
+    /// nothing (`ssh -G` says, once per host and options): keepalives and
+    /// a connect timeout, so that a dead link is noticed within a minute,
+    /// and a host that never finishes the handshake within 30 s; and
+    /// whether they set a ControlMaster or ControlPath of their own.
+    fn defaults(&self, options: &[String]) -> Defaults {
+        static KNOWN: OnceLock<Mutex<HashMap<Vec<String>, Defaults>>> = OnceLock::new();
         let key: Vec<String> = options.iter().cloned().chain([self.destination()]).collect();
         let known = KNOWN.get_or_init(Default::default);
-        if let Some(liveness) = known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return liveness.clone();
+        if let Some(defaults) = known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return defaults.clone();
         }
         let config = self
             .ssh(&[vec!["-G".to_owned()], options.to_vec()].concat())
@@ -366,9 +378,68 @@ impl SshHost {
         if matches!(setting("connecttimeout"), Some("none")) {
             liveness.extend(["-o", "ConnectTimeout=30"].map(String::from));
         }
-        known.lock().unwrap_or_else(|p| p.into_inner()).insert(key, liveness.clone());
-        liveness
+        let shares_nothing = matches!(setting("controlmaster"), Some("false")) && setting("controlpath").is_none();
+        let defaults = Defaults { liveness, shares_nothing };
+        known.lock().unwrap_or_else(|p| p.into_inner()).insert(key, defaults.clone());
+        defaults
     }
+}
+
+/// What nixpipe adds to a host's ssh options, from what the user set.
+#[derive(Clone, Debug, Default)]
+struct Defaults {
+    liveness: Vec<String>,
+    /// Neither ControlMaster nor ControlPath set: the host's connections
+    /// may share ours.
+    shares_nothing: bool,
+}
+
+/// How long a shared connection outlives its last session: the next
+/// command of a pipeline, or of the next minute, logs in no more.
+const SHARED_FOR_SECONDS: u32 = 60;
+
+/// The options of the shared connection to a host, as nixos-rebuild-ng
+/// and nh open one: the first session of a host becomes its master, the
+/// later ones (of this command and of the next ones) run over it, and it
+/// closes itself a minute after its last. Its socket is in a directory
+/// only this user can enter; none where there is no such directory, or
+/// NIXPIPE_SSH_SHARE=no says not to.
+fn shared_connection() -> Vec<String> {
+    static OPTIONS: OnceLock<Vec<String>> = OnceLock::new();
+    OPTIONS
+        .get_or_init(|| {
+            if matches!(std::env::var("NIXPIPE_SSH_SHARE").as_deref(), Ok("no" | "0" | "false")) {
+                return Vec::new();
+            }
+            let Some(dir) = control_dir() else { return Vec::new() };
+            [
+                "ControlMaster=auto".to_owned(),
+                format!("ControlPath={}/%C", dir.display()),
+                format!("ControlPersist={SHARED_FOR_SECONDS}"),
+            ]
+            .into_iter()
+            .flat_map(|option| ["-o".to_owned(), option])
+            .collect()
+        })
+        .clone()
+}
+
+/// `$XDG_RUNTIME_DIR/nixpipe-ssh`, else `/tmp/nixpipe-ssh-UID`: made
+/// private (0700) if it is not there, and used only if it is a directory
+/// of this user's that nobody else can enter (a socket there is a login to
+/// every host it reaches) and short enough for ssh's socket paths.
+fn control_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = unsafe { libc::getuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
+        Some(runtime) if runtime.is_absolute() => runtime.join("nixpipe-ssh"),
+        _ => std::path::PathBuf::from(format!("/tmp/nixpipe-ssh-{uid}")),
+    };
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    // %C is 40 hex digits; a socket's path must fit in 104 bytes.
+    let fits = dir.as_os_str().len() + 41 < 100;
+    (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0 && fits).then_some(dir)
 }
 
 /// The one string ssh hands the login user's shell, whatever shell that is
@@ -443,16 +514,28 @@ mod tests {
     }
 
     #[test]
+    fn sessions_share_a_connection_unless_the_user_shares_their_own_or_one_must_be_new() {
+        let host = SshHost { user: None, host: "web1.invalid".into(), port: None };
+        let with = |words: &[&str]| host.defaults(&words.iter().map(|w| w.to_string()).collect::<Vec<_>>()).shares_nothing;
+        assert!(with(&["-F", "/dev/null"]));
+        assert!(!with(&["-F", "/dev/null", "-o", "ControlMaster=auto", "-o", "ControlPath=/run/x/%C"]));
+        assert!(!with(&["-F", "/dev/null", "-o", "ControlPath=/run/x/%C"]));
+        assert!(!with(&["-F", "/dev/null", "-o", "ControlMaster=yes"]));
+        assert!(Link::default().may_share() && Link { keepalive: Some(5), ..Link::default() }.may_share());
+        assert!(!Link::fresh().may_share() && !Link { compression: true, ..Link::default() }.may_share());
+    }
+
+    #[test]
     fn keepalives_and_a_connect_timeout_only_where_the_user_set_none() {
         let host = SshHost { user: None, host: "web1.invalid".into(), port: None };
         let none = ["-F".to_owned(), "/dev/null".to_owned()];
         assert_eq!(
-            host.liveness(&none),
+            host.defaults(&none).liveness,
             ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=30"]
         );
         let theirs: Vec<String> =
             ["-F", "/dev/null", "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=60"].map(String::from).to_vec();
-        assert!(host.liveness(&theirs).is_empty());
+        assert!(host.defaults(&theirs).liveness.is_empty());
     }
 
     #[test]

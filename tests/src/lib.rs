@@ -264,6 +264,10 @@ impl Testbed {
         new_key_pair(&root.join("id_ed25519"), "nixpipe-testbed");
         fs::write(root.join("known_hosts"), "").unwrap();
         fs::write(root.join("ssh_config"), ssh_config(root)).unwrap();
+        // The deployer's own runtime directory: its shared ssh connections
+        // (their sockets) are this testbed's alone, and go with it.
+        fs::create_dir(root.join("run")).unwrap();
+        fs::set_permissions(root.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
         Ok(Testbed { dir, deployer_nix })
     }
 
@@ -329,6 +333,7 @@ impl Testbed {
             .env("NIX_USER_CONF_FILES", self.path().join("nix-conf/nix.conf"))
             .env("NIXPKGS", nixpkgs())
             .env("FIXTURES", fixtures())
+            .env("XDG_RUNTIME_DIR", self.path().join("run"))
             // CI may run with no SHELL; script(1) then starts /bin/sh, so
             // make every run start the same one.
             .env("SHELL", "/bin/sh")
