@@ -28,6 +28,164 @@ fn main() {
     if part.is_empty() || part == "status" {
         status();
     }
+    if part.is_empty() || part == "deploy" {
+        deploy();
+    }
+}
+
+/// What nixos-rebuild-ng does to deploy a built system to a target host
+/// (nixpkgs' nixos-rebuild-ng: process.py's one ControlMaster connection
+/// for everything, nix-copy-closure, `nix-env --set` of the profile, and
+/// switch-to-configuration through systemd-run where systemd runs), as a
+/// script: $1 the target, $2 its port, $3 the system, $4 `sudo` or empty.
+const NIXOS_REBUILD_NG: &str = r#"set -e
+ctl=$(mktemp -d)
+opts="$NIX_SSHOPTS -p $2 -o ControlMaster=auto -o ControlPath=$ctl/%C -o ControlPersist=60"
+NIX_SSHOPTS="$opts" nix-copy-closure --to "$1" "$3"
+ssh $opts "$1" $4 nix-env -p /nix/var/nix/profiles/system --set "$3"
+ssh $opts "$1" "if [ -d /run/systemd/system ]; then $4 systemd-run -E LOCALE_ARCHIVE -E NIXOS_INSTALL_BOOTLOADER --collect --no-ask-password --pipe --quiet --service-type=exec --unit=nixos-rebuild-switch-to-configuration --wait $3/bin/switch-to-configuration switch; else $4 $3/bin/switch-to-configuration switch; fi"
+ssh $opts -O exit "$1" 2>/dev/null || true
+rm -rf "$ctl""#;
+
+/// One row of the whole-deploy table: where the host is, and what it has.
+struct DeployCase {
+    name: &'static str,
+    systemd: bool,
+    /// Behind 40 ms round trips.
+    slow: bool,
+    /// The host runs the previous system already (a small change).
+    warm: bool,
+    /// As `deploy`, sudo to root (without a password).
+    sudo: bool,
+    /// The system holds this many more small paths.
+    paths: u32,
+}
+
+/// The everyday deploy, nixpipe's `nixpipe-copy | nixpipe-activate`
+/// against nixos-rebuild-ng's steps ([`NIXOS_REBUILD_NG`]), each to its
+/// own fresh host, interleaved rounds, medians; the system built already
+/// for both (evaluating and building is the same Nix work for either).
+fn deploy() {
+    let rounds = env_or("BENCH_ROUNDS", 5);
+    let paths = env_or("BENCH_SMALL_PATHS", 1000);
+    let tb = Testbed::new();
+    let cases = [
+        DeployCase { name: "loopback, cold", systemd: false, slow: false, warm: false, sudo: false, paths: 0 },
+        DeployCase { name: "loopback, warm", systemd: false, slow: false, warm: true, sudo: false, paths: 0 },
+        DeployCase { name: "40 ms RTT, cold", systemd: false, slow: true, warm: false, sudo: false, paths: 0 },
+        DeployCase { name: "40 ms RTT, warm", systemd: false, slow: true, warm: true, sudo: false, paths: 0 },
+        DeployCase { name: "systemd host, warm", systemd: true, slow: false, warm: true, sudo: false, paths: 0 },
+        DeployCase {
+            name: "deploy user with sudo, warm",
+            systemd: false,
+            slow: false,
+            warm: true,
+            sudo: true,
+            paths: 0,
+        },
+        DeployCase {
+            name: "1000 small paths at 40 ms, cold",
+            systemd: false,
+            slow: true,
+            warm: false,
+            sudo: false,
+            paths,
+        },
+        DeployCase {
+            name: "1000 small paths at 40 ms, warm",
+            systemd: false,
+            slow: true,
+            warm: true,
+            sudo: false,
+            paths,
+        },
+    ];
+    println!("\n## The whole deploy of a built system: medians of {rounds} interleaved rounds, each to a fresh host\n");
+    println!("| deploy | nixos-rebuild-ng's steps | nixpipe-copy \\| nixpipe-activate | ratio |\n|---|---:|---:|---:|");
+    for case in &cases {
+        let (before, after) = deploy_systems(&tb, case.paths);
+        let mut times: [Vec<f64>; 2] = Default::default();
+        for _ in 0..rounds {
+            for (i, nixpipe) in [false, true].into_iter().enumerate() {
+                times[i].push(time_deploy(&tb, case, &before, &after, nixpipe));
+            }
+        }
+        let [script, nixpipe] = times.map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        });
+        println!("| {} | {script:.2} s | {nixpipe:.2} s | {:.2}x |", case.name, nixpipe / script);
+    }
+    deploy_floor(&tb);
+}
+
+/// The system a warm host runs and the one deployed, with `paths` small
+/// paths more in both (the change is small either way).
+fn deploy_systems(tb: &Testbed, paths: u32) -> (String, String) {
+    let many = match paths {
+        0 => String::new(),
+        n => format!(
+            r#"environment.systemPackages = [ (pkgs.runCommand "many" {{}} "mkdir -p $out/bin; ln -s ${{pkgs.filler {{ count = {n}; bytes = 1000; seed = \"deploy\"; }}}} $out/bin/many") ];"#
+        ),
+    };
+    let before = tb.system_with("web1", &format!(r#"system.nixos.version = "1"; {many}"#));
+    let after = tb.system_with("web1", &format!(r#"system.nixos.version = "2"; {many}"#));
+    (before, after)
+}
+
+/// One deploy of `after` to a fresh host (running `before` when warm), by
+/// nixpipe or by the script; checked on the host, then timed.
+fn time_deploy(tb: &Testbed, case: &DeployCase, before: &str, after: &str, nixpipe: bool) -> f64 {
+    let host = if case.systemd { tb.systemd_host("web1") } else { tb.host("web1") };
+    if case.sudo {
+        host.sh("echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' >> /etc/sudoers");
+    }
+    if case.warm {
+        let t = host.target();
+        tb.sh(&format!("NIXPIPE_SSH_SHARE=no nixpipe-copy --to {t} {before} | NIXPIPE_SSH_SHARE=no nixpipe-activate --on {t} switch")).ok();
+    }
+    let proxy = case.slow.then(|| Proxy::start(host.port, Link::Delay(DELAY)));
+    let port = proxy.as_ref().map_or(host.port, |p| p.port);
+    let user = if case.sudo { "deploy" } else { "root" };
+    // The host's real key, whatever port it is reached on.
+    let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{}", tb.nix_sshopts(), host.port);
+    let command = match nixpipe {
+        true => format!(
+            "export NIX_SSHOPTS='{sshopts}'; nixpipe-copy --to {user}@127.0.0.1:{port} {after} | nixpipe-activate --on {user}@127.0.0.1:{port} switch >/dev/null"
+        ),
+        false => {
+            let sudo = if case.sudo { "sudo" } else { "" };
+            format!("NIX_SSHOPTS='{sshopts}' bash -c '{}' nixos-rebuild {user}@127.0.0.1 {port} {after} '{sudo}' >/dev/null 2>&1", NIXOS_REBUILD_NG.replace('\'', r"'\''"))
+        }
+    };
+    let seconds = time(tb, &command);
+    let runs = host.sh("readlink /run/current-system");
+    assert_eq!(runs.trim(), after, "{}: the deploy did not switch the host ({command})", case.name);
+    seconds
+}
+
+/// The floor of any deploy over ssh: one login, and one command on a
+/// connection already open; on loopback and at 40 ms.
+fn deploy_floor(tb: &Testbed) {
+    let host = tb.host("web1");
+    let proxy = Proxy::start(host.port, Link::Delay(DELAY));
+    let sshopts = format!("{} -o HostKeyAlias=[127.0.0.1]:{}", tb.nix_sshopts(), host.port);
+    let ctl = tb.path().join("floor-%C");
+    let shared = format!("-o ControlMaster=auto -o ControlPath={} -o ControlPersist=30", ctl.display());
+    println!("\n| the floor | loopback | 40 ms RTT |\n|---|---:|---:|");
+    let row = |name: &str, options: &str, open_first: bool| {
+        let at = |port: u16| {
+            let ssh = format!("ssh {sshopts} {options} -p {port} root@127.0.0.1 true");
+            if open_first {
+                time(tb, &ssh);
+            }
+            time(tb, &ssh)
+        };
+        println!("| {name} | {:.3} s | {:.3} s |", at(host.port), at(proxy.port));
+    };
+    row("ssh HOST true, a new login", "", false);
+    // Its first login opens the shared connection; the one after is timed.
+    row("ssh HOST true, over an open connection", &shared, true);
 }
 
 /// nixpipe-status on `count` hosts behind 40 ms round trips, each running

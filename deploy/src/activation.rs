@@ -10,7 +10,6 @@ mod on_a_fake_host;
 mod reboot;
 
 use crate::bundle::PREVIOUS;
-use crate::error::Changed;
 use crate::keys::{self, UploadAt};
 use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
@@ -303,6 +302,19 @@ impl ActivationError {
             _ => false,
         }
     }
+}
+
+/// What a failed step changed: the second question every error answers
+/// (after "was it bad usage?"), for whoever reads a run's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Refused, or failed before changing anything.
+    Nothing,
+    /// Changed, then put back as it was.
+    RolledBack,
+    /// Something stayed changed (paths copied, a system activated, a boot
+    /// default moved): the message says what.
+    Something,
 }
 
 /// How a switch failed, by its exit status and what the host showed.

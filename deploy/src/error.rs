@@ -3,7 +3,7 @@
 //! host, what changed, the way out); this is the one place that maps them
 //! to exit 2 (bad usage or input, nothing done) or 1 (failed while acting).
 
-use crate::activation::ActivationError;
+use crate::activation::{ActivationError, Changed};
 use crate::copy::CopyError;
 use crate::eval::EvalError;
 use crate::microvm::MicrovmError;
@@ -69,19 +69,6 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(if self.is_usage() { 2 } else { 1 })
     }
-}
-
-/// What a failed step changed: the second question every error answers
-/// (after "was it bad usage?"), for whoever reads a run's result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Changed {
-    /// Refused, or failed before changing anything.
-    Nothing,
-    /// Changed, then put back as it was.
-    RolledBack,
-    /// Something stayed changed (paths copied, a system activated, a boot
-    /// default moved): the message says what.
-    Something,
 }
 
 impl Error {

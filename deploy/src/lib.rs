@@ -20,4 +20,5 @@ pub mod nix;
 pub mod status;
 pub mod via;
 
-pub use error::{Changed, Error, Outcome};
+pub use activation::Changed;
+pub use error::{Error, Outcome};

@@ -120,7 +120,7 @@ impl Watchdog {
 
     /// `inner` with every byte through it counted as a sign of life.
     pub fn watched<T>(&self, inner: T) -> Watched<T> {
-        Watched { inner, activity: self.activity.clone() }
+        Watched { inner, activity: self.activity.clone(), fired: self.fired.clone(), limit: self.limit }
     }
 
     /// Seconds of silence it waited before it stopped the program, if it did.
@@ -135,22 +135,46 @@ impl Drop for Watchdog {
     }
 }
 
-/// A pipe to or from a watched program.
+/// A pipe to or from a watched program. Once its watchdog fired, reading
+/// and writing fail with [`Silent`] rather than wait on: the program is
+/// dead, but another may hold the pipe's other end still (ssh's shared
+/// connection holds a session's pipes until the remote command ends).
 pub struct Watched<T> {
     inner: T,
     activity: Activity,
+    fired: Arc<AtomicBool>,
+    limit: u64,
 }
 
-impl<T: Read> Read for Watched<T> {
+impl<T: std::os::fd::AsRawFd> Watched<T> {
+    /// Waits until the pipe is ready for `events`; Err once the watchdog
+    /// fired.
+    fn ready(&self, events: libc::c_short) -> io::Result<()> {
+        let mut poll = libc::pollfd { fd: self.inner.as_raw_fd(), events, revents: 0 };
+        loop {
+            if self.fired.load(Ordering::Relaxed) {
+                return Err(io::Error::other(Silent(self.limit)));
+            }
+            // SAFETY: one pollfd, ours, for the call's length.
+            if unsafe { libc::poll(&mut poll, 1, 250) } != 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl<T: Read + std::os::fd::AsRawFd> Read for Watched<T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.ready(libc::POLLIN)?;
         let n = self.inner.read(buf)?;
         self.activity.tick();
         Ok(n)
     }
 }
 
-impl<T: Write> Write for Watched<T> {
+impl<T: Write + std::os::fd::AsRawFd> Write for Watched<T> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.ready(libc::POLLOUT)?;
         let n = self.inner.write(buf)?;
         self.activity.tick();
         Ok(n)

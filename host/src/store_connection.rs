@@ -335,13 +335,13 @@ impl Connection {
             _ => serve_script(protocol, mode.how(), roots, nix_args),
         };
         let mut child = session.spawn(&Run::program(&argv).over(link.clone()))?;
+        let watchdog = Watchdog::start(child.id());
         let stderr = StderrLog::default();
-        let stderr_reader = Some(stderr.collect(child.stderr.take().expect("piped")));
+        let stderr_reader = Some(stderr.collect(watchdog.watched(child.stderr.take().expect("piped"))));
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         widen_pipe(&stdin);
         widen_pipe(&stdout);
-        let watchdog = Watchdog::start(child.id());
         let requests = BufWriter::with_capacity(BUFFER, watchdog.watched(stdin));
         let replies = BufReader::with_capacity(BUFFER, watchdog.watched(stdout));
         let server = Server { target: session.target.clone(), child, stderr, stderr_reader, watchdog };

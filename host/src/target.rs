@@ -334,11 +334,51 @@ impl SshHost {
     pub fn ssh_command(&self, link: &Link) -> Result<Command, SshError> {
         let options = self.ssh_options()?;
         let defaults = self.defaults(&options);
-        let shared = match link.may_share() && defaults.shares_nothing {
-            true => shared_connection(),
-            false => Vec::new(),
+        let mut options = [options, defaults.liveness].concat();
+        if link.may_share() && defaults.shares_nothing {
+            options.extend(self.shared_connection(&options));
+        }
+        Ok(self.ssh(&[link.options(), options].concat()))
+    }
+
+    /// The options of a session over the host's shared connection, as
+    /// nixos-rebuild-ng and nh share one: opened by the first session of a
+    /// host (of this command, or of a command of the last minute) and used
+    /// by every later one, closing itself a minute after its last session
+    /// (ControlPersist). It is opened on its own (`ssh -N -f`, its output
+    /// nowhere), never by a session whose output someone reads: a master
+    /// started by a session keeps that session's output open after it ends.
+    /// None where there is no private directory for its socket, or
+    /// NIXPIPE_SSH_SHARE=no says not to; a session whose master could not
+    /// be opened connects on its own, and says why it cannot.
+    fn shared_connection(&self, options: &[String]) -> Vec<String> {
+        if matches!(std::env::var("NIXPIPE_SSH_SHARE").as_deref(), Ok("no" | "0" | "false")) {
+            return Vec::new();
+        }
+        let Some(dir) = control_dir() else { return Vec::new() };
+        let path = ["-o".to_owned(), format!("ControlPath={}/%C", dir.display())];
+        let over = |more: &[&str]| {
+            self.ssh(&[options, &path, &more.iter().map(|m| m.to_string()).collect::<Vec<_>>()].concat())
         };
-        Ok(self.ssh(&[link.options(), options, defaults.liveness, shared].concat()))
+        static OPENED: OnceLock<Mutex<HashMap<Vec<String>, Opening>>> = OnceLock::new();
+        let key: Vec<String> = options.iter().cloned().chain([self.destination()]).collect();
+        let opening = OPENED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        // One thread opens it; the others of this host wait for it.
+        let _opening = opening.lock().unwrap_or_else(|p| p.into_inner());
+        let quietly =
+            |mut cmd: Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !quietly(over(&["-O", "check"])) {
+            let persist = format!("ControlPersist={SHARED_FOR_SECONDS}");
+            let master = over(&["-o", "ControlMaster=auto", "-o", &persist, "-N", "-f"]);
+            run_within(master, MASTER_OPENS_WITHIN);
+        }
+        [vec!["-o".to_owned(), "ControlMaster=no".to_owned()], path.to_vec()].concat()
     }
 
     /// `ssh -G OPTIONS -- user@host`: prints the settings ssh would use
@@ -394,34 +434,31 @@ struct Defaults {
     shares_nothing: bool,
 }
 
+/// Held while a host's shared connection is being opened.
+type Opening = std::sync::Arc<Mutex<()>>;
+
 /// How long a shared connection outlives its last session: the next
 /// command of a pipeline, or of the next minute, logs in no more.
 const SHARED_FOR_SECONDS: u32 = 60;
 
-/// The options of the shared connection to a host, as nixos-rebuild-ng
-/// and nh open one: the first session of a host becomes its master, the
-/// later ones (of this command and of the next ones) run over it, and it
-/// closes itself a minute after its last. Its socket is in a directory
-/// only this user can enter; none where there is no such directory, or
-/// NIXPIPE_SSH_SHARE=no says not to.
-fn shared_connection() -> Vec<String> {
-    static OPTIONS: OnceLock<Vec<String>> = OnceLock::new();
-    OPTIONS
-        .get_or_init(|| {
-            if matches!(std::env::var("NIXPIPE_SSH_SHARE").as_deref(), Ok("no" | "0" | "false")) {
-                return Vec::new();
-            }
-            let Some(dir) = control_dir() else { return Vec::new() };
-            [
-                "ControlMaster=auto".to_owned(),
-                format!("ControlPath={}/%C", dir.display()),
-                format!("ControlPersist={SHARED_FOR_SECONDS}"),
-            ]
-            .into_iter()
-            .flat_map(|option| ["-o".to_owned(), option])
-            .collect()
-        })
-        .clone()
+/// How long opening a shared connection may take before the session goes
+/// on without it (ConnectTimeout, ours or the user's, ends it sooner).
+const MASTER_OPENS_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `cmd`, its input and output nowhere, for at most `limit`; killed
+/// after that.
+fn run_within(mut cmd: Command, limit: std::time::Duration) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let Ok(mut child) = cmd.spawn() else { return };
+    let started = std::time::Instant::now();
+    while let Ok(None) = child.try_wait() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// `$XDG_RUNTIME_DIR/nixpipe-ssh`, else `/tmp/nixpipe-ssh-UID`: made
@@ -429,6 +466,11 @@ fn shared_connection() -> Vec<String> {
 /// of this user's that nobody else can enter (a socket there is a login to
 /// every host it reaches) and short enough for ssh's socket paths.
 fn control_dir() -> Option<std::path::PathBuf> {
+    static DIR: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    DIR.get_or_init(private_control_dir).clone()
+}
+
+fn private_control_dir() -> Option<std::path::PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let uid = unsafe { libc::getuid() };
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
@@ -516,7 +558,8 @@ mod tests {
     #[test]
     fn sessions_share_a_connection_unless_the_user_shares_their_own_or_one_must_be_new() {
         let host = SshHost { user: None, host: "web1.invalid".into(), port: None };
-        let with = |words: &[&str]| host.defaults(&words.iter().map(|w| w.to_string()).collect::<Vec<_>>()).shares_nothing;
+        let with =
+            |words: &[&str]| host.defaults(&words.iter().map(|w| w.to_string()).collect::<Vec<_>>()).shares_nothing;
         assert!(with(&["-F", "/dev/null"]));
         assert!(!with(&["-F", "/dev/null", "-o", "ControlMaster=auto", "-o", "ControlPath=/run/x/%C"]));
         assert!(!with(&["-F", "/dev/null", "-o", "ControlPath=/run/x/%C"]));

@@ -156,7 +156,10 @@ fn a_host_whose_login_hangs_is_named_after_the_timeout_and_the_others_finish() {
     let system = tb.system("web1");
     for (name, host) in [("web1", &web1), ("web2", &web2)] {
         tb.alias(name, host, "root");
-        tb.sh(&format!("nixpipe-copy --to {name} $'{name}\\t{system}' | nixpipe-activate switch")).ok();
+        // Each on a login of its own: a shared connection would still let
+        // status in with the shell of before.
+        let deploy = format!("nixpipe-copy --to {name} $'{name}\\t{system}' | nixpipe-activate switch");
+        tb.sh(&format!("export NIXPIPE_SSH_SHARE=no; {deploy}")).ok();
     }
     web2.sh("printf '#!/bin/sh\\nsleep 600\\nexec /bin/sh \"$@\"\\n' > /usr/local/sbin/hung-sh && chmod +x /usr/local/sbin/hung-sh");
     web2.set_login_shell("root", "/usr/local/sbin/hung-sh");

@@ -178,10 +178,10 @@ impl<'a> Job<'a> {
     fn follow(&self, follower: &mut Follower, args: &Args, link: Link) -> Result<(ExitStatus, String), SessionError> {
         let mut child = self.session.spawn(&Run::script(Script::Job, args).as_root().over(link))?;
         drop(child.stdin.take());
-        let stderr = drain(child.stderr.take().expect("piped"));
         // The follower says something at least every 10 s: a session that
         // stays silent (a login that hangs) is stopped, and reconnected.
         let watchdog = process::Watchdog::start(child.id());
+        let stderr = drain(watchdog.watched(child.stderr.take().expect("piped")));
         let mut frames = BufReader::new(watchdog.watched(child.stdout.take().expect("piped")));
         while let Some((kind, bytes)) = read_frame(&mut frames) {
             if let Some(seconds) = follower.take(kind, &bytes, self.label) {
