@@ -134,10 +134,12 @@ follow() {
             # A flock without -w (busybox): poll.
             [ "$?" -gt 1 ] && sleep 0.2
         else
-            # Killed without a word (or never started): say so after 10 s.
+            # Not started yet (it writes its pid first), or killed without
+            # a word: say so after 10 s. The first second in steps of 10 ms,
+            # so that a job that starts at once is followed at once.
             dead=$((dead + 1))
-            [ "$dead" -gt 50 ] && { event result outcome=vanished; exit 0; }
-            sleep 0.2
+            [ "$dead" -gt 140 ] && { event result outcome=vanished; exit 0; }
+            if [ "$dead" -le 100 ]; then sleep 0.01; else sleep 0.2; fi
         fi
         exec 6<&-
     done

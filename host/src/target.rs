@@ -369,15 +369,17 @@ impl SshHost {
             .entry(key)
             .or_default()
             .clone();
-        // One thread opens it; the others of this host wait for it.
-        let _opening = opening.lock().unwrap_or_else(|p| p.into_inner());
+        // One thread opens it, once; the others of this host wait for it.
+        let mut opened = opening.lock().unwrap_or_else(|p| p.into_inner());
         let quietly =
             |mut cmd: Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-        if !quietly(over(&["-O", "check"])) {
+        if !*opened && !quietly(over(&["-O", "check"])) {
             let persist = format!("ControlPersist={SHARED_FOR_SECONDS}");
             let master = over(&["-o", "ControlMaster=auto", "-o", &persist, "-N", "-f"]);
             run_within(master, MASTER_OPENS_WITHIN);
         }
+        // Should it die, a session connects on its own: ssh falls back.
+        *opened = true;
         [vec!["-o".to_owned(), "ControlMaster=no".to_owned()], path.to_vec()].concat()
     }
 
@@ -434,8 +436,9 @@ struct Defaults {
     shares_nothing: bool,
 }
 
-/// Held while a host's shared connection is being opened.
-type Opening = std::sync::Arc<Mutex<()>>;
+/// Held while a host's shared connection is being opened: whether this
+/// command opened it, or found it open, already.
+type Opening = std::sync::Arc<Mutex<bool>>;
 
 /// How long a shared connection outlives its last session: the next
 /// command of a pipeline, or of the next minute, logs in no more.
