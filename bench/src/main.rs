@@ -125,7 +125,7 @@ fn deploy_systems(tb: &Testbed, paths: u32) -> (String, String) {
     let many = match paths {
         0 => String::new(),
         n => format!(
-            r#"environment.systemPackages = [ (pkgs.runCommand "many" {{}} "mkdir -p $out/bin; ln -s ${{pkgs.filler {{ count = {n}; bytes = 1000; seed = \"deploy\"; }}}} $out/bin/many") ];"#
+            r#"environment.systemPackages = [ (pkgs.runCommand "many" {{}} "mkdir -p $out/bin; ln -s ${{pkgs.filler {{ count = {n}; bytes = 1000; seed = "deploy"; }}}} $out/bin/many") ];"#
         ),
     };
     let before = tb.system_with("web1", &format!(r#"system.nixos.version = "1"; {many}"#));
