@@ -1,11 +1,12 @@
 //! `make bench`: nixpipe-copy side by side with nix-copy-closure,
 //! `nix copy --to ssh-ng://` and a plain tar over ssh, on the same closures
 //! and fresh testbed hosts, in one run; and nixpipe-eval of a network of
-//! machines against one nix-build per machine; and a fleet copy, upload
-//! once with --via against a copy per host. Prints tables and the ratios the
-//! issues set as goals. A benchmark, not a test: it never fails on a number,
-//! it reports it. `nixpipe-bench copy`, `eval`, `fleet` or `status` runs
-//! one part.
+//! machines against one nix-build per machine; a fleet copy, upload once
+//! with --via against a copy per host; and the whole deploy against
+//! nixos-rebuild-ng's steps. Prints tables and the ratios the issues set as
+//! goals. A benchmark, not a test: it never fails on a number, it reports
+//! it. `nixpipe-bench copy`, `eval`, `fleet`, `status` or `deploy` runs one
+//! part.
 
 use nixpipe_tests::proxy::{Link, Proxy, Uplink};
 use nixpipe_tests::{Host, Release, Testbed};
