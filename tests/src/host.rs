@@ -316,6 +316,17 @@ systemctl daemon-reload"#);
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// How many times someone logged in over ssh, as the host's sshd says
+    /// (`Accepted publickey`): on its journal where systemd runs, else in
+    /// its log.
+    pub fn logins(&self) -> usize {
+        let log = match self.kind.init {
+            Init::Systemd => self.sh("journalctl --no-pager -o cat 2>/dev/null || true"),
+            Init::None => fs::read_to_string(self.dir().join("host.log")).unwrap_or_default(),
+        };
+        log.lines().filter(|line| line.contains("Accepted publickey")).count()
+    }
 }
 
 impl Machine {

@@ -161,3 +161,43 @@ fn records_fan_out_to_the_hosts_they_name() {
 
     assert_eq!(web1.system_profile().as_deref(), Some(&*system));
 }
+
+#[test]
+fn a_pipeline_logs_in_to_its_host_once_and_the_next_command_of_the_minute_not_at_all() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+
+    tb.sh(&format!("nixpipe-copy --to {t} $'web1\\t{system}' | nixpipe-activate --on {t} switch")).ok();
+    let pipeline = web1.logins();
+    tb.sh(&format!("nixpipe-status --on {t} $'web1\\t{system}'")).ok();
+    let after_status = web1.logins();
+    tb.sh(&format!("NIXPIPE_SSH_SHARE=no nixpipe-status --on {t} $'web1\\t{system}'")).ok();
+
+    assert_eq!(pipeline, 1, "the copy, the probe and the job over one login");
+    assert_eq!(after_status, 1, "status rode on the connection of the minute before");
+    assert_eq!(web1.logins(), 2, "NIXPIPE_SSH_SHARE=no logs in on its own");
+    assert_eq!(web1.sh("readlink /run/current-system").trim(), system);
+}
+
+#[test]
+fn a_shared_connection_of_the_users_own_is_used_as_it_is() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    let t = web1.target();
+    let theirs = format!("-o ControlMaster=auto -o ControlPath={}/theirs-%C -o ControlPersist=30", tb.path().display());
+
+    let deploy = format!("nixpipe-copy --to {t} $'web1\\t{system}' | nixpipe-activate --on {t} switch");
+    tb.sh(&format!("export NIX_SSHOPTS=\"$NIX_SSHOPTS {theirs}\"; {deploy}")).ok();
+
+    assert_eq!(web1.logins(), 1, "their master carried it all");
+    assert!(std::fs::read_dir(tb.path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("theirs-")));
+    let ours = tb.path().join("run/nixpipe-ssh");
+    assert!(!ours.exists() || std::fs::read_dir(&ours).unwrap().next().is_none(), "no master of ours");
+}
