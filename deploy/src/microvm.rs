@@ -270,7 +270,7 @@ mod tests {
         fn with_vms(answer: impl Fn(&str) -> Reply + Sync + 'static) -> FakeHost {
             FakeHost::new(move |call| match call.script {
                 Some(Script::MicrovmHost) => answer(call.verb.as_deref().unwrap_or_default()),
-                _ => Reply::events(&["host uid=0 init=systemd nix=2.34.0 machine=x86_64"]),
+                _ => Reply::events(&["host uid=0 init=systemd machine=x86_64"]),
             })
         }
 

@@ -28,16 +28,16 @@ event_line() {
 }
 
 # What every session learns once: who logs in, whether sudo lets that
-# user in without a password, which init runs, which Nix.
+# user in without a password, which init runs. (Not which Nix: nothing
+# asks, and starting nix-store costs every probe tens of milliseconds.)
 host_facts() {
     init=other
     [ -d /run/systemd/system ] && init=systemd
-    nix=$(nix-store --version 2>/dev/null | sed -n 's/.* \([0-9][0-9.]*[^ ]*\)$/\1/p')
     uid=$(id -u) sudo=
     if [ "$uid" != 0 ] && command -v sudo >/dev/null 2>&1; then
         if sudo -n true 2>/dev/null; then sudo=1; else sudo=0; fi
     fi
-    emit host uid="$uid" init="$init" nix="$nix" machine="$(uname -m)" sudo="$sudo"
+    emit host uid="$uid" init="$init" machine="$(uname -m)" sudo="$sudo"
 }
 
 # Whether a reboot is needed to run SYSTEM fully: the booted kernel,

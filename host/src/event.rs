@@ -129,8 +129,6 @@ pub struct HostFacts {
     pub uid: u32,
     /// Whether systemd runs as init.
     pub systemd: bool,
-    /// The version of the host's nix-store; None where it has none on PATH.
-    pub nix: Option<String>,
     /// `uname -m`.
     pub machine: String,
     /// For a login other than root: whether `sudo -n true` works (None:
@@ -371,7 +369,6 @@ pub fn parse_line(line: &str) -> Option<Event> {
         "host" => Event::Host(HostFacts {
             uid: get("uid")?.parse().ok()?,
             systemd: get("init") == Some("systemd"),
-            nix: some("nix"),
             machine: get("machine")?.to_owned(),
             sudo_without_password: some("sudo").map(|v| v == "1"),
         }),
@@ -486,7 +483,6 @@ mod tests {
             Event::Host(HostFacts {
                 uid: 1000,
                 systemd: true,
-                nix: Some("2.34.0".into()),
                 machine: "x86_64".into(),
                 sudo_without_password: None
             })

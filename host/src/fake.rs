@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn a_fake_host_is_told_what_runs_and_answers_as_scripted() {
         let host = FakeHost::new(|call| match call.script {
-            Some(Script::Facts) => Reply::events(&["host uid=1000 init=systemd nix=2.34.0 machine=x86_64 sudo=1"]),
+            Some(Script::Facts) => Reply::events(&["host uid=1000 init=systemd machine=x86_64 sudo=1"]),
             Some(Script::Status) => Reply::events(&["status system=/nix/store/a-x current=/nix/store/a-x reboot=0"]),
             _ => Reply::failing(1, "no"),
         });

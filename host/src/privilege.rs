@@ -276,7 +276,7 @@ mod tests {
     use super::*;
 
     fn host(uid: u32, sudo_without_password: Option<bool>) -> HostFacts {
-        HostFacts { uid, systemd: true, nix: None, machine: "x86_64".into(), sudo_without_password }
+        HostFacts { uid, systemd: true, machine: "x86_64".into(), sudo_without_password }
     }
 
     fn asked() -> Privilege {

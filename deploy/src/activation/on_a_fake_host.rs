@@ -12,7 +12,7 @@ use nixpipe_store::StorePath;
 
 const SYSTEM: &str = "/nix/store/36m5mhfn262qgji13vrgp907an576qjz-nixos-system-web1";
 /// A deploy user whom sudo lets in without a password: root runs show their sudo.
-const FACTS: &str = "host uid=1000 init=systemd nix=2.34.0 machine=x86_64 sudo=1";
+const FACTS: &str = "host uid=1000 init=systemd machine=x86_64 sudo=1";
 
 /// The probe of a host that can take SYSTEM, with `changed` fields.
 fn probe(changed: &[(&str, &str)]) -> String {
