@@ -480,12 +480,7 @@ mod tests {
         let events = parse_all(out.as_bytes());
         assert_eq!(
             events[0],
-            Event::Host(HostFacts {
-                uid: 1000,
-                systemd: true,
-                machine: "x86_64".into(),
-                sudo_without_password: None
-            })
+            Event::Host(HostFacts { uid: 1000, systemd: true, machine: "x86_64".into(), sudo_without_password: None })
         );
         assert_eq!(events[1], Event::Job(JobEvent::Result(JobResult::Failed(Rollback::RolledBack))));
         let Event::Probe(probe) = &events[2] else { panic!("{events:?}") };
