@@ -138,7 +138,7 @@ follow() {
             # a word: say so after 10 s. The first second in steps of 10 ms,
             # so that a job that starts at once is followed at once.
             dead=$((dead + 1))
-            [ "$dead" -gt 140 ] && { event result outcome=vanished; exit 0; }
+            [ "$dead" -gt 145 ] && { event result outcome=vanished; exit 0; }
             if [ "$dead" -le 100 ]; then sleep 0.01; else sleep 0.2; fi
         fi
         exec 6<&-

@@ -136,7 +136,7 @@ fn decode(argv: &[&str], link: &Link) -> Call {
     let Some(at) =
         argv.windows(2).position(|w| w[0] == "sh" && w[1] == "-c").filter(|&i| argv.get(i + 3) == Some(&"nixpipe"))
     else {
-        let root = !matches!(argv.first(), Some(&"sh") | None) && ["sudo", "doas", "run0"].contains(&argv[0]);
+        let root = argv.first().is_some_and(|program| ["sudo", "doas", "run0"].contains(program));
         let list = argv.iter().skip_while(|w| root && **w != "--").skip(usize::from(root)).map(|w| w.to_string());
         return Call { script: None, verb: None, args: BTreeMap::new(), list: list.collect(), root, link };
     };

@@ -371,9 +371,7 @@ impl SshHost {
             .clone();
         // One thread opens it, once; the others of this host wait for it.
         let mut opened = opening.lock().unwrap_or_else(|p| p.into_inner());
-        let quietly =
-            |mut cmd: Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-        if !*opened && !quietly(over(&["-O", "check"])) {
+        if !*opened && !run_within(over(&["-O", "check"]), MASTER_ANSWERS_WITHIN) {
             let persist = format!("ControlPersist={SHARED_FOR_SECONDS}");
             let master = over(&["-o", "ControlMaster=auto", "-o", &persist, "-N", "-f"]);
             run_within(master, MASTER_OPENS_WITHIN);
@@ -448,19 +446,26 @@ const SHARED_FOR_SECONDS: u32 = 60;
 /// on without it (ConnectTimeout, ours or the user's, ends it sooner).
 const MASTER_OPENS_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs `cmd`, its input and output nowhere, for at most `limit`; killed
-/// after that.
-fn run_within(mut cmd: Command, limit: std::time::Duration) {
+/// How long asking a shared connection whether it is up may take: it is a
+/// local socket, and a master that does not answer is as good as none.
+const MASTER_ANSWERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `cmd`, its input and output nowhere, for at most `limit` (killed
+/// after that); whether it exited well within it.
+fn run_within(mut cmd: Command, limit: std::time::Duration) -> bool {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let Ok(mut child) = cmd.spawn() else { return };
+    let Ok(mut child) = cmd.spawn() else { return false };
     let started = std::time::Instant::now();
-    while let Ok(None) = child.try_wait() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if started.elapsed() <= limit => std::thread::sleep(std::time::Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
