@@ -153,7 +153,7 @@ impl<T: std::os::fd::AsRawFd> Watched<T> {
         let mut poll = libc::pollfd { fd: self.inner.as_raw_fd(), events, revents: 0 };
         loop {
             if self.fired.load(Ordering::Relaxed) {
-                return Err(io::Error::other(Silent(self.limit)));
+                return Err(Silent(self.limit).error());
             }
             // SAFETY: one pollfd, ours, for the call's length.
             if unsafe { libc::poll(&mut poll, 1, 250) } != 0 {
@@ -213,19 +213,22 @@ pub(crate) fn wait_keeping(mut child: Child, keep: fn(&[u8]) -> bool) -> io::Res
         std::thread::spawn(move || head_and_tail(e, KEPT_STDERR))
     });
     let mut kept = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
+    let read: io::Result<()> = child.stdout.take().map_or(Ok(()), |stdout| {
         let mut reader = BufReader::new(watchdog.watched(stdout));
         while let Some(line) = bounded_line(&mut reader, LONGEST_KEPT_LINE)? {
             if keep(&line) {
                 kept.extend_from_slice(&line);
             }
         }
-    }
+        Ok(())
+    });
+    // Waited for whatever the reading came to: no program is left unreaped.
     let status = child.wait()?;
     let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
     if let Some(seconds) = watchdog.fired() {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, Silent(seconds)));
+        return Err(Silent(seconds).error());
     }
+    read?;
     Ok(Output { status, stdout: kept, stderr })
 }
 
@@ -233,6 +236,14 @@ pub(crate) fn wait_keeping(mut child: Child, keep: fn(&[u8]) -> bool) -> io::Res
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no answer for {0} s (--timeout): stopped it")]
 pub struct Silent(pub u64);
+
+impl Silent {
+    /// The I/O error of a program its watchdog stopped, wherever that is
+    /// noticed (its end, or a read or write on its pipes).
+    fn error(self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, self)
+    }
+}
 
 /// The next line of `reader` with its newline; a line longer than `max` is
 /// read to its end and given as empty. None at the end.
