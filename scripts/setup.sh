@@ -9,7 +9,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux util-linux-extra procps zstd time
-    debootstrap systemd-container tcsh fish shellcheck qemu-user-static binfmt-support)
+    debootstrap systemd-container tcsh fish shellcheck qemu-user-static binfmt-support
+    qemu-system-x86 vde2 xz-utils)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -48,6 +49,10 @@ if [ ! -x "$busybox_arm64" ]; then
     mv "$busybox_arm64.new" "$busybox_arm64"
     rm -rf "$deb"
 fi
+
+# The testbed's real VMs: Debian's kernel and an initrd, made once
+# (scripts/vm-kit.sh; nothing goes into /boot).
+bash "$(dirname "$0")/vm-kit.sh" /var/cache/nixpipe-testbed/vm
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install a Rust toolchain (rustup) and put ~/.cargo/bin on PATH" >&2

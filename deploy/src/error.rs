@@ -7,6 +7,7 @@ use crate::activation::{ActivationError, Changed};
 use crate::copy::CopyError;
 use crate::eval::EvalError;
 use crate::microvm::MicrovmError;
+use crate::vm::VmError;
 use nixpipe_host::privilege::PrivilegeError;
 use nixpipe_host::session::SessionError;
 use nixpipe_host::target::SshError;
@@ -36,6 +37,8 @@ pub enum Error {
     Eval(#[from] EvalError),
     #[error(transparent)]
     Microvm(#[from] MicrovmError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
     /// stdout could not take a record (the pipe's reader is gone).
     #[error("cannot write to stdout: {0}")]
     Output(String),
@@ -62,6 +65,7 @@ impl Error {
             Error::Activation(e) => e.is_usage(),
             Error::Microvm(MicrovmError::Session(e)) => e.is_usage(),
             Error::Microvm(MicrovmError::Copy(e)) => e.is_usage(),
+            Error::Vm(e) => e.is_usage(),
             Error::Microvm(_) | Error::Output(_) => false,
         }
     }
@@ -87,6 +91,8 @@ impl Error {
             // A copy adds valid paths and roots; a session may have run
             // anything; a MicroVM's links may have moved.
             Error::Ssh(_) | Error::Copy(_) | Error::Microvm(_) => Changed::Something,
+            // On this machine only: a VM that did not come up is stopped.
+            Error::Vm(_) => Changed::Nothing,
         }
     }
 }

@@ -254,7 +254,8 @@ impl Network {
             (names, no_names),
             |only| {
                 let only = serde_json::to_string(&only).expect("strings serialise");
-                self.nix.instantiate(&expr, &[("network", &file), ("only", &only)])
+                let vm_network = if matches!(variant, Variant::Vm | Variant::VmRunner) { "1" } else { "" };
+                self.nix.instantiate(&expr, &[("network", &file), ("only", &only), ("vmNetwork", vm_network)])
             },
             reports,
         )

@@ -19,6 +19,7 @@ pub mod microvm;
 pub mod nix;
 pub mod status;
 pub mod via;
+pub mod vm;
 
 pub use activation::Changed;
 pub use error::{Error, Outcome};

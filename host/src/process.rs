@@ -325,6 +325,22 @@ pub fn failure(cmd: &Command, output: &Output) -> String {
     }
 }
 
+/// `$XDG_RUNTIME_DIR/NAME`, else `/tmp/NAME-UID`: made private (0700) if it
+/// is not there, and given only if it is a directory of this user's that
+/// nobody else can enter (what goes there, ssh sockets or VMs' consoles,
+/// is this user's alone).
+pub fn private_runtime_dir(name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = unsafe { libc::getuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
+        Some(runtime) if runtime.is_absolute() => runtime.join(name),
+        _ => std::path::PathBuf::from(format!("/tmp/{name}-{uid}")),
+    };
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0).then_some(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

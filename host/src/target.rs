@@ -179,13 +179,17 @@ impl TargetSpec {
     }
 }
 
-/// The target of each record: `spec` when given; otherwise the record's
-/// NAME as an ssh host, or `unnamed` for a record without one.
+/// The target of each record: `spec` when given; otherwise the JSON
+/// record's `targetHost` (deployment.targetHost, or where `nixpipe-vm
+/// start` forwarded a VM's ssh), as colmena deploys to it; otherwise the
+/// record's NAME as an ssh host, or `unnamed` for a record without one.
 pub fn for_record(spec: Option<&TargetSpec>, record: &Record, unnamed: Option<Target>) -> Result<Target, TargetError> {
-    match (spec, &record.name) {
-        (Some(spec), name) => spec.resolve(name.as_deref()),
-        (None, Some(name)) => Target::parse(name),
-        (None, None) => unnamed.ok_or(TargetError::NoTarget),
+    let target_host = record.extra.get("targetHost").and_then(|host| host.as_str());
+    match (spec, target_host, &record.name) {
+        (Some(spec), _, name) => spec.resolve(name.as_deref()),
+        (None, Some(host), _) => Target::parse(host),
+        (None, None, Some(name)) => Target::parse(name),
+        (None, None, None) => unnamed.ok_or(TargetError::NoTarget),
     }
 }
 
@@ -479,17 +483,9 @@ fn control_dir() -> Option<std::path::PathBuf> {
 }
 
 fn private_control_dir() -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let uid = unsafe { libc::getuid() };
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
-        Some(runtime) if runtime.is_absolute() => runtime.join("nixpipe-ssh"),
-        _ => std::path::PathBuf::from(format!("/tmp/nixpipe-ssh-{uid}")),
-    };
-    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
-    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let dir = process::private_runtime_dir("nixpipe-ssh")?;
     // %C is 40 hex digits; a socket's path must fit in 104 bytes.
-    let fits = dir.as_os_str().len() + 41 < 100;
-    (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0 && fits).then_some(dir)
+    (dir.as_os_str().len() + 41 < 100).then_some(dir)
 }
 
 /// The one string ssh hands the login user's shell, whatever shell that is
@@ -649,6 +645,16 @@ mod tests {
         assert_eq!(for_record(None, &named, None), Ok(ssh(None, "web1", None)));
         assert_eq!(for_record(None, &unnamed, Some(Target::Local)), Ok(Target::Local));
         assert!(for_record(None, &unnamed, None).is_err());
+    }
+
+    #[test]
+    fn a_records_target_host_goes_before_its_name_and_after_the_users_target() {
+        let p = nixpipe_store::store_path::StorePath::parse("/nix/store/36m5mhfn262qgji13vrgp907an576qjz-top").unwrap();
+        let mut vm = Record::new(Some("web1".into()), p);
+        vm.extra.insert("targetHost".into(), "root@127.0.0.1:2221".into());
+        assert_eq!(for_record(None, &vm, None), Ok(ssh(Some("root"), "127.0.0.1", Some(2221))));
+        let spec: TargetSpec = "deploy@{name}".parse().unwrap();
+        assert_eq!(for_record(Some(&spec), &vm, None), Ok(ssh(Some("deploy"), "web1", None)));
     }
 
     #[test]

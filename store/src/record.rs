@@ -74,7 +74,7 @@ impl Record {
     }
 
     /// The line this record is written as (without the newline).
-    pub(crate) fn to_line(&self, json: bool) -> String {
+    pub fn to_line(&self, json: bool) -> String {
         if json {
             return serde_json::to_string(&self.to_json()).expect("records serialize");
         }

@@ -53,3 +53,17 @@ fn local_path(root: &Path, target: &str) -> Option<PathBuf> {
     let relative = Path::new(target.split('?').next()?.trim_start_matches('/'));
     relative.components().all(|c| matches!(c, Component::Normal(_))).then(|| root.join(relative))
 }
+
+/// The body of `GET path` from 127.0.0.1:`port` (HTTP/1.0: the server
+/// closes when it is done), or panics naming what failed.
+pub fn get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("GET {path} on {port}: {e}"));
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap_or_else(|e| panic!("GET {path} on {port}: {e}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("GET {path} on {port}: {response:?}"));
+    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "GET {path} on {port}: {head}");
+    body.to_owned()
+}

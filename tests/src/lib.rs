@@ -11,6 +11,7 @@ pub mod host;
 pub mod http;
 pub mod proxy;
 pub mod release;
+pub mod vm;
 
 pub use host::{
     Host, HostKind, Init, Platform, BOOT_FALLBACK, BOOT_TAKES, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR,
@@ -223,6 +224,9 @@ pub struct Testbed {
     dir: TempDir,
     /// The release whose Nix the deployer runs; None: this machine's.
     pub deployer_nix: Option<Release>,
+    /// The release root the VMs' runners boot (see [`vm`]), once a test
+    /// asked for VMs.
+    vm_root: std::sync::OnceLock<PathBuf>,
 }
 
 impl Default for Testbed {
@@ -232,11 +236,12 @@ impl Default for Testbed {
 }
 
 /// The ssh client configuration of a deployer whose key and known hosts
-/// are `dir`/id_ed25519 and `dir`/known_hosts: only those, host keys
-/// always checked, never a question asked.
+/// are `dir`/id_ed25519 and `dir`/known_hosts (and the VMs' host keys that
+/// `nixpipe-vm start` learns, as the README tells users to add them): only
+/// those, host keys always checked, never a question asked.
 pub fn ssh_config(dir: &Path) -> String {
     format!(
-        "Host *\n  IdentityFile {r}/id_ed25519\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile {r}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
+        "Host *\n  IdentityFile {r}/id_ed25519\n  IdentitiesOnly yes\n  IdentityAgent none\n  UserKnownHostsFile {r}/known_hosts {r}/run/nixpipe-vms/known_hosts\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n",
         r = dir.display()
     )
 }
@@ -268,7 +273,7 @@ impl Testbed {
         // (their sockets) are this testbed's alone, and go with it.
         fs::create_dir(root.join("run")).unwrap();
         fs::set_permissions(root.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
-        Ok(Testbed { dir, deployer_nix })
+        Ok(Testbed { dir, deployer_nix, vm_root: std::sync::OnceLock::new() })
     }
 
     pub fn path(&self) -> &Path {
@@ -334,6 +339,7 @@ impl Testbed {
             .env("NIXPKGS", nixpkgs())
             .env("FIXTURES", fixtures())
             .env("XDG_RUNTIME_DIR", self.path().join("run"))
+            .envs(self.vm_root.get().map(|root| (vm::ROOT_VARIABLE, root)))
             // CI may run with no SHELL; script(1) then starts /bin/sh, so
             // make every run start the same one.
             .env("SHELL", "/bin/sh")

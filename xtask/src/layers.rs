@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// The crates whose modules are checked, and the nixpipe crates each may
 /// use: store below host below deploy, the commands on top.
-const LAYERS: [(&str, &[&str]); 10] = [
+const LAYERS: [(&str, &[&str]); 11] = [
     ("store", &[]),
     ("host", &["nixpipe_store"]),
     ("deploy", &["nixpipe_store", "nixpipe_host"]),
@@ -20,6 +20,7 @@ const LAYERS: [(&str, &[&str]); 10] = [
     ("cmd-bundle", &["nixpipe_store", "nixpipe_host", "nixpipe_deploy", "nixpipe_cli"]),
     ("cmd-microvm", &["nixpipe_store", "nixpipe_host", "nixpipe_deploy", "nixpipe_cli"]),
     ("cmd-status", &["nixpipe_store", "nixpipe_host", "nixpipe_deploy", "nixpipe_cli"]),
+    ("cmd-vm", &["nixpipe_store", "nixpipe_host", "nixpipe_deploy", "nixpipe_cli"]),
 ];
 
 const NIXPIPE_CRATES: [&str; 4] = ["nixpipe_store", "nixpipe_host", "nixpipe_deploy", "nixpipe_cli"];

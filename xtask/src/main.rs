@@ -22,6 +22,7 @@ fn commands() -> Vec<clap::Command> {
         nixpipe_bundle::Cli::command(),
         nixpipe_microvm::Cli::command(),
         nixpipe_status::Cli::command(),
+        nixpipe_vm::Cli::command(),
     ]
 }
 

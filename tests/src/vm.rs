@@ -1,0 +1,67 @@
+//! Real VMs for the tests: the stand-in nixpkgs' runners boot qemu with the
+//! kernel and initrd scripts/vm-kit.sh makes (`make test` makes it) and a
+//! release root of the testbed as the guest's userland (sshd, the
+//! release's Nix): the target release of the run.
+
+use crate::{Release, Run, Testbed, TARGET_NIX_VAR};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Where scripts/setup.sh has scripts/vm-kit.sh put the kernel and initrd.
+pub const KIT: &str = "/var/cache/nixpipe-testbed/vm";
+/// The stand-in runners' variable for the guest's root.
+pub const ROOT_VARIABLE: &str = "NIXPIPE_TESTBED_VM_ROOT";
+
+/// Stops every VM of its testbed when dropped, also on panic.
+pub struct Vms<'a> {
+    tb: &'a Testbed,
+}
+
+impl Drop for Vms<'_> {
+    fn drop(&mut self) {
+        let _ = self.tb.command("nixpipe-vm").arg("stop").output();
+    }
+}
+
+impl Testbed {
+    /// Lets this testbed's commands boot real VMs, their guests running the
+    /// target release of the run (sid when the run names none); says on
+    /// stderr which accelerator the runners use (KVM only where
+    /// scripts/vm-kit.sh saw a boot work).
+    pub fn vms(&self) -> Vms<'_> {
+        let accel = fs::read_to_string(Path::new(KIT).join("accel"))
+            .unwrap_or_else(|_| panic!("no VM kit in {KIT}: make test makes it (scripts/vm-kit.sh)"));
+        let release = Release::from_env(TARGET_NIX_VAR).unwrap_or_else(|e| panic!("{e}")).unwrap_or(Release::Sid);
+        let root = release.root().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("VMs: qemu with {}, guests on {release}", accel.trim());
+        self.vm_root.get_or_init(|| root);
+        Vms { tb: self }
+    }
+
+    /// The deployer's public key, as a configuration authorizes it.
+    pub fn public_key(&self) -> String {
+        fs::read_to_string(self.path().join("id_ed25519.pub")).unwrap().trim().to_owned()
+    }
+
+    /// A VM's configuration in the deployer's directory, NAME.nix: web1's
+    /// fixture, the deployer's key authorized for root, and `module`'s
+    /// settings (Nix attributes).
+    pub fn vm_config(&self, name: &str, module: &str) -> PathBuf {
+        let path = self.path().join(format!("{name}.nix"));
+        let text = format!(
+            "{{ imports = [ {fixtures}/web1/configuration.nix ];\n  users.users.root.openssh.authorizedKeys.keys = [ \"{key}\" ];\n  {module}\n}}\n",
+            fixtures = crate::fixtures().display(),
+            key = self.public_key(),
+        );
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `command` as root inside the VM whose record is `record`, over
+    /// its forwarded ssh port.
+    pub fn in_vm(&self, record: &serde_json::Value, command: &str) -> Run {
+        let target = record["targetHost"].as_str().expect("a VM's record has its targetHost");
+        let (login, port) = target.rsplit_once(':').unwrap();
+        self.sh(&format!("ssh $NIX_SSHOPTS -p {port} {login} {}", shlex::try_quote(command).unwrap()))
+    }
+}
