@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test demo demo-pi man bench
+.PHONY: setup build test demo demo-pi demo-vms man bench
 
 setup:
 	bash scripts/setup.sh
@@ -34,6 +34,11 @@ demo: build
 # with one sudo password.
 demo-pi: build
 	target/debug/nixpipe-testbed --aarch64 pi -- bash scripts/demo-pi.sh
+
+# The nixos-build-vms workflow with real VMs under qemu: a network of three
+# started together from nixpipe-eval's runners, then updated in place.
+demo-vms: build
+	target/debug/nixpipe-testbed --vms -- bash scripts/demo-vms.sh
 
 # Regenerate man/ and completions/ from the clap definitions.
 man:

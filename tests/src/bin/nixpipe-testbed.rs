@@ -1,7 +1,10 @@
 //! Starts throwaway testbed hosts for a command, then stops them:
 //!
-//!     nixpipe-testbed [--systemd | --aarch64] HOSTNAME... -- COMMAND [ARG...]
+//!     nixpipe-testbed [--systemd | --aarch64 | --vms] HOSTNAME... -- COMMAND [ARG...]
 //!
+//! With --vms there may be no hosts: COMMAND may start real VMs (its
+//! nixpipe-vm's, stopped at the end; NIXPIPE_TESTBED_DIR is the deployer's
+//! directory, with its key id_ed25519.pub for the VMs' configurations).
 //! With --systemd the hosts boot real systemd (systemd-nspawn); with
 //! --aarch64 their Nix is aarch64-linux and their programs run under qemu,
 //! and COMMAND's Nix may build for aarch64-linux (extra-platforms).
@@ -19,13 +22,15 @@ fn main() -> ExitCode {
     let kind = match args.first().map(String::as_str) {
         Some("--systemd") => Kind::Systemd,
         Some("--aarch64") => Kind::Aarch64,
+        Some("--vms") => Kind::Vms,
         _ => Kind::OfRun,
     };
     if kind != Kind::OfRun {
         args.remove(0);
     }
-    let Some(split) = args.iter().position(|a| a == "--").filter(|&i| i > 0 && i + 1 < args.len()) else {
-        eprintln!("usage: nixpipe-testbed [--systemd | --aarch64] HOSTNAME... -- COMMAND [ARG...]");
+    let hosts_needed = usize::from(kind != Kind::Vms);
+    let Some(split) = args.iter().position(|a| a == "--").filter(|&i| i >= hosts_needed && i + 1 < args.len()) else {
+        eprintln!("usage: nixpipe-testbed [--systemd | --aarch64 | --vms] HOSTNAME... -- COMMAND [ARG...]");
         return ExitCode::from(2);
     };
     match run(kind, &args[..split], &args[split + 1..]) {
@@ -42,12 +47,14 @@ enum Kind {
     OfRun,
     Systemd,
     Aarch64,
+    Vms,
 }
 
 fn run(kind: Kind, hostnames: &[String], command: &[String]) -> Result<ExitCode, TestbedError> {
     let testbed = Testbed::try_new()?;
+    let vms = (kind == Kind::Vms).then(|| testbed.vms());
     let kind = match kind {
-        Kind::OfRun => HostKind::of_run()?,
+        Kind::OfRun | Kind::Vms => HostKind::of_run()?,
         Kind::Systemd => HostKind::systemd()?,
         Kind::Aarch64 => {
             testbed.build_aarch64_here();
@@ -56,11 +63,12 @@ fn run(kind: Kind, hostnames: &[String], command: &[String]) -> Result<ExitCode,
     };
     let hosts = hostnames.iter().map(|name| testbed.try_host(name, kind)).collect::<Result<Vec<_>, _>>()?;
     let mut cmd = testbed.command(&command[0]);
-    cmd.args(&command[1..]);
+    cmd.args(&command[1..]).env("NIXPIPE_TESTBED_DIR", testbed.path());
     for host in &hosts {
         cmd.env(format!("HOST_{}", host.hostname.to_uppercase().replace('-', "_")), host.target());
     }
     let status = cmd.status().map_err(|e| TestbedError(format!("cannot run {}: {e}", command[0])))?;
-    // The hosts stop here, when they are dropped.
+    // The VMs and hosts stop here, when they are dropped.
+    drop(vms);
     Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
 }
