@@ -138,6 +138,9 @@ impl<'a> Job<'a> {
             }
         }
         let give_up = Instant::now() + RECONNECT_FOR;
+        // Said once a connection is lost, not at every attempt to get it
+        // back (a host that is gone refuses one a second).
+        let mut said = false;
         while follower.result.is_none() {
             if Instant::now() > give_up {
                 let why = format!(
@@ -148,10 +151,18 @@ impl<'a> Job<'a> {
                 follower.result = Some(JobResult::Lost(why));
                 break;
             }
-            self.session.reports.report(Report::Reconnecting { label: self.label.to_owned(), target: self.target() });
+            if !said {
+                self.session
+                    .reports
+                    .report(Report::Reconnecting { label: self.label.to_owned(), target: self.target() });
+                said = true;
+            }
             thread::sleep(Duration::from_secs(1));
             let from = self.follow_from(&follower);
+            let before = (follower.log.at, follower.events.at);
             let (status, stderr) = self.follow(&mut follower, &from, Link { fresh: true, ..KEEPALIVE })?;
+            // Back, and followed further: a later loss is said again.
+            said &= (follower.log.at, follower.events.at) == before;
             if follower.result.is_none() && !self.connection_lost(status) {
                 let why = match self.session.refusal(&stderr) {
                     Some(refusal) => refusal.to_string(),
