@@ -9,6 +9,7 @@ complete -c nixpipe-activate -l if-inhibited -d 'When the system\'s switch inhib
 boot\t'Make it the boot default instead (boot), to activate at the next reboot'"
 complete -c nixpipe-activate -l reboot-timeout -d 'How long a rebooted target may take to answer again' -r
 complete -c nixpipe-activate -l lock-timeout -d 'How long to wait for NixOS\'s own switch lock when another switch holds it (nixos-rebuild, an auto-upgrade); then the target is left as it is' -r
+complete -c nixpipe-activate -l reconnect-timeout -d 'How long to keep trying to reach a host again whose connection was lost while its switch runs (the switch goes on there); then nixpipe says so and exits 1' -r
 complete -c nixpipe-activate -l check -d 'Run COMMAND on each target after switching (e.g. \'curl -fsS localhost/health\'); when it fails, that target rolls back' -r
 complete -c nixpipe-activate -l no-hostname-check -d 'Activate even when the target\'s hostname is not the record\'s'
 complete -c nixpipe-activate -l dry-run -d 'Check everything on the target, change nothing'

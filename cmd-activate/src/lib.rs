@@ -102,6 +102,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = activation::NIXOS_LOCK_WAIT)]
     pub lock_timeout: u64,
 
+    /// How long to keep trying to reach a host again whose connection was lost while its switch runs (the
+    /// switch goes on there); then nixpipe says so and exits 1
+    #[arg(long, value_name = "SECONDS", default_value_t = activation::RECONNECT_WAIT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconnect_timeout: u64,
+
     /// Keep a new system whose switch left units failed (exit 4) instead of rolling back
     #[arg(long)]
     pub keep_on_unit_failure: bool,
@@ -161,6 +166,7 @@ impl Plan {
             install_bootloader: cli.install_bootloader,
             reboot: cli.reboot.then_some(cli.reboot_timeout),
             lock_timeout: Some(cli.lock_timeout),
+            reconnect_timeout: Some(cli.reconnect_timeout),
             keys: cli.keys,
         };
         let work = match cli.rollback || cli.restore_bundle {

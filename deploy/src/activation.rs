@@ -141,9 +141,16 @@ pub struct Options {
     /// switch-to-configuration) before it gives up, changing nothing; None
     /// for [`NIXOS_LOCK_WAIT`].
     pub lock_timeout: Option<u64>,
+    /// How long to keep trying to get back a lost connection to a host
+    /// whose job runs; None for [`RECONNECT_WAIT`].
+    pub reconnect_timeout: Option<u64>,
 }
 
 pub use reboot::REBOOT_WAIT;
+
+/// The default of [`Options::reconnect_timeout`]: a reboot of the host
+/// under the job, or a link that comes back, fits in it.
+pub const RECONNECT_WAIT: u64 = 300;
 
 /// The default of [`Options::lock_timeout`]: an auto-upgrade's switch
 /// takes about that long.
@@ -608,6 +615,7 @@ impl Steps {
             install_bootloader: opts.install_bootloader,
             keep_on_unit_failure: opts.keep_on_unit_failure,
             lock_timeout: opts.lock_timeout.unwrap_or(NIXOS_LOCK_WAIT),
+            reconnect_for: std::time::Duration::from_secs(opts.reconnect_timeout.unwrap_or(RECONNECT_WAIT)),
         }
     }
 }

@@ -666,6 +666,17 @@ fn spawn_nspawn(root: &Path, base: &Path, hostname: &str, port: u16) -> Result<C
         true => "mount -t cgroup2 cgroup2 /sys/fs/cgroup\n",
         false => "",
     };
+    // What a MicroVM of the host boots (the stand-in's microvm-run with
+    // testbed.microvmBoots): the VM kit, and its release root as the guest's.
+    let vm_binds = match Path::new(crate::vm::KIT).exists() {
+        true => format!(
+            "--bind-ro={kit} --bind-ro={b}:{guest} ",
+            kit = crate::vm::KIT,
+            b = base.display(),
+            guest = crate::vm::GUEST_ROOT
+        ),
+        false => String::new(),
+    };
     let script = format!(
         "set -e
 {mounts}{join_cgroups}mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn
@@ -677,7 +688,7 @@ while [ $status = 133 ]; do
   status=0
   systemd-nspawn --quiet --directory=$m --machine={machine} --hostname={hostname} \
     --register=no --keep-unit --console=pipe --link-journal=no \
-    --bind={r}/nix:/nix --bind={r}/var-lib:/var/lib --bind={r}/sbin:/usr/local/sbin --bind=/tmp:/tmp \
+    --bind={r}/nix:/nix --bind={r}/var-lib:/var/lib --bind={r}/sbin:/usr/local/sbin --bind=/tmp:/tmp {vm_binds}\
     -- /usr/bin/setpriv --pdeathsig KILL /lib/systemd/systemd || status=$?
 done
 exit $status",

@@ -16,8 +16,9 @@ use std::process::Command;
 /// Where release roots are kept between runs.
 pub const ROOTS: &str = "/var/cache/nixpipe-testbed";
 /// The file scripts/release-root.sh writes last: a root without it is
-/// missing something the tests need (tcsh and fish came in version 2).
-const ROOT_VERSION: &str = ".nixpipe-testbed-root-3";
+/// missing something the tests need (tcsh and fish came in version 2,
+/// qemu in 4).
+const ROOT_VERSION: &str = ".nixpipe-testbed-root-4";
 
 /// The Nix programs a deployer runs, each a name of the one `nix` binary.
 const NIX_PROGRAMS: &[&str] = &[

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// Where scripts/setup.sh has scripts/vm-kit.sh put the kernel and initrd.
 pub const KIT: &str = "/var/cache/nixpipe-testbed/vm";
+/// Where a systemd host of the testbed has its release root bound, for
+/// its MicroVMs' guests (the stand-in microvm-run's default root).
+pub const GUEST_ROOT: &str = "/var/cache/nixpipe-testbed/guest-root";
 /// The stand-in runners' variable for the guest's root.
 pub const ROOT_VARIABLE: &str = "NIXPIPE_TESTBED_VM_ROOT";
 
@@ -64,4 +67,34 @@ impl Testbed {
         let (login, port) = target.rsplit_once(':').unwrap();
         self.sh(&format!("ssh $NIX_SSHOPTS -p {port} {login} {}", shlex::try_quote(command).unwrap()))
     }
+}
+
+impl Testbed {
+    /// Waits (up to 3 minutes) until a VM's sshd answers on
+    /// 127.0.0.1:`port`, and adds its host key to the deployer's
+    /// known_hosts, as a user who started that VM by hand would.
+    pub fn know_vm_at(&self, port: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            let scan = std::process::Command::new("ssh-keyscan")
+                .args(["-T", "3", "-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let key =
+                String::from_utf8_lossy(&scan.stdout).lines().find(|l| l.contains(" ssh-ed25519 ")).map(str::to_owned);
+            if let Some(key) = key {
+                let mut known = fs::OpenOptions::new().append(true).open(self.path().join("known_hosts")).unwrap();
+                std::io::Write::write_all(&mut known, format!("{key}\n").as_bytes()).unwrap();
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no VM's ssh answered on 127.0.0.1:{port} in 180 s");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
+/// A port of 127.0.0.1 free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

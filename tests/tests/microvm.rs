@@ -318,3 +318,45 @@ fn with_passwordless_sudo_the_password_never_reaches_the_commands_input() {
     vm.assert_store_sound();
     assert_eq!(vm.switch_log().len(), 1);
 }
+
+#[test]
+fn a_microvm_boots_for_real_restarts_only_for_a_new_runner_and_is_switched_over_ssh() {
+    let tb = Testbed::new();
+    let _vms = tb.vms();
+    let host = vm_host(&tb);
+    let port = nixpipe_tests::vm::free_port();
+    // web1 as a MicroVM that boots: its ssh forwarded to 127.0.0.1:port of
+    // the host (which shares this machine's network), a page served.
+    let runner_of = |page: &str| {
+        let module = format!(
+            "testbed.microvmBoots = true; testbed.webPage = \"{page}\"; microvm.forwardPorts = \
+             [ {{ from = \"host\"; host.address = \"127.0.0.1\"; host.port = {port}; guest.port = 22; }} ];"
+        );
+        let config = tb.vm_config(&format!("micro-{page}"), &module);
+        let run = tb.sh(&format!("nixpipe-eval --microvm-runner -f {} --nixpkgs \"$NIXPKGS\"", config.display()));
+        run.ok().stdout.trim().to_owned()
+    };
+    let first = runner_of("first");
+    install(&tb, &host, &first, "").ok();
+    // A first install starts nothing (microvm.nix's autostart would).
+    host.sh(&format!("systemctl start {UNIT}"));
+    tb.know_vm_at(port);
+    let vm = format!("root@127.0.0.1:{port}");
+    let in_vm = |command: &str| tb.sh(&format!("ssh $NIX_SSHOPTS -p {port} root@127.0.0.1 '{command}'")).ok().stdout;
+    let system_of = |record: &str| std::fs::read_link(format!("{}/share/microvm/system", path(record))).unwrap();
+    assert_eq!(in_vm("readlink /run/current-system").trim(), system_of(&first).to_str().unwrap());
+    assert_eq!(starts(&host), 1);
+
+    // The same runner again: the VM keeps running.
+    install(&tb, &host, &first, "").ok();
+    assert_eq!(starts(&host), 1);
+
+    // A new runner, installed without a restart, then switched in place.
+    let second = runner_of("second");
+    install(&tb, &host, &second, "--restart never").ok();
+    let run = tb.sh(&format!("nixpipe-microvm switch --vm {vm} test $'{}'", second.replace('\t', "\\t"))).ok();
+    assert!(run.stderr.contains("web1 | restarting the following units: testbed-web.service"), "{}", run.stderr);
+    assert_eq!(in_vm("readlink /run/current-system").trim(), system_of(&second).to_str().unwrap());
+    assert_eq!(in_vm("$(readlink -f /run/current-system/sw/bin/sh) wget -qO- http://localhost/"), "second");
+    assert_eq!(starts(&host), 1, "switched in place, not restarted");
+}

@@ -185,3 +185,33 @@ fn a_record_that_is_no_vm_runner_is_bad_input() {
     let run = tb.sh("nixpipe-vm stop nothing");
     assert_eq!((run.code, run.error_line()), (1, "nixpipe-vm: no VM called nothing runs"));
 }
+
+#[test]
+fn a_vm_killed_under_a_deploy_fails_the_deploy_naming_it() {
+    let tb = Testbed::new();
+    let _vms = tb.vms();
+    let first = tb.vm_config("first", "");
+    let started =
+        tb.sh(&format!("nixpipe-eval --vm-runner -f {} --nixpkgs \"$NIXPKGS\" | nixpipe-vm start", first.display()));
+    let target = started.ok().json_lines()[0]["targetHost"].as_str().unwrap().to_owned();
+    let slow = tb.vm_config("slow", "testbed.switchSleep = 60;");
+    // The VM is stopped (its qemu killed) once its switch has begun.
+    let run = tb.sh(&format!(
+        "nixpipe-eval --vm -f {} --nixpkgs \"$NIXPKGS\" | nixpipe-copy --to {target} \
+           | nixpipe-activate --on {target} --reconnect-timeout 5 test 2>deploy.err & deploy=$!
+         until grep -q 'switch-to-configuration test' deploy.err; do sleep 0.2; done
+         nixpipe-vm stop web1
+         wait $deploy; code=$?; cat deploy.err >&2; exit $code",
+        slow.display()
+    ));
+    assert_eq!(run.code, 1);
+    assert!(
+        run.error_line().starts_with(&format!(
+            "nixpipe-activate: web1: lost track of the activation on {target}: no connection to {target} for 5 s"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches("lost the connection").count(), 1, "said once: {}", run.stderr);
+    assert_eq!(qemus(&tb), 0);
+}

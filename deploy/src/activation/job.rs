@@ -22,8 +22,6 @@ const FRAME: &str = "nixpipe-frame ";
 /// The longest frame job.sh sends (it sends a long log in pieces of 1 MiB);
 /// a header that says more is no frame of ours.
 const LONGEST_FRAME: u64 = 4 << 20;
-/// How long nixpipe keeps trying to get a dropped connection back.
-const RECONNECT_FOR: Duration = Duration::from_secs(300);
 /// A link that died without a word is noticed within 15 s, not hours.
 /// Keepalives every 5 s: a follower notices a dead link in 15 s.
 const KEEPALIVE: Link =
@@ -71,6 +69,8 @@ pub struct Plan<'a> {
     pub keep_on_unit_failure: bool,
     /// Seconds to wait for NixOS's own lock.
     pub lock_timeout: u64,
+    /// How long to keep trying to get a lost connection back.
+    pub reconnect_for: Duration,
 }
 
 pub struct JobEnd {
@@ -137,7 +137,7 @@ impl<'a> Job<'a> {
                 return Err(self.launch_failure(status, &stderr));
             }
         }
-        let give_up = Instant::now() + RECONNECT_FOR;
+        let give_up = Instant::now() + plan.reconnect_for;
         // Said once a connection is lost, not at every attempt to get it
         // back (a host that is gone refuses one a second).
         let mut said = false;
@@ -146,7 +146,7 @@ impl<'a> Job<'a> {
                 let why = format!(
                     "no connection to {} for {} s; the job goes on there",
                     self.target(),
-                    RECONNECT_FOR.as_secs()
+                    plan.reconnect_for.as_secs()
                 );
                 follower.result = Some(JobResult::Lost(why));
                 break;
