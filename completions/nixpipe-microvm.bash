@@ -177,7 +177,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__list)
-            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --json --help"
+            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --vm --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -188,6 +188,10 @@ _nixpipe__microvm() {
                     return 0
                     ;;
                 --sudo-cmd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --vm)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

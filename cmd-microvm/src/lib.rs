@@ -80,6 +80,11 @@ pub enum Command {
         #[command(flatten)]
         host: HostArgs,
 
+        /// Ask each running VM what it runs, over ssh at TARGET ('root@{name}', 'root@127.0.0.1:2222'): a VM
+        /// switched in place (switch --vm) is current although it booted an older runner
+        #[arg(long, value_name = "TARGET")]
+        vm: Option<TargetSpec>,
+
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -137,6 +142,7 @@ enum Plan<'a> {
     List {
         target: Target,
         privilege: Privilege,
+        vm: Option<&'a TargetSpec>,
         output: &'a OutputArgs,
     },
     Remove {
@@ -165,9 +171,9 @@ impl<'a> Plan<'a> {
                 let opts = Options { action: *action, hostname_check: !no_hostname_check, ..Options::default() };
                 Plan::Switch { vm, opts, privilege, jobs, records: records.read()?, output }
             }
-            Command::List { host, output } => {
+            Command::List { host, vm, output } => {
                 let (target, privilege) = host.open()?;
-                Plan::List { target, privilege, output }
+                Plan::List { target, privilege, vm: vm.as_ref(), output }
             }
             Command::Remove { host, name, purge } => {
                 let (target, privilege) = host.open()?;
@@ -185,8 +191,8 @@ impl<'a> Plan<'a> {
             Plan::Switch { vm, opts, privilege, jobs, records, output } => {
                 switch(vm, &opts, privilege, jobs, records, output)
             }
-            Plan::List { target, privilege, output } => {
-                list(&Host::new(&Session::new(target, &privilege, nixpipe_cli::reports())), output)
+            Plan::List { target, privilege, vm, output } => {
+                list(&Host::new(&Session::new(target, &privilege, nixpipe_cli::reports())), vm, output)
             }
             Plan::Remove { target, privilege, name, purge } => {
                 Host::new(&Session::new(target, &privilege, nixpipe_cli::reports())).remove(name, purge)?;
@@ -250,8 +256,11 @@ fn switch(
     results.finish()
 }
 
-fn list(host: &Host, output: &OutputArgs) -> Result<Outcome, Error> {
-    let vms = host.list()?;
+fn list(host: &Host, vm: Option<&TargetSpec>, output: &OutputArgs) -> Result<Outcome, Error> {
+    let vms = match vm {
+        Some(vm) => microvm::ask_running(host.list()?, vm, nixpipe_cli::reports()),
+        None => host.list()?,
+    };
     let mut out = StdoutLines::default();
     for vm in vms {
         let line = match output.json {

@@ -9,9 +9,9 @@ use crate::nix::{self, NixError};
 pub use nixpipe_host::event::Installed;
 use nixpipe_host::event::{Event, VmState};
 use nixpipe_host::process::{self, CannotRun};
-use nixpipe_host::report::Report;
+use nixpipe_host::report::{Report, Reports};
 use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
-use nixpipe_host::Target;
+use nixpipe_host::{Target, TargetSpec};
 use nixpipe_store::record::Record;
 pub use nixpipe_store::record::{parse_vm_name, VM_NAME_MAX};
 use nixpipe_store::store_path::StorePath;
@@ -70,22 +70,77 @@ pub struct Vm {
     pub current: String,
     pub booted: Option<String>,
     pub running: bool,
-    /// current: runs its current runner; outdated: runs another one (needs
-    /// a restart); not booted: not running; stale: its current runner is
+    /// The current runner's guest system.
+    pub system: Option<String>,
+    /// What the running VM says it runs (/run/current-system), when it was
+    /// asked (list --vm).
+    pub runs: Option<String>,
+    /// current: runs its current runner, or was switched in place to its
+    /// system (as the VM says); outdated: runs another one (needs a
+    /// restart); not booted: not running; stale: its current runner is
     /// gone from the store.
     pub state: &'static str,
 }
 
 impl From<VmState> for Vm {
     fn from(vm: VmState) -> Vm {
-        let state = match (vm.valid, vm.running, &vm.booted) {
+        let mut listed = Vm {
+            name: vm.name,
+            current: vm.current,
+            booted: vm.booted,
+            running: vm.running,
+            system: vm.system,
+            runs: None,
+            state: "",
+        };
+        listed.state = match (vm.valid, listed.running, &listed.booted) {
             (false, _, _) => "stale",
             (true, false, _) | (true, true, None) => "not booted",
-            (true, true, Some(b)) if *b == vm.current => "current",
+            (true, true, Some(b)) if *b == listed.current => "current",
             (true, true, Some(_)) => "outdated",
         };
-        Vm { name: vm.name, current: vm.current, booted: vm.booted, running: vm.running, state }
+        listed
     }
+}
+
+impl Vm {
+    /// What the running VM itself says it runs: a VM switched in place to
+    /// its current runner's system is current whatever it booted; one that
+    /// runs something else is not, whatever its links say.
+    pub fn asked(mut self, runs: String) -> Vm {
+        if self.running && self.state != "stale" {
+            self.state = match self.system.as_deref() == Some(runs.as_str()) {
+                true => "current",
+                false => "outdated",
+            };
+        }
+        self.runs = Some(runs);
+        self
+    }
+}
+
+/// Asks each running VM what it runs, at `vm` (a target, `{name}` the
+/// VM's name), as its login user: a VM that cannot be asked is said on its
+/// line and listed by its links alone.
+pub fn ask_running(vms: Vec<Vm>, vm: &TargetSpec, reports: Reports) -> Vec<Vm> {
+    vms.into_iter()
+        .map(|listed| {
+            if !listed.running {
+                return listed;
+            }
+            let asked = vm.resolve(Some(&listed.name)).map_err(|e| e.to_string()).and_then(|target| {
+                let session = Session::as_login_user(target, reports);
+                session.stdout(&Run::program(&["readlink", "-f", "/run/current-system"])).map_err(|e| e.to_string())
+            });
+            match asked {
+                Ok(runs) => listed.asked(runs.trim().to_owned()),
+                Err(why) => {
+                    reports.step(&listed.name, &format!("cannot ask the VM what it runs: {why}"));
+                    listed
+                }
+            }
+        })
+        .collect()
 }
 
 /// A host of MicroVMs, reached as root.
@@ -252,6 +307,7 @@ mod tests {
                 booted: booted.map(Into::into),
                 running,
                 valid,
+                system: None,
             };
             Vm::from(vm).state
         };
@@ -259,6 +315,22 @@ mod tests {
         assert_eq!(state(true, Some("/nix/store/r1"), true), "outdated");
         assert_eq!(state(true, None, false), "not booted");
         assert_eq!(state(false, None, false), "stale");
+    }
+
+    #[test]
+    fn a_vm_that_says_it_runs_its_current_system_is_current_whatever_it_booted() {
+        let vm = |booted: &str| {
+            Vm::from(VmState {
+                name: "a".into(),
+                current: "/nix/store/r2".into(),
+                booted: Some(booted.into()),
+                running: true,
+                valid: true,
+                system: Some("/nix/store/s2".into()),
+            })
+        };
+        assert_eq!(vm("/nix/store/r1").asked("/nix/store/s2".into()).state, "current");
+        assert_eq!(vm("/nix/store/r2").asked("/nix/store/s1".into()).state, "outdated");
     }
 
     mod on_a_fake_host {

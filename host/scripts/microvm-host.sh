@@ -70,7 +70,10 @@ list() {
         booted=$(readlink "$d/booted" 2>/dev/null || true)
         run=0
         running "$name" && run=1
-        emit vm name="$name" current="$current" valid="$valid" booted="$booted" running="$run"
+        # The guest system of the current runner: what a VM switched in
+        # place (switch --vm) runs, although it booted another runner.
+        system=$(readlink -f "$current/share/microvm/system" 2>/dev/null || true)
+        emit vm name="$name" current="$current" valid="$valid" booted="$booted" running="$run" system="$system"
     done
 }
 

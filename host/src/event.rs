@@ -336,6 +336,8 @@ pub struct VmState {
     pub running: bool,
     /// Whether its current runner is still in the store.
     pub valid: bool,
+    /// The current runner's guest system (share/microvm/system).
+    pub system: Option<String>,
 }
 
 /// Every event in a script's output, in order.
@@ -409,6 +411,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
             booted: some("booted"),
             running: flag("running"),
             valid: flag("valid"),
+            system: some("system"),
         }),
         "installed" => Event::Installed(Installed {
             changed: flag("changed"),

@@ -359,4 +359,13 @@ fn a_microvm_boots_for_real_restarts_only_for_a_new_runner_and_is_switched_over_
     assert_eq!(in_vm("readlink /run/current-system").trim(), system_of(&second).to_str().unwrap());
     assert_eq!(in_vm("$(readlink -f /run/current-system/sw/bin/sh) wget -qO- http://localhost/"), "second");
     assert_eq!(starts(&host), 1, "switched in place, not restarted");
+
+    // Its links say it booted the first runner; the VM itself says it runs
+    // the second one's system.
+    let listed = |flags: &str| tb.sh(&format!("nixpipe-microvm list --on {} {flags}", host.target())).ok().stdout;
+    assert!(listed("").starts_with("web1\toutdated\t"), "{}", listed(""));
+    let asked = listed(&format!("--vm {vm} --json"));
+    let asked: serde_json::Value = serde_json::from_str(asked.trim()).unwrap();
+    assert_eq!(asked["state"], "current");
+    assert_eq!(asked["runs"].as_str(), system_of(&second).to_str());
 }
