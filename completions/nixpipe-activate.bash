@@ -23,7 +23,7 @@ _nixpipe__activate() {
 
     case "${cmd}" in
         nixpipe__activate)
-            opts="-j -h -V --on --no-hostname-check --dry-run --specialisation --rollback --restore-bundle --confirm-timeout --ask-sudo-password --sudo-password-per-host --sudo-cmd --realise --diff --jobs --timeout --fail-fast --batch --if-inhibited --reboot --reboot-timeout --lock-timeout --reconnect-timeout --keep-on-unit-failure --install-bootloader --keys --run-key-commands --check --json --help --version switch boot test dry-activate check"
+            opts="-j -h -V --on --no-hostname-check --dry-run --specialisation --rollback --restore-bundle --confirm-timeout --ask-sudo-password --sudo-password-per-host --sudo-cmd --realise --diff --jobs --timeout --fail-fast --batch --if-inhibited --reboot --reboot-timeout --lock-timeout --reconnect-timeout --keep-on-unit-failure --install-bootloader --keys --run-key-commands --check --json --plain --help --version switch boot test dry-activate check"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

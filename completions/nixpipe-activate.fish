@@ -25,6 +25,7 @@ complete -c nixpipe-activate -l keep-on-unit-failure -d 'Keep a new system whose
 complete -c nixpipe-activate -l install-bootloader -d '(Re)install the boot loader (NIXOS_INSTALL_BOOTLOADER=1), as nixos-rebuild --install-bootloader'
 complete -c nixpipe-activate -l keys -d 'Upload each record\'s deployment.keys (JSON records of nixpipe-eval) before the switch, or after it for uploadAt = "post-activation"; contents read here, sent over ssh\'s stdin only'
 complete -c nixpipe-activate -l run-key-commands -d 'Run the keyCommand of records\' keys here, as you (--keys): the records are code then, so only for records you made (nixpipe-eval of your own configuration), never ones fetched from elsewhere'
-complete -c nixpipe-activate -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-activate -l json -d 'Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]'
+complete -c nixpipe-activate -l plain -d 'Write plain records (NAME<TAB>PATH), also when they came as JSON'
 complete -c nixpipe-activate -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-activate -s V -l version -d 'Print version'

@@ -23,7 +23,7 @@ _nixpipe__bundle() {
 
     case "${cmd}" in
         nixpipe__bundle)
-            opts="-h -V --config --nixpkgs --json --help --version"
+            opts="-h -V --config --nixpkgs --json --plain --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -23,7 +23,7 @@ _nixpipe__copy() {
 
     case "${cmd}" in
         nixpipe__copy)
-            opts="-s -j -h -V --to --from --protocol --substitute-on-destination --sign-key --compress --no-gc-root --dry-run --via --cache-url --jobs --timeout --json --help --version"
+            opts="-s -j -h -V --to --from --protocol --substitute-on-destination --sign-key --compress --no-gc-root --dry-run --via --cache-url --jobs --timeout --json --plain --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -13,6 +13,7 @@ complete -c nixpipe-copy -l timeout -d 'Give up on a host (or store) that neithe
 complete -c nixpipe-copy -s s -l substitute-on-destination -d 'Let the target fetch what it can from its own substituters first'
 complete -c nixpipe-copy -l no-gc-root -d 'Keep no GC root on the target for the records copied (by default each record\'s path is one, under /nix/var/nix/gcroots/nixpipe/NAME, until nixpipe-activate has put it in the system profile)'
 complete -c nixpipe-copy -l dry-run -d 'Say on stderr what would be copied; copy nothing, write no records'
-complete -c nixpipe-copy -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-copy -l json -d 'Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]'
+complete -c nixpipe-copy -l plain -d 'Write plain records (NAME<TAB>PATH), also when they came as JSON'
 complete -c nixpipe-copy -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-copy -s V -l version -d 'Print version'

@@ -23,7 +23,7 @@ _nixpipe__eval() {
 
     case "${cmd}" in
         nixpipe__eval)
-            opts="-f -I -h -V --all --file --nixpkgs --nixpkgs-url --nixpkgs-sha256 --system --network --vm --vm-runner --microvm-runner --attr --drv --build-on --tag --json --help --version"
+            opts="-f -I -h -V --all --file --nixpkgs --nixpkgs-url --nixpkgs-sha256 --system --network --vm --vm-runner --microvm-runner --attr --drv --build-on --tag --json --plain --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

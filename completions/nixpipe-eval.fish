@@ -13,6 +13,7 @@ complete -c nixpipe-eval -l vm -d 'The VM variant\'s toplevel (config.virtualisa
 complete -c nixpipe-eval -l vm-runner -d 'The runnable VM (config.system.build.vm)'
 complete -c nixpipe-eval -l microvm-runner -d 'microvm.nix\'s runner (config.microvm.declaredRunner), for nixpipe-microvm'
 complete -c nixpipe-eval -l drv -d 'Evaluate only and print .drv paths, to build elsewhere'
-complete -c nixpipe-eval -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-eval -l json -d 'Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]'
+complete -c nixpipe-eval -l plain -d 'Write plain records (NAME<TAB>PATH), also when they came as JSON'
 complete -c nixpipe-eval -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-eval -s V -l version -d 'Print version'

@@ -151,7 +151,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__install)
-            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --restart --build-on-host --json --help"
+            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --restart --build-on-host --json --plain --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -177,7 +177,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__list)
-            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --vm --json --help"
+            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --vm --json --plain --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -225,7 +225,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__switch)
-            opts="-j -h --vm --no-hostname-check --ask-sudo-password --sudo-password-per-host --sudo-cmd --jobs --timeout --json --help switch boot test dry-activate check"
+            opts="-j -h --vm --no-hostname-check --ask-sudo-password --sudo-password-per-host --sudo-cmd --jobs --timeout --json --plain --help switch boot test dry-activate check"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

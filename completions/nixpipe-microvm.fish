@@ -39,7 +39,8 @@ never\t'Never: the VM runs its old runner until restarted'"
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l build-on-host -d 'The records are .drv paths: copy them to the host and build there'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l json -d 'Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l plain -d 'Write plain records (NAME<TAB>PATH), also when they came as JSON'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l vm -d 'The VM itself: [user@]host[:port], or a template such as \'root@{name}\'' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r
@@ -48,14 +49,16 @@ complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" 
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l no-hostname-check -d 'Switch even when the VM\'s hostname is not the record\'s NAME'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l json -d 'Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -l plain -d 'Write plain records (NAME<TAB>PATH), also when they came as JSON'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand switch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l on -d 'The host that runs the VMs' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l vm -d 'Ask each running VM what it runs, over ssh at TARGET (\'root@{name}\', \'root@127.0.0.1:2222\'): a VM switched in place (switch --vm) is current although it booted an older runner' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
-complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l json -d 'Write JSON records (one object per line) instead of plain lines'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l json -d 'Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -l plain -d 'Write plain records (NAME<TAB>PATH), also when they came as JSON'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand list" -s h -l help -d 'Print help'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l on -d 'The host that runs the VMs' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand remove" -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r

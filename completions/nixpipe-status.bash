@@ -23,7 +23,7 @@ _nixpipe__status() {
 
     case "${cmd}" in
         nixpipe__status)
-            opts="-j -h -V --on --changed --jobs --timeout --json --help --version"
+            opts="-j -h -V --on --changed --jobs --timeout --json --plain --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

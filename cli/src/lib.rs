@@ -94,12 +94,25 @@ impl RecordArgs {
     }
 }
 
-/// --json, as every command takes it.
+/// --json and --plain, as every command takes them.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct OutputArgs {
-    /// Write JSON records (one object per line) instead of plain lines
+    /// Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]
     #[arg(long)]
     pub json: bool,
+
+    /// Write plain records (NAME<TAB>PATH), also when they came as JSON
+    #[arg(long, conflicts_with = "json")]
+    pub plain: bool,
+}
+
+impl OutputArgs {
+    /// The output for these records: as a Unix filter, the format they came
+    /// in (JSON as soon as one came as JSON), unless --json or --plain says.
+    pub fn for_records(&self, records: &[Record]) -> OutputArgs {
+        let json = self.json || (!self.plain && records.iter().any(|record| record.json));
+        OutputArgs { json, plain: !json }
+    }
 }
 
 /// How the privileged steps become root, as every command that has them

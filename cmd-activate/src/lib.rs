@@ -139,6 +139,7 @@ struct Plan {
     work: Work,
     rollout: Rollout,
     privilege: Privilege,
+    output: OutputArgs,
 }
 
 /// What the activation works on.
@@ -169,18 +170,23 @@ impl Plan {
             reconnect_timeout: Some(cli.reconnect_timeout),
             keys: cli.keys,
         };
+        let mut output = cli.output.clone();
         let work = match cli.rollback || cli.restore_bundle {
             true => Work::GoBack(
                 cli.on.as_ref().expect("clap requires --on").resolve(None).map_err(|e| Error::Usage(e.to_string()))?,
             ),
-            false => Work::Records(fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))?),
+            false => {
+                let records = cli.records.read()?;
+                output = cli.output.for_records(&records);
+                Work::Records(fleet::with_targets(records, cli.on.as_ref(), Some(Target::Local))?)
+            }
         };
         if let (true, Work::Records(records)) = (cli.keys, &work) {
             check_keys(records, cli.run_key_commands)?;
         }
         let rollout = Rollout { jobs: cli.jobs.jobs(), batch: cli.batch, fail_fast: cli.fail_fast };
         // Asked last: no password for a run that would stop at bad input.
-        Ok(Plan { opts, work, rollout, privilege: cli.privilege.privilege()? })
+        Ok(Plan { opts, work, rollout, privilege: cli.privilege.privilege()?, output })
     }
 
     fn run(&self, results: &mut Results, json: bool) -> Result<(), Error> {
@@ -217,13 +223,14 @@ impl Plan {
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    let mut results = Results::new(&cli.output);
-    Plan::new(&cli)?.run(&mut results, cli.output.json)?;
+    let plan = Plan::new(&cli)?;
+    let mut results = Results::new(&plan.output);
+    plan.run(&mut results, plan.output.json)?;
     results.finish()
 }
 
 /// Every record's keys are well formed, before any host is touched. A
-/// plain record carries no keys at all: a step without --json in between
+/// plain record carries no keys at all: a step with --plain in between
 /// would drop them without a word. A keyCommand runs a program here: only
 /// when the user says the records are theirs (--run-key-commands).
 fn check_keys(records: &[(Record, Target)], run_key_commands: bool) -> Result<(), Error> {
@@ -231,7 +238,7 @@ fn check_keys(records: &[(Record, Target)], run_key_commands: bool) -> Result<()
         let usage = |why: String| Error::Usage(format!("{}: {why}", record.label()));
         if record.extra.is_empty() {
             return Err(usage(
-                "--keys reads deployment.keys from JSON records: nixpipe-eval --json, and --json on every step between"
+                "--keys reads deployment.keys from JSON records: nixpipe-eval --json, and no --plain on a step between"
                     .into(),
             ));
         }

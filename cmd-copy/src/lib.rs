@@ -92,6 +92,7 @@ struct Plan {
     via: Option<Via>,
     options: Options,
     jobs: usize,
+    output: OutputArgs,
 }
 
 impl Plan {
@@ -111,30 +112,31 @@ impl Plan {
         let via = cli.via.as_deref().map(|spec| Via::parse(spec, cli.cache_url.as_deref()));
         let via = via.transpose().map_err(Error::Usage)?;
         options.check(cli.to.as_ref())?;
-        let routes = copy::routes(cli.records.read()?, cli.from.as_ref(), cli.to.as_ref())?;
+        let records = cli.records.read()?;
+        let output = cli.output.for_records(&records);
+        let routes = copy::routes(records, cli.from.as_ref(), cli.to.as_ref())?;
         if let Some(via) = &via {
             via.check(&options, &routes.iter().map(|(route, _)| &route.to).collect::<Vec<_>>())?;
         }
-        Ok(Plan { routes, via, options, jobs: cli.jobs.jobs() })
+        Ok(Plan { routes, via, options, jobs: cli.jobs.jobs(), output })
     }
 
     /// Copies every route; writes each route's records once its copy is
     /// done (with --dry-run: none).
-    fn run(self, results: &mut Results, json: bool) -> Result<(), Error> {
-        let Plan { routes, via, options, jobs } = self;
+    fn run(self) -> Result<Outcome, Error> {
+        let Plan { routes, via, options, jobs, output } = self;
+        let mut results = Results::new(&output);
+        let json = output.json;
         fleet::copy_routes(&routes, via.as_ref(), &options, jobs, |route, records, copied| {
-            let written = report(results, route, records, &copied, options.dry_run, json);
+            let written = report(&mut results, route, records, &copied, options.dry_run, json);
             results.keep(written);
         })?;
-        Ok(())
+        results.finish()
     }
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
-    let mut results = Results::new(&cli.output);
-    let json = cli.output.json;
-    Plan::new(cli)?.run(&mut results, json)?;
-    results.finish()
+    Plan::new(cli)?.run()
 }
 
 /// Passes on a route's records once its copy is done, or reports why not.

@@ -213,7 +213,8 @@ fn install(
     build_on_host: bool,
     output: &OutputArgs,
 ) -> Result<Outcome, Error> {
-    let mut results = Results::new(output);
+    let output = output.for_records(records);
+    let mut results = Results::new(&output);
     for (mut record, installed) in microvm::install_all(host, records, restart, build_on_host)? {
         if let (true, Ok(installed)) = (output.json, &installed) {
             record.add_fields(installed);
@@ -232,9 +233,9 @@ fn switch(
     records: Vec<Record>,
     output: &OutputArgs,
 ) -> Result<Outcome, Error> {
+    let mut results = Results::new(&output.for_records(&records));
     let planned = fleet::with_targets(records, Some(vm), None)?;
     let privilege = privilege.privilege()?;
-    let mut results = Results::new(output);
     jobs.rollout().run(
         &planned,
         |(record, target)| {

@@ -42,11 +42,14 @@ pub struct Cli {
 /// Which host each record is asked on, checked before any is asked.
 struct Plan {
     records: Vec<(Record, Target)>,
+    output: OutputArgs,
 }
 
 impl Plan {
     fn new(cli: &Cli) -> Result<Plan, Error> {
-        Ok(Plan { records: fleet::with_targets(cli.records.read()?, cli.on.as_ref(), Some(Target::Local))? })
+        let records = cli.records.read()?;
+        let output = cli.output.for_records(&records);
+        Ok(Plan { records: fleet::with_targets(records, cli.on.as_ref(), Some(Target::Local))?, output })
     }
 
     /// Asks every host, `jobs` at a time; writes the records on as
@@ -55,7 +58,8 @@ impl Plan {
         // Nothing here needs root: sudo is never run.
         let privilege = Privilege::default();
         let reports = nixpipe_cli::reports();
-        let mut results = Results::new(&cli.output);
+        let mut results = Results::new(&self.output);
+        let json = self.output.json;
         fleet::each(
             &self.records,
             cli.jobs.jobs(),
@@ -64,7 +68,7 @@ impl Plan {
                 status::of(&Session::new(target.clone(), &privilege, reports), record)
             },
             |(record, target), status| {
-                let written = write(&mut results, cli, record, target, status);
+                let written = write(&mut results, cli.changed, json, record, target, status);
                 results.keep(written);
                 true
             },
@@ -80,7 +84,8 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
 /// Says what the host runs, and writes the record on when it should be.
 fn write(
     results: &mut Results,
-    cli: &Cli,
+    changed: bool,
+    json: bool,
     record: &Record,
     target: &Target,
     status: Result<HostStatus, nixpipe_host::session::SessionError>,
@@ -90,19 +95,19 @@ fn write(
     match status {
         Ok(status) => {
             nixpipe_cli::reports().step(record.label(), &status.summary());
-            if cli.changed && status.runs() {
+            if changed && status.runs() {
                 return Ok(());
             }
-            if cli.output.json {
+            if json {
                 record.add_fields(&status.json(&target));
             }
         }
         Err(why) => {
             results.failed(record.label(), &why);
-            if !cli.changed && !cli.output.json {
+            if !changed && !json {
                 return Ok(());
             }
-            if cli.output.json {
+            if json {
                 record.add_fields(&FailedJson { target: &target, error: why.to_string() });
             }
         }

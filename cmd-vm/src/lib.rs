@@ -75,7 +75,7 @@ impl Plan {
         let dir = VmDir::open()?;
         let reports = nixpipe_cli::reports();
         // Always JSON: a VM's record is nothing without its targetHost.
-        let mut results = Results::new(&OutputArgs { json: true });
+        let mut results = Results::new(&OutputArgs { json: true, plain: false });
         match self {
             Plan::Start { runners, options } => {
                 for record in vm::start_all(&dir, &runners, &options, reports)? {

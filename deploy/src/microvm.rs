@@ -287,7 +287,8 @@ pub fn switch(vm: &Session, record: &Record, opts: &Options) -> Result<Record, M
         activation::check_host_is(&vm.target, hostname.trim(), name)?;
     }
     load_db(vm, &system)?;
-    let system = Record::new(record.name.clone(), system);
+    // The runner's record's other fields go on with its system.
+    let system = Record { extra: record.extra.clone(), json: record.json, ..Record::new(record.name.clone(), system) };
     match activation::activate(vm, Some(&system), opts).error() {
         None => Ok(system),
         Some(why) => Err(why.clone().into()),

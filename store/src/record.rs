@@ -25,6 +25,9 @@ pub struct Record {
     pub path: StorePath,
     /// JSON fields other than name and path, passed on unchanged.
     pub extra: Map<String, Value>,
+    /// Whether it came as a JSON line: a filter writes it on as one (a
+    /// pipe keeps the format it is given).
+    pub json: bool,
 }
 
 /// Where a bad record came from, for the one-line error.
@@ -52,7 +55,7 @@ pub struct RecordError {
 
 impl Record {
     pub fn new(name: Option<String>, path: StorePath) -> Record {
-        Record { name, path, extra: Map::new() }
+        Record { name, path, extra: Map::new(), json: false }
     }
 
     /// The record's name, or its path where it has none: what errors name.
@@ -117,7 +120,7 @@ fn parse_json(line: &str) -> Result<Record, String> {
         Some(_) => return Err("JSON record: \"path\" is not a string".into()),
         None => return Err("JSON record has no \"path\"".into()),
     };
-    Ok(Record { name, path, extra: obj })
+    Ok(Record { name, path, extra: obj, json: true })
 }
 
 /// Names end up in ssh targets (`root@{name}`) and file names, so they are

@@ -29,11 +29,12 @@ const TWO_KEYS: &str = r#"{
   "api-token" = { keyCommand = [ "sh" "-c" "sleep 1; cat @dir@/token" ]; destDir = "/var/lib/secrets"; uploadAt = "post-activation"; };
 }"#;
 
-/// Evaluates `network`, copies it to `on` and switches there with its keys.
+/// Evaluates `network`, copies it to `on` and switches there with its keys:
+/// the JSON records eval writes stay JSON through the pipe.
 fn deploy_command(network: &str, on: &str) -> String {
     format!(
-        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --json --to {on} \
-         | nixpipe-activate --on {on} --keys --run-key-commands --json switch"
+        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --to {on} \
+         | nixpipe-activate --on {on} --keys --run-key-commands switch"
     )
 }
 
@@ -191,15 +192,15 @@ fn keys_from_plain_records_are_bad_usage_for_a_step_dropped_them() {
     let web1 = tb.host("web1");
     let network = network_with_keys(&tb, TWO_KEYS);
 
-    // nixpipe-copy without --json writes plain records: the keys are gone.
+    // nixpipe-copy --plain writes plain records: the keys are gone.
     let run = tb.sh(&format!(
-        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --to {0} \
+        "nixpipe-eval --network {network} --nixpkgs \"$NIXPKGS\" --json | nixpipe-copy --plain --to {0} \
          | nixpipe-activate --on {0} --keys switch",
         web1.target()
     ));
 
     assert_eq!(run.code, 2);
-    assert!(run.error_line().ends_with("and --json on every step between"), "{}", run.stderr);
+    assert!(run.error_line().ends_with("and no --plain on a step between"), "{}", run.stderr);
     assert!(web1.switch_log().is_empty());
 }
 
