@@ -152,6 +152,8 @@ enum Work {
 impl Plan {
     fn new(cli: &Cli) -> Result<Plan, Error> {
         check_combinations(cli)?;
+        // Asked before the records come: they may come after a long build.
+        let privilege = cli.privilege.privilege()?;
         let opts = Options {
             action: cli.action,
             hostname_check: !cli.no_hostname_check,
@@ -185,8 +187,7 @@ impl Plan {
             check_keys(records, cli.run_key_commands)?;
         }
         let rollout = Rollout { jobs: cli.jobs.jobs(), batch: cli.batch, fail_fast: cli.fail_fast };
-        // Asked last: no password for a run that would stop at bad input.
-        Ok(Plan { opts, work, rollout, privilege: cli.privilege.privilege()?, output })
+        Ok(Plan { opts, work, rollout, privilege, output })
     }
 
     fn run(&self, results: &mut Results, json: bool) -> Result<(), Error> {

@@ -134,7 +134,7 @@ enum Plan<'a> {
     Switch {
         vm: &'a TargetSpec,
         opts: Options,
-        privilege: &'a PrivilegeArgs,
+        privilege: Privilege,
         jobs: &'a JobsArgs,
         records: Vec<Record>,
         output: &'a OutputArgs,
@@ -157,6 +157,8 @@ impl<'a> Plan<'a> {
     fn new(command: &'a Command) -> Result<Plan<'a>, Error> {
         Ok(match command {
             Command::Install { host, restart, build_on_host, records, output } => {
+                // The password (--ask-sudo-password) before the records.
+                let (target, privilege) = host.open()?;
                 let records = records.read()?;
                 for record in &records {
                     let Some(name) = &record.name else {
@@ -164,11 +166,12 @@ impl<'a> Plan<'a> {
                     };
                     microvm::parse_vm_name(name).map_err(|e| Error::Usage(format!("{}: {e}", record.label())))?;
                 }
-                let (target, privilege) = host.open()?;
                 Plan::Install { target, privilege, restart: *restart, build_on_host: *build_on_host, records, output }
             }
             Command::Switch { vm, action, no_hostname_check, privilege, jobs, records, output } => {
                 let opts = Options { action: *action, hostname_check: !no_hostname_check, ..Options::default() };
+                // Asked before the records come, as nixpipe-activate asks.
+                let privilege = privilege.privilege()?;
                 Plan::Switch { vm, opts, privilege, jobs, records: records.read()?, output }
             }
             Command::List { host, vm, output } => {
@@ -189,7 +192,7 @@ impl<'a> Plan<'a> {
                 install(&Host::new(&session), &records, restart, build_on_host, output)
             }
             Plan::Switch { vm, opts, privilege, jobs, records, output } => {
-                switch(vm, &opts, privilege, jobs, records, output)
+                switch(vm, &opts, &privilege, jobs, records, output)
             }
             Plan::List { target, privilege, vm, output } => {
                 list(&Host::new(&Session::new(target, &privilege, nixpipe_cli::reports())), vm, output)
@@ -228,18 +231,17 @@ fn install(
 fn switch(
     vm: &TargetSpec,
     opts: &Options,
-    privilege: &PrivilegeArgs,
+    privilege: &Privilege,
     jobs: &JobsArgs,
     records: Vec<Record>,
     output: &OutputArgs,
 ) -> Result<Outcome, Error> {
     let mut results = Results::new(&output.for_records(&records));
     let planned = fleet::with_targets(records, Some(vm), None)?;
-    let privilege = privilege.privilege()?;
     jobs.rollout().run(
         &planned,
         |(record, target)| {
-            microvm::switch(&Session::new(target.clone(), &privilege, nixpipe_cli::reports()), record, opts)
+            microvm::switch(&Session::new(target.clone(), privilege, nixpipe_cli::reports()), record, opts)
         },
         |(record, _), switched| switched.is_err().then(|| record.label().to_owned()),
         |(record, _), step| {

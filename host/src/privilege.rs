@@ -106,8 +106,9 @@ pub struct Privilege {
 }
 
 impl Privilege {
-    /// `sudo_cmd` split as a shell would; `ask`: ask the password when a
-    /// host needs it (a terminal to ask on must be there now).
+    /// `sudo_cmd` split as a shell would; `ask`: ask the password now
+    /// ([`Ask::Once`]) or when a host needs it ([`Ask::PerHost`]); a
+    /// terminal to ask on must be there now.
     pub fn new(sudo_cmd: Option<&str>, ask: Ask) -> Result<Privilege, PrivilegeError> {
         let custom = sudo_cmd
             .map(|cmd| match shlex::split(cmd) {
@@ -121,7 +122,15 @@ impl Privilege {
         if ask != Ask::Never {
             std::fs::File::open("/dev/tty").map_err(|e| PrivilegeError::NoTerminal(e.to_string()))?;
         }
-        Ok(Privilege { custom, ask, ..Privilege::default() })
+        let privilege = Privilege { custom, ask, ..Privilege::default() };
+        // The one password of the run is asked now, before the records come
+        // (after a build and a copy that may take long), as nixos-rebuild-ng
+        // asks before it builds; a host that needs none never gets it.
+        if ask == Ask::Once {
+            let password = ask_password("[nixpipe] sudo password: ")?;
+            privilege.passwords.lock().unwrap_or_else(|p| p.into_inner()).insert(String::new(), password);
+        }
+        Ok(privilege)
     }
 
     /// The password for `target`, asked now if it is the first to need it

@@ -447,7 +447,7 @@ fn a_user_without_passwordless_sudo_gets_a_clear_error_and_nothing_changes() {
 }
 
 #[test]
-fn hosts_that_need_no_password_are_never_asked_for_one() {
+fn a_password_asked_at_the_start_goes_to_no_host_that_needs_none() {
     let tb = Testbed::new();
     let (web1, web2) = (tb.host("web1"), tb.host("web2"));
     let system = tb.system("web1");
@@ -460,17 +460,46 @@ fn hosts_that_need_no_password_are_never_asked_for_one() {
     tb.alias("web1", &web1, "deploy");
     tb.alias("web2", &web2, "root");
 
-    // On a terminal, with nothing typed: a prompt would wait for ever.
-    let run = tb.sh(&format!(
-        "script --quiet --echo never --return --command \
-         \"printf 'web1\t%s\nweb2\t%s\n' {system} {system} | nixpipe-activate --ask-sudo-password switch\" /dev/null </dev/null"
-    ));
+    // On a terminal: asked once, at the start; neither host's sudo asks.
+    let watch = SecretWatch::start(DEPLOY_PASSWORD);
+    let run = tb.sh_with_input(
+        &format!(
+            "script --quiet --echo never --return --command \
+             \"printf 'web1\t%s\nweb2\t%s\n' {system} {system} | nixpipe-activate --ask-sudo-password switch\" /dev/null"
+        ),
+        &format!("{DEPLOY_PASSWORD}\n"),
+    );
 
     let run = run.ok();
-    assert!(!run.stdout.contains("sudo password"), "{}", run.stdout);
+    assert_eq!(run.stdout.matches("sudo password").count(), 1, "{}", run.stdout);
+    assert_eq!(watch.stop(), Vec::<String>::new(), "the password went somewhere");
     for host in [&web1, &web2] {
         assert_eq!(host.system_profile().as_deref(), Some(&*system));
     }
+}
+
+#[test]
+fn the_sudo_password_is_asked_before_the_first_record_arrives() {
+    let tb = Testbed::new();
+    let web1 = tb.host("web1");
+    let system = tb.system("web1");
+    web1.start_nix_daemon();
+    tb.sh(&format!("nixpipe-copy --to {} {system}", web1.target())).ok();
+    tb.alias("web1", &web1, "deploy");
+
+    // The record comes 2 s late, as after a build: the prompt is first.
+    let run = tb.sh_with_input(
+        &format!(
+            "script --quiet --echo never --return --command \
+             \"(sleep 2; echo built >&2; printf 'web1\t%s\n' {system}) | nixpipe-activate --ask-sudo-password switch\" /dev/null"
+        ),
+        &format!("{DEPLOY_PASSWORD}\n"),
+    );
+
+    let run = run.ok();
+    let (asked, built) = (run.stdout.find("[nixpipe] sudo password:"), run.stdout.find("built"));
+    assert!(asked.is_some() && built.is_some() && asked < built, "{}", run.stdout);
+    assert_eq!(web1.system_profile().as_deref(), Some(&*system));
 }
 
 #[test]
