@@ -8,7 +8,7 @@ pub mod progress;
 pub mod reporter;
 
 use nixpipe_deploy::fleet::{self, Rollout};
-use nixpipe_deploy::{Error, Outcome};
+use nixpipe_deploy::{Changed, Error, Outcome};
 use nixpipe_host::privilege::{Ask, Privilege};
 use nixpipe_host::report::Reports;
 use nixpipe_store::{Record, RecordWriter};
@@ -174,18 +174,35 @@ impl JobsArgs {
     }
 }
 
-/// Passes on the records that succeeded and reports the ones that failed.
+/// Passes on the records that succeeded and reports the ones that failed;
+/// at the end of a run over more than one, one summary.
 pub struct Results {
     writer: RecordWriter,
     outcome: Outcome,
     /// The first record that could not be written from a callback of a
     /// run over many hosts, which cannot stop there: said at the end.
     unwritten: Option<Error>,
+    /// Whom the run wrote a record for, and who failed: for the summary.
+    written: Vec<String>,
+    failures: Vec<Failure>,
+}
+
+/// One failed record (or host), as the summary names it.
+struct Failure {
+    who: String,
+    why: String,
+    changed: Option<Changed>,
 }
 
 impl Results {
     pub fn new(output: &OutputArgs) -> Results {
-        Results { writer: RecordWriter::new(output.json), outcome: Outcome::default(), unwritten: None }
+        Results {
+            writer: RecordWriter::new(output.json),
+            outcome: Outcome::default(),
+            unwritten: None,
+            written: Vec::new(),
+            failures: Vec::new(),
+        }
     }
 
     /// Keeps the first error of `written` for [`Results::finish`], where a
@@ -209,17 +226,93 @@ impl Results {
 
     /// Writes a record to stdout, whatever became of it.
     pub fn write(&mut self, record: &Record) -> Result<(), Error> {
+        self.written.push(record.label().to_owned());
         progress::suspend(|| self.writer.write(record)).map_err(|e| Error::Output(e.to_string()))
     }
 
     /// Reports one failure, naming what failed; the run goes on.
     pub fn failed(&mut self, who: &str, why: &dyn std::fmt::Display) {
-        progress::println(&format!("{}: {who}: {why}", program()));
-        self.outcome.failed += 1;
+        self.failed_with(who, why, None);
     }
 
-    /// What the run came to, or the first record that could not be written.
+    /// Reports one failure and what it left changed (whether a host was
+    /// rolled back), for the summary; the run goes on.
+    pub fn failed_with(&mut self, who: &str, why: &dyn std::fmt::Display, changed: Option<Changed>) {
+        progress::println(&format!("{}: {who}: {why}", program()));
+        self.outcome.failed += 1;
+        self.failures.push(Failure { who: who.to_owned(), why: why.to_string(), changed });
+    }
+
+    /// What the run came to, or the first record that could not be
+    /// written; after a run over more than one record, the summary on
+    /// stderr first.
     pub fn finish(self) -> Result<Outcome, Error> {
+        // A line at a time: each line printed is kept to one line.
+        for line in self.summary().iter().flat_map(|summary| summary.lines()) {
+            progress::println(line);
+        }
         self.unwritten.map_or(Ok(self.outcome), Err)
+    }
+
+    /// How many succeeded, then each failure with its reason and whether
+    /// it was rolled back: what colmena and clan print at the end of a run.
+    fn summary(&self) -> Option<String> {
+        let failed = |who: &String| self.failures.iter().any(|f| &f.who == who);
+        let mut succeeded: Vec<&String> = self.written.iter().filter(|who| !failed(who)).collect();
+        succeeded.dedup();
+        let total = succeeded.len() + self.failures.len();
+        if total < 2 {
+            return None;
+        }
+        let mut summary = format!("{}: {} of {total} succeeded", program(), succeeded.len());
+        if !self.failures.is_empty() {
+            summary += &format!(", {} failed:", self.failures.len());
+        }
+        for failure in &self.failures {
+            let changed = match failure.changed {
+                Some(Changed::RolledBack) => " (rolled back)",
+                Some(Changed::Nothing) => " (nothing changed)",
+                Some(Changed::Something) => " (not rolled back)",
+                None => "",
+            };
+            summary += &format!("\n  {}: {}{changed}", failure.who, failure.why);
+        }
+        Some(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixpipe_store::store_path::StorePath;
+
+    fn record(name: &str) -> Record {
+        let path = StorePath::parse("/nix/store/36m5mhfn262qgji13vrgp907an576qjz-top").unwrap();
+        Record::new(Some(name.into()), path)
+    }
+
+    #[test]
+    fn a_run_over_several_records_ends_with_who_succeeded_and_who_failed_and_how() {
+        let mut results = Results::new(&OutputArgs { json: false, plain: true });
+        results.written.push(record("web1").label().to_owned());
+        results.failures.push(Failure {
+            who: "web2".into(),
+            why: "switch failed; rolled back".into(),
+            changed: Some(Changed::RolledBack),
+        });
+        results.failures.push(Failure {
+            who: "web3".into(),
+            why: "cannot reach web3".into(),
+            changed: Some(Changed::Nothing),
+        });
+        assert_eq!(
+            results.summary().unwrap(),
+            "nixpipe: 1 of 3 succeeded, 2 failed:\n  web2: switch failed; rolled back (rolled back)\n  web3: cannot reach web3 (nothing changed)"
+        );
+        let mut alone = Results::new(&OutputArgs::default());
+        alone.written.push("web1".into());
+        assert_eq!(alone.summary(), None, "one record needs no summary");
+        alone.written.push("web2".into());
+        assert_eq!(alone.summary().unwrap(), "nixpipe: 2 of 2 succeeded");
     }
 }

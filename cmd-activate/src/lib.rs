@@ -310,7 +310,7 @@ fn report(
         (None, Some(record)) => results.write(&record),
         (None, None) => Ok(()),
         (Some(why), record) => {
-            results.failed(&label, why);
+            results.failed_with(&label, why, Some(why.changed()));
             match record.filter(|_| json) {
                 Some(record) => results.write(&record),
                 None => Ok(()),

@@ -248,7 +248,8 @@ fn switch(
             let written = match step {
                 Step::Done(Ok(system)) => results.write(&system),
                 Step::Done(Err(why)) => {
-                    results.failed(record.label(), &why);
+                    let changed = Error::from(why.clone()).changed();
+                    results.failed_with(record.label(), &why, Some(changed));
                     Ok(())
                 }
                 Step::NotReached(_) => Ok(()),

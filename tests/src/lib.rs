@@ -207,9 +207,10 @@ impl Run {
         self.stdout.lines().collect()
     }
 
-    /// The one line a nixpipe command printed about what went wrong.
+    /// The one line a nixpipe command printed about what went wrong (not
+    /// the summary at the end of a run over several records).
     pub fn error_line(&self) -> &str {
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("nixpipe-")).collect();
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("nixpipe-") && !is_summary(l)).collect();
         assert_eq!(lines.len(), 1, "expected one error line, got:\n{}", self.stderr);
         lines[0]
     }
@@ -233,6 +234,15 @@ impl Default for Testbed {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Whether a line is the summary a run over several records ends with,
+/// `nixpipe-activate: 1 of 2 succeeded, 1 failed:`.
+pub fn is_summary(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once(": ") else { return false };
+    let mut words = rest.split(' ');
+    let counts = (words.next(), words.next(), words.next(), words.next());
+    matches!(counts, (Some(n), Some("of"), Some(m), Some(s)) if n.parse::<u32>().is_ok() && m.parse::<u32>().is_ok() && s.starts_with("succeeded"))
 }
 
 /// The ssh client configuration of a deployer whose key and known hosts

@@ -55,6 +55,32 @@ fn jobs_activates_every_host_and_a_failing_one_does_not_stop_the_others() {
 }
 
 #[test]
+fn a_fleet_run_ends_with_one_summary_naming_who_failed_and_whether_it_was_rolled_back() {
+    let tb = Testbed::new();
+    let good = tb.system("web1");
+    let bad = tb.system_with("web1", "testbed.switchFails = true;");
+    let hosts = fleet(&tb, 3, &good);
+    tb.sh(&format!("nixpipe-copy --to {} {bad}", hosts[1].target())).ok();
+    tb.sh(&format!("printf '{}' | nixpipe-activate switch", records(&hosts, &good))).ok();
+    // web2 gets a system whose switch fails; db9 cannot be reached.
+    let input = format!("web1\\t{good}\\nweb2\\t{bad}\\ndb9\\t{good}\\n");
+
+    for json in ["", "--json"] {
+        let run = tb.sh(&format!("printf '{input}' | nixpipe-activate {json} switch"));
+
+        assert_eq!(run.code, 1);
+        let summary: Vec<&str> = run.stderr.lines().skip_while(|l| !nixpipe_tests::is_summary(l)).collect();
+        assert_eq!(summary[0], "nixpipe-activate: 1 of 3 succeeded, 2 failed:", "{}", run.stderr);
+        let (web2, db9) =
+            (summary.iter().find(|l| l.starts_with("  web2: ")), summary.iter().find(|l| l.starts_with("  db9: ")));
+        assert!(web2.is_some_and(|l| l.ends_with(" (rolled back)")), "{}", run.stderr);
+        assert!(db9.is_some_and(|l| l.contains("cannot reach") && l.ends_with(" (nothing changed)")), "{}", run.stderr);
+        // stdout has records only, the failed ones too with --json.
+        assert_eq!(run.stdout_lines().len(), if json.is_empty() { 1 } else { 3 }, "{}", run.stdout);
+    }
+}
+
+#[test]
 fn fail_fast_starts_no_more_hosts_after_a_failure() {
     let tb = Testbed::new();
     let system = tb.system("web1");
