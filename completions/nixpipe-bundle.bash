@@ -23,7 +23,7 @@ _nixpipe__bundle() {
 
     case "${cmd}" in
         nixpipe__bundle)
-            opts="-h -V --config --nixpkgs --json --plain --help --version"
+            opts="-k -L -h -V --config --nixpkgs --show-trace --option --max-jobs --cores --keep-going --print-build-logs --builders --impure --override-input --recreate-lock-file --no-write-lock-file --refresh --offline --json --plain --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -34,6 +34,26 @@ _nixpipe__bundle() {
                     return 0
                     ;;
                 --nixpkgs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --option)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cores)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --builders)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-input)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -23,7 +23,7 @@ _nixpipe__eval() {
 
     case "${cmd}" in
         nixpipe__eval)
-            opts="-f -I -h -V --all --file --nixpkgs --nixpkgs-url --nixpkgs-sha256 --system --network --vm --vm-runner --microvm-runner --attr --drv --build-on --tag --json --plain --help --version"
+            opts="-f -I -k -L -h -V --all --file --nixpkgs --nixpkgs-url --nixpkgs-sha256 --system --network --vm --vm-runner --microvm-runner --attr --drv --build-on --tag --show-trace --option --max-jobs --cores --keep-going --print-build-logs --builders --impure --override-input --recreate-lock-file --no-write-lock-file --refresh --offline --json --plain --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -70,6 +70,26 @@ _nixpipe__eval() {
                     return 0
                     ;;
                 --tag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --option)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cores)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --builders)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-input)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

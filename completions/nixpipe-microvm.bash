@@ -151,7 +151,7 @@ _nixpipe__microvm() {
             return 0
             ;;
         nixpipe__subcmd__microvm__subcmd__install)
-            opts="-h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --restart --build-on-host --json --plain --help"
+            opts="-k -L -h --on --ask-sudo-password --sudo-password-per-host --sudo-cmd --restart --build-on-host --show-trace --option --max-jobs --cores --keep-going --print-build-logs --builders --impure --override-input --recreate-lock-file --no-write-lock-file --refresh --offline --json --plain --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -167,6 +167,26 @@ _nixpipe__microvm() {
                     ;;
                 --restart)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                --option)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cores)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --builders)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --override-input)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

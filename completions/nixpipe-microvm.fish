@@ -36,9 +36,22 @@ complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install"
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l restart -d 'When to restart microvm@NAME.service' -r -f -a "auto\t'Only when the VM runs and was booted from another runner'
 always\t'Every time'
 never\t'Never: the VM runs its old runner until restarted'"
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l option -d 'Set a Nix setting, as `nix --option NAME VALUE` (again for more)' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l max-jobs -d 'Build at most N derivations at once (Nix\'s max-jobs; `auto` for one per core)' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l cores -d 'Let each build use N cores (Nix\'s cores; 0 for all)' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l builders -d 'Build on these machines (Nix\'s builders setting, e.g. \'ssh://builder x86_64-linux\')' -r
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l override-input -d 'Use FLAKEREF for the flake\'s input INPUT (again for more)' -r
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l ask-sudo-password -d 'Ask the sudo password once, on the terminal, and give it to the sudo of every host of the run that asks for one: a host whose login is compromised keeps it (--sudo-password-per-host does not share it)'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l sudo-password-per-host -d 'Ask a sudo password for each host that needs one, naming the host: no host gets another\'s'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l build-on-host -d 'The records are .drv paths: copy them to the host and build there'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l show-trace -d 'Show the trace of an evaluation error'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s k -l keep-going -d 'Keep building the other derivations when one fails: the machines that build get their records, the others are named'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s L -l print-build-logs -d 'Show the full log of every build (as `nix build -L`; nix-build, which builds here, shows them anyway)'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l impure -d 'Let a flake\'s evaluation read files and the environment outside it'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l recreate-lock-file -d 'Lock every input of the flake anew'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l no-write-lock-file -d 'Do not write the flake\'s lock file'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l refresh -d 'Fetch flake inputs and tarballs anew, whatever is cached'
+complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l offline -d 'Use only what is here: no downloads, no substituters'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l json -d 'Write JSON records (one object per line) [default: JSON when the records came as JSON, else plain lines]'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -l plain -d 'Write plain records (NAME<TAB>PATH), also when they came as JSON'
 complete -c nixpipe-microvm -n "__fish_nixpipe_microvm_using_subcommand install" -s h -l help -d 'Print help (see more with \'--help\')'

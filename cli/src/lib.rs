@@ -115,6 +115,104 @@ impl OutputArgs {
     }
 }
 
+/// Nix's own flags, as every step that evaluates or builds takes them: the
+/// same names and meanings as Nix's, passed to every Nix call of the step.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Nix's own flags (passed to every Nix call of the step, here or on the build host)")]
+pub struct NixFlagsArgs {
+    /// Show the trace of an evaluation error
+    #[arg(long)]
+    pub show_trace: bool,
+
+    /// Set a Nix setting, as `nix --option NAME VALUE` (again for more)
+    #[arg(long, num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    pub option: Vec<String>,
+
+    /// Build at most N derivations at once (Nix's max-jobs; `auto` for one per core)
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<String>,
+
+    /// Let each build use N cores (Nix's cores; 0 for all)
+    #[arg(long, value_name = "N")]
+    pub cores: Option<String>,
+
+    /// Keep building the other derivations when one fails: the machines that build get their records, the
+    /// others are named
+    #[arg(long, short = 'k')]
+    pub keep_going: bool,
+
+    /// Show the full log of every build (as `nix build -L`; nix-build, which builds here, shows them anyway)
+    #[arg(long, short = 'L')]
+    pub print_build_logs: bool,
+
+    /// Build on these machines (Nix's builders setting, e.g. 'ssh://builder x86_64-linux')
+    #[arg(long, value_name = "SPEC")]
+    pub builders: Option<String>,
+
+    /// Let a flake's evaluation read files and the environment outside it
+    #[arg(long)]
+    pub impure: bool,
+
+    /// Use FLAKEREF for the flake's input INPUT (again for more)
+    #[arg(long, num_args = 2, value_names = ["INPUT", "FLAKEREF"], action = clap::ArgAction::Append)]
+    pub override_input: Vec<String>,
+
+    /// Lock every input of the flake anew
+    #[arg(long)]
+    pub recreate_lock_file: bool,
+
+    /// Do not write the flake's lock file
+    #[arg(long)]
+    pub no_write_lock_file: bool,
+
+    /// Fetch flake inputs and tarballs anew, whatever is cached
+    #[arg(long)]
+    pub refresh: bool,
+
+    /// Use only what is here: no downloads, no substituters
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl NixFlagsArgs {
+    /// The step's Nix flags, set for all its Nix calls.
+    pub fn apply(&self) {
+        let mut common: Vec<String> = Vec::new();
+        let mut flag = |on: bool, name: &str| {
+            if on {
+                common.push(name.to_owned());
+            }
+        };
+        flag(self.show_trace, "--show-trace");
+        flag(self.keep_going, "--keep-going");
+        for pair in self.option.chunks(2) {
+            common.extend(["--option".to_owned(), pair[0].clone(), pair[1].clone()]);
+        }
+        for (name, value) in [("--max-jobs", &self.max_jobs), ("--cores", &self.cores), ("--builders", &self.builders)]
+        {
+            if let Some(value) = value {
+                common.extend([name.to_owned(), value.clone()]);
+            }
+        }
+        let mut new_cli: Vec<String> = [
+            (self.impure, "--impure"),
+            (self.recreate_lock_file, "--recreate-lock-file"),
+            (self.no_write_lock_file, "--no-write-lock-file"),
+            (self.refresh, "--refresh"),
+            (self.offline, "--offline"),
+            (self.print_build_logs, "--print-build-logs"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.to_owned())
+        .collect();
+        for pair in self.override_input.chunks(2) {
+            new_cli.extend(["--override-input".to_owned(), pair[0].clone(), pair[1].clone()]);
+        }
+        nixpipe_deploy::nix::set_flags(nixpipe_deploy::nix::NixFlags { common, new_cli, keep_going: self.keep_going });
+    }
+}
+
 /// How the privileged steps become root, as every command that has them
 /// takes it.
 #[derive(clap::Args, Debug, Clone, Default)]

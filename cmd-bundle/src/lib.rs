@@ -1,7 +1,7 @@
 //! nixpipe-bundle: one store path carrying a whole deployment.
 
 use clap::Parser;
-use nixpipe_cli::{OutputArgs, RecordArgs, Results};
+use nixpipe_cli::{NixFlagsArgs, OutputArgs, RecordArgs, Results};
 use nixpipe_deploy::bundle::Contents;
 use nixpipe_deploy::{Error, Outcome};
 use nixpipe_store::Record;
@@ -27,6 +27,9 @@ pub struct Cli {
     /// The nixpkgs source to pin in the bundle [default: <nixpkgs> from NIX_PATH]
     #[arg(long, value_name = "PATH")]
     pub nixpkgs: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub nix: NixFlagsArgs,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -55,5 +58,6 @@ impl Plan {
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    cli.nix.apply();
     Plan::new(&cli)?.run(&cli.output)
 }

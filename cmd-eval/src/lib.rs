@@ -1,7 +1,7 @@
 //! nixpipe-eval: evaluate NixOS configurations to toplevel store paths.
 
 use clap::Parser;
-use nixpipe_cli::{OutputArgs, Results};
+use nixpipe_cli::{NixFlagsArgs, OutputArgs, Results};
 use nixpipe_deploy::eval::{self, Classic, EvalError, Evaluated, Flake, Machine, Network, NixArgs, Variant};
 use nixpipe_deploy::{Error, Outcome};
 use nixpipe_host::{Target, TargetSpec};
@@ -82,6 +82,9 @@ pub struct Cli {
     pub tag: Vec<String>,
 
     #[command(flatten)]
+    pub nix: NixFlagsArgs,
+
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -153,7 +156,16 @@ impl Plan {
         let records = match &self.build {
             Build::Nowhere => eval::derivations(&machines)?,
             Build::On(target) => eval::build_on(target, &machines, nixpipe_cli::reports())?,
-            Build::Here => eval::build(&machines)?,
+            Build::Here => {
+                let mut built = Vec::new();
+                for (machine, record) in eval::build(&machines)? {
+                    match record {
+                        Ok(record) => built.push(record),
+                        Err(why) => results.failed(&machine.name, &why),
+                    }
+                }
+                built
+            }
         };
         records.iter().try_for_each(|record| results.write(record))
     }
@@ -172,6 +184,7 @@ impl Plan {
 }
 
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    cli.nix.apply();
     let mut results = Results::new(&cli.output);
     Plan::new(&cli)?.run(&mut results)?;
     results.finish()

@@ -2,7 +2,7 @@
 //! microvm.nix's layout.
 
 use clap::{Args, Parser, Subcommand};
-use nixpipe_cli::{JobsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
+use nixpipe_cli::{JobsArgs, NixFlagsArgs, OutputArgs, PrivilegeArgs, RecordArgs, Results};
 use nixpipe_deploy::activation::{Action, Options};
 use nixpipe_deploy::fleet::{self, Step};
 use nixpipe_deploy::microvm::{self, Host, Restart};
@@ -38,6 +38,9 @@ pub enum Command {
         /// The records are .drv paths: copy them to the host and build there
         #[arg(long)]
         build_on_host: bool,
+
+        #[command(flatten)]
+        nix: NixFlagsArgs,
 
         #[command(flatten)]
         records: RecordArgs,
@@ -156,7 +159,8 @@ enum Plan<'a> {
 impl<'a> Plan<'a> {
     fn new(command: &'a Command) -> Result<Plan<'a>, Error> {
         Ok(match command {
-            Command::Install { host, restart, build_on_host, records, output } => {
+            Command::Install { host, restart, build_on_host, nix, records, output } => {
+                nix.apply();
                 // The password (--ask-sudo-password) before the records.
                 let (target, privilege) = host.open()?;
                 let records = records.read()?;

@@ -28,7 +28,12 @@ pub(crate) fn realise_on(target: &Target, drvs: &[StorePath], reports: Reports) 
     let refs: Vec<&StorePath> = drvs.iter().collect();
     copy_closures(&route, &refs, &Options { reports, ..Options::default() })
         .map_err(|e| BuildError::SendDerivations { target: target.to_string(), error: Box::new(e) })?;
-    let argv: Vec<&str> = ["nix-store", "--realise"].into_iter().chain(drvs.iter().map(StorePath::as_str)).collect();
+    let flags = &crate::nix::flags().common;
+    let argv: Vec<&str> = ["nix-store", "--realise"]
+        .into_iter()
+        .chain(flags.iter().map(String::as_str))
+        .chain(drvs.iter().map(StorePath::as_str))
+        .collect();
     // Its build log goes to our stderr as it comes.
     let session = Session::as_login_user(target.clone(), reports);
     let output = session.output(&Run::program(&argv).showing_stderr())?;

@@ -52,7 +52,7 @@ impl Contents {
             "version": env!("CARGO_PKG_VERSION"),
             "switchScript": SWITCH_SH,
         });
-        let mut cmd = Command::new("nix-build");
+        let mut cmd = crate::nix::command("nix-build");
         cmd.args(["--no-out-link", "-E", BUNDLE_NIX, "--argstr", "request", &request.to_string()]);
         let output = process::capture_stdout(&mut cmd)?;
         if !output.status.success() {

@@ -54,6 +54,9 @@ pub enum EvalError {
     CannotBuildHere { machine: String, system: String, here: String },
     #[error("building the bundles failed (Nix's message is above)")]
     BundleBuild,
+    /// Its build failed, others were built (--keep-going).
+    #[error("its build failed (Nix's message is above); the others were built (--keep-going)")]
+    NotBuilt,
     #[error("nix-build gave {got} paths for {want} bundles")]
     BundleCount { got: usize, want: usize },
     #[error(transparent)]
@@ -153,7 +156,7 @@ impl NixArgs {
     /// `system` when given); read-write, so that the .drv files exist for the
     /// build step.
     fn instantiate(&self, expr: &str, args: &[(&str, &str)]) -> Result<Output, CannotRun> {
-        let mut cmd = Command::new("nix-instantiate");
+        let mut cmd = crate::nix::command("nix-instantiate");
         cmd.args(["--eval", "--strict", "--json", "--read-write-mode", "-E", expr]);
         for entry in &self.search_path {
             cmd.args(["-I", entry]);
@@ -170,7 +173,7 @@ impl NixArgs {
 /// (once, and checked) by Nix's builtins.fetchTarball. Its store path.
 pub fn fetch_nixpkgs(url: &str, sha256: &str) -> Result<PathBuf, EvalError> {
     let expr = format!("builtins.fetchTarball {{ url = {}; sha256 = {}; }}", nix_string(url), nix_string(sha256));
-    let mut cmd = Command::new("nix-instantiate");
+    let mut cmd = crate::nix::command("nix-instantiate");
     cmd.args(["--eval", "--json", "-E", &expr]);
     let output = process::capture(&mut cmd)?;
     if !output.status.success() {
@@ -326,6 +329,8 @@ impl Flake {
         let mut cmd = Command::new("nix");
         cmd.args(["--extra-experimental-features", "nix-command flakes", "eval", "--json", &installable]);
         cmd.args(["--apply", apply]);
+        let flags = crate::nix::flags();
+        cmd.args(&flags.common).args(&flags.new_cli);
         process::capture(&mut cmd)
     }
 }
@@ -405,13 +410,30 @@ fn nix_string(text: &str) -> String {
     format!("\"{escaped}\"")
 }
 
+/// A machine and its record, or why it has none.
+pub type Built<'a> = (&'a Machine, Result<Record, EvalError>);
+
 /// Builds every machine in one Nix call and returns their records; first
-/// makes sure this machine's Nix can build each one's system.
-pub fn build(machines: &[Machine]) -> Result<Vec<Record>, EvalError> {
+/// makes sure this machine's Nix can build each one's system. With Nix's
+/// --keep-going, a machine whose build failed is named (Nix's message is
+/// above) and the others, built, still get their records.
+pub fn build(machines: &[Machine]) -> Result<Vec<Built<'_>>, EvalError> {
     check_buildable_here(machines)?;
     let drvs: Vec<&str> = machines.iter().map(|m| m.drv_path.as_str()).collect();
-    crate::nix::realise(&drvs)?;
-    machines.iter().map(|m| m.record(&m.out)).collect()
+    let failed = match crate::nix::realise(&drvs) {
+        Ok(()) => Vec::new(),
+        Err(e) if crate::nix::flags().keep_going => {
+            crate::nix::invalid(&machines.iter().map(|m| m.out.as_str()).collect::<Vec<_>>()).map_err(|_| e)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(machines
+        .iter()
+        .map(|m| match failed.contains(&m.out) {
+            true => (m, Err(EvalError::NotBuilt)),
+            false => (m, m.record(&m.out)),
+        })
+        .collect())
 }
 
 /// Refuses, before Nix starts, a machine whose system this machine's Nix

@@ -5,6 +5,55 @@ use nixpipe_host::process::{self, CannotRun};
 use nixpipe_host::target::SshError;
 use nixpipe_store::store_path::StorePath;
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// Nix's own flags the user gave a step that evaluates or builds
+/// (nixpipe-eval, nixpipe-bundle, nixpipe-microvm install), with Nix's
+/// names and meanings, passed to every Nix call the step makes, here or on
+/// the build host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NixFlags {
+    /// What every Nix program takes, the old commands and the new CLI:
+    /// --show-trace, --option NAME VALUE, and settings as flags
+    /// (--max-jobs, --cores, --keep-going, --builders).
+    pub common: Vec<String>,
+    /// What only the new CLI takes (`nix eval` of flakes): --impure, the
+    /// flake flags, --refresh, --offline, --print-build-logs.
+    pub new_cli: Vec<String>,
+    /// --keep-going: the machines that build get their records when
+    /// another's build fails.
+    pub keep_going: bool,
+}
+
+static FLAGS: OnceLock<NixFlags> = OnceLock::new();
+
+/// The step's Nix flags, set once, before its first Nix call.
+pub fn set_flags(flags: NixFlags) {
+    let _ = FLAGS.set(flags);
+}
+
+pub(crate) fn flags() -> &'static NixFlags {
+    FLAGS.get_or_init(NixFlags::default)
+}
+
+/// `program` (nix-build, nix-instantiate) with the flags every Nix
+/// program takes.
+pub(crate) fn command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(&flags().common);
+    cmd
+}
+
+/// Those of `paths` that are not valid in this machine's store.
+pub(crate) fn invalid(paths: &[&str]) -> Result<Vec<String>, NixError> {
+    let mut cmd = Command::new("nix-store");
+    cmd.args(["--check-validity", "--print-invalid"]).args(paths);
+    let output = process::capture(&mut cmd)?;
+    if !output.status.success() {
+        return Err(NixError::NotInStore { why: process::summarize(&output.stderr) });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
+}
 
 /// Why a Nix program did not do its job.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -27,7 +76,7 @@ pub enum NixError {
 /// work. Nix's build log goes to stderr as it happens. (nix-build rather
 /// than nix-store --realise, which warns about GC roots on every call.)
 pub fn realise(drvs: &[&str]) -> Result<(), NixError> {
-    let mut cmd = Command::new("nix-build");
+    let mut cmd = command("nix-build");
     cmd.arg("--no-out-link").args(drvs);
     let output = process::capture_stdout(&mut cmd)?;
     if !output.status.success() {

@@ -291,3 +291,70 @@ fn a_build_that_fails_on_the_builder_is_one_line_under_nixs_log_and_no_record() 
     );
     assert!(run.stderr.contains("the build broke"), "Nix's own log is shown");
 }
+
+#[test]
+fn show_trace_reaches_nix_on_a_failing_evaluation() {
+    let tb = Testbed::new();
+    std::fs::write(tb.path().join("bad.nix"), "{ ... }: { networking.hostName = (x: x.missing) { }; }\n").unwrap();
+    let eval = |flags: &str| tb.sh(&format!("nixpipe-eval -f bad.nix --nixpkgs \"$NIXPKGS\" {flags}"));
+
+    let (plain, traced) = (eval(""), eval("--show-trace"));
+
+    assert_eq!((plain.code, traced.code), (1, 1));
+    assert!(plain.stderr.contains("use '--show-trace'"), "{}", plain.stderr);
+    assert!(!traced.stderr.contains("use '--show-trace'") && traced.stderr.contains("while"), "{}", traced.stderr);
+}
+
+#[test]
+fn an_option_changes_a_setting_that_nix_then_enforces() {
+    let tb = Testbed::new();
+    let config = format!("{}/web1/configuration.nix", nixpipe_tests::fixtures().display());
+
+    let run = tb.sh(&format!("nixpipe-eval -f {config} --nixpkgs \"$NIXPKGS\" --option restrict-eval true"));
+
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("is forbidden in restricted mode"), "{}", run.stderr);
+    tb.sh(&format!("nixpipe-eval -f {config} --nixpkgs \"$NIXPKGS\" --option restrict-eval false")).ok();
+}
+
+#[test]
+fn keep_going_builds_the_other_machines_when_one_of_three_fails_to_build() {
+    let tb = Testbed::new();
+    let network = tb.path().join("net.nix");
+    let broken = "{ pkgs, ... }: { environment.systemPackages = [ (pkgs.runCommand \"broken\" { } \"exit 1\") ]; }";
+    std::fs::write(&network, format!("{{ web1 = {{ }}; web2 = {broken}; web3 = {{ }}; }}\n")).unwrap();
+    let eval =
+        |flags: &str| tb.sh(&format!("nixpipe-eval --network {} --nixpkgs \"$NIXPKGS\" {flags}", network.display()));
+
+    let stopped = eval("");
+    assert_eq!(stopped.code, 1);
+    assert!(stopped.stdout.is_empty(), "without --keep-going nothing: {}", stopped.stdout);
+
+    let run = eval("--keep-going");
+    assert_eq!(run.code, 1);
+    let names: Vec<&str> = run.stdout_lines().iter().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(names, ["web1", "web3"]);
+    assert!(run.error_line().starts_with("nixpipe-eval: web2: its build failed"), "{}", run.stderr);
+}
+
+#[test]
+fn override_input_gives_a_flake_another_nixpkgs() {
+    let tb = Testbed::new();
+    let fleet = tb.flake("fleet");
+    let other = tb.path().join("other-nixpkgs");
+    tb.sh(&format!(
+        "cp -r \"$NIXPKGS\" {0} && sed -i 's/24.05.20240101.stand-in/25.11.overridden/' {0}/nixos/modules/base.nix",
+        other.display()
+    ))
+    .ok();
+
+    let run = tb
+        .sh(&format!(
+            "nixpipe-eval {}#web2 --override-input nixpkgs path:{} --no-write-lock-file",
+            fleet.display(),
+            other.display()
+        ))
+        .ok();
+
+    assert!(run.stdout.contains("-nixos-system-web2-25.11.overridden"), "{}", run.stdout);
+}
