@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test demo demo-pi demo-vms man bench
+.PHONY: setup build test demo demo-pi demo-vms man bench install install-files
 
 setup:
 	bash scripts/setup.sh
@@ -49,3 +49,29 @@ man:
 bench: setup
 	$(CARGO) build --release --workspace --locked
 	target/release/nixpipe-bench
+
+# Installing without Nix's package set: the commands, their man pages and
+# their bash, zsh and fish completions where the FHS and each shell look.
+#   make install PREFIX=/usr/local DESTDIR=/tmp/stage
+# install-files installs what BUILT holds (target/release by default),
+# without building: the tests install their debug build with it.
+PREFIX ?= /usr/local
+BUILT ?= target/release
+COMMANDS := nixpipe-eval nixpipe-copy nixpipe-activate nixpipe-bundle nixpipe-microvm nixpipe-status nixpipe-vm
+
+install:
+	$(CARGO) build --release --locked $(addprefix --package=,$(COMMANDS))
+	$(MAKE) install-files
+
+install-files:
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 755 $(addprefix $(BUILT)/,$(COMMANDS)) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 man/nixpipe.7 $(DESTDIR)$(PREFIX)/share/man/man7/
+	for c in $(COMMANDS); do \
+		install -m 644 completions/$$c.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$c && \
+		install -m 644 completions/_$$c $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$c && \
+		install -m 644 completions/$$c.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$c.fish || exit 1; \
+	done
