@@ -30,24 +30,44 @@ cd "$tmp"
 
 package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 [ -n "$package" ] || { echo "vm-kit: apt knows no kernel that linux-image-amd64 depends on" >&2; exit 1; }
-echo "vm-kit: fetching $package (once)" >&2
-apt-get download -qq -o APT::Sandbox::User=root "$package"
-# Only the kernel and the modules the VM loads: vmlinuz and 16 modules.
+kver=${package#linux-image-}
+# Up to bookworm one package holds the kernel and its modules; from 2026
+# sid splits them into linux-binary-KVER (usr/lib/modules/KVER/vmlinuz) and
+# linux-modules-KVER.
+packages=$package
+for split in "linux-binary-$kver" "linux-modules-$kver"; do
+    apt-cache show "$split" >/dev/null 2>&1 && packages="$packages $split"
+done
+echo "vm-kit: fetching $packages (once)" >&2
+# shellcheck disable=SC2086 # a list of package names
+apt-get download -qq -o APT::Sandbox::User=root $packages
+# Only the kernel and the modules the VM loads: vmlinuz and 16 modules
+# (those the kernel has built in are not there).
 modules='virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev virtio_mmio failover net_failover
     virtio_net virtio-rng netfs fscache 9pnet 9pnet_virtio 9p overlay'
-patterns=('./boot/vmlinuz-*')
+patterns=('./boot/vmlinuz-*' './usr/lib/modules/*/vmlinuz')
 for m in $modules; do patterns+=("./lib/modules/*/$m.ko*" "./usr/lib/modules/*/$m.ko*"); done
 mkdir deb
-dpkg-deb --fsys-tarfile ./*.deb | tar -x -C deb --wildcards "${patterns[@]}" 2>/dev/null || true
-vmlinuz=$(find deb -path '*/boot/vmlinuz-*' -type f | head -n 1)
-[ -n "$vmlinuz" ] || { echo "vm-kit: no boot/vmlinuz in $package" >&2; exit 1; }
-kver=${vmlinuz##*/vmlinuz-}
+for deb in ./*.deb; do
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C deb --wildcards "${patterns[@]}" 2>/dev/null || true
+done
+vmlinuz=$(find deb -path '*/boot/vmlinuz-*' -type f -o -path '*/modules/*/vmlinuz' -type f | head -n 1)
+[ -n "$vmlinuz" ] || { echo "vm-kit: no vmlinuz in $packages" >&2; exit 1; }
 
-# The ELF inside the bzImage: its xz stream, from where its magic starts.
-offset=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$vmlinuz" | head -n 1 | cut -d: -f1)
-[ -n "$offset" ] || { echo "vm-kit: $vmlinuz is not an xz bzImage" >&2; exit 1; }
-tail -c +"$((offset + 1))" "$vmlinuz" | xz -dc --single-stream >vmlinux 2>/dev/null || true
-[ "$(head -c 4 vmlinux | od -An -c | tr -d ' ')" = 177ELF ] || { echo "vm-kit: no ELF kernel in $vmlinuz" >&2; exit 1; }
+# The ELF inside the bzImage: its xz (up to bookworm) or zstd stream, from
+# where its magic starts.
+unpacked=
+for format in 'xz:\xfd7zXZ\x00' 'zstd:\x28\xb5\x2f\xfd'; do
+    tool=${format%%:*} magic=${format#*:}
+    offset=$(LC_ALL=C grep -obUaP "$magic" "$vmlinuz" | head -n 1 | cut -d: -f1)
+    [ -n "$offset" ] || continue
+    tail -c +"$((offset + 1))" "$vmlinuz" | "$tool" -dc >vmlinux 2>/dev/null || true
+    if [ "$(head -c 4 vmlinux | od -An -c | tr -d ' ')" = 177ELF ]; then
+        unpacked=$tool
+        break
+    fi
+done
+[ -n "$unpacked" ] || { echo "vm-kit: no ELF kernel (xz or zstd) in $vmlinuz" >&2; exit 1; }
 
 # The initrd: busybox, the modules with their dependencies, the init.
 mkdir -p initrd/bin "initrd/lib/modules/$kver"
@@ -73,11 +93,12 @@ install -m 755 "$here/vm-stage-1.sh" initrd/init
 # KVM only where a boot shows it works; a broken KVM stops qemu without
 # exiting, hence the timeout.
 accel=tcg
-# (The subshell keeps bash's word on a qemu that aborts to itself.)
+# (The subshell ends with a status, never with qemu's abort: bash would
+# say "Aborted".)
 if [ -w /dev/kvm ] &&
     (timeout 20 qemu-system-x86_64 -M pc -accel kvm -cpu max -m 256 -nodefaults -no-user-config -display none \
         -no-reboot -serial file:kvm-probe.log -bios /usr/share/qemu/qboot.rom -kernel vmlinux -initrd initrd.gz \
-        -append 'console=ttyS0 panic=-1 vm.probe=1') >/dev/null 2>&1 &&
+        -append 'console=ttyS0 panic=-1 vm.probe=1' || exit 1) >/dev/null 2>&1 &&
     grep -q 'nixpipe-vm: probe ok' kvm-probe.log; then
     accel=kvm
 fi
