@@ -59,7 +59,7 @@ vmlinuz=$(find deb -path '*/boot/vmlinuz-*' -type f -o -path '*/modules/*/vmlinu
 unpacked=
 for format in 'xz:\xfd7zXZ\x00' 'zstd:\x28\xb5\x2f\xfd'; do
     tool=${format%%:*} magic=${format#*:}
-    offset=$(LC_ALL=C grep -obUaP "$magic" "$vmlinuz" | head -n 1 | cut -d: -f1)
+    offset=$({ LC_ALL=C grep -obUaP "$magic" "$vmlinuz" || true; } | head -n 1 | cut -d: -f1)
     [ -n "$offset" ] || continue
     tail -c +"$((offset + 1))" "$vmlinuz" | "$tool" -dc >vmlinux 2>/dev/null || true
     if [ "$(head -c 4 vmlinux | od -An -c | tr -d ' ')" = 177ELF ]; then
