@@ -51,7 +51,7 @@ mkdir deb
 for deb in ./*.deb; do
     dpkg-deb --fsys-tarfile "$deb" | tar -x -C deb --wildcards "${patterns[@]}" 2>/dev/null || true
 done
-vmlinuz=$(find deb -path '*/boot/vmlinuz-*' -type f -o -path '*/modules/*/vmlinuz' -type f | head -n 1)
+vmlinuz=$({ find deb -path '*/boot/vmlinuz-*' -type f -o -path '*/modules/*/vmlinuz' -type f || true; } | head -n 1)
 [ -n "$vmlinuz" ] || { echo "vm-kit: no vmlinuz in $packages" >&2; exit 1; }
 
 # The ELF inside the bzImage: its xz (up to bookworm) or zstd stream, from
