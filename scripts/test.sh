@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(aarch64 activate bundle cli copy deploy eval fleet formats install keys microvm nixos protocol shells status testbed vms)
+all=(aarch64 activate bundle cli copy deploy display eval fleet formats install keys microvm nixos protocol shells status testbed vms)
 # Everything that copies, once more with every copy over the daemon protocol.
 copying=(copy eval fleet microvm protocol)
 # deployer target init protocol scenarios...

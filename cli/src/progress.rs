@@ -6,6 +6,7 @@
 //! of every host scroll above them, as cargo shows its builds.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nixpipe_store::nix_log::{BuildLog, Running};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock};
@@ -141,6 +142,107 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
         bars().remove(&self.bar);
+    }
+}
+
+/// A build as nix-output-monitor shows one: a status line (builds done,
+/// running, waiting; substitutions; bytes fetched; time) and a line per
+/// running build (its name, where it builds, its time, its latest log
+/// line), kept at the bottom while Nix's errors scroll above; at the end
+/// one summary line, and each failed build with its last lines.
+pub struct BuildStatus {
+    status: ProgressBar,
+    builds: Mutex<HashMap<u64, ProgressBar>>,
+}
+
+impl BuildStatus {
+    /// Where the person at the terminal watches (stderr is one, and TERM
+    /// is not `dumb`); else none.
+    pub fn on_a_terminal() -> Option<BuildStatus> {
+        let dumb = std::env::var("TERM").map_or(true, |term| term == "dumb" || term.is_empty());
+        if !std::io::stderr().is_terminal() || dumb {
+            return None;
+        }
+        let status = bars().add(ProgressBar::new_spinner());
+        status.set_style(ProgressStyle::with_template("[{spinner}] {elapsed} {wide_msg}").expect("a valid template"));
+        status.set_message("starting Nix");
+        status.enable_steady_tick(Duration::from_millis(120));
+        Some(BuildStatus { status, builds: Mutex::new(HashMap::new()) })
+    }
+
+    fn build_line(build: &Running) -> ProgressBar {
+        let bar = bars().add(ProgressBar::new_spinner());
+        bar.set_style(ProgressStyle::with_template("  {prefix} {elapsed} {wide_msg}").expect("a valid template"));
+        let machine = if build.machine.is_empty() { String::new() } else { format!(" on {}", build.machine) };
+        bar.set_prefix(printable(&format!("{}{machine}", build.name)));
+        bar.enable_steady_tick(Duration::from_millis(500));
+        bar
+    }
+}
+
+/// Builds done, running, waiting; substituted; fetched.
+fn status_line(log: &BuildLog) -> String {
+    let [done, expected, running, failed] = log.builds;
+    let waiting = expected.saturating_sub(done + running + failed);
+    let mut line = format!("built {done}/{expected}, {running} running, {waiting} waiting");
+    if failed > 0 {
+        line += &format!(", {failed} failed");
+    }
+    let [substituted, to_substitute] = log.substituted;
+    if to_substitute > 0 {
+        line += &format!(", substituted {substituted}/{to_substitute}");
+    }
+    if log.fetched() > 0 {
+        line += &format!(", fetched {}", indicatif::HumanBytes(log.fetched()));
+    }
+    line
+}
+
+impl nixpipe_host::report::BuildDisplay for BuildStatus {
+    fn update(&self, log: &BuildLog) {
+        self.status.set_message(status_line(log));
+        let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        builds.retain(|id, bar| {
+            let runs = log.running.contains_key(id);
+            if !runs {
+                bar.finish_and_clear();
+                bars().remove(bar);
+            }
+            runs
+        });
+        for (id, build) in &log.running {
+            let bar = builds.entry(*id).or_insert_with(|| BuildStatus::build_line(build));
+            bar.set_message(printable(&build.last_line));
+        }
+    }
+
+    fn println(&self, line: &str) {
+        println(line);
+    }
+
+    fn finish(&self, log: &BuildLog) {
+        for (_, bar) in self.builds.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            bar.finish_and_clear();
+            bars().remove(&bar);
+        }
+        self.status.finish_and_clear();
+        bars().remove(&self.status);
+        let [done, _, _, failed] = log.builds;
+        let mut summary = format!("{}: built {done}", crate::program());
+        if failed > 0 {
+            summary += &format!(", {failed} failed");
+        }
+        summary += &format!(", substituted {}", log.substituted[0]);
+        summary +=
+            &format!(", fetched {} in {:.1} s", indicatif::HumanBytes(log.fetched()), log.elapsed().as_secs_f64());
+        println(&summary);
+        for failure in &log.failed {
+            println(&format!("{}: the build of {} failed; its last lines:", crate::program(), failure.drv));
+            for line in &failure.last_lines {
+                println(&format!("  | {line}"));
+            }
+            println(&format!("{}: its whole log: nix log {}", crate::program(), failure.drv));
+        }
     }
 }
 

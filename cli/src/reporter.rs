@@ -4,7 +4,7 @@
 //! notes start with the command's name.
 
 use crate::progress;
-use nixpipe_host::report::{CopyProgress, Report, Reporter};
+use nixpipe_host::report::{BuildDisplay, CopyProgress, Report, Reporter};
 
 pub struct Terminal;
 
@@ -81,6 +81,10 @@ impl Reporter for Terminal {
 
     fn paused(&self, f: &mut dyn FnMut()) {
         progress::suspend(f)
+    }
+
+    fn build_display(&self) -> Option<Box<dyn BuildDisplay + '_>> {
+        progress::BuildStatus::on_a_terminal().map(|status| Box::new(status) as Box<dyn BuildDisplay>)
     }
 }
 

@@ -50,7 +50,7 @@ impl Plan {
     /// Builds every bundle with one nix-build; writes their records.
     fn run(self, output: &OutputArgs) -> Result<Outcome, Error> {
         let mut results = Results::new(&output.for_records(&self.records));
-        for bundle in self.contents.build(&self.records)? {
+        for bundle in self.contents.build(&self.records, nixpipe_cli::reports())? {
             results.write(&bundle)?;
         }
         results.finish()

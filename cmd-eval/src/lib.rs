@@ -158,7 +158,7 @@ impl Plan {
             Build::On(target) => eval::build_on(target, &machines, nixpipe_cli::reports())?,
             Build::Here => {
                 let mut built = Vec::new();
-                for (machine, record) in eval::build(&machines)? {
+                for (machine, record) in eval::build(&machines, nixpipe_cli::reports())? {
                     match record {
                         Ok(record) => built.push(record),
                         Err(why) => results.failed(&machine.name, &why),

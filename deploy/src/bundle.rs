@@ -5,6 +5,7 @@
 
 use crate::eval::EvalError;
 use nixpipe_host::process;
+use nixpipe_host::report::Reports;
 use nixpipe_store::record::Record;
 use nixpipe_store::store_path::StorePath;
 use serde_json::json;
@@ -39,7 +40,7 @@ impl Contents {
 
     /// Builds one bundle per record in one nix-build; bundle records with
     /// the same NAME (and the toplevel in JSON records).
-    pub fn build(&self, records: &[Record]) -> Result<Vec<Record>, EvalError> {
+    pub fn build(&self, records: &[Record], reports: Reports) -> Result<Vec<Record>, EvalError> {
         let machines: Vec<_> = records
             .iter()
             .map(|r| json!({ "name": r.name.clone().unwrap_or_default(), "toplevel": r.path.as_str() }))
@@ -54,7 +55,7 @@ impl Contents {
         });
         let mut cmd = crate::nix::command("nix-build");
         cmd.args(["--no-out-link", "-E", BUNDLE_NIX, "--argstr", "request", &request.to_string()]);
-        let output = process::capture_stdout(&mut cmd)?;
+        let output = crate::nix::build(cmd, reports)?;
         if !output.status.success() {
             return Err(EvalError::BundleBuild);
         }

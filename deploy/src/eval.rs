@@ -417,10 +417,10 @@ pub type Built<'a> = (&'a Machine, Result<Record, EvalError>);
 /// makes sure this machine's Nix can build each one's system. With Nix's
 /// --keep-going, a machine whose build failed is named (Nix's message is
 /// above) and the others, built, still get their records.
-pub fn build(machines: &[Machine]) -> Result<Vec<Built<'_>>, EvalError> {
+pub fn build(machines: &[Machine], reports: Reports) -> Result<Vec<Built<'_>>, EvalError> {
     check_buildable_here(machines)?;
     let drvs: Vec<&str> = machines.iter().map(|m| m.drv_path.as_str()).collect();
-    let failed = match crate::nix::realise(&drvs) {
+    let failed = match crate::nix::realise(&drvs, reports) {
         Ok(()) => Vec::new(),
         Err(e) if crate::nix::flags().keep_going => {
             crate::nix::invalid(&machines.iter().map(|m| m.out.as_str()).collect::<Vec<_>>()).map_err(|_| e)?

@@ -2,9 +2,12 @@
 //! newer), found on PATH, configured by the user's environment.
 
 use nixpipe_host::process::{self, CannotRun};
+use nixpipe_host::report::Reports;
 use nixpipe_host::target::SshError;
+use nixpipe_store::nix_log::{BuildLog, Seen};
 use nixpipe_store::store_path::StorePath;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// Nix's own flags the user gave a step that evaluates or builds
@@ -44,6 +47,38 @@ pub(crate) fn command(program: &str) -> Command {
     cmd
 }
 
+/// Runs a Nix command that builds (nix-build), its stdout captured. Where
+/// the reporter shows builds live (a terminal), Nix writes its log as JSON
+/// (`--log-format internal-json`, Nix 2.8 and later) and the display shows
+/// what runs and, at the end, one summary; elsewhere Nix's lines go to
+/// stderr as they are.
+pub(crate) fn build(mut cmd: Command, reports: Reports) -> Result<std::process::Output, CannotRun> {
+    let Some(display) = reports.build_display() else { return process::capture_stdout(&mut cmd) };
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let cannot_run = |e: std::io::Error| CannotRun { program: program.clone(), why: e.to_string() };
+    cmd.args(["--log-format", "internal-json"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(cannot_run)?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let paths = std::thread::spawn(move || {
+        let mut paths = Vec::new();
+        stdout.read_to_end(&mut paths).map(|_| paths)
+    });
+    let mut log = BuildLog::default();
+    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
+        let line = line.map_err(cannot_run)?;
+        match log.take(&line) {
+            Seen::Message(message) => display.println(&message),
+            Seen::Other => display.println(&line),
+            Seen::Noted => {}
+        }
+        display.update(&log);
+    }
+    let status = child.wait().map_err(cannot_run)?;
+    display.finish(&log);
+    let stdout = paths.join().expect("a reader does not panic").map_err(cannot_run)?;
+    Ok(std::process::Output { status, stdout, stderr: Vec::new() })
+}
+
 /// Those of `paths` that are not valid in this machine's store.
 pub(crate) fn invalid(paths: &[&str]) -> Result<Vec<String>, NixError> {
     let mut cmd = Command::new("nix-store");
@@ -75,10 +110,10 @@ pub enum NixError {
 /// Realises derivations in one call, so Nix shares and parallelises the
 /// work. Nix's build log goes to stderr as it happens. (nix-build rather
 /// than nix-store --realise, which warns about GC roots on every call.)
-pub fn realise(drvs: &[&str]) -> Result<(), NixError> {
+pub fn realise(drvs: &[&str], reports: Reports) -> Result<(), NixError> {
     let mut cmd = command("nix-build");
     cmd.arg("--no-out-link").args(drvs);
-    let output = process::capture_stdout(&mut cmd)?;
+    let output = build(cmd, reports)?;
     if !output.status.success() {
         return Err(NixError::BuildFailed { status: process::describe_status(output.status) });
     }

@@ -5,6 +5,7 @@
 //! its matches to a printer. [`Quiet`] reports nowhere.
 
 use nixpipe_store::closure_diff::ClosureDiff;
+use nixpipe_store::nix_log::BuildLog;
 
 /// Something the user should hear of while a command works.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +113,19 @@ pub enum Report {
     },
 }
 
+/// A live view of Nix's builds (what nix-output-monitor shows), for the
+/// person at a terminal; the reporter gives one only there.
+pub trait BuildDisplay {
+    /// Shows the state Nix's log has come to.
+    fn update(&self, log: &BuildLog);
+    /// A line to show above the status: Nix's errors and warnings, and
+    /// anything on its stderr that is not its JSON log.
+    fn println(&self, line: &str);
+    /// Clears the status and says what the build came to, failures with
+    /// the last lines of their logs.
+    fn finish(&self, log: &BuildLog);
+}
+
 /// A byte bar for one copy.
 pub trait CopyProgress: Sync {
     fn sent(&self, bytes: u64);
@@ -129,6 +143,11 @@ pub trait Reporter: Sync + Send {
     fn host_line(&self, label: &str, step: &str) -> Box<dyn Send + '_>;
     /// Runs `f` with the terminal free of progress lines (a prompt).
     fn paused(&self, f: &mut dyn FnMut());
+    /// A live view of a build, where someone watches one (a terminal);
+    /// None: Nix's own lines go to stderr as they are.
+    fn build_display(&self) -> Option<Box<dyn BuildDisplay + '_>> {
+        None
+    }
 }
 
 /// Reports nowhere: unit tests, and runs nobody watches.
@@ -198,6 +217,11 @@ impl Reports {
     /// The reporter's line for a host at work, while the guard lives.
     pub fn host_line(self, label: &str, step: &str) -> Box<dyn Send> {
         self.0.host_line(label, step)
+    }
+
+    /// The reporter's live view of a build, if it shows one.
+    pub fn build_display(self) -> Option<Box<dyn BuildDisplay>> {
+        self.0.build_display()
     }
 
     /// Runs `f` (a prompt on the terminal) with the reporter's progress

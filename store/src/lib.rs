@@ -1,13 +1,14 @@
 //! nixpipe-store: the store layer, what nixpipe knows of Nix stores without
 //! acting on any host: the pipe contract ([`store_path`], [`record`]), wire
 //! formats ([`wire`] below [`serve`]'s and [`daemon`]'s clients, and
-//! [`nar`]), [`path_info`], [`signing`], [`binary_cache`] and
-//! [`closure_diff`]. Nothing here starts a process or prints.
+//! [`nar`]), [`path_info`], [`signing`], [`binary_cache`],
+//! [`closure_diff`] and Nix's JSON log ([`nix_log`]). Nothing here starts a process or prints.
 
 pub mod binary_cache;
 pub mod closure_diff;
 pub mod daemon;
 pub mod nar;
+pub mod nix_log;
 pub mod path_info;
 pub mod record;
 pub mod serve;
