@@ -29,14 +29,28 @@ pub(crate) fn realise_on(target: &Target, drvs: &[StorePath], reports: Reports) 
     copy_closures(&route, &refs, &Options { reports, ..Options::default() })
         .map_err(|e| BuildError::SendDerivations { target: target.to_string(), error: Box::new(e) })?;
     let flags = &crate::nix::flags().common;
+    let display = reports.build_display();
+    let log_format = display.as_ref().map_or(&[][..], |_| &crate::nix::LOG_FORMAT[..]);
     let argv: Vec<&str> = ["nix-store", "--realise"]
         .into_iter()
         .chain(flags.iter().map(String::as_str))
+        .chain(log_format.iter().copied())
         .chain(drvs.iter().map(StorePath::as_str))
         .collect();
-    // Its build log goes to our stderr as it comes.
     let session = Session::as_login_user(target.clone(), reports);
-    let output = session.output(&Run::program(&argv).showing_stderr())?;
+    let output = match display {
+        // On a terminal: the host's builds in the display, as ours are.
+        Some(display) => {
+            let child = session.spawn(&Run::program(&argv))?;
+            crate::nix::followed(child, &*display).map_err(|e| NixError::BadOutput {
+                program: format!("nix-store --realise on {target}"),
+                output: String::new(),
+                why: e.to_string(),
+            })?
+        }
+        // Else its build log goes to our stderr as it comes.
+        None => session.output(&Run::program(&argv).showing_stderr())?,
+    };
     if !output.status.success() {
         return Err(NixError::BuildOnFailed { target: target.to_string() }.into());
     }

@@ -2,12 +2,12 @@
 //! newer), found on PATH, configured by the user's environment.
 
 use nixpipe_host::process::{self, CannotRun};
-use nixpipe_host::report::Reports;
+use nixpipe_host::report::{BuildDisplay, Reports};
 use nixpipe_host::target::SshError;
 use nixpipe_store::nix_log::{BuildLog, Seen};
 use nixpipe_store::store_path::StorePath;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 /// Nix's own flags the user gave a step that evaluates or builds
@@ -55,9 +55,18 @@ pub(crate) fn command(program: &str) -> Command {
 pub(crate) fn build(mut cmd: Command, reports: Reports) -> Result<std::process::Output, CannotRun> {
     let Some(display) = reports.build_display() else { return process::capture_stdout(&mut cmd) };
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let cannot_run = |e: std::io::Error| CannotRun { program: program.clone(), why: e.to_string() };
-    cmd.args(["--log-format", "internal-json"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(cannot_run)?;
+    cmd.args(LOG_FORMAT).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|e| CannotRun { program: program.clone(), why: e.to_string() })?;
+    followed(child, &*display).map_err(|e| CannotRun { program, why: e.to_string() })
+}
+
+/// What makes Nix write its log for a build display.
+pub(crate) const LOG_FORMAT: [&str; 2] = ["--log-format", "internal-json"];
+
+/// Reads a Nix build's JSON log from `child`'s stderr into `display` as it
+/// comes, and its stdout whole: its output (stderr empty), once it ends.
+pub(crate) fn followed(mut child: Child, display: &dyn BuildDisplay) -> std::io::Result<std::process::Output> {
+    drop(child.stdin.take());
     let mut stdout = child.stdout.take().expect("piped");
     let paths = std::thread::spawn(move || {
         let mut paths = Vec::new();
@@ -65,7 +74,7 @@ pub(crate) fn build(mut cmd: Command, reports: Reports) -> Result<std::process::
     });
     let mut log = BuildLog::default();
     for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
-        let line = line.map_err(cannot_run)?;
+        let line = line?;
         match log.take(&line) {
             Seen::Message(message) => display.println(&message),
             Seen::Other => display.println(&line),
@@ -73,9 +82,9 @@ pub(crate) fn build(mut cmd: Command, reports: Reports) -> Result<std::process::
         }
         display.update(&log);
     }
-    let status = child.wait().map_err(cannot_run)?;
+    let status = child.wait()?;
     display.finish(&log);
-    let stdout = paths.join().expect("a reader does not panic").map_err(cannot_run)?;
+    let stdout = paths.join().expect("a reader does not panic")?;
     Ok(std::process::Output { status, stdout, stderr: Vec::new() })
 }
 

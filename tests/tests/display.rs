@@ -45,9 +45,9 @@ impl<'a> Terminal<'a> {
         self.tb.sh("tmux -S tmux.sock capture-pane -p -S -").ok().stdout
     }
 
-    /// The screen once it shows `text` (at most 120 s).
+    /// The screen once it shows `text` (at most 240 s).
     fn wait_for(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(240);
         loop {
             let screen = self.screen();
             if screen.contains(text) {
@@ -135,6 +135,26 @@ fn a_path_substituted_from_a_cache_is_counted_with_its_bytes() {
     assert!(after.contains("EXIT=0"), "{after}");
     let summary = after.lines().find(|l| l.starts_with("nixpipe-eval: built ")).unwrap_or_else(|| panic!("{after}"));
     assert!(summary.contains("substituted 1,") && !summary.contains("fetched 0 B"), "{summary}");
+}
+
+#[test]
+fn builds_on_another_host_are_shown_the_same_way() {
+    let tb = Testbed::new();
+    let builder = tb.host("builder");
+    let slow = format!(
+        "(pkgs.runCommand \"{}\" {{ }} \"echo compiling there; sleep 3; mkdir -p $out\")",
+        of_this_run(&tb, "built-there")
+    );
+    let config = config(&tb, "there", 5, &slow);
+    let terminal =
+        Terminal::run(&tb, &format!("nixpipe-eval -f {config} --nixpkgs \"$NIXPKGS\" --build-on {}", builder.target()));
+
+    let during = terminal.wait_for("compiling there");
+    assert!(during.contains("1 running"), "{during}");
+    let after = terminal.wait_for("EXIT=");
+    assert!(after.contains("EXIT=0"), "{after}");
+    assert!(after.lines().any(|l| l.starts_with("nixpipe-eval: built ")), "{after}");
+    assert!(!after.contains("building '/nix/store/"), "{after}");
 }
 
 #[test]
