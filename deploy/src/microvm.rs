@@ -229,7 +229,8 @@ pub fn install_all(
                     host.session.reports.report(Report::Restarted { label: name.to_owned() });
                 }
             }
-            (Record::new(record.name.clone(), runner), installed)
+            // The record's other fields go on (a filter keeps them).
+            (Record { path: runner, ..record.clone() }, installed)
         })
         .collect())
 }
@@ -288,7 +289,7 @@ pub fn switch(vm: &Session, record: &Record, opts: &Options) -> Result<Record, M
     }
     load_db(vm, &system)?;
     // The runner's record's other fields go on with its system.
-    let system = Record { extra: record.extra.clone(), json: record.json, ..Record::new(record.name.clone(), system) };
+    let system = Record { path: system, ..record.clone() };
     match activation::activate(vm, Some(&system), opts).error() {
         None => Ok(system),
         Some(why) => Err(why.clone().into()),

@@ -57,3 +57,33 @@ fn plain_records_stay_plain_and_plain_makes_json_plain() {
     let both = tb.sh(&format!("echo '{record}' | nixpipe-copy --plain --json --to {t}"));
     assert_eq!(both.code, 2, "{}", both.stderr);
 }
+
+#[test]
+fn bundle_and_microvm_install_keep_json_records_json_with_fields_they_do_not_own() {
+    let tb = Testbed::new();
+    let host = tb.host("host");
+    let record = json_record(&tb);
+
+    let bundled = tb
+        .sh(&format!(
+            "echo '{record}' | nixpipe-bundle --config \"$FIXTURES/web1/configuration.nix\" --nixpkgs \"$NIXPKGS\""
+        ))
+        .ok();
+    let bundled = one_json(&bundled.stdout);
+    assert_eq!(bundled["ticket"], "OPS-42");
+    assert!(bundled["path"].as_str().unwrap().ends_with("-nixpipe-bundle-web1"), "{bundled}");
+    let plain = tb
+        .sh(&format!("echo '{record}' | nixpipe-bundle --plain --config \"$FIXTURES/web1/configuration.nix\" --nixpkgs \"$NIXPKGS\""))
+        .ok();
+    assert!(plain.stdout.starts_with("web1\t/nix/store/"), "{}", plain.stdout);
+
+    // A MicroVM runner's JSON record, with the same field.
+    let runner = tb
+        .sh("nixpipe-eval --microvm-runner -f \"$FIXTURES/web1/configuration.nix\" --nixpkgs \"$NIXPKGS\" --json")
+        .ok();
+    let mut runner: Value = serde_json::from_str(runner.stdout.trim()).unwrap();
+    runner["ticket"] = "OPS-43".into();
+    let installed = tb.sh(&format!("echo '{runner}' | nixpipe-microvm install --on {}", host.target())).ok();
+    let installed = one_json(&installed.stdout);
+    assert_eq!((installed["ticket"].as_str(), installed["changed"].as_bool()), (Some("OPS-43"), Some(true)));
+}
