@@ -283,6 +283,7 @@ pub struct Results {
     /// Whom the run wrote a record for, and who failed: for the summary.
     written: Vec<String>,
     failures: Vec<Failure>,
+    summarize: bool,
 }
 
 /// One failed record (or host), as the summary names it.
@@ -300,7 +301,14 @@ impl Results {
             unwritten: None,
             written: Vec::new(),
             failures: Vec::new(),
+            summarize: true,
         }
+    }
+
+    /// Records written without a summary at the end: a listing, not a run
+    /// over hosts that may fail.
+    pub fn listing(output: &OutputArgs) -> Results {
+        Results { summarize: false, ..Results::new(output) }
     }
 
     /// Keeps the first error of `written` for [`Results::finish`], where a
@@ -359,7 +367,7 @@ impl Results {
         let mut succeeded: Vec<&String> = self.written.iter().filter(|who| !failed(who)).collect();
         succeeded.dedup();
         let total = succeeded.len() + self.failures.len();
-        if total < 2 {
+        if total < 2 || !self.summarize {
             return None;
         }
         let mut summary = format!("{}: {} of {total} succeeded", program(), succeeded.len());
@@ -407,6 +415,9 @@ mod tests {
             results.summary().unwrap(),
             "nixpipe: 1 of 3 succeeded, 2 failed:\n  web2: switch failed; rolled back (rolled back)\n  web3: cannot reach web3 (nothing changed)"
         );
+        let mut listing = Results::listing(&OutputArgs::default());
+        listing.written.extend(["web1".into(), "web2".into()]);
+        assert_eq!(listing.summary(), None, "a listing has none");
         let mut alone = Results::new(&OutputArgs::default());
         alone.written.push("web1".into());
         assert_eq!(alone.summary(), None, "one record needs no summary");

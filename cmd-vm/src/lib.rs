@@ -75,7 +75,11 @@ impl Plan {
         let dir = VmDir::open()?;
         let reports = nixpipe_cli::reports();
         // Always JSON: a VM's record is nothing without its targetHost.
-        let mut results = Results::new(&OutputArgs { json: true, plain: false });
+        let json = OutputArgs { json: true, plain: false };
+        let mut results = match self {
+            Plan::Start { .. } => Results::new(&json),
+            _ => Results::listing(&json),
+        };
         match self {
             Plan::Start { runners, options } => {
                 for record in vm::start_all(&dir, &runners, &options, reports)? {
