@@ -24,6 +24,12 @@ fi
 # Debian's nix-bin leaves /nix to the first Nix command; the testbed's hosts
 # mount their own stores on it, so it must be there before any of them starts.
 mkdir -p /nix
+# Nix makes its state (the database, gcroots/profiles) the first time a
+# command opens the store, and the tests' first Nix commands, started at
+# once, race at it (Nix 2.8: "creating symlink from
+# '/nix/var/nix/gcroots/profiles' to '/nix/var/nix/profiles': File exists"):
+# made once here.
+nix-store --init 2>/dev/null
 
 # aarch64 emulation, for the Raspberry Pi scenarios: qemu registered with
 # binfmt_misc (Debian's qemu-user-static registers with the F flag: the
