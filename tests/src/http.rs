@@ -55,15 +55,33 @@ fn local_path(root: &Path, target: &str) -> Option<PathBuf> {
 }
 
 /// The body of `GET path` from 127.0.0.1:`port` (HTTP/1.0: the server
-/// closes when it is done), or panics naming what failed.
-pub fn get(port: u16, path: &str) -> String {
+/// closes when it is done), or what failed.
+pub fn try_get(port: u16, path: &str) -> Result<String, String> {
     use std::io::Read;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("GET {path} on {port}: {e}"));
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let failed = |e: &dyn std::fmt::Display| format!("GET {path} on {port}: {e}");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| failed(&e))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(|e| failed(&e))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| failed(&e))?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap_or_else(|e| panic!("GET {path} on {port}: {e}"));
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("GET {path} on {port}: {response:?}"));
-    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "GET {path} on {port}: {head}");
-    body.to_owned()
+    stream.read_to_string(&mut response).map_err(|e| failed(&e))?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| failed(&format!("{response:?}")))?;
+    match head.starts_with("HTTP/1.") && head.contains(" 200 ") {
+        true => Ok(body.to_owned()),
+        false => Err(failed(&head)),
+    }
+}
+
+/// Waits (up to a minute) until `GET path` on 127.0.0.1:`port` answers
+/// `body`, as someone refreshing a page would: a service that was just
+/// restarted may not listen yet, or still serve the old page.
+pub fn wait_for_page(port: u16, path: &str, body: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let got = try_get(port, path);
+        if got.as_deref() == Ok(body) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "GET {path} on {port} never gave {body:?}: last {got:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -94,6 +94,16 @@ impl Testbed {
     }
 }
 
+/// A command, run in a VM, that prints the page at `url`, trying again
+/// for 10 s while the web service is not there: one a switch just
+/// restarted may not listen yet.
+pub fn fetch(url: &str) -> String {
+    format!(
+        "bb=$(readlink -f /run/current-system/sw/bin/sh); for try in $(seq 50); do \
+         $bb wget -qO- {url} && exit 0; sleep 0.2; done; exit 1"
+    )
+}
+
 /// A port of 127.0.0.1 free now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -40,7 +40,7 @@ fn a_network_of_vms_starts_together_and_each_reaches_the_others_by_name() {
 
     // web1 reaches db1 by its name, on the network's private link.
     let web1 = &records[1];
-    let page = tb.in_vm(web1, "$(readlink -f /run/current-system/sw/bin/sh) wget -qO- http://db1/").ok();
+    let page = tb.in_vm(web1, &nixpipe_tests::vm::fetch("http://db1/")).ok();
     assert_eq!(page.stdout, "db1's page");
     let hosts = tb.in_vm(web1, "cat /etc/hosts").ok();
     assert!(hosts.stdout.contains("192.168.1.1 db1") && hosts.stdout.contains("192.168.1.2 web1"), "{}", hosts.stdout);
@@ -68,7 +68,7 @@ fn a_network_of_running_vms_is_updated_in_place_by_name() {
     let run = tb.sh(&deploy).ok();
     assert!(run.stderr.contains("db1 | restarting the following units: testbed-web.service"), "{}", run.stderr);
     let web1 = tb.sh("nixpipe-vm list").ok().json_lines().remove(1);
-    let page = tb.in_vm(&web1, "$(readlink -f /run/current-system/sw/bin/sh) wget -qO- http://db1/").ok();
+    let page = tb.in_vm(&web1, &nixpipe_tests::vm::fetch("http://db1/")).ok();
     assert_eq!(page.stdout, "db1, second");
 }
 
@@ -88,7 +88,7 @@ fn a_running_vm_is_updated_in_place_and_again_its_service_changing_as_seen_from_
         .ok();
     let vm = started.json_lines().remove(0);
     let target = vm["targetHost"].as_str().unwrap().to_owned();
-    assert_eq!(http::get(web_port, "/"), "first");
+    http::wait_for_page(web_port, "/", "first");
 
     for page in ["second", "third"] {
         let config = tb.vm_config(page, &format!("testbed.webPage = \"{page}\";"));
@@ -99,7 +99,7 @@ fn a_running_vm_is_updated_in_place_and_again_its_service_changing_as_seen_from_
             ))
             .ok();
         let toplevel = run.stdout.split_whitespace().last().unwrap().to_owned();
-        assert_eq!(http::get(web_port, "/"), page);
+        http::wait_for_page(web_port, "/", page);
         // The new system is in the VM's own store (its writable overlay
         // over the host's), registered in the VM's Nix database.
         let name = toplevel.strip_prefix("/nix/store/").unwrap();
