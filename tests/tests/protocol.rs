@@ -299,7 +299,13 @@ fn nar_words(words: &[&[u8]]) -> Vec<u8> {
 fn served_by_a_fake_peer(host: &Host, nar: &[u8], name: &str) -> String {
     let path = format!("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-{name}");
     std::fs::write(host.dir().join("fake.nar"), nar).unwrap();
-    std::fs::copy(nixpipe_tests::bin_dir().join("nixpipe-fake-serve"), host.dir().join("fake-serve")).unwrap();
+    // Once per host: the peer of the case before may still be running from
+    // this file, and a running program cannot be written over ("Text file
+    // busy").
+    let peer = host.dir().join("fake-serve");
+    if !peer.exists() {
+        std::fs::copy(nixpipe_tests::bin_dir().join("nixpipe-fake-serve"), &peer).unwrap();
+    }
     let body = format!(
         r#"for arg; do
     [ "$arg" = --serve ] && exec {dir}/fake-serve {dir}/fake.nar {path}
