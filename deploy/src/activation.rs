@@ -14,7 +14,7 @@ use crate::keys::{self, UploadAt};
 use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
 use nixpipe_host::report::Report;
-use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Held, Run, Script, Session, SessionError};
 use nixpipe_host::Target;
 use nixpipe_store::record::Record;
 use serde::Serialize;
@@ -492,7 +492,7 @@ fn run(
     activation: &mut Activation,
 ) -> Result<Verdict, ActivationError> {
     let target = session.target.clone();
-    let probe = probed(session, record, opts, activation)?;
+    let (probe, held) = probed(session, record, opts, activation)?;
     let path = activation.path.clone().unwrap_or_default();
     check(&target, record, &probe, opts)?;
     activation.inhibitors = probe.changed_inhibitors();
@@ -520,7 +520,7 @@ fn run(
     uploaded_at(UploadAt::PreActivation).map_err(|e| ActivationError::KeysNotWritten(Box::new(e)))?;
     let root = record.map(|r| format!("{}={}", crate::copy::gc_root_name(r), r.path)).unwrap_or_default();
     let plan = steps.plan(action, &root, opts);
-    let end = Job::new(session, label, opts.check.as_deref()).run(&plan)?;
+    let end = Job::new(session, label, opts.check.as_deref()).run(&plan, held)?;
     if end.previous.is_some() {
         activation.previous = end.previous.clone();
     }
@@ -548,22 +548,28 @@ fn run(
 }
 
 /// The probe's facts of what to activate (realised first with --realise
-/// when the host lacks it), noted in `activation`.
+/// when the host lacks it), noted in `activation`; and its session, held
+/// for the job where nothing else runs on the host between them (see
+/// [`holds_for_the_job`]).
 fn probed(
     session: &Session,
     record: Option<&Record>,
     opts: &Options,
     activation: &mut Activation,
-) -> Result<ProbeFacts, ActivationError> {
+) -> Result<(ProbeFacts, Option<Held>), ActivationError> {
     let target = session.target.clone();
     let which = Which::of(record, opts);
-    let mut probe = probe(session, activation.path.as_deref(), which, opts)?;
+    let (mut probe, mut held) = match holds_for_the_job(session, opts) {
+        true => probe_holding(session, activation.path.as_deref(), which, opts)?,
+        false => (probe(session, activation.path.as_deref(), which, opts)?, None),
+    };
     let path = match (&probe.resolved, which) {
         (Some(path), _) => path.clone(),
         (None, Which::PreviousBundle) => return Err(ActivationError::NoPreviousBundle { target }),
         (None, _) => return Err(ActivationError::NoPreviousGeneration { target }),
     };
     if !probe.valid && opts.realise {
+        held = None;
         session.stdout(&Run::program(&["nix-store", "--realise", &path])).map_err(|why| ActivationError::Realise {
             why: Box::new(why),
             path: path.clone(),
@@ -574,7 +580,14 @@ fn probed(
     activation.path = Some(path);
     activation.hostname = Some(probe.hostname.clone());
     activation.previous = probe.current.clone();
-    Ok(probe)
+    Ok((probe, held))
+}
+
+/// Whether the probe's session can carry the job too: nothing else runs
+/// on the host between them (no --diff, --keys or --dry-run), and the
+/// session can be held.
+fn holds_for_the_job(session: &Session, opts: &Options) -> bool {
+    !opts.diff && !opts.keys && !opts.dry_run && session.can_hold()
 }
 
 /// Where the system to activate is, and what switches it.
@@ -708,12 +721,41 @@ fn verdict(target: &Target, path: &str, action: Action, opts: &Options, end: &jo
 /// The facts of the target, read in one read-only round trip (the
 /// session learns its own from it too).
 fn probe(session: &Session, path: Option<&str>, which: Which, opts: &Options) -> Result<ProbeFacts, ActivationError> {
+    Ok(session.answer(&probe_run(path, which, opts, false), "probe", probe_event)?)
+}
+
+/// The probe, its session held for the job.
+fn probe_holding(
+    session: &Session,
+    path: Option<&str>,
+    which: Which,
+    opts: &Options,
+) -> Result<(ProbeFacts, Option<Held>), ActivationError> {
+    let (probe, held) = session.answer_holding(&probe_run(path, which, opts, true), "probe", probe_event)?;
+    Ok((probe, Some(held)))
+}
+
+/// probe.sh's run; `hold`: its session held for the job, over the job's
+/// link (keepalives) then.
+fn probe_run(path: Option<&str>, which: Which, opts: &Options, hold: bool) -> Run<'static> {
     let spec = opts.specialisation.as_ref().map_or("", Specialisation::as_str);
-    let args = Args::new().set("path", path.unwrap_or("")).set("spec", spec).set("which", which.as_str());
-    Ok(session.answer(&Run::script(Script::Probe, &args), "probe", |e| match e {
+    let args = Args::new()
+        .set("path", path.unwrap_or(""))
+        .set("spec", spec)
+        .set("which", which.as_str())
+        .set("hold", if hold { "1" } else { "0" });
+    let run = Run::script(Script::Probe, &args);
+    match hold {
+        true => run.over(job::KEEPALIVE),
+        false => run,
+    }
+}
+
+fn probe_event(event: Event) -> Option<ProbeFacts> {
+    match event {
         Event::Probe(probe) => Some(probe),
         _ => None,
-    })?)
+    }
 }
 
 /// Everything that must hold before anything on the target changes.

@@ -37,7 +37,8 @@ host_facts() {
     if [ "$uid" != 0 ] && command -v sudo >/dev/null 2>&1; then
         if sudo -n true 2>/dev/null; then sudo=1; else sudo=0; fi
     fi
-    emit host uid="$uid" init="$init" machine="$(uname -m)" sudo="$sudo"
+    machine=$(uname -m)
+    emit host uid="$uid" init="$init" machine="$machine" sudo="$sudo"
 }
 
 # Whether a reboot is needed to run SYSTEM fully: the booted kernel,

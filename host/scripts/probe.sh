@@ -1,9 +1,23 @@
 # Facts nixpipe-activate needs from the target, read as the login user, in
 # one round trip, changing nothing: the session's facts (a `host` event),
 # then one `probe` event. Arguments: path, spec (the specialisation, may be
-# empty), and which: `given` (path), `rollback` (the generation before the
-# current one) or `previous-bundle` (/etc/nixos/previous-configuration).
-takes path spec which -- "$@"
+# empty), which: `given` (path), `rollback` (the generation before the
+# current one) or `previous-bundle` (/etc/nixos/previous-configuration),
+# and hold: 1 to keep the session for what nixpipe runs next (held).
+takes path spec which hold -- "$@"
+
+# With hold=1, once answered: the next command, one line as ssh would have
+# been given it (session.rs's Held), runs over this session once nixpipe
+# has checked the answer, the job starting without a session of its own;
+# the end of the input instead (refused, or run elsewhere) ends it.
+held() {
+    [ "$hold" = 1 ] || exit 0
+    IFS= read -r next || exit 0
+    exec 1>&3 3>&-
+    eval "$next"
+    exit
+}
+
 p=$path
 profile=/nix/var/nix/profiles/system
 host_facts
@@ -28,10 +42,12 @@ case $which in
 esac
 if [ -z "$p" ]; then
     emit probe hostname="$hostname" current="$current"
-    exit 0
+    held
 fi
-valid=0
-nix-store --check-validity "$p" 2>/dev/null && valid=1
+# Asked in the background while the files below are read: a Nix command
+# costs tens of milliseconds to start, and the probe waits for it once.
+nix-store --check-validity "$p" >/dev/null 2>&1 &
+validity=$!
 system=$p bundle=0
 # A bundle (nixpipe-bundle) carries its system as toplevel, and bin/switch.
 if [ -f "$p/manifest.json" ] && [ -x "$p/bin/switch" ] && [ -e "$p/toplevel" ]; then
@@ -48,16 +64,26 @@ if [ -n "$spec" ]; then
     [ -x "$system/specialisation/$spec/bin/switch-to-configuration" ] && has_spec=1
     specs=$(find "$system/specialisation/" -mindepth 1 -maxdepth 1 2>/dev/null | sed 's|.*/||' | sort | tr '\n' ' ')
 fi
-# What the host's Nix runs: its own `system` natively, `extra-platforms`
-# only through emulation or another machine (binfmt_misc, builders).
-config=$(nix --extra-experimental-features nix-command show-config 2>/dev/null)
-native=$(printf '%s\n' "$config" | sed -n 's/^system = //p')
-emulated=$(printf '%s\n' "$config" | sed -n 's/^extra-platforms = //p')
 toplevel_system=
 [ -f "$system/system" ] && toplevel_system=$(cat "$system/system")
+# What the host runs natively: a system built for the kernel's own
+# architecture, without asking Nix (whose start costs as much as the rest
+# of the probe); else Nix says: its own `system` natively, `extra-platforms`
+# only through emulation or another machine (binfmt_misc, builders).
+native='' emulated=''
+if [ "$toplevel_system" = "$machine-linux" ]; then
+    native=$toplevel_system
+else
+    config=$(nix --extra-experimental-features nix-command show-config 2>/dev/null)
+    native=$(printf '%s\n' "$config" | sed -n 's/^system = //p')
+    emulated=$(printf '%s\n' "$config" | sed -n 's/^extra-platforms = //p')
+fi
+valid=0
+wait "$validity" && valid=1
 # Files as they are, whatever they hold: base64, decoded by nixpipe.
 encoded() { [ -f "$1" ] && base64 -w0 <"$1"; }
 emit probe hostname="$hostname" current="$current" resolved="$p" valid="$valid" bundle="$bundle" nixos="$nixos" \
     configured="$configured" specialisation="$has_spec" specialisations="$specs" system="$toplevel_system" \
     native="$native" emulated="$emulated" inhibitors="$(encoded "$system/switch-inhibitors")" \
     inhibitors-current="$(encoded /run/current-system/switch-inhibitors)"
+held

@@ -108,6 +108,11 @@ impl FakeHost {
 }
 
 impl Runner for FakeHost {
+    /// Each run answers once: the next runs on a session of its own.
+    fn holds(&self) -> bool {
+        false
+    }
+
     fn start(&self, _: &Target, argv: &[&str], link: &Link, stderr: Stdio) -> Result<Child, SshError> {
         let call = decode(argv, link);
         let reply = (self.answer)(&call);

@@ -137,6 +137,11 @@ impl Privilege {
     /// (of the run, or of that host with [`Ask::PerHost`]); None when the
     /// host needs none (root, passwordless sudo, --sudo-cmd) or none was to
     /// be asked.
+    /// Whether some host may be given a sudo password.
+    pub(crate) fn gives_passwords(&self) -> bool {
+        self.ask != Ask::Never
+    }
+
     fn password_for(
         &self,
         target: &Target,

@@ -135,6 +135,16 @@ impl Drop for Watchdog {
     }
 }
 
+/// Reads all of `pipe` on a thread of its own, so that neither pipe of a
+/// child can fill up and stall it; what it said, as text.
+pub fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
 /// A pipe to or from a watched program. Once its watchdog fired, reading
 /// and writing fail with [`Silent`] rather than wait on: the program is
 /// dead, but another may hold the pipe's other end still (ssh's shared
@@ -144,6 +154,13 @@ pub struct Watched<T> {
     activity: Activity,
     fired: Arc<AtomicBool>,
     limit: u64,
+}
+
+impl<T> Watched<T> {
+    /// The pipe itself, no longer watched.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
 }
 
 impl<T: std::os::fd::AsRawFd> Watched<T> {
@@ -240,7 +257,7 @@ pub struct Silent(pub u64);
 impl Silent {
     /// The I/O error of a program its watchdog stopped, wherever that is
     /// noticed (its end, or a read or write on its pipes).
-    fn error(self) -> io::Error {
+    pub(crate) fn error(self) -> io::Error {
         io::Error::new(io::ErrorKind::TimedOut, self)
     }
 }
@@ -341,9 +358,43 @@ pub fn private_runtime_dir(name: &str) -> Option<std::path::PathBuf> {
     (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0).then_some(dir)
 }
 
+/// An exclusive lock on a file (flock), held until dropped; other
+/// processes taking it wait. Without the file (a directory we cannot
+/// write), no lock: the caller goes on as if alone.
+pub struct FileLock {
+    /// Held for its lock, released when it is closed.
+    _file: Option<std::fs::File>,
+}
+
+impl FileLock {
+    pub fn exclusive(path: &std::path::Path) -> FileLock {
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).ok();
+        FileLock { _file: file.filter(|f| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_lock_is_taken_by_one_holder_at_a_time() {
+        let path = std::env::temp_dir().join(format!("nixpipe-lock-test-{}", std::process::id()));
+        let first = FileLock::exclusive(&path);
+        let waited = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let started = std::time::Instant::now();
+                let _second = FileLock::exclusive(&path);
+                started.elapsed()
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(first);
+        assert!(waited.join().unwrap() >= std::time::Duration::from_millis(150));
+        let _ = std::fs::remove_file(path);
+    }
 
     #[test]
     fn a_flood_of_output_keeps_only_the_answer_and_the_ends_of_stderr() {

@@ -9,11 +9,11 @@
 //! into typed [`Event`]s.
 
 use crate::event::{Event, HostFacts};
-use crate::privilege::{Privilege, PrivilegeError};
+use crate::privilege::{Elevated, Privilege, PrivilegeError};
 use crate::process;
 use crate::report::Reports;
 use crate::target::{Link, SshError, Target};
-use std::io::Write;
+use std::io::{BufReader, Write};
 use std::process::{Child, Output, Stdio};
 use std::sync::{LazyLock, OnceLock};
 
@@ -116,7 +116,7 @@ impl Script {
         ];
         Some(match (self, verb) {
             (Script::Facts | Script::BootState, None) => (&[], false),
-            (Script::Probe, None) => (&["path", "spec", "which"], false),
+            (Script::Probe, None) => (&["path", "spec", "which", "hold"], false),
             (Script::Job, Some("launch" | "job")) => (&JOB, false),
             (Script::Job, Some("follow")) => (&["id", "log_at", "events_at"], false),
             (Script::Job, Some("confirm" | "reject")) => (&["id"], false),
@@ -273,6 +273,13 @@ pub trait Runner: Sync {
     /// Starts `argv` (made root's already, where it is to run as root) on
     /// `target` over `link`: stdin and stdout piped, stderr as given.
     fn start(&self, target: &Target, argv: &[&str], link: &Link, stderr: Stdio) -> Result<Child, SshError>;
+
+    /// Whether a session it started can be held for one more run
+    /// ([`Session::answer_holding`]): a scripted host answers each run
+    /// once, and cannot.
+    fn holds(&self) -> bool {
+        true
+    }
 }
 
 /// Runs on the host: locally, or through ssh.
@@ -344,21 +351,80 @@ impl<'a> Session<'a> {
     /// open for the caller (sudo got its password first, when it asked):
     /// the one place a process on a host is started.
     pub fn spawn(&self, run: &Run) -> Result<Child, SessionError> {
-        let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
-        let elevated = match run.root {
-            true => Some(self.privilege.elevate(&self.target, self.facts()?, &argv, self.reports)?),
-            false => None,
-        };
-        let argv: Vec<&str> = match &elevated {
-            Some(elevated) => elevated.argv.iter().map(String::as_str).collect(),
-            None => argv,
-        };
+        let elevated = self.elevated(run)?;
+        let argv: Vec<&str> = elevated.argv.iter().map(String::as_str).collect();
         let stderr = if run.shows_stderr { Stdio::inherit() } else { Stdio::piped() };
         let mut child = self.runner.start(&self.target, &argv, &run.link, stderr)?;
-        if let Some(password) = elevated.as_ref().and_then(|e| e.password.as_ref()) {
+        if let Some(password) = &elevated.password {
             self.privilege.answer_sudo(&self.target, &mut child, password)?;
         }
         Ok(child)
+    }
+
+    /// `run`'s argv, made root's when it runs as root (and the password
+    /// sudo will ask for, if it asks).
+    fn elevated(&self, run: &Run) -> Result<Elevated, SessionError> {
+        let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
+        Ok(match run.root {
+            true => self.privilege.elevate(&self.target, self.facts()?, &argv, self.reports)?,
+            false => Elevated { argv: run.argv.clone(), password: None },
+        })
+    }
+
+    /// Whether this session's runs can be held for one more run: not
+    /// where a sudo password may be given. Held, a session's input stays
+    /// open until its next command, and a login that reads its input first
+    /// (a compromised one, fishing for the password it would be given)
+    /// would wait for that command while nixpipe waits for the answer.
+    pub fn can_hold(&self) -> bool {
+        self.runner.holds() && !self.privilege.gives_passwords()
+    }
+
+    /// Runs `run`, a script that holds its session once it answered
+    /// (probe.sh with `hold=1`), for the one answer `pick` takes from its
+    /// events; the session, held for one more run ([`Held::then`]).
+    pub fn answer_holding<T>(
+        &self,
+        run: &Run,
+        what: &str,
+        mut pick: impl FnMut(Event) -> Option<T>,
+    ) -> Result<(T, Held), SessionError> {
+        let mut child = self.spawn(run)?;
+        let stderr = process::drain(child.stderr.take().expect("piped"));
+        let watchdog = process::Watchdog::start(child.id());
+        let mut reader = BufReader::new(watchdog.watched(child.stdout.take().expect("piped")));
+        let mut printed = Vec::new();
+        let read = loop {
+            let line = match process::bounded_line(&mut reader, process::LONGEST_KEPT_LINE) {
+                Ok(Some(line)) => line,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            let Some(event) = crate::event::parse_line(&String::from_utf8_lossy(&line)) else { continue };
+            self.learn(std::slice::from_ref(&event));
+            match pick(event) {
+                // The script waits for the next run now: nothing else can
+                // have come yet.
+                Some(answer) if reader.buffer().is_empty() => {
+                    child.stdout = Some(reader.into_inner().into_inner());
+                    return Ok((answer, Held { child: Some(child), stderr: Some(stderr) }));
+                }
+                Some(_) => break Ok(()),
+                None => printed.extend_from_slice(&line),
+            }
+        };
+        // It ended without its answer: said as a run to its end says it.
+        drop(child.stdin.take());
+        let status = child.wait().map_err(|e| self.target.waited("ssh", e))?;
+        if let Some(seconds) = watchdog.fired() {
+            return Err(self.target.waited("ssh", process::Silent(seconds).error()).into());
+        }
+        read.map_err(|e| self.target.waited("ssh", e))?;
+        let output = Output { status, stdout: printed, stderr: stderr.join().unwrap_or_default().into_bytes() };
+        if !output.status.success() {
+            return Err(self.target.failure(&run.name, &output).into());
+        }
+        Err(SshError::NoAnswer { target: self.target.to_string(), what: what.to_owned() }.into())
     }
 
     /// Opens a control master to the host over `link` (which names its
@@ -434,6 +500,50 @@ impl<'a> Session<'a> {
     }
 }
 
+/// A script's session held open after its answer, for one more run over
+/// it: that run starts without a session of its own (a round trip, a
+/// login shell's start). Dropped unused, it ends: the script reads the end
+/// of its input, and exits.
+pub struct Held {
+    child: Option<Child>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Held {
+    /// Starts `run` over the held session (its stdin closed after it), as
+    /// root where it runs as root: the child, stdout piped, and what it
+    /// prints on stderr (the held script's too). None where sudo would ask
+    /// for a password: it is not written over the session that carries the
+    /// command; the session ends, and the run needs one of its own.
+    pub fn then(
+        mut self,
+        session: &Session,
+        run: &Run,
+    ) -> Result<Option<(Child, std::thread::JoinHandle<String>)>, SessionError> {
+        let elevated = session.elevated(run)?;
+        if elevated.password.is_some() {
+            return Ok(None);
+        }
+        let argv: Vec<&str> = elevated.argv.iter().map(String::as_str).collect();
+        let line = crate::target::remote_command(&argv)? + "\n";
+        let mut child = self.child.take().expect("held until now");
+        let mut stdin = child.stdin.take().expect("piped");
+        // A session that died is told by the run's own end (its status).
+        let _ = stdin.write_all(line.as_bytes());
+        drop(stdin);
+        Ok(Some((child, self.stderr.take().expect("held until now"))))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Script {
     /// What errors call it.
     fn name(self) -> &'static str {
@@ -484,7 +594,7 @@ mod tests {
     #[test]
     fn nothing_systemd_would_expand_reaches_a_sudo_cmd() {
         for (script, args) in [
-            (Script::Probe, Args::new().set("path", "${x}").set("spec", "$$").set("which", "given")),
+            (Script::Probe, Args::new().set("path", "${x}").set("spec", "$$").set("which", "given").set("hold", "0")),
             (Script::Job, Args::verb("confirm").set("id", "${x}$$")),
             (Script::Keys, Args::new().list(["${x}", "$$"])),
             (Script::Serve, Args::new().set("protocol", "${x}").set("how", "$$")),

@@ -211,6 +211,15 @@ impl Target {
         Ok(Target::Ssh(Box::new(SshHost { user: user.map(str::to_owned), host: host.to_owned(), port })))
     }
 
+    /// Makes the host's connection ready in the background (see
+    /// [`SshHost::warm_up`]), for a command whose input is still coming.
+    pub fn warm_up_in_background(&self) {
+        if let Target::Ssh(host) = self {
+            let host = host.clone();
+            std::thread::spawn(move || host.warm_up());
+        }
+    }
+
     pub fn is_local(&self) -> bool {
         matches!(self, Target::Local)
     }
@@ -364,17 +373,15 @@ impl SshHost {
         let over = |more: &[&str]| {
             self.ssh(&[options, &path, &more.iter().map(|m| m.to_string()).collect::<Vec<_>>()].concat())
         };
-        static OPENED: OnceLock<Mutex<HashMap<Vec<String>, Opening>>> = OnceLock::new();
-        let key: Vec<String> = options.iter().cloned().chain([self.destination()]).collect();
-        let opening = OPENED
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        // One thread opens it, once; the others of this host wait for it.
+        static OPENED: PerHost<Opening> = OnceLock::new();
+        let key = self.key(options);
+        let lock = dir.join(lock_name(&key));
+        let opening = of_host(&OPENED, key);
+        // One thread opens it, once; the others of this host wait for it,
+        // and so do the other commands of a pipeline (a file lock): two
+        // commands started together log in once.
         let mut opened = opening.lock().unwrap_or_else(|p| p.into_inner());
+        let _held = (!*opened).then(|| process::FileLock::exclusive(&lock));
         if !*opened && !run_within(over(&["-O", "check"]), MASTER_ANSWERS_WITHIN) {
             let persist = format!("ControlPersist={SHARED_FOR_SECONDS}");
             let master = over(&["-o", "ControlMaster=auto", "-o", &persist, "-N", "-f"]);
@@ -383,6 +390,17 @@ impl SshHost {
         // Should it die, a session connects on its own: ssh falls back.
         *opened = true;
         [vec!["-o".to_owned(), "ControlMaster=no".to_owned()], path.to_vec()].concat()
+    }
+
+    /// Learns what every session to the host needs before the first one
+    /// starts (the user's ssh settings, the shared connection, opened or
+    /// waited for): what a command does while its input is still coming.
+    fn warm_up(&self) {
+        let Ok(options) = self.ssh_options() else { return };
+        let defaults = self.defaults(&options);
+        if defaults.shares_nothing {
+            self.shared_connection(&[options, defaults.liveness].concat());
+        }
     }
 
     /// `ssh -G OPTIONS -- user@host`: prints the settings ssh would use
@@ -403,12 +421,18 @@ impl SshHost {
     /// and a host that never finishes the handshake within 30 s; and
     /// whether they set a ControlMaster or ControlPath of their own.
     fn defaults(&self, options: &[String]) -> Defaults {
-        static KNOWN: OnceLock<Mutex<HashMap<Vec<String>, Defaults>>> = OnceLock::new();
-        let key: Vec<String> = options.iter().cloned().chain([self.destination()]).collect();
-        let known = KNOWN.get_or_init(Default::default);
-        if let Some(defaults) = known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return defaults.clone();
-        }
+        // Asked once per host and options, by whichever thread comes first
+        // (a warm-up, a session); the others wait for its answer.
+        static KNOWN: PerHost<std::sync::Arc<OnceLock<Defaults>>> = OnceLock::new();
+        of_host(&KNOWN, self.key(options)).get_or_init(|| self.asked_defaults(options)).clone()
+    }
+
+    /// What tells this host apart in a [`PerHost`]: its options and destination.
+    fn key(&self, options: &[String]) -> Vec<String> {
+        options.iter().cloned().chain([self.destination()]).collect()
+    }
+
+    fn asked_defaults(&self, options: &[String]) -> Defaults {
         let config = self
             .ssh(&[vec!["-G".to_owned()], options.to_vec()].concat())
             .output()
@@ -423,9 +447,7 @@ impl SshHost {
             liveness.extend(["-o", "ConnectTimeout=30"].map(String::from));
         }
         let shares_nothing = matches!(setting("controlmaster"), Some("false")) && setting("controlpath").is_none();
-        let defaults = Defaults { liveness, shares_nothing };
-        known.lock().unwrap_or_else(|p| p.into_inner()).insert(key, defaults.clone());
-        defaults
+        Defaults { liveness, shares_nothing }
     }
 }
 
@@ -436,6 +458,14 @@ struct Defaults {
     /// Neither ControlMaster nor ControlPath set: the host's connections
     /// may share ours.
     shares_nothing: bool,
+}
+
+/// What this command learnt of each host, by its ssh options and destination.
+type PerHost<T> = OnceLock<Mutex<HashMap<Vec<String>, T>>>;
+
+/// The value of `key` in `map`, a default one put there first.
+fn of_host<T: Clone + Default>(map: &'static PerHost<T>, key: Vec<String>) -> T {
+    map.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
 }
 
 /// Held while a host's shared connection is being opened: whether this
@@ -453,6 +483,15 @@ const MASTER_OPENS_WITHIN: std::time::Duration = std::time::Duration::from_secs(
 /// How long asking a shared connection whether it is up may take: it is a
 /// local socket, and a master that does not answer is as good as none.
 const MASTER_ANSWERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The lock file of the shared connection of `key` (its options and
+/// destination): ssh's own %C names the socket, this the lock beside it.
+fn lock_name(key: &[String]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.join("\0").as_bytes());
+    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.lock")
+}
 
 /// Runs `cmd`, its input and output nowhere, for at most `limit` (killed
 /// after that); whether it exited well within it.

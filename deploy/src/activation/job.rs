@@ -9,7 +9,7 @@ use super::{Action, ActivationError};
 use nixpipe_host::event::{self, Event, JobEvent, JobResult};
 use nixpipe_host::process;
 use nixpipe_host::report::{Report, Reports};
-use nixpipe_host::session::{Args, Run, Script, Session, SessionError};
+use nixpipe_host::session::{Args, Held, Run, Script, Session, SessionError};
 use nixpipe_host::target::Link;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{ExitStatus, Output};
@@ -24,7 +24,7 @@ const FRAME: &str = "nixpipe-frame ";
 const LONGEST_FRAME: u64 = 4 << 20;
 /// A link that died without a word is noticed within 15 s, not hours.
 /// Keepalives every 5 s: a follower notices a dead link in 15 s.
-const KEEPALIVE: Link =
+pub(super) const KEEPALIVE: Link =
     Link { fresh: false, keepalive: Some(5), connect_timeout: None, compression: false, control: None };
 
 /// What the job does to the system profile before it switches.
@@ -110,9 +110,10 @@ impl<'a> Job<'a> {
         self.session.target.to_string()
     }
 
-    /// Starts the job and follows it to its end, through dropped connections.
-    /// Err: it never started, and nothing changed.
-    pub fn run(self, plan: &Plan) -> Result<JobEnd, ActivationError> {
+    /// Starts the job (over the probe's session when it is `held`) and
+    /// follows it to its end, through dropped connections. Err: it never
+    /// started, and nothing changed.
+    pub fn run(self, plan: &Plan, held: Option<Held>) -> Result<JobEnd, ActivationError> {
         let launch = Args::verb("launch")
             .set("id", &*self.id)
             .set("who", who())
@@ -128,7 +129,7 @@ impl<'a> Job<'a> {
         let mut follower = Follower { reports: self.session.reports, ..Follower::default() };
         // A sudo that refused runs nothing: nothing changed.
         let (status, stderr) =
-            self.follow(&mut follower, &launch, KEEPALIVE).map_err(|e| ActivationError::NotStarted(Box::new(e)))?;
+            self.launch(&mut follower, &launch, held).map_err(|e| ActivationError::NotStarted(Box::new(e)))?;
         if follower.result.is_none() && !follower.started && !self.connection_lost(status) {
             // Nothing said it started; whether it did is the host's to say.
             let from = self.follow_from(&follower);
@@ -184,15 +185,41 @@ impl<'a> Job<'a> {
             .set("events_at", follower.events.at.to_string())
     }
 
-    /// Runs job.sh's `launch` or `follow` as root and feeds its output to
-    /// `follower`, confirming the switch when the job asks for it.
+    /// Runs job.sh's `launch` as root over the `held` session, else over
+    /// one of its own, and follows it.
+    fn launch(
+        &self,
+        follower: &mut Follower,
+        launch: &Args,
+        held: Option<Held>,
+    ) -> Result<(ExitStatus, String), SessionError> {
+        let run = Run::script(Script::Job, launch).as_root().over(KEEPALIVE);
+        match held.map(|held| held.then(self.session, &run)).transpose()?.flatten() {
+            Some((child, stderr)) => self.followed(follower, child, stderr),
+            None => self.follow(follower, launch, KEEPALIVE),
+        }
+    }
+
+    /// Runs job.sh's `launch` or `follow` as root and follows it.
     fn follow(&self, follower: &mut Follower, args: &Args, link: Link) -> Result<(ExitStatus, String), SessionError> {
         let mut child = self.session.spawn(&Run::script(Script::Job, args).as_root().over(link))?;
         drop(child.stdin.take());
+        let stderr = process::drain(child.stderr.take().expect("piped"));
+        self.followed(follower, child, stderr)
+    }
+
+    /// Feeds what job.sh's `launch` or `follow` in `child` sends to
+    /// `follower`, confirming the switch when the job asks for it; its
+    /// status and stderr at its end.
+    fn followed(
+        &self,
+        follower: &mut Follower,
+        mut child: std::process::Child,
+        stderr: thread::JoinHandle<String>,
+    ) -> Result<(ExitStatus, String), SessionError> {
         // The follower says something at least every 10 s: a session that
         // stays silent (a login that hangs) is stopped, and reconnected.
         let watchdog = process::Watchdog::start(child.id());
-        let stderr = drain(watchdog.watched(child.stderr.take().expect("piped")));
         let mut frames = BufReader::new(watchdog.watched(child.stdout.take().expect("piped")));
         while let Some((kind, bytes)) = read_frame(&mut frames) {
             if let Some(seconds) = follower.take(kind, &bytes, self.label) {
@@ -373,16 +400,6 @@ impl Follower {
         }
         None
     }
-}
-
-/// Reads a pipe to its end on a thread of its own, so that neither pipe of a
-/// child can fill up and stall it.
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }
 
 /// Unique among the jobs of one target: time, our pid, a counter.
