@@ -178,10 +178,10 @@ impl Plan {
                 cli.on.as_ref().expect("clap requires --on").resolve(None).map_err(|e| Error::Usage(e.to_string()))?,
             ),
             false => {
-                // The host's connection is made while the records come
-                // (from a copy to the same host, usually).
+                // The host's connection, and the probe's session, are made
+                // while the records come (from a copy to the same host, usually).
                 if let Some(Ok(target)) = cli.on.as_ref().map(|spec| spec.resolve(None)) {
-                    target.warm_up_in_background();
+                    activation::prepare(target, &privilege);
                 }
                 let records = cli.records.read()?;
                 output = cli.output.for_records(&records);

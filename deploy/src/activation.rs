@@ -13,6 +13,7 @@ use crate::bundle::PREVIOUS;
 use crate::keys::{self, UploadAt};
 use job::Job;
 use nixpipe_host::event::{Event, JobResult, ProbeFacts, Rollback};
+use nixpipe_host::privilege::Privilege;
 use nixpipe_host::report::Report;
 use nixpipe_host::session::{Args, Held, Run, Script, Session, SessionError};
 use nixpipe_host::Target;
@@ -581,6 +582,18 @@ fn probed(
     activation.hostname = Some(probe.hostname.clone());
     activation.previous = probe.current.clone();
     Ok((probe, held))
+}
+
+/// Makes `target`'s connection ready on a thread of its own while the
+/// records are still coming: the session the probe will run over opened
+/// ahead where sessions can be held, else the shared connection only.
+pub fn prepare(target: Target, privilege: &Privilege) {
+    match privilege.gives_passwords() {
+        false => nixpipe_host::session::ahead::open(target, job::KEEPALIVE),
+        true => {
+            std::thread::spawn(move || target.warm_up());
+        }
+    }
 }
 
 /// Whether the probe's session can carry the job too: nothing else runs

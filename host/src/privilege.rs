@@ -138,7 +138,7 @@ impl Privilege {
     /// host needs none (root, passwordless sudo, --sudo-cmd) or none was to
     /// be asked.
     /// Whether some host may be given a sudo password.
-    pub(crate) fn gives_passwords(&self) -> bool {
+    pub fn gives_passwords(&self) -> bool {
         self.ask != Ask::Never
     }
 

@@ -353,6 +353,10 @@ impl<'a> Session<'a> {
     pub fn spawn(&self, run: &Run) -> Result<Child, SessionError> {
         let elevated = self.elevated(run)?;
         let argv: Vec<&str> = elevated.argv.iter().map(String::as_str).collect();
+        let ahead = !run.shows_stderr && elevated.password.is_none() && self.runner.holds();
+        if let Some(child) = ahead.then(|| ahead::run(&self.target, &run.link, &argv)).flatten() {
+            return Ok(child);
+        }
         let stderr = if run.shows_stderr { Stdio::inherit() } else { Stdio::piped() };
         let mut child = self.runner.start(&self.target, &argv, &run.link, stderr)?;
         if let Some(password) = &elevated.password {
@@ -497,6 +501,62 @@ impl<'a> Session<'a> {
     /// was not sudo's doing.
     pub fn refusal(&self, stderr: &str) -> Option<PrivilegeError> {
         self.privilege.refusal(&self.target, stderr)
+    }
+}
+
+/// Sessions opened ahead of their first run: a login shell that waits
+/// for one command line, started while a command's input is still coming
+/// (nixpipe-activate's records, from a copy to the same host), so that the
+/// first run starts without a session's start and its round trip.
+pub mod ahead {
+    use super::{OnHost, Runner};
+    use crate::target::{Link, Target};
+    use std::io::Write;
+    use std::process::{Child, Stdio};
+    use std::sync::Mutex;
+
+    /// What a session opened ahead runs: one command line, as ssh would
+    /// have been given it, then that command.
+    const WAITING: &str = r#"IFS= read -r next || exit 0; eval "$next""#;
+
+    /// The sessions opened ahead and not yet taken.
+    static OPEN: Mutex<Vec<(Target, Link, Child)>> = Mutex::new(Vec::new());
+
+    /// Opens, on a thread of its own, the session that the first run to
+    /// `target` over `link` goes over: only over our shared connection
+    /// (else it would be a login of its own, or a master of the user's
+    /// made in a race with the command that feeds this one); never where a
+    /// sudo password may be given (see `Session::can_hold`). One left
+    /// unused ends with the command: its input ends.
+    pub fn open(target: Target, link: Link) {
+        std::thread::spawn(move || {
+            if !target.warm_up() {
+                return;
+            }
+            if let Ok(child) = OnHost.start(&target, &["sh", "-c", WAITING], &link, Stdio::piped()) {
+                OPEN.lock().unwrap_or_else(|p| p.into_inner()).push((target, link, child));
+            }
+        });
+    }
+
+    /// Runs `argv` over the session opened ahead for `target` and `link`,
+    /// if there is one still waiting: the child, its stdin open for the
+    /// caller.
+    pub(super) fn run(target: &Target, link: &Link, argv: &[&str]) -> Option<Child> {
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        let i = open.iter().position(|(t, l, _)| t == target && l == link)?;
+        let (_, _, mut child) = open.swap_remove(i);
+        drop(open);
+        let line = crate::target::remote_command(argv).ok()? + "\n";
+        let waiting = matches!(child.try_wait(), Ok(None));
+        let written = waiting && child.stdin.as_mut().is_some_and(|stdin| stdin.write_all(line.as_bytes()).is_ok());
+        if !written {
+            // Gone (a link dropped while the input came): a new session.
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        Some(child)
     }
 }
 

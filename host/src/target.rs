@@ -211,12 +211,13 @@ impl Target {
         Ok(Target::Ssh(Box::new(SshHost { user: user.map(str::to_owned), host: host.to_owned(), port })))
     }
 
-    /// Makes the host's connection ready in the background (see
-    /// [`SshHost::warm_up`]), for a command whose input is still coming.
-    pub fn warm_up_in_background(&self) {
-        if let Target::Ssh(host) = self {
-            let host = host.clone();
-            std::thread::spawn(move || host.warm_up());
+    /// Makes the host's connection ready (see [`SshHost::warm_up`]), for
+    /// a command whose input is still coming: whether its sessions go over
+    /// our shared connection.
+    pub fn warm_up(&self) -> bool {
+        match self {
+            Target::Ssh(host) => host.warm_up(),
+            Target::Local => false,
         }
     }
 
@@ -394,13 +395,11 @@ impl SshHost {
 
     /// Learns what every session to the host needs before the first one
     /// starts (the user's ssh settings, the shared connection, opened or
-    /// waited for): what a command does while its input is still coming.
-    fn warm_up(&self) {
-        let Ok(options) = self.ssh_options() else { return };
+    /// waited for); whether the sessions go over our shared connection.
+    fn warm_up(&self) -> bool {
+        let Ok(options) = self.ssh_options() else { return false };
         let defaults = self.defaults(&options);
-        if defaults.shares_nothing {
-            self.shared_connection(&[options, defaults.liveness].concat());
-        }
+        defaults.shares_nothing && !self.shared_connection(&[options, defaults.liveness].concat()).is_empty()
     }
 
     /// `ssh -G OPTIONS -- user@host`: prints the settings ssh would use
