@@ -133,15 +133,15 @@ impl Privilege {
         Ok(privilege)
     }
 
-    /// The password for `target`, asked now if it is the first to need it
-    /// (of the run, or of that host with [`Ask::PerHost`]); None when the
-    /// host needs none (root, passwordless sudo, --sudo-cmd) or none was to
-    /// be asked.
     /// Whether some host may be given a sudo password.
     pub fn gives_passwords(&self) -> bool {
         self.ask != Ask::Never
     }
 
+    /// The password for `target`, asked now if it is the first to need it
+    /// (of the run, or of that host with [`Ask::PerHost`]); None when the
+    /// host needs none (root, passwordless sudo, --sudo-cmd) or none was to
+    /// be asked.
     fn password_for(
         &self,
         target: &Target,
