@@ -346,13 +346,25 @@ impl SshHost {
     /// `ssh LINK OPTIONS DEFAULTS -- user@host`, ready for the remote
     /// command (none for a master): the one place an ssh argv is made.
     pub fn ssh_command(&self, link: &Link) -> Result<Command, SshError> {
+        let (options, _) = self.session_options(link)?;
+        Ok(self.ssh(&[link.options(), options].concat()))
+    }
+
+    /// The options of a session over `link` (after the link's own):
+    /// NIX_SSHOPTS and the port, what we add where the user set nothing,
+    /// and our shared connection's where the session may go over it; and
+    /// whether it does.
+    fn session_options(&self, link: &Link) -> Result<(Vec<String>, bool), SshError> {
         let options = self.ssh_options()?;
         let defaults = self.defaults(&options);
         let mut options = [options, defaults.liveness].concat();
-        if link.may_share() && defaults.shares_nothing {
-            options.extend(self.shared_connection(&options));
-        }
-        Ok(self.ssh(&[link.options(), options].concat()))
+        let shared = match link.may_share() && defaults.shares_nothing {
+            true => self.shared_connection(&options),
+            false => Vec::new(),
+        };
+        let over_shared = !shared.is_empty();
+        options.extend(shared);
+        Ok((options, over_shared))
     }
 
     /// The options of a session over the host's shared connection, as
@@ -397,9 +409,7 @@ impl SshHost {
     /// starts (the user's ssh settings, the shared connection, opened or
     /// waited for); whether the sessions go over our shared connection.
     fn warm_up(&self) -> bool {
-        let Ok(options) = self.ssh_options() else { return false };
-        let defaults = self.defaults(&options);
-        defaults.shares_nothing && !self.shared_connection(&[options, defaults.liveness].concat()).is_empty()
+        self.session_options(&Link::default()).is_ok_and(|(_, over_shared)| over_shared)
     }
 
     /// `ssh -G OPTIONS -- user@host`: prints the settings ssh would use
