@@ -177,40 +177,35 @@ pub struct NixFlagsArgs {
 impl NixFlagsArgs {
     /// The step's Nix flags, set for all its Nix calls.
     pub fn apply(&self) {
-        let mut common: Vec<String> = Vec::new();
-        let mut flag = |on: bool, name: &str| {
-            if on {
-                common.push(name.to_owned());
-            }
-        };
-        flag(self.show_trace, "--show-trace");
-        flag(self.keep_going, "--keep-going");
-        for pair in self.option.chunks(2) {
-            common.extend(["--option".to_owned(), pair[0].clone(), pair[1].clone()]);
-        }
+        let mut common = switches(&[(self.show_trace, "--show-trace"), (self.keep_going, "--keep-going")]);
+        common.extend(pairs("--option", &self.option));
         for (name, value) in [("--max-jobs", &self.max_jobs), ("--cores", &self.cores), ("--builders", &self.builders)]
         {
             if let Some(value) = value {
                 common.extend([name.to_owned(), value.clone()]);
             }
         }
-        let mut new_cli: Vec<String> = [
+        let mut new_cli = switches(&[
             (self.impure, "--impure"),
             (self.recreate_lock_file, "--recreate-lock-file"),
             (self.no_write_lock_file, "--no-write-lock-file"),
             (self.refresh, "--refresh"),
             (self.offline, "--offline"),
             (self.print_build_logs, "--print-build-logs"),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, name)| name.to_owned())
-        .collect();
-        for pair in self.override_input.chunks(2) {
-            new_cli.extend(["--override-input".to_owned(), pair[0].clone(), pair[1].clone()]);
-        }
+        ]);
+        new_cli.extend(pairs("--override-input", &self.override_input));
         nixpipe_deploy::nix::set_flags(nixpipe_deploy::nix::NixFlags { common, new_cli, keep_going: self.keep_going });
     }
+}
+
+/// The names of the flags that are on.
+fn switches(flags: &[(bool, &str)]) -> Vec<String> {
+    flags.iter().filter(|(on, _)| *on).map(|(_, name)| (*name).to_owned()).collect()
+}
+
+/// `NAME A B` for each pair of `values` (a flag that takes two, given again for more).
+fn pairs(name: &str, values: &[String]) -> Vec<String> {
+    values.chunks(2).flat_map(|pair| [name.to_owned(), pair[0].clone(), pair[1].clone()]).collect()
 }
 
 /// How the privileged steps become root, as every command that has them
