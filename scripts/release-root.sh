@@ -3,7 +3,8 @@
 # sid) in DIR with that release's Nix and what a testbed host runs: OpenSSH,
 # sudo, doas, util-linux, zstd, systemd (and polkit, for run0) for hosts
 # booted under systemd-nspawn, tcsh and fish as other login shells, and
-# qemu for the MicroVMs a host boots (version 4). A
+# qemu for the MicroVMs a host boots, and the boot loaders' tools a VM
+# guest uses (bootctl; grub-reboot, grub-editenv) (version 5). A
 # DIR made before stays, unless it is of an older version; DIR appears whole
 # or not at all.
 set -euo pipefail
@@ -11,9 +12,14 @@ set -euo pipefail
 dist=${1:?usage: release-root.sh DIST DIR} out=${2:?usage: release-root.sh DIST DIR}
 # Written last, once the root has all it needs (tests/src/release.rs:
 # ROOT_VERSION): a root that has it is kept.
-version=.nixpipe-testbed-root-4
+version=.nixpipe-testbed-root-5
 [ ! -e "$out/$version" ] || exit 0
-packages='nix-bin openssh-server openssh-client sudo util-linux procps zstd systemd systemd-sysv dbus libpam-systemd polkitd opendoas tcsh fish qemu-system-x86'
+packages='nix-bin openssh-server openssh-client sudo util-linux procps zstd systemd systemd-sysv dbus libpam-systemd polkitd opendoas tcsh fish qemu-system-x86 grub2-common'
+# bootctl: in systemd-boot up to bookworm, in systemd-boot-tools since trixie.
+case $dist in
+    bookworm) packages="$packages systemd-boot" ;;
+    *) packages="$packages systemd-boot-tools" ;;
+esac
 
 # The machine's own Debian mirror, as apt knows it (deb822 or one-line sources).
 mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)

@@ -10,7 +10,8 @@ fi
 
 packages=(nix-bin openssh-server openssh-client sudo busybox-static util-linux util-linux-extra procps zstd time
     debootstrap systemd-container tcsh fish shellcheck qemu-user-static binfmt-support
-    qemu-system-x86 vde2 xz-utils tmux)
+    qemu-system-x86 vde2 xz-utils tmux
+    ovmf systemd-boot-efi grub-pc-bin dosfstools mtools e2fsprogs fdisk)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

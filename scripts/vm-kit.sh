@@ -4,8 +4,11 @@
 #   vmlinux     Debian's kernel (the one linux-image-amd64 depends on) as the
 #               ELF qemu boots directly (PVH, with qboot): 3 s faster than
 #               the bzImage through SeaBIOS
-#   initrd.gz   static busybox, the 16 modules for virtio, 9p and overlay,
-#               and scripts/vm-stage-1.sh as /init
+#   bzImage     the same kernel as it ships, for the VMs that boot through a
+#               boot loader (systemd-boot under OVMF, GRUB under SeaBIOS)
+#   initrd.gz   static busybox, the modules for virtio, 9p and overlay, and
+#               for those VMs' disks (virtio-blk, ext4, vfat, efivarfs), and
+#               scripts/vm-stage-1.sh as /init
 #   accel       `kvm` when a test boot under KVM powered off cleanly within
 #               20 s, else `tcg` (this machine's /dev/kvm is a nested PVM that
 #               cannot run stock kernels: qemu stops instead of failing)
@@ -41,10 +44,11 @@ done
 echo "vm-kit: fetching $packages (once)" >&2
 # shellcheck disable=SC2086 # a list of package names
 apt-get download -qq -o APT::Sandbox::User=root $packages
-# Only the kernel and the modules the VM loads: vmlinuz and 16 modules
-# (those the kernel has built in are not there).
+# Only the kernel and the modules the VM loads (those the kernel has built
+# in are not there), in loading order.
 modules='virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev virtio_mmio failover net_failover
-    virtio_net virtio-rng netfs fscache 9pnet 9pnet_virtio 9p overlay'
+    virtio_net virtio-rng netfs fscache 9pnet 9pnet_virtio 9p overlay
+    virtio_blk crc16 crc32c_generic libcrc32c mbcache jbd2 ext4 fat vfat nls_cp437 nls_ascii nls_utf8 nls_iso8859-1 efivarfs'
 patterns=('./boot/vmlinuz-*' './usr/lib/modules/*/vmlinuz')
 for m in $modules; do patterns+=("./lib/modules/*/$m.ko*" "./usr/lib/modules/*/$m.ko*"); done
 mkdir deb
@@ -105,7 +109,8 @@ fi
 echo "vm-kit: kernel $kver, accelerator $accel" >&2
 
 mkdir -p "$tmp/out"
-mv vmlinux initrd.gz "$tmp/out/"
+cp "$vmlinuz" bzImage
+mv vmlinux bzImage initrd.gz "$tmp/out/"
 printf '%s\n' "$kver" >"$tmp/out/kernel-version"
 printf '%s\n' "$accel" >"$tmp/out/accel"
 printf '%s\n' "$version" >"$tmp/out/version"

@@ -8,6 +8,11 @@
 #            (9p tag `nix-store`) at /nix/.ro-store under a tmpfs
 #            /nix/.rw-store: paths copied in land in the tmpfs
 #   ro       the host's store, read-only (writableStore = false)
+# A VM that boots through a boot loader (qemu-vm.nix's useBootLoader) keeps
+# what it changes across reboots: with vm.state=DEVICE, the root's and the
+# store's writable layers are on that ext4 disk instead of tmpfs.
+# vm.panic=1 stands for a generation that cannot boot: this script ends
+# and the kernel panics.
 # Then it runs the system's stage 2, `init=` on the kernel command line
 # (a toplevel's init), as PID 1 in the new root. Anything failing ends this
 # script: the kernel panics, and with panic=-1 and qemu's -no-reboot, qemu
@@ -27,12 +32,14 @@ fail() {
     exit 1
 }
 
-init='' store=overlay
+init='' store=overlay state='' panic=0
 # shellcheck disable=SC2013 # the command line is words
 for param in $(cat /proc/cmdline); do
     case $param in
         init=*) init=${param#init=} ;;
         vm.store=*) store=${param#vm.store=} ;;
+        vm.state=*) state=${param#vm.state=} ;;
+        vm.panic=1) panic=1 ;;
         vm.probe=1)
             echo "nixpipe-vm: probe ok" >/dev/console
             poweroff -f
@@ -40,17 +47,23 @@ for param in $(cat /proc/cmdline); do
     esac
 done
 [ -n "$init" ] || fail "no init= on the kernel command line"
+[ "$panic" = 0 ] || fail "vm.panic=1: this generation does not boot"
 
 # shellcheck disable=SC2013 # one name per line
 for module in $(cat /modules); do
-    modprobe "$module" || fail "cannot load module $module"
+    # efivarfs loads under EFI firmware only.
+    modprobe "$module" || [ "$module" = efivarfs ] || fail "cannot load module $module"
 done
 
 p9='trans=virtio,version=9p2000.L,msize=16384,cache=loose'
 mkdir -p /mnt/lower /mnt/rw /mnt/root
 mount -t 9p -o "$p9,ro" rootfs /mnt/lower || fail "cannot mount the root (9p tag rootfs)"
-mount -t tmpfs -o mode=0755,size=256m tmpfs /mnt/rw
-mkdir -p /mnt/rw/upper /mnt/rw/work
+if [ -n "$state" ]; then
+    mount -t ext4 "$state" /mnt/rw || fail "cannot mount the VM's disk $state (vm.state=)"
+else
+    mount -t tmpfs -o mode=0755,size=256m tmpfs /mnt/rw
+fi
+mkdir -p /mnt/rw/upper /mnt/rw/work /mnt/rw/store
 mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /mnt/root ||
     fail "cannot mount the root's overlay"
 
@@ -59,7 +72,11 @@ mkdir -p "$nix/.ro-store" "$nix/.rw-store" "$nix/store"
 case $store in
     overlay)
         mount -t 9p -o "$p9,ro" nix-store "$nix/.ro-store" || fail "cannot mount the host's store (9p tag nix-store)"
-        mount -t tmpfs -o mode=0755 tmpfs "$nix/.rw-store"
+        if [ -n "$state" ]; then
+            mount --bind /mnt/rw/store "$nix/.rw-store"
+        else
+            mount -t tmpfs -o mode=0755 tmpfs "$nix/.rw-store"
+        fi
         mkdir -p "$nix/.rw-store/store" "$nix/.rw-store/work"
         mount -t overlay overlay -o "lowerdir=$nix/.ro-store,upperdir=$nix/.rw-store/store,workdir=$nix/.rw-store/work" \
             "$nix/store" || fail "cannot mount the store's overlay"

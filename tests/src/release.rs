@@ -18,7 +18,7 @@ pub const ROOTS: &str = "/var/cache/nixpipe-testbed";
 /// The file scripts/release-root.sh writes last: a root without it is
 /// missing something the tests need (tcsh and fish came in version 2,
 /// qemu in 4).
-const ROOT_VERSION: &str = ".nixpipe-testbed-root-4";
+const ROOT_VERSION: &str = ".nixpipe-testbed-root-5";
 
 /// The Nix programs a deployer runs, each a name of the one `nix` binary.
 const NIX_PROGRAMS: &[&str] = &[
