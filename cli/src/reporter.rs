@@ -65,6 +65,30 @@ impl Reporter for Terminal {
                 &label,
                 &format!("the init interface changed: {target} boots the new system next; reboot it to activate it"),
             ),
+            Report::BootingOnce { label, target, generation, entry, previous } => show(
+                &label,
+                &format!(
+                    "rebooting {target} into generation {generation} once ({entry}); its boot default stays generation {previous}"
+                ),
+            ),
+            Report::BootOnceKept { label, target, generation } => show(
+                &label,
+                &format!("{target} came back on generation {generation}: it is the boot default now"),
+            ),
+            Report::BootOnceLeft { label, target, generation, why, previous, rebooting, wait } => {
+                let next = match rebooting {
+                    true => "rebooting it into that".to_owned(),
+                    false => format!(
+                        "its next boot (a watchdog, a power cycle, a reset) boots that; waiting up to {wait} s for it"
+                    ),
+                };
+                show(
+                    &label,
+                    &format!(
+                        "{target} booted generation {generation} once and {why}; its boot default is still generation {previous}: {next}"
+                    ),
+                )
+            }
             Report::WaitingForLock { label, holder } => {
                 show(&label, &format!("waiting for NixOS's switch lock, held by {holder}"))
             }

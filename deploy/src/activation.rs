@@ -7,6 +7,7 @@
 mod job;
 #[cfg(test)]
 mod on_a_fake_host;
+mod once;
 mod reboot;
 
 use crate::bundle::PREVIOUS;
@@ -199,6 +200,11 @@ pub enum ActivationError {
         keys.join(", ")
     )]
     Inhibited { action: Action, path: String, target: Target, keys: Vec<String> },
+    #[error(
+        "{target} cannot boot a generation once, so --reboot --confirm-timeout could not fall back: {missing}; \
+         nothing changed (without --confirm-timeout, --reboot makes the new generation the boot default)"
+    )]
+    NoBootOnce { target: Target, missing: String },
     #[error("{target} did not answer within {seconds} s of its reboot; its boot default is the new system")]
     NeverCameBack { target: Target, seconds: u64 },
     #[error("{target} came back from its reboot running {running}, not {system}")]
@@ -245,6 +251,24 @@ pub enum ActivationError {
     Unconfirmed { seconds: u64, target: Target, rollback: Rollback },
     #[error("the check failed after the switch; {target} {rollback}")]
     CheckFailed { target: Target, rollback: Rollback },
+    #[error(
+        "could not make {target} boot the new generation once: {why}; {}",
+        if rollback.is_back() { "the profile is back on the previous generation, nothing rebooted" } else { "putting the profile back FAILED: the host needs attention" }
+    )]
+    OnceNotSet { target: Target, why: String, rollback: Rollback },
+    #[error(
+        "{target} booted generation {generation} once and {unheld}; its boot default stayed generation {previous}: {}",
+        match cleaned {
+            Ok(()) => format!("it runs that again, the profile is back on it and generation {generation} is deleted"),
+            Err(why) => format!("its next boot (a watchdog, a power cycle, a reset) boots that; the profile still holds generation {generation} ({why})"),
+        }
+    )]
+    BootOnceLeft { target: Target, generation: u64, previous: u64, unheld: once::Unheld, cleaned: Result<(), String> },
+    #[error(
+        "{target} came back on generation {generation}, but making it the boot default failed: {why}; it runs it, and \
+         its next boot is the previous generation"
+    )]
+    NotMadeDefault { target: Target, generation: u64, why: String },
     #[error("lost track of the activation on {target}: {why} (see {log})")]
     Lost { target: Target, why: String, log: String },
 }
@@ -287,6 +311,7 @@ impl ActivationError {
             | E::Inhibited { .. }
             | E::Busy { .. }
             | E::NoCheckAction { .. }
+            | E::NoBootOnce { .. }
             | E::KeysNotWritten(_)
             | E::DryActivateFailed { .. } => Changed::Nothing,
             // The probe's own failure, or a substituter's: nothing was
@@ -294,7 +319,7 @@ impl ActivationError {
             E::Session(_) | E::Realise { .. } => Changed::Nothing,
             // Only the boot default moved (test: not even that).
             E::InitChanged { action: Action::Test | Action::DryActivate, .. } => Changed::Nothing,
-            E::NotActivated { rollback, .. } if rollback.is_back() => Changed::Nothing,
+            E::NotActivated { rollback, .. } | E::OnceNotSet { rollback, .. } if rollback.is_back() => Changed::Nothing,
             _ => Changed::Something,
         }
     }
@@ -307,6 +332,7 @@ impl ActivationError {
             | ActivationError::Unconfirmed { rollback, .. }
             | ActivationError::CheckFailed { rollback, .. } => rollback.is_back(),
             ActivationError::RebootRolledBack { rolled_back, .. } => *rolled_back,
+            ActivationError::BootOnceLeft { cleaned, .. } => cleaned.is_ok(),
             _ => false,
         }
     }
@@ -504,6 +530,7 @@ fn run(
         session.reports.report(Report::BootingInstead { label: label.to_owned(), keys });
     }
     let steps = Steps::of(&path, &probe, Which::of(record, opts), opts);
+    let once = boot_once(&target, &probe, action, &steps, opts)?;
     if opts.diff {
         crate::diff::report(session, label, probe.current.as_deref(), &steps.system);
     }
@@ -520,7 +547,7 @@ fn run(
         |when: UploadAt| keys::upload(session, &keys.iter().filter(|k| k.upload_at == when).collect::<Vec<_>>());
     uploaded_at(UploadAt::PreActivation).map_err(|e| ActivationError::KeysNotWritten(Box::new(e)))?;
     let root = record.map(|r| format!("{}={}", crate::copy::gc_root_name(r), r.path)).unwrap_or_default();
-    let plan = steps.plan(action, &root, opts);
+    let plan = steps.plan(action, &root, once, opts);
     let end = Job::new(session, label, opts.check.as_deref()).run(&plan, held)?;
     if end.previous.is_some() {
         activation.previous = end.previous.clone();
@@ -542,7 +569,10 @@ fn run(
     match (opts.reboot, &verdict) {
         (Some(wait), Verdict::Activated | Verdict::RebootNeeded) if waiting => {
             activation.rebooted = true;
-            Ok(rebooted(session, label, &steps.system, wait, opts))
+            Ok(match &end.boot_once {
+                Some(booted_once) => once::rebooted(session, label, &steps.system, booted_once, wait, opts),
+                None => rebooted(session, label, &steps.system, wait, opts),
+            })
         }
         _ => Ok(verdict),
     }
@@ -629,13 +659,17 @@ impl Steps {
         Steps { system, program, mode }
     }
 
-    /// The job's plan: these steps, `action`, the record's GC root `root`.
-    fn plan<'a>(&'a self, action: Action, root: &'a str, opts: &Options) -> job::Plan<'a> {
+    /// The job's plan: these steps, `action`, the record's GC root `root`,
+    /// the boot loader that boots the new generation `once`; with it, the
+    /// confirmation is the reboot's (see [`once`]), not the job's.
+    fn plan<'a>(&'a self, action: Action, root: &'a str, once: Option<&'a str>, opts: &Options) -> job::Plan<'a> {
+        let confirm = opts.confirm_timeout.or(opts.check.as_ref().map(|_| CHECK_WINDOW)).unwrap_or(0);
         job::Plan {
             action,
             system: &self.system,
             program: &self.program,
-            confirm: opts.confirm_timeout.or(opts.check.as_ref().map(|_| CHECK_WINDOW)).unwrap_or(0),
+            confirm: if once.is_some() { 0 } else { confirm },
+            once,
             mode: self.mode,
             root,
             install_bootloader: opts.install_bootloader,
@@ -683,6 +717,34 @@ fn rebooted(session: &Session, label: &str, system: &str, wait: u64, opts: &Opti
     Verdict::Failed(ActivationError::RebootRolledBack { error: Box::new(error), rollback, rolled_back })
 }
 
+/// The boot loader that boots the new generation once when --reboot
+/// boots it: where the probe found one that can, for a `boot` that sets
+/// the profile to a system (not a specialisation, a bundle or a rollback);
+/// None to make it the default, as before. --confirm-timeout with --reboot
+/// is refused on a host that cannot boot once: that rollback needs it.
+fn boot_once<'a>(
+    target: &Target,
+    probe: &'a ProbeFacts,
+    action: Action,
+    steps: &Steps,
+    opts: &Options,
+) -> Result<Option<&'a str>, ActivationError> {
+    if opts.reboot.is_none() {
+        return Ok(None);
+    }
+    match (&probe.boot_loader, &probe.boot_once_missing) {
+        (_, Some(missing)) if opts.confirm_timeout.is_some() => {
+            Err(ActivationError::NoBootOnce { target: target.clone(), missing: missing.clone() })
+        }
+        (Some(loader), None)
+            if action == Action::Boot && steps.mode == job::Mode::Set && opts.specialisation.is_none() =>
+        {
+            Ok(Some(loader))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The action to run: the one asked for, unless the system's switch
 /// inhibitors forbid it: then refused, or with --if-inhibited boot, boot.
 fn action_allowed(target: &Target, path: &str, changed: &[String], opts: &Options) -> Result<Action, ActivationError> {
@@ -725,6 +787,7 @@ fn verdict(target: &Target, path: &str, action: Action, opts: &Options, end: &jo
         }
         JobResult::Rejected(rollback) => ActivationError::CheckFailed { target, rollback },
         JobResult::Lost(why) => ActivationError::Lost { target, why, log },
+        JobResult::NoBootOnce { why, rollback } => ActivationError::OnceNotSet { target, why, rollback },
         JobResult::Gone => {
             ActivationError::Lost { target, why: "the job is gone from the target (did it reboot?)".into(), log }
         }
@@ -756,7 +819,8 @@ fn probe_run(path: Option<&str>, which: Which, opts: &Options, hold: bool) -> Ru
         .set("path", path.unwrap_or(""))
         .set("spec", spec)
         .set("which", which.as_str())
-        .set("hold", if hold { "1" } else { "0" });
+        .set("hold", if hold { "1" } else { "0" })
+        .set("loader", if opts.reboot.is_some() { "1" } else { "0" });
     let run = Run::script(Script::Probe, &args);
     match hold {
         true => run.over(job::KEEPALIVE),
@@ -886,7 +950,14 @@ mod tests {
 
     #[test]
     fn a_failed_switch_says_whether_the_rollback_worked() {
-        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited: None, result };
+        let end = |result| job::JobEnd {
+            id: "1".into(),
+            previous: None,
+            needs_reboot: None,
+            exited: None,
+            boot_once: None,
+            result,
+        };
         let verdict = |r: JobResult| verdict(&Target::Local, "/nix/store/x", Action::Switch, &opts(), &end(r));
         let Verdict::Failed(e) = verdict(JobResult::Failed(Rollback::RolledBack)) else { panic!() };
         assert_eq!(
@@ -900,7 +971,14 @@ mod tests {
 
     #[test]
     fn each_exit_of_the_switch_is_told_apart() {
-        let end = |result| job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited: None, result };
+        let end = |result| job::JobEnd {
+            id: "1".into(),
+            previous: None,
+            needs_reboot: None,
+            exited: None,
+            boot_once: None,
+            result,
+        };
         let verdict =
             |r: JobResult| verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Switch, &opts(), &end(r));
         assert!(matches!(verdict(JobResult::RebootNeeded), Verdict::RebootNeeded));
@@ -999,7 +1077,8 @@ mod tests {
     fn a_failure_says_its_exit_status_and_what_the_host_showed() {
         let said = |status, activated, result| {
             let exited = Some(job::Exited { status, activated });
-            let end = job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited, result };
+            let end =
+                job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited, boot_once: None, result };
             match verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Switch, &opts(), &end) {
                 Verdict::Failed(e) => e.to_string(),
                 other => panic!("{other:?}"),
@@ -1020,6 +1099,7 @@ mod tests {
             previous: None,
             needs_reboot: None,
             exited: None,
+            boot_once: None,
             result: JobResult::InitChanged,
         };
         let Verdict::Refused(e) = verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Test, &opts(), &end)

@@ -2,11 +2,13 @@
 # sudo). nixpipe starts it, as every script, through session.rs's
 # bootstrap, which sets $self to the script's text, so that `launch` can
 # keep a copy of it:
-#   launch id= who= action= system= program= confirm= mode= root= bootloader= units_policy= lock_wait=
+#   launch id= who= action= system= program= confirm= mode= root= bootloader= units_policy= lock_wait= once=
 #                                       start the job detached, then follow it
 #   follow id= log_at= events_at=       the job's log and events from those bytes until it ends
 #   confirm id=                         confirm a switch (--confirm-timeout)
 #   reject id=                          roll a switch back now (a failed --check)
+#   forget generation= previous= default=
+#                                       undo a boot once that did not hold
 #   job id= who= ... (as launch)        the detached job itself
 # (named arguments: args.sh). program is what switches: a system's
 # bin/switch-to-configuration, or a bundle's bin/switch. confirm: seconds
@@ -16,7 +18,9 @@
 # dropped once the profile holds PATH; empty for none. bootloader: 1 to
 # pass NIXOS_INSTALL_BOOTLOADER=1. units_policy: `keep` or `roll-back` the
 # system when some units failed (exit 4). lock_wait: seconds to wait for
-# NixOS's lock.
+# NixOS's lock. once: the boot loader (systemd-boot, grub) that boots the
+# new generation once, its default staying the previous one (--reboot);
+# empty to make the new generation the default.
 # The job records its events (prelude.sh's format, with log=BYTES last: how
 # far the log was written then) in its events file, which only it writes;
 # what the switched program prints goes to its log. follow sends both on
@@ -31,7 +35,7 @@ jobs=$state/jobs
 profile=/nix/var/nix/profiles/system
 
 launch() {
-    takes id who action system program confirm mode root bootloader units_policy lock_wait -- "$@"
+    takes id who action system program confirm mode root bootloader units_policy lock_wait once -- "$@"
     d=$jobs/$id
     mkdir -p "$state" "$jobs"
     chmod 0700 "$state" "$jobs"
@@ -386,8 +390,73 @@ judge() {
     finish failed "$rollback"
 }
 
+# The boot of --reboot, once: the profile holds the new generation, but
+# the boot loader's default stays the previous generation, whose own
+# switch-to-configuration boot writes the entries of every generation (the
+# new one's too) and makes its own entry the default (systemd-boot-builder.py:
+# is_default; install-grub.pl: "NixOS - Default"); then the new
+# generation's entry is made the next boot, and only the next one.
+boot_once() {
+    default=$(readlink -f "${profile%/*}/$previous_link")
+    switch "$default/bin/switch-to-configuration" boot "$bootloader"
+    judge "$?"
+    generation=$(generation "$(readlink "$profile")")
+    if ! set_one_shot "$generation" >"$d/once.err" 2>&1; then
+        why=$(tr '\n' ' ' <"$d/once.err")
+        cat "$d/once.err"
+        put_profile_back
+        # The entries again, without the new generation's.
+        switch "$default/bin/switch-to-configuration" boot || rollback=rollback-failed
+        finish no-boot-once "$rollback" why="${why% }"
+    fi
+    say boot-once generation="$generation" previous="$(generation "$previous_link")" default="$default" entry="$entry"
+}
+
+# set_one_shot GENERATION: the boot loader boots that generation's entry at
+# the next boot only ($entry: which). systemd-boot: bootctl sets the
+# LoaderEntryOneShot EFI variable, which systemd-boot reads and deletes.
+# GRUB: grub-reboot sets next_entry in grubenv, which NixOS's grub.cfg
+# boots once and clears (save_env).
+set_one_shot() {
+    case $once in
+        systemd-boot)
+            entry=nixos-generation-$1.conf
+            file=
+            for esp in /boot /efi /boot/efi; do
+                [ -f "$esp/loader/entries/$entry" ] && file=$esp/loader/entries/$entry && break
+            done
+            [ -n "$file" ] || { echo "no boot entry $entry in /boot, /efi or /boot/efi"; return 1; }
+            grep -q "init=$system/init" "$file" || { echo "$file does not boot $system"; return 1; }
+            bootctl set-oneshot "$entry"
+            ;;
+        grub)
+            title=$(sed -n "s/^[[:space:]]*menuentry \"\(NixOS - Configuration $1 (.*)\)\".*/\1/p" /boot/grub/grub.cfg | head -n 1)
+            [ -n "$title" ] || { echo "no menu entry for generation $1 in /boot/grub/grub.cfg"; return 1; }
+            entry="NixOS - All configurations>$title"
+            grub-reboot "$entry"
+            ;;
+        *)
+            echo "no boot loader '$once' nixpipe knows"
+            return 1
+            ;;
+    esac
+}
+
+# After a boot once that did not hold: the profile back on generation
+# PREVIOUS where it still holds GENERATION, GENERATION deleted, and the boot
+# loader's entries written again, without it, by DEFAULT's
+# switch-to-configuration boot.
+forget() {
+    takes generation previous default -- "$@"
+    if [ "$(readlink "$profile")" = "system-$generation-link" ]; then
+        nix-env -p "$profile" --switch-generation "$previous" || exit 1
+    fi
+    rm -f "${profile%/*}/system-$generation-link"
+    "$default/bin/switch-to-configuration" boot
+}
+
 job() {
-    takes id who action system program confirm mode root bootloader units_policy lock_wait -- "$@"
+    takes id who action system program confirm mode root bootloader units_policy lock_wait once -- "$@"
     d=$jobs/$id
     exec >>"$d/log" 2>&1 </dev/null
     # Locked for as long as the job runs: its end wakes the followers too.
@@ -420,8 +489,12 @@ job() {
             ;;
     esac
     kept_units=
-    switch "$program" "$action" "$bootloader"
-    judge "$?"
+    if [ -n "$once" ] && [ -n "$previous_link" ]; then
+        boot_once
+    else
+        switch "$program" "$action" "$bootloader"
+        judge "$?"
+    fi
     if [ "$confirm" -gt 0 ]; then
         say awaiting-confirmation seconds="$confirm"
         if ! confirmed_within "$confirm"; then
@@ -441,7 +514,7 @@ job() {
 }
 
 case ${1-} in
-    launch | follow | confirm | reject | job) "$@" ;;
+    launch | follow | confirm | reject | forget | job) "$@" ;;
     *)
         echo "nixpipe: '${1-}' is not a verb of the job script" >&2
         exit 2

@@ -3,8 +3,45 @@
 # then one `probe` event. Arguments: path, spec (the specialisation, may be
 # empty), which: `given` (path), `rollback` (the generation before the
 # current one) or `previous-bundle` (/etc/nixos/previous-configuration),
-# and hold: 1 to keep the session for what nixpipe runs next (held).
-takes path spec which hold -- "$@"
+# hold: 1 to keep the session for what nixpipe runs next (held), and
+# loader: 1 to say which boot loader can boot a generation once (--reboot).
+takes path spec which hold loader -- "$@"
+
+# The boot loader that can boot a generation once, in $boot_loader, or
+# what is missing for it, in $boot_once_missing. systemd-boot says it is
+# the loader that booted (LoaderInfo) and which features it has
+# (LoaderFeatures: bit 3, one-shot entry control); bootctl sets the
+# variable, which must be writable. NixOS's grub.cfg boots grub-reboot's
+# next_entry once and clears it in grubenv.
+boot_once() {
+    efivars=/sys/firmware/efi/efivars
+    vendor=4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+    boot_loader='' boot_once_missing=''
+    if [ -e "$efivars/LoaderInfo-$vendor" ]; then
+        boot_loader=systemd-boot
+        features=$(od -An -t u8 -j 4 -N 8 "$efivars/LoaderFeatures-$vendor" 2>/dev/null | tr -d ' ')
+        if [ -n "$features" ] && [ $((features & 8)) = 0 ]; then
+            boot_once_missing="its systemd-boot has no one-shot entry (LoaderFeatures)"
+        elif ! awk -v d="$efivars" '$2 == d && $3 == "efivarfs" && $4 ~ /^rw/ { ok = 1 } END { exit !ok }' /proc/mounts; then
+            boot_once_missing="its EFI variables are not writable (efivarfs is not mounted read-write on $efivars)"
+        elif ! command -v bootctl >/dev/null; then
+            boot_once_missing="bootctl is not on its PATH"
+        fi
+    elif [ -f /boot/grub/grub.cfg ]; then
+        boot_loader=grub
+        if ! grep -q 'next_entry' /boot/grub/grub.cfg; then
+            boot_once_missing="its /boot/grub/grub.cfg does not boot grub-reboot's next_entry"
+        elif [ ! -f /boot/grub/grubenv ]; then
+            boot_once_missing="GRUB has no saved environment (/boot/grub/grubenv)"
+        elif ! command -v grub-reboot >/dev/null; then
+            boot_once_missing="grub-reboot is not on its PATH"
+        fi
+    elif [ -d "$efivars" ]; then
+        boot_once_missing="it did not boot through systemd-boot (no LoaderInfo EFI variable) and has no /boot/grub/grub.cfg"
+    else
+        boot_once_missing="it has no boot loader nixpipe knows (no EFI variables of systemd-boot, no /boot/grub/grub.cfg)"
+    fi
+}
 
 # With hold=1, once answered: the next command, one line as ssh would have
 # been given it (session.rs's Held), runs over this session once nixpipe
@@ -78,6 +115,8 @@ else
     native=$(printf '%s\n' "$config" | sed -n 's/^system = //p')
     emulated=$(printf '%s\n' "$config" | sed -n 's/^extra-platforms = //p')
 fi
+boot_loader='' boot_once_missing=''
+[ "$loader" = 1 ] && boot_once
 valid=0
 wait "$validity" && valid=1
 # Files as they are, whatever they hold: base64, decoded by nixpipe.
@@ -85,5 +124,6 @@ encoded() { [ -f "$1" ] && base64 -w0 <"$1"; }
 emit probe hostname="$hostname" current="$current" resolved="$p" valid="$valid" bundle="$bundle" nixos="$nixos" \
     configured="$configured" specialisation="$has_spec" specialisations="$specs" system="$toplevel_system" \
     native="$native" emulated="$emulated" inhibitors="$(encoded "$system/switch-inhibitors")" \
-    inhibitors-current="$(encoded /run/current-system/switch-inhibitors)"
+    inhibitors-current="$(encoded /run/current-system/switch-inhibitors)" boot-loader="$boot_loader" \
+    boot-once-missing="$boot_once_missing"
 held

@@ -164,6 +164,11 @@ pub struct ProbeFacts {
     /// (JSON objects, name -> string), where they have them.
     pub inhibitors_new: Option<String>,
     pub inhibitors_current: Option<String>,
+    /// The boot loader that can boot a generation once (systemd-boot,
+    /// grub), when asked (--reboot) and it can.
+    pub boot_loader: Option<String>,
+    /// What the host lacks for a boot once, when asked and it does.
+    pub boot_once_missing: Option<String>,
 }
 
 impl ProbeFacts {
@@ -234,7 +239,23 @@ pub enum JobEvent {
         status: i32,
         activated: bool,
     },
+    /// The new generation boots once, at the next boot.
+    BootOnce(BootOnce),
     Result(JobResult),
+}
+
+/// A new generation made the next boot, once (--reboot): the boot
+/// loader's default stays the previous one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootOnce {
+    /// The new generation of the system profile, and the one before it.
+    pub generation: u64,
+    pub previous: u64,
+    /// The previous generation's system: what the next boot after this
+    /// one boots.
+    pub default: String,
+    /// The boot loader's name for the new generation's entry.
+    pub entry: String,
 }
 
 /// How the job ended, as it said in its `result` event.
@@ -273,6 +294,12 @@ pub enum JobResult {
     /// No such job on the target: it never started there, or the target
     /// rebooted since (/run is gone).
     Gone,
+    /// The boot loader could not be made to boot the new generation once:
+    /// why; what became of the profile.
+    NoBootOnce {
+        why: String,
+        rollback: Rollback,
+    },
 }
 
 /// What came of a failed switch.
@@ -353,6 +380,8 @@ pub fn parse_all(output: &[u8]) -> Vec<Event> {
 
 /// The event a line holds, if it is one.
 pub fn parse_line(line: &str) -> Option<Event> {
+    // A line as read, its newline still on: not part of the last value.
+    let line = line.strip_suffix('\n').unwrap_or(line);
     let mut words = line.strip_prefix(MARK)?.split('\t');
     let kind = words.next()?;
     let fields: HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
@@ -389,6 +418,8 @@ pub fn parse_line(line: &str) -> Option<Event> {
             emulated: get("emulated").unwrap_or("").split_whitespace().map(str::to_owned).collect(),
             inhibitors_new: get("inhibitors").and_then(decode),
             inhibitors_current: get("inhibitors-current").and_then(decode),
+            boot_loader: some("boot-loader"),
+            boot_once_missing: some("boot-once-missing"),
         }),
         "started" => Event::Job(JobEvent::Started),
         "previous" => Event::Job(JobEvent::Previous(some("path"))),
@@ -400,10 +431,23 @@ pub fn parse_line(line: &str) -> Option<Event> {
         "waiting-for-lock" => Event::Job(JobEvent::WaitingForLock { holder: get("holder").unwrap_or("").to_owned() }),
         "needs-reboot" => Event::Job(JobEvent::NeedsReboot(reboot("value")?)),
         "exited" => Event::Job(JobEvent::Exited { status: get("status")?.parse().ok()?, activated: flag("activated") }),
+        "boot-once" => Event::Job(JobEvent::BootOnce(BootOnce {
+            generation: get("generation")?.parse().ok()?,
+            previous: get("previous")?.parse().ok()?,
+            default: get("default")?.to_owned(),
+            entry: get("entry")?.to_owned(),
+        })),
         "result" => {
             let units = get("units").unwrap_or("").split(',').map(str::trim).filter(|u| !u.is_empty());
             let units = units.map(str::to_owned).collect();
-            Event::Job(JobEvent::Result(job_result(get("outcome")?, get("detail").unwrap_or(""), units)))
+            let result = match get("outcome")? {
+                "no-boot-once" => JobResult::NoBootOnce {
+                    why: get("why").unwrap_or("").to_owned(),
+                    rollback: Rollback::parse(get("detail").unwrap_or("")),
+                },
+                outcome => job_result(outcome, get("detail").unwrap_or(""), units),
+            };
+            Event::Job(JobEvent::Result(result))
         }
         "vm" => Event::Vm(VmState {
             name: nixpipe_store::record::parse_vm_name(get("name")?).ok()?,

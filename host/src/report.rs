@@ -106,6 +106,33 @@ pub enum Report {
         label: String,
         target: String,
     },
+    /// --reboot: the host reboots into the new generation once; its boot
+    /// default stays the previous generation.
+    BootingOnce {
+        label: String,
+        target: String,
+        generation: u64,
+        entry: String,
+        previous: u64,
+    },
+    /// The generation booted once came back and is the default now.
+    BootOnceKept {
+        label: String,
+        target: String,
+        generation: u64,
+    },
+    /// The generation booted once did not hold (why); the host's next
+    /// boot is the previous generation: rebooted into it now, or waited
+    /// for up to `wait` seconds.
+    BootOnceLeft {
+        label: String,
+        target: String,
+        generation: u64,
+        why: String,
+        previous: u64,
+        rebooting: bool,
+        wait: u64,
+    },
     /// The job waits for NixOS's own lock.
     WaitingForLock {
         label: String,

@@ -101,7 +101,7 @@ impl Script {
     /// line says, and whether a list follows them; None for a verb it does
     /// not have. [`Script::argv`] gives it exactly these.
     fn takes(self, verb: Option<&str>) -> Option<(&'static [&'static str], bool)> {
-        const JOB: [&str; 11] = [
+        const JOB: [&str; 12] = [
             "id",
             "who",
             "action",
@@ -113,13 +113,15 @@ impl Script {
             "bootloader",
             "units_policy",
             "lock_wait",
+            "once",
         ];
         Some(match (self, verb) {
             (Script::Facts | Script::BootState, None) => (&[], false),
-            (Script::Probe, None) => (&["path", "spec", "which", "hold"], false),
+            (Script::Probe, None) => (&["path", "spec", "which", "hold", "loader"], false),
             (Script::Job, Some("launch" | "job")) => (&JOB, false),
             (Script::Job, Some("follow")) => (&["id", "log_at", "events_at"], false),
             (Script::Job, Some("confirm" | "reject")) => (&["id"], false),
+            (Script::Job, Some("forget")) => (&["generation", "previous", "default"], false),
             (Script::MicrovmHost, Some("install")) => (&["name", "runner", "restart"], false),
             (Script::MicrovmHost, Some("list")) => (&[], false),
             (Script::MicrovmHost, Some("remove")) => (&["name", "purge"], false),

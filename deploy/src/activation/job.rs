@@ -6,7 +6,7 @@
 //! read, so the user always gets the real result.
 
 use super::{Action, ActivationError};
-use nixpipe_host::event::{self, Event, JobEvent, JobResult};
+use nixpipe_host::event::{self, BootOnce, Event, JobEvent, JobResult};
 use nixpipe_host::process;
 use nixpipe_host::report::{Report, Reports};
 use nixpipe_host::session::{Args, Held, Run, Script, Session, SessionError};
@@ -71,6 +71,9 @@ pub struct Plan<'a> {
     pub lock_timeout: u64,
     /// How long to keep trying to get a lost connection back.
     pub reconnect_for: Duration,
+    /// The boot loader that boots the new generation once, the previous
+    /// one staying its default (--reboot); None to make it the default.
+    pub once: Option<&'a str>,
 }
 
 pub struct JobEnd {
@@ -82,6 +85,8 @@ pub struct JobEnd {
     /// How the switch failed, when it did: its exit status, and whether
     /// the host showed it had activated anything.
     pub exited: Option<Exited>,
+    /// The new generation boots once, at the next boot (--reboot).
+    pub boot_once: Option<BootOnce>,
     pub result: JobResult,
 }
 
@@ -125,7 +130,8 @@ impl<'a> Job<'a> {
             .set("root", plan.root)
             .set("bootloader", if plan.install_bootloader { "1" } else { "0" })
             .set("units_policy", if plan.keep_on_unit_failure { "keep" } else { "roll-back" })
-            .set("lock_wait", plan.lock_timeout.to_string());
+            .set("lock_wait", plan.lock_timeout.to_string())
+            .set("once", plan.once.unwrap_or(""));
         let mut follower = Follower { reports: self.session.reports, ..Follower::default() };
         // A sudo that refused runs nothing: nothing changed.
         let (status, stderr) =
@@ -174,7 +180,7 @@ impl<'a> Job<'a> {
         }
         let result = follower.result.take().expect("the loop ends with a result");
         let (previous, needs_reboot, exited) = (follower.previous, follower.needs_reboot, follower.exited);
-        Ok(JobEnd { id: self.id, previous, needs_reboot, exited, result })
+        Ok(JobEnd { id: self.id, previous, needs_reboot, exited, boot_once: follower.boot_once, result })
     }
 
     /// job.sh's `follow` from where `follower` is.
@@ -259,17 +265,8 @@ impl<'a> Job<'a> {
         self.session.reports.report(Report::Unconfirmed { label, target: self.target(), why });
     }
 
-    /// Runs the --check command on the target over a new connection, as
-    /// the login user, its output reported.
     fn run_check(&self, check: &str) -> Result<(), SessionError> {
-        let output = self.session.output(&Run::program(&["sh", "-c", check]).over(Link::fresh()))?;
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            self.session.reports.step(self.label, line);
-        }
-        if output.status.success() {
-            return Ok(());
-        }
-        Err(self.session.target.failure(check, &output).into())
+        run_check(self.session, self.label, check)
     }
 
     /// Runs job.sh's `verb` (confirm, reject) for this job as root on the
@@ -351,6 +348,19 @@ impl Stream {
     }
 }
 
+/// Runs the --check command on the target over a new connection, as the
+/// login user, its output reported.
+pub(super) fn run_check(session: &Session, label: &str, check: &str) -> Result<(), SessionError> {
+    let output = session.output(&Run::program(&["sh", "-c", check]).over(Link::fresh()))?;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        session.reports.step(label, line);
+    }
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(session.target.failure(check, &output).into())
+}
+
 /// What nixpipe learnt from the job so far.
 #[derive(Default, Debug)]
 struct Follower {
@@ -362,6 +372,7 @@ struct Follower {
     previous: Option<String>,
     needs_reboot: Option<bool>,
     exited: Option<Exited>,
+    boot_once: Option<BootOnce>,
     result: Option<JobResult>,
 }
 
@@ -396,6 +407,7 @@ impl Follower {
             JobEvent::WaitingForLock { holder } => self.reports.report(Report::WaitingForLock { label, holder }),
             JobEvent::NeedsReboot(needs) => self.needs_reboot = needs,
             JobEvent::Exited { status, activated } => self.exited = Some(Exited { status, activated }),
+            JobEvent::BootOnce(once) => self.boot_once = Some(once),
             JobEvent::Result(result) => self.result = Some(result),
         }
         None

@@ -38,7 +38,7 @@ pub(super) fn runs(session: &Session, state: &BootState, system: &str) -> Result
 }
 
 /// Which boot the host is in, and what it runs.
-fn boot_state(session: &Session, link: Link) -> Result<BootState, SessionError> {
+pub(super) fn boot_state(session: &Session, link: Link) -> Result<BootState, SessionError> {
     session.answer(&Run::script(Script::BootState, &Args::new()).over(link), "boot state", |e| match e {
         Event::Boot(state) => Some(state),
         _ => None,
@@ -47,7 +47,7 @@ fn boot_state(session: &Session, link: Link) -> Result<BootState, SessionError> 
 
 /// `systemctl reboot` as root. The connection may die with the host before
 /// it answers: only a refusal to run it is an error.
-fn restart(session: &Session) -> Result<(), ActivationError> {
+pub(super) fn restart(session: &Session) -> Result<(), ActivationError> {
     match session.output(&Run::program(&["systemctl", "reboot"]).as_root()) {
         Err(SessionError::Privilege(refused)) => Err(SessionError::Privilege(refused).into()),
         Ok(output) if !output.status.success() && output.status.code() != Some(255) => {
@@ -59,7 +59,7 @@ fn restart(session: &Session) -> Result<(), ActivationError> {
 
 /// Polls the host over new connections until it answers from another boot
 /// than `before`, for at most `wait` seconds; its state then.
-fn wait_for_restart(session: &Session, label: &str, before: &BootState, wait: u64) -> Option<BootState> {
+pub(super) fn wait_for_restart(session: &Session, label: &str, before: &BootState, wait: u64) -> Option<BootState> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(wait);
     while Instant::now() < deadline {
