@@ -513,10 +513,8 @@ ExecStart=/usr/local/sbin/nixpipe-testbed-boot
 
 /// The testbed's boot loader. A test makes it fall back once to the
 /// generation before the default, as a boot loader does when the new entry
-/// does not boot, by creating BOOT_FALLBACK, and makes every boot take
-/// longer (before sshd starts) by writing seconds into BOOT_TAKES.
+/// does not boot, by creating BOOT_FALLBACK.
 const BOOT_SCRIPT: &str = r#"#!/bin/sh
-[ -e /var/lib/nixpipe-testbed/boot-takes ] && sleep "$(cat /var/lib/nixpipe-testbed/boot-takes)"
 profile=/nix/var/nix/profiles/system
 p=$(readlink -e $profile) || exit 0
 if [ -e /var/lib/nixpipe-testbed/boot-falls-back ]; then
@@ -531,9 +529,6 @@ ln -sfn "$p" /run/booted-system
 /// Created on a systemd host, its next boot falls back to the generation
 /// before the boot default.
 pub const BOOT_FALLBACK: &str = "/var/lib/nixpipe-testbed/boot-falls-back";
-/// Seconds written into it on a systemd host make every boot take that
-/// much longer before sshd starts.
-pub const BOOT_TAKES: &str = "/var/lib/nixpipe-testbed/boot-takes";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

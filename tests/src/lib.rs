@@ -14,8 +14,7 @@ pub mod release;
 pub mod vm;
 
 pub use host::{
-    Host, HostKind, Init, Platform, BOOT_FALLBACK, BOOT_TAKES, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR,
-    TARGET_NIX_VAR,
+    Host, HostKind, Init, Platform, BOOT_FALLBACK, DEPLOY_PASSWORD, SWITCH_LOG, TARGET_INIT_VAR, TARGET_NIX_VAR,
 };
 pub use release::Release;
 
