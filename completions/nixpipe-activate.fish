@@ -1,6 +1,6 @@
 complete -c nixpipe-activate -l on -d 'Where to activate: [user@]host[:port], ssh://..., \'root@{name}\', or local [default: the record\'s NAME, else local]' -r
 complete -c nixpipe-activate -l specialisation -d 'Activate specialisation/NAME of the system (the profile gets the system itself)' -r
-complete -c nixpipe-activate -l confirm-timeout -d 'Roll back unless a new ssh connection confirms the switch within SECONDS' -r
+complete -c nixpipe-activate -l confirm-timeout -d 'Roll back unless a new ssh connection confirms the switch within SECONDS; with --reboot, unless the host is back on the new generation (booted once) within SECONDS, refused where its boot loader cannot boot once' -r
 complete -c nixpipe-activate -l sudo-cmd -d 'Become root with CMD instead of sudo: \'doas -n\', run0 (systemd 256 and later), \'systemd-run --uid=0 --pipe --wait --quiet\'; it must let the user in without a password' -r
 complete -c nixpipe-activate -s j -l jobs -d 'Work on up to N hosts at once' -r
 complete -c nixpipe-activate -l timeout -d 'Give up on a host (or store) that neither says nor takes a byte for SECONDS: a login that hangs, a daemon that never answers, a frozen link; the other hosts go on' -r
@@ -20,7 +20,7 @@ complete -c nixpipe-activate -l sudo-password-per-host -d 'Ask a sudo password f
 complete -c nixpipe-activate -l realise -d 'Let the target fetch a missing system from its own substituters first'
 complete -c nixpipe-activate -l diff -d 'Show what changes (packages upgraded, added, removed) before activating, on stderr'
 complete -c nixpipe-activate -l fail-fast -d 'Start no more hosts once one has failed'
-complete -c nixpipe-activate -l reboot -d 'Reboot into the new system when it is the boot default but does not run yet (boot, an inhibited switch, a changed init interface or kernel), and check that it comes back running it'
+complete -c nixpipe-activate -l reboot -d 'Reboot into the new system when it is the boot default but does not run yet (boot, an inhibited switch, a changed init interface or kernel), and check that it comes back running it. For boot, under systemd-boot or GRUB, the new generation boots once and becomes the default only once it is back'
 complete -c nixpipe-activate -l keep-on-unit-failure -d 'Keep a new system whose switch left units failed (exit 4) instead of rolling back'
 complete -c nixpipe-activate -l install-bootloader -d '(Re)install the boot loader (NIXOS_INSTALL_BOOTLOADER=1), as nixos-rebuild --install-bootloader'
 complete -c nixpipe-activate -l keys -d 'Upload each record\'s deployment.keys (JSON records of nixpipe-eval) before the switch, or after it for uploadAt = "post-activation"; contents read here, sent over ssh\'s stdin only'

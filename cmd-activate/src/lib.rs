@@ -57,7 +57,8 @@ pub struct Cli {
     #[arg(long, requires = "on", conflicts_with_all = ["rollback", "specialisation", "realise"])]
     pub restore_bundle: bool,
 
-    /// Roll back unless a new ssh connection confirms the switch within SECONDS
+    /// Roll back unless a new ssh connection confirms the switch within SECONDS; with --reboot, unless the host
+    /// is back on the new generation (booted once) within SECONDS, refused where its boot loader cannot boot once
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub confirm_timeout: Option<u64>,
 
@@ -89,7 +90,8 @@ pub struct Cli {
     pub if_inhibited: IfInhibited,
 
     /// Reboot into the new system when it is the boot default but does not run yet (boot, an inhibited
-    /// switch, a changed init interface or kernel), and check that it comes back running it
+    /// switch, a changed init interface or kernel), and check that it comes back running it. For boot, under
+    /// systemd-boot or GRUB, the new generation boots once and becomes the default only once it is back
     #[arg(long)]
     pub reboot: bool,
 
