@@ -3,7 +3,8 @@
 # Nix matrix: the deployer's Nix -> the targets' Nix, each a Debian release's
 # nix-bin (bookworm 2.8, trixie 2.26, sid 2.34). Every scenario runs from
 # old to new and from new to old; copy and eval also from 2.26, and from new
-# to new; every scenario once more with every host booting systemd; and what
+# to new; every scenario once more with every host booting systemd (but the
+# boot loaders' VMs, whose guests boot no systemd); and what
 # copies once more over the daemon protocol, to and from Nix 2.8 and 2.34.
 # With NIX=R (and TARGET_NIX=R, default sid; PROTOCOL=daemon) only that row
 # runs:
@@ -12,12 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all=(aarch64 activate bundle cli copy deploy display eval fleet formats install keys microvm nixos protocol shells status testbed vms)
+# Boots through a boot loader in real VMs (guests on the target release).
+booting=(boot_once)
 # Everything that copies, once more with every copy over the daemon protocol.
 copying=(copy eval fleet microvm protocol)
 # deployer target init protocol scenarios...
 rows=(
-    "bookworm sid none auto ${all[*]}"
-    "sid bookworm none auto ${all[*]}"
+    "bookworm sid none auto ${all[*]} ${booting[*]}"
+    "sid bookworm none auto ${all[*]} ${booting[*]}"
     "trixie sid none auto copy eval"
     "sid sid none auto copy eval"
     "sid sid systemd auto ${all[*]}"
@@ -25,7 +28,7 @@ rows=(
     "sid bookworm none daemon ${copying[*]}"
 )
 if [ -n "${NIX:-}" ]; then
-    rows=("$NIX ${TARGET_NIX:-sid} ${TARGET_INIT:-none} ${PROTOCOL:-auto} ${all[*]}")
+    rows=("$NIX ${TARGET_NIX:-sid} ${TARGET_INIT:-none} ${PROTOCOL:-auto} ${all[*]} ${booting[*]}")
 fi
 
 # The release roots first, each made once and kept (a few minutes each on a

@@ -948,17 +948,14 @@ mod tests {
         assert!(e.ends_with("has no specialisation 'nogpu' (it has: gpu)"), "{e}");
     }
 
+    /// A job's end that says only its result.
+    fn ended(result: JobResult) -> job::JobEnd {
+        job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited: None, boot_once: None, result }
+    }
+
     #[test]
     fn a_failed_switch_says_whether_the_rollback_worked() {
-        let end = |result| job::JobEnd {
-            id: "1".into(),
-            previous: None,
-            needs_reboot: None,
-            exited: None,
-            boot_once: None,
-            result,
-        };
-        let verdict = |r: JobResult| verdict(&Target::Local, "/nix/store/x", Action::Switch, &opts(), &end(r));
+        let verdict = |r: JobResult| verdict(&Target::Local, "/nix/store/x", Action::Switch, &opts(), &ended(r));
         let Verdict::Failed(e) = verdict(JobResult::Failed(Rollback::RolledBack)) else { panic!() };
         assert_eq!(
             e.to_string(),
@@ -971,16 +968,8 @@ mod tests {
 
     #[test]
     fn each_exit_of_the_switch_is_told_apart() {
-        let end = |result| job::JobEnd {
-            id: "1".into(),
-            previous: None,
-            needs_reboot: None,
-            exited: None,
-            boot_once: None,
-            result,
-        };
         let verdict =
-            |r: JobResult| verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Switch, &opts(), &end(r));
+            |r: JobResult| verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Switch, &opts(), &ended(r));
         assert!(matches!(verdict(JobResult::RebootNeeded), Verdict::RebootNeeded));
         let Verdict::Failed(e) = verdict(JobResult::NotActivated(Rollback::RolledBack)) else { panic!() };
         assert!(e.to_string().contains("before activating anything") && !e.rolled_back(), "{e}");
@@ -1077,8 +1066,7 @@ mod tests {
     fn a_failure_says_its_exit_status_and_what_the_host_showed() {
         let said = |status, activated, result| {
             let exited = Some(job::Exited { status, activated });
-            let end =
-                job::JobEnd { id: "1".into(), previous: None, needs_reboot: None, exited, boot_once: None, result };
+            let end = job::JobEnd { exited, ..ended(result) };
             match verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Switch, &opts(), &end) {
                 Verdict::Failed(e) => e.to_string(),
                 other => panic!("{other:?}"),
@@ -1094,14 +1082,7 @@ mod tests {
 
     #[test]
     fn a_changed_init_interface_on_test_says_a_reboot_will_not_help() {
-        let end = job::JobEnd {
-            id: "1".into(),
-            previous: None,
-            needs_reboot: None,
-            exited: None,
-            boot_once: None,
-            result: JobResult::InitChanged,
-        };
+        let end = ended(JobResult::InitChanged);
         let Verdict::Refused(e) = verdict(&Target::parse("web1").unwrap(), "/nix/store/x", Action::Test, &opts(), &end)
         else {
             panic!()

@@ -406,7 +406,7 @@ boot_once() {
         cat "$d/once.err"
         put_profile_back
         # The entries again, without the new generation's.
-        switch "$default/bin/switch-to-configuration" boot || rollback=rollback-failed
+        switch "$default/bin/switch-to-configuration" boot || rollback='rollback-failed'
         finish no-boot-once "$rollback" why="${why% }"
     fi
     say boot-once generation="$generation" previous="$(generation "$previous_link")" default="$default" entry="$entry"
