@@ -656,7 +656,15 @@ mod tests {
     #[test]
     fn nothing_systemd_would_expand_reaches_a_sudo_cmd() {
         for (script, args) in [
-            (Script::Probe, Args::new().set("path", "${x}").set("spec", "$$").set("which", "given").set("hold", "0")),
+            (
+                Script::Probe,
+                Args::new()
+                    .set("path", "${x}")
+                    .set("spec", "$$")
+                    .set("which", "given")
+                    .set("hold", "0")
+                    .set("loader", "0"),
+            ),
             (Script::Job, Args::verb("confirm").set("id", "${x}$$")),
             (Script::Keys, Args::new().list(["${x}", "$$"])),
             (Script::Serve, Args::new().set("protocol", "${x}").set("how", "$$")),
