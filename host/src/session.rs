@@ -679,7 +679,10 @@ mod tests {
         let verbs: [(Script, &[Option<&str>]); 10] = [
             (Script::Facts, &[None]),
             (Script::Probe, &[None]),
-            (Script::Job, &[Some("launch"), Some("follow"), Some("confirm"), Some("reject"), Some("job")]),
+            (
+                Script::Job,
+                &[Some("launch"), Some("follow"), Some("confirm"), Some("reject"), Some("forget"), Some("job")],
+            ),
             (Script::MicrovmHost, &[Some("install"), Some("list"), Some("remove")]),
             (Script::Relay, &[None]),
             (Script::Requisites, &[None]),
