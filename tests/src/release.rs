@@ -122,8 +122,10 @@ impl Release {
     /// its /etc: a release's Nix run on another release's files can crash,
     /// as bookworm's does on sid's), chrooted into its root in a mount
     /// namespace of its own where this machine's /nix, /tmp, /root, /proc,
-    /// /dev, /sys and this repository are bound in: so the deployer runs that
-    /// Nix on this machine's store, with the testbed's files.
+    /// /dev, /sys, this repository and the VM kit (the kernel a system that
+    /// boots through a boot loader copies into the store) are bound in: so
+    /// the deployer runs that Nix on this machine's store, with the
+    /// testbed's files.
     pub fn install_nix_wrappers(self, bin: &Path) -> Result<(), TestbedError> {
         let root = self.root()?;
         fs::create_dir_all(bin).map_err(|e| TestbedError(format!("cannot create {}: {e}", bin.display())))?;
@@ -136,7 +138,7 @@ impl Release {
 # PROGRAM ARGS...: {release}'s Nix program, in its root {root}.
 exec unshare --mount --propagation private -- /bin/sh -c '
 root=$1; shift
-for d in /nix /tmp /root /proc /dev /sys {repo}; do
+for d in /nix /tmp /root /proc /dev /sys {repo} {kit}; do
     [ -d "$d" ] || continue
     mkdir -p "$root$d" && mount --rbind "$d" "$root$d" || exit 1
 done
@@ -146,6 +148,7 @@ exec chroot "$root" "$@"
             release = self.name(),
             root = root.display(),
             repo = repo.display(),
+            kit = crate::vm::KIT,
             in_dir = bin.join(IN_DIR).display(),
         );
         write_script(&bin.join(ENTER), &enter)?;
