@@ -543,6 +543,13 @@ mod tests {
     }
 
     #[test]
+    fn a_line_as_read_has_no_newline_in_its_last_value() {
+        let line = "nixpipe-event\tprobe\thostname=web1\tboot-loader=\tboot-once-missing=\n";
+        let Some(Event::Probe(probe)) = parse_line(line) else { panic!("{line:?}") };
+        assert_eq!((probe.boot_loader, probe.boot_once_missing), (None, None));
+    }
+
+    #[test]
     fn values_with_tabs_and_newlines_stay_one_field() {
         let script = format!("{}\nemit previous path=\"$1\"", include_str!("../scripts/prelude.sh"));
         let output = Command::new("sh").args(["-c", &script, "sh", "a\tb\nc"]).output().unwrap();
